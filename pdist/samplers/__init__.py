@@ -1,0 +1,115 @@
+"""Samplers: ``sample(denoise_fn, schedule, noise, *, method, num_steps, key, **options)``.
+
+``denoise_fn(z, t) -> x_hat`` (``t`` of shape [batch]) may be any JAX function:
+a trained network, an analytic posterior mean, ... It may also return a
+:class:`~pdist.diffusion.Prediction` (x-hat, eps-hat and, for ``ddpm`` with
+``variance='learned'``, ``var_frac``).
+
+Each method is one compiled program (``lax.scan``, no Python loop over steps);
+the time grid is an argument of that program, so its size does not grow with
+``num_steps`` and it traces once per (shape, num_steps). ``nfe(method,
+num_steps, schedule)`` reports the number of denoiser evaluations.
+
+Options common to all methods: ``grid`` (``uniform``, ``respaced``,
+``ddim_stride``; see :func:`pdist.schedules.time_grid`) and ``clip_x`` (clip
+x-hat to [-1, 1]). Method options: ``ddpm(variance='small'|'large'|'learned')``,
+``ddim(eta=0.0)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from pdist.samplers import ancestral, ode, pndm
+from pdist.samplers.core import Evaluator
+from pdist.schedules import Schedule, time_grid
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A sampler: its function, its options with defaults, and its cost.
+
+    ``nfe(n)``: evaluations for n steps of the method itself (the final DDIM
+    step onto clean data of a discrete schedule adds one; ``samplers/core.py``).
+    """
+
+    run: Callable
+    options: tuple[tuple[str, object], ...]
+    stochastic: bool
+    nfe: Callable[[int], int]
+
+
+METHODS: dict[str, Method] = {
+    "ddpm": Method(ancestral.ddpm, (("variance", "small"),), True, lambda n: n),
+    "ddim": Method(ancestral.ddim, (("eta", 0.0),), False, lambda n: n),
+    "euler": Method(ode.euler, (), False, lambda n: n),
+    "heun": Method(ode.heun, (), False, lambda n: 2 * n),
+    "dpmpp_2m": Method(ode.dpmpp_2m, (), False, lambda n: n),
+    "prk": Method(pndm.prk, (), False, lambda n: 4 * n),
+    "plms": Method(pndm.plms, (), False, lambda n: n),
+    "spndm": Method(pndm.spndm, (), False, lambda n: n + 1 if n else 0),
+    "fpndm": Method(pndm.fpndm, (), False, lambda n: 4 * min(3, n) + max(n - 3, 0)),
+}
+
+
+def nfe(method: str, num_steps: int, schedule: Schedule) -> int:
+    """Number of denoiser evaluations of ``method`` with ``num_steps`` steps."""
+    data_step = int(schedule.sigma_at_zero() == 0.0)
+    return _method(method).nfe(num_steps - data_step) + data_step
+
+
+def sample(
+    denoise_fn: Callable,
+    schedule: Schedule,
+    noise: Array,
+    *,
+    method: str,
+    num_steps: int,
+    key: Array | None = None,
+    grid: str = "uniform",
+    clip_x: bool = False,
+    **options,
+) -> Array:
+    """Runs ``method`` for ``num_steps`` steps from ``noise`` (z at t = 1) to t = 0.
+
+    Returns the final sample, the shape of ``noise``. ``key`` is required by the
+    stochastic methods (``ddpm``, ``ddim`` with ``eta > 0``).
+    """
+    m = _method(method)
+    allowed = dict(m.options)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {unknown} for sampler {method!r}; it accepts "
+            f"{sorted(allowed) or 'no options'} besides grid and clip_x."
+        )
+    allowed.update(options)
+    stochastic = m.stochastic or (method == "ddim" and allowed["eta"] > 0)
+    if stochastic and key is None:
+        raise ValueError(f"Sampler {method!r} is stochastic here; pass key=jax.random.key(seed).")
+    times = jnp.asarray(time_grid(schedule, num_steps, grid), jnp.float32)
+    if key is None:
+        key = jax.random.key(0)  # unused by deterministic methods
+    return _run(denoise_fn, schedule, method, clip_x, tuple(sorted(allowed.items())), times, noise, key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _run(denoise_fn, schedule, method, clip_x, options, times, noise, key):
+    ev = Evaluator(denoise_fn, schedule, clip_x)
+    if not ev.ends_at_data:
+        return METHODS[method].run(ev, times, noise, key, **dict(options))
+    z = METHODS[method].run(ev, times[:-1], noise, key, **dict(options))
+    return ev.ddim(ev(z, times[-2]), times[-1])
+
+
+def _method(method: str) -> Method:
+    if method not in METHODS:
+        raise ValueError(f"Unknown sampler {method!r}; choose one of {sorted(METHODS)}.")
+    return METHODS[method]

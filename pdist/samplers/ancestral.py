@@ -1,0 +1,82 @@
+"""Ancestral DDPM and DDIM (Ho et al. 2020; Nichol & Dhariwal 2021; Song et al. 2021a).
+
+Both run on any decreasing time grid (respaced or strided), using the exact
+transition between consecutive grid times (``pdist.diffusion.transition``), so
+fixed and learned variances rescale automatically with the respacing. On a
+schedule ending at clean data, the last step is the mean x-hat (see
+``samplers/core.py``): no noise is added onto data.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from pdist import diffusion
+from pdist.samplers.core import Evaluator, step_pairs
+
+Array = jax.Array
+
+VARIANCES = ("small", "large", "learned")
+
+
+def ddpm(ev: Evaluator, times: Array, z: Array, key: Array, *, variance: str = "small") -> Array:
+    """Ancestral sampling from p(z_s | z_t) = N(mu(x-hat, z_t), Sigma).
+
+    ``variance``: ``small`` = beta_tilde, ``large`` = beta_{t|s}, ``learned`` =
+    Improved DDPM's interpolation with the denoiser's ``var_frac``.
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"Unknown ddpm variance {variance!r}; choose one of {list(VARIANCES)}.")
+    ts, ss = step_pairs(times)
+    keys = jax.random.split(key, ts.shape[0])
+
+    def step(z, inputs):
+        t, s, k = inputs
+        pred = ev(z, t)
+        tr = diffusion.transition(ev.logsnr(s), ev.logsnr(t))
+        mean = diffusion.posterior_mean(tr, pred.x, z)
+        if variance == "small":
+            log_var = tr.log_beta_tilde
+        elif variance == "large":
+            log_var = tr.log_beta
+        else:
+            if pred.var_frac is None:
+                raise ValueError(
+                    "variance='learned' needs a denoiser that returns a Prediction with "
+                    "var_frac; use a learned-variance model or variance='small'."
+                )
+            log_var = diffusion.learned_log_variance(tr, pred.var_frac)
+        std = jnp.exp(0.5 * log_var)
+        noise = jax.random.normal(k, z.shape, z.dtype)
+        return mean + diffusion.bcast(std, z) * noise, None
+
+    z, _ = jax.lax.scan(step, z, (ts, ss, keys))
+    return z
+
+
+def ddim(ev: Evaluator, times: Array, z: Array, key: Array, *, eta: float = 0.0) -> Array:
+    """DDIM (Song et al. 2021a, Eq. 12 and 16): eta = 0 deterministic, eta = 1 is DDPM 'small'.
+
+    ``z_s = alpha_s x + sqrt(sigma_s^2 - c^2) eps + c xi`` with
+    ``c = eta sqrt(beta_tilde)``.
+    """
+    if eta < 0:
+        raise ValueError(f"ddim eta must be >= 0, got {eta}.")
+    ts, ss = step_pairs(times)
+    keys = jax.random.split(key, ts.shape[0])
+
+    def step(z, inputs):
+        t, s, k = inputs
+        pred = ev(z, t)
+        if eta == 0:
+            return ev.ddim(pred, s), None
+        tr = diffusion.transition(ev.logsnr(s), ev.logsnr(t))
+        c = eta * jnp.exp(0.5 * tr.log_beta_tilde)
+        sigma_dir = jnp.sqrt(jnp.maximum(tr.sigma_s**2 - c**2, 0.0))
+        noise = jax.random.normal(k, z.shape, z.dtype)
+        z_s = diffusion.ddim_step(diffusion.Prediction(pred.x, pred.eps), tr.alpha_s, sigma_dir)
+        return z_s + diffusion.bcast(c, z) * noise, None
+
+    z, _ = jax.lax.scan(step, z, (ts, ss, keys))
+    return z

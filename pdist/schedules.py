@@ -1,0 +1,243 @@
+"""Noise schedules: t in [0, 1] -> (alpha, sigma, logsnr), and sampling time grids.
+
+Every schedule is variance preserving, ``z_t = alpha_t x + sigma_t eps`` with
+``alpha^2 + sigma^2 = 1``, and is defined by its log signal-to-noise ratio
+``logsnr(t) = log(alpha_t^2 / sigma_t^2)``, decreasing in t. ``alpha`` and
+``sigma`` are derived from it as ``sqrt(sigmoid(+-logsnr))``, so the identity
+holds to float precision everywhere, including logsnr = +inf (clean data).
+
+Continuous schedules accept any t. Discrete schedules (T steps) are tables of
+``log alphabar_i`` at ``t_i = i / T`` for i = 0..T (``alphabar_0 = 1``: t = 0 is
+clean data), linearly interpolated in between so that samplers needing
+intermediate times (a pseudo Runge-Kutta half step) still work.
+
+Schedules are frozen, hashable dataclasses: they are static arguments of the
+compiled samplers and losses.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+class Schedule(abc.ABC):
+    """Base class: subclasses define ``logsnr(t)`` and ``num_timesteps``."""
+
+    num_timesteps: int | None = None  # None: continuous time
+
+    @abc.abstractmethod
+    def logsnr(self, t) -> Array:
+        """log(alpha_t^2 / sigma_t^2), float32, shape of ``t``."""
+
+    def alpha_sigma(self, t) -> tuple[Array, Array]:
+        """Returns ``(alpha_t, sigma_t)``; shapes follow ``t``."""
+        lam = self.logsnr(t)
+        return jnp.sqrt(jax.nn.sigmoid(lam)), jnp.sqrt(jax.nn.sigmoid(-lam))
+
+    def alpha(self, t) -> Array:
+        return self.alpha_sigma(t)[0]
+
+    def sigma(self, t) -> Array:
+        return self.alpha_sigma(t)[1]
+
+    @property
+    def is_discrete(self) -> bool:
+        return self.num_timesteps is not None
+
+    def sigma_at_zero(self) -> float:
+        """sigma(0) as a Python float; 0.0 when t = 0 is exactly clean data."""
+        with jax.ensure_compile_time_eval():
+            lam = float(np.asarray(self.logsnr(0.0)))
+        return float(np.sqrt(_sigmoid_np(-lam)))
+
+
+@dataclasses.dataclass(frozen=True)
+class CosineLogSNR(Schedule):
+    """Progressive Distillation cosine (Salimans & Ho 2022, Sec. 2 / App. D).
+
+    ``logsnr(t) = -2 log tan(a t + b)`` with ``a, b`` chosen so that
+    ``logsnr(0) = logsnr_max`` and ``logsnr(1) = logsnr_min`` exactly; in between
+    it is the unclipped cosine schedule ``alpha = cos(a t + b)``.
+    """
+
+    logsnr_min: float = -20.0
+    logsnr_max: float = 20.0
+
+    def __post_init__(self):
+        if not self.logsnr_min < self.logsnr_max:
+            raise ValueError(
+                f"CosineLogSNR needs logsnr_min < logsnr_max, got "
+                f"[{self.logsnr_min}, {self.logsnr_max}]; swap or widen them."
+            )
+
+    @property
+    def _ab(self) -> tuple[float, float]:
+        b = math.atan(math.exp(-0.5 * self.logsnr_max))
+        a = math.atan(math.exp(-0.5 * self.logsnr_min)) - b
+        return a, b
+
+    def logsnr(self, t) -> Array:
+        # On the noisy half use the complementary angle pi/2 - (a t + b) = a (1 - t) + c,
+        # so float32 keeps its precision where tan(a t + b) -> inf.
+        a, b = self._ab
+        c = math.atan(math.exp(0.5 * self.logsnr_min))
+        t = jnp.asarray(t, jnp.float32)
+        low_noise = -2.0 * jnp.log(jnp.tan(a * t + b))
+        high_noise = 2.0 * jnp.log(jnp.tan(a * (1.0 - t) + c))
+        return jnp.where(a * t + b < 0.25 * math.pi, low_noise, high_noise)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearVP(Schedule):
+    """Continuous-time linear VP schedule (Song et al. 2021, the limit of Ho's betas).
+
+    ``log alphabar(t) = -(beta_min t + (beta_max - beta_min) t^2 / 2)``.
+    """
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+
+    def logsnr(self, t) -> Array:
+        t = jnp.asarray(t, jnp.float32)
+        log_ab = -(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2)
+        return log_ab - jnp.log(-jnp.expm1(log_ab))
+
+
+class DiscreteSchedule(Schedule):
+    """A T-step table of ``log alphabar``; subclasses give ``betas`` (length T)."""
+
+    @abc.abstractmethod
+    def betas_np(self) -> np.ndarray:
+        """float64 [T]: beta_1 .. beta_T."""
+
+    @functools.cached_property
+    def log_alphabar_np(self) -> np.ndarray:
+        """float64 [T + 1]: ``log alphabar_i`` for i = 0..T, with ``log alphabar_0 = 0``."""
+        return np.concatenate([[0.0], np.cumsum(np.log1p(-self.betas_np()))])
+
+    @property
+    def betas(self) -> np.ndarray:
+        return self.betas_np()
+
+    def logsnr(self, t) -> Array:
+        T = self.num_timesteps
+        table = jnp.asarray(self.log_alphabar_np, jnp.float32)
+        pos = jnp.clip(jnp.asarray(t, jnp.float32), 0.0, 1.0) * T
+        i = jnp.clip(jnp.floor(pos), 0, T - 1).astype(jnp.int32)
+        frac = pos - i
+        log_ab = table[i] + frac * (table[i + 1] - table[i])
+        return log_ab - jnp.log(-jnp.expm1(log_ab))
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearBetas(DiscreteSchedule):
+    """Ho et al. (2020) linear betas, ``beta_i`` from ``beta_start`` to ``beta_end``.
+
+    The endpoints are given for T = 1000 and rescaled by 1000 / T so that any T
+    describes the same process (Improved DDPM, Sec. 3.2 code convention).
+    """
+
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def betas_np(self) -> np.ndarray:
+        _check_num_timesteps(self.num_timesteps)
+        scale = 1000.0 / self.num_timesteps
+        return np.linspace(scale * self.beta_start, scale * self.beta_end, self.num_timesteps)
+
+
+@dataclasses.dataclass(frozen=True)
+class CosineBetas(DiscreteSchedule):
+    """Improved-DDPM cosine (Nichol & Dhariwal 2021, Eq. 17).
+
+    ``alphabar(i) = f(i) / f(0)``, ``f(i) = cos^2(((i / T + s) / (1 + s)) pi / 2)``,
+    betas ``1 - alphabar(i) / alphabar(i - 1)`` clipped to ``max_beta``.
+    """
+
+    num_timesteps: int = 4000
+    s: float = 0.008
+    max_beta: float = 0.999
+
+    def betas_np(self) -> np.ndarray:
+        _check_num_timesteps(self.num_timesteps)
+        i = np.arange(self.num_timesteps + 1, dtype=np.float64)
+        f = np.cos((i / self.num_timesteps + self.s) / (1 + self.s) * np.pi / 2) ** 2
+        return np.minimum(1.0 - f[1:] / f[:-1], self.max_beta)
+
+
+def _check_num_timesteps(num_timesteps):
+    if not (isinstance(num_timesteps, int) and num_timesteps >= 1):
+        raise ValueError(
+            f"num_timesteps must be a positive integer, got {num_timesteps!r}; "
+            "set it to the number of discrete diffusion steps T (e.g. 1000)."
+        )
+
+
+def _sigmoid_np(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0
+
+
+SCHEDULES = {
+    "cosine_logsnr": CosineLogSNR,
+    "linear_vp": LinearVP,
+    "linear": LinearBetas,
+    "cosine": CosineBetas,
+}
+
+
+def get_schedule(name: str, **kwargs) -> Schedule:
+    """Builds a schedule by name (``SCHEDULES`` keys) with its keyword arguments."""
+    if name not in SCHEDULES:
+        raise ValueError(f"Unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}.")
+    return SCHEDULES[name](**kwargs)
+
+
+# --------------------------------------------------------------------------
+# Time grids for N sampling steps.
+
+GRIDS = ("uniform", "respaced", "ddim_stride")
+
+
+def time_grid(schedule: Schedule, num_steps: int, kind: str = "uniform") -> np.ndarray:
+    """The N + 1 times ``t_0 = start > ... > t_N = 0`` of an N-step sampler.
+
+    kinds:
+      * ``uniform``: ``t_i = 1 - i / N`` (Progressive Distillation's student grid;
+        on a discrete schedule it needs T divisible by N to land on its levels).
+      * ``respaced`` (discrete only): Improved DDPM's respacing, N levels evenly
+        spaced over 1..T and rounded, largest first, then clean data.
+      * ``ddim_stride`` (discrete only): DDIM's constant stride c = T // N, levels
+        1, 1 + c, ..., 1 + (N - 1) c, largest first, then clean data.
+
+    Returns float64 numpy [N + 1], decreasing, ending at 0.
+    """
+    if not (isinstance(num_steps, (int, np.integer)) and num_steps >= 1):
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
+    if kind not in GRIDS:
+        raise ValueError(f"Unknown time grid {kind!r}; choose one of {list(GRIDS)}.")
+    if kind == "uniform":
+        return 1.0 - np.arange(num_steps + 1, dtype=np.float64) / num_steps
+    T = schedule.num_timesteps
+    if T is None:
+        raise ValueError(f"The {kind!r} grid needs a discrete schedule; use grid='uniform' with a continuous schedule.")
+    if num_steps > T:
+        raise ValueError(f"num_steps={num_steps} exceeds the schedule's T={T}; use at most T steps.")
+    if kind == "respaced":
+        stride = (T - 1) / (num_steps - 1) if num_steps > 1 else 0.0
+        levels = np.round(np.arange(num_steps) * stride).astype(np.int64) + 1
+        if num_steps == 1:
+            levels = np.array([T])
+    else:
+        stride = T // num_steps
+        levels = 1 + stride * np.arange(num_steps)
+    return np.concatenate([levels[::-1] / T, [0.0]])

@@ -1,0 +1,246 @@
+"""Samplers against exact answers: the Gaussian's closed-form flow and a fine solve for a mixture."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pdist import oracles, samplers
+from pdist import schedules as sc
+from pdist.diffusion import Prediction
+
+GAUSS = oracles.gaussian([0.3, -0.2], [0.5, 0.2])
+SETUPS = {"cosine": (sc.CosineLogSNR(), "uniform"), "linear": (sc.LinearBetas(1000), "respaced")}
+
+
+def _reference(data, schedule, grid, noise, num_steps):
+    """Exact ODE image of the noise at the last noisy grid time, then x-hat if the grid ends on data."""
+    times = sc.time_grid(schedule, num_steps, grid)
+    ends_at_data = schedule.sigma_at_zero() == 0.0
+    t_end = times[-2] if ends_at_data else times[-1]
+    z = data.exact_solution(np.asarray(noise), schedule, t_start=times[0], t_end=t_end)
+    if ends_at_data:
+        a, s = (float(v) for v in schedule.alpha_sigma(t_end))
+        z = data.posterior(z, a, s, xp=np)[0]
+    return z
+
+
+def _order(ns, errors):
+    return -np.polyfit(np.log(ns), np.log(errors), 1)[0]
+
+
+def _errors(data, setup, methods, ns, stat, batch):
+    schedule, grid = SETUPS[setup]
+    noise = jax.random.normal(jax.random.key(0), (batch, data.dim))
+    den = oracles.Denoiser(data, schedule)
+    out = {m: [] for m in methods}
+    for n in ns:
+        ref = _reference(data, schedule, grid, noise, n)
+        for m in methods:
+            err = np.linalg.norm(
+                np.asarray(samplers.sample(den, schedule, noise, method=m, num_steps=n, grid=grid)) - ref, axis=1
+            )
+            out[m].append(stat(err))
+    return out
+
+
+def _rmse(err):
+    return float(np.sqrt(np.mean(err**2)))
+
+
+# Lower bounds on measured orders. DPM-Solver++ 2M on the clipped cosine with a
+# uniform grid measures 1.5-1.7 (its first and last steps span ~5 units of
+# lambda whatever N is); see docs/benchmarks.md.
+SECOND_ORDER_FLOOR = {
+    ("heun", "cosine"): 1.7,
+    ("heun", "linear"): 1.7,
+    ("dpmpp_2m", "cosine"): 1.4,
+    ("dpmpp_2m", "linear"): 1.7,
+}
+
+
+@pytest.mark.parametrize("setup", sorted(SETUPS))
+def test_orders_on_gaussian(setup):
+    ns = [10, 20, 40, 80]
+    errs = _errors(GAUSS, setup, ["ddim", "euler", "heun", "dpmpp_2m"], ns, _rmse, 256)
+    for m in ("ddim", "euler"):
+        assert 0.85 <= _order(ns, errs[m]) <= 1.15, (m, errs[m])
+    for m in ("heun", "dpmpp_2m"):
+        assert _order(ns, errs[m]) >= SECOND_ORDER_FLOOR[m, setup], (m, errs[m])
+
+
+@pytest.mark.parametrize("setup", sorted(SETUPS))
+def test_orders_on_mixture(setup):
+    # Median over samples: a few trajectories near a boundary between sharp
+    # components switch mode at coarse N, which would dominate an RMS.
+    ns = [32, 64, 128, 256]
+    errs = _errors(oracles.mixture_2d(), setup, ["ddim", "euler", "heun", "dpmpp_2m"], ns, np.median, 128)
+    for m in ("ddim", "euler"):
+        assert 0.85 <= _order(ns, errs[m]) <= 1.15, (m, errs[m])
+    for m in ("heun", "dpmpp_2m"):
+        assert _order(ns, errs[m]) >= SECOND_ORDER_FLOOR[m, setup], (m, errs[m])
+
+
+@pytest.mark.parametrize("grid", ["uniform", "respaced"])
+def test_pndm_beats_ddim_twentyfold_at_20_steps_on_linear(grid):
+    # Pixel-scale data: each dimension N(mu, 0.5^2), as images in [-1, 1].
+    data = oracles.gaussian([0.3, -0.2, 0.1, 0.0], [0.5] * 4)
+    schedule = sc.LinearBetas(1000)
+    noise = jax.random.normal(jax.random.key(1), (512, 4))
+    ref = _reference(data, schedule, grid, noise, 20)
+    den = oracles.Denoiser(data, schedule)
+    err = {
+        m: _rmse(
+            np.linalg.norm(
+                np.asarray(samplers.sample(den, schedule, noise, method=m, num_steps=20, grid=grid)) - ref, axis=1
+            )
+        )
+        for m in ("ddim", "plms", "fpndm")
+    }
+    assert err["plms"] * 20 <= err["ddim"], err
+    assert err["fpndm"] * 20 <= err["ddim"], err
+
+
+@pytest.mark.parametrize("setup", sorted(SETUPS))
+def test_every_method_stays_bounded_for_any_step_count(setup):
+    schedule, _ = SETUPS[setup]
+    data = oracles.mixture_2d()
+    den = oracles.Denoiser(data, schedule)
+    noise = jax.random.normal(jax.random.key(2), (16, 2))
+    for method in samplers.METHODS:
+        for n in (1, 2, 3, 1000):
+            out = np.asarray(samplers.sample(den, schedule, noise, method=method, num_steps=n, key=jax.random.key(3)))
+            # The data lie in [-1, 1]; an amplified step would leave that box by orders of magnitude.
+            assert np.all(np.isfinite(out)) and np.abs(out).max() < 3.0, (method, n, np.abs(out).max())
+
+
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_ancestral_ddpm_reproduces_data_moments(variance):
+    mean, std = np.array([0.3, -0.5]), np.array([0.5, 0.2])
+    data = oracles.gaussian(mean, std)
+    schedule = sc.LinearBetas(1000)
+    n = 20000
+    noise = jax.random.normal(jax.random.key(4), (n, 2))
+    out = np.asarray(
+        samplers.sample(
+            oracles.Denoiser(data, schedule),
+            schedule,
+            noise,
+            method="ddpm",
+            num_steps=1000,
+            key=jax.random.key(5),
+            variance=variance,
+        )
+    )
+    se_mean, se_var = std / np.sqrt(n), std**2 * np.sqrt(2.0 / n)
+    assert np.all(np.abs(out.mean(0) - mean) < 4 * se_mean), out.mean(0)
+    assert np.all(np.abs(out.var(0) - std**2) < 4 * se_var + 1e-3 * std**2), out.var(0)
+
+
+def test_learned_variance_interpolates_between_small_and_large():
+    schedule = sc.CosineBetas(1000)
+    den = oracles.Denoiser(GAUSS, schedule)
+    noise = jax.random.normal(jax.random.key(6), (64, 2))
+    key = jax.random.key(7)
+
+    def learned(frac):
+        def fn(z, t):
+            x = den(z, t)
+            alpha, sigma = schedule.alpha_sigma(t)
+            eps = (z - alpha[:, None] * x) / sigma[:, None]
+            return Prediction(x, eps, jnp.full_like(z, frac))
+
+        return fn
+
+    for frac, fixed in ((0.0, "small"), (1.0, "large")):
+        a = samplers.sample(
+            learned(frac), schedule, noise, method="ddpm", num_steps=50, grid="respaced", key=key, variance="learned"
+        )
+        b = samplers.sample(den, schedule, noise, method="ddpm", num_steps=50, grid="respaced", key=key, variance=fixed)
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_ddim_eta_one_matches_ddpm_small_step_by_step():
+    schedule = sc.LinearBetas(1000)
+    den = oracles.Denoiser(GAUSS, schedule)
+    noise = jax.random.normal(jax.random.key(8), (32, 2))
+    key = jax.random.key(9)
+    a = samplers.sample(den, schedule, noise, method="ddim", num_steps=25, grid="respaced", key=key, eta=1.0)
+    b = samplers.sample(den, schedule, noise, method="ddpm", num_steps=25, grid="respaced", key=key, variance="small")
+    np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+@pytest.mark.parametrize("schedule", [sc.CosineLogSNR(), sc.LinearBetas(1000)], ids=["cosine", "linear"])
+def test_reported_nfe_equals_evaluations_run(schedule):
+    count = []
+
+    def counting(z, t):
+        jax.debug.callback(lambda: count.append(1))
+        return oracles.Denoiser(GAUSS, schedule)(z, t)
+
+    noise = jnp.zeros((4, 2))
+    for method in samplers.METHODS:
+        for n in (1, 3, 5):
+            count.clear()
+            jax.block_until_ready(
+                samplers.sample(counting, schedule, noise, method=method, num_steps=n, key=jax.random.key(0))
+            )
+            jax.effects_barrier()
+            assert len(count) == samplers.nfe(method, n, schedule), (method, n)
+
+
+def test_traces_once_per_shape_and_program_size_is_independent_of_steps():
+    schedule = sc.CosineLogSNR()
+    for method in samplers.METHODS:
+        calls = []
+
+        def den(z, t):
+            calls.append(1)  # runs only while tracing
+            return oracles.Denoiser(GAUSS, schedule)(z, t)
+
+        key = jax.random.key(0)
+        samplers.sample(den, schedule, jnp.ones((8, 2)), method=method, num_steps=12, key=key)
+        traced = len(calls)
+        samplers.sample(den, schedule, -jnp.ones((8, 2)), method=method, num_steps=12, key=key)
+        assert len(calls) == traced, method
+
+        def size(n):
+            times = jnp.asarray(sc.time_grid(schedule, n), jnp.float32)
+            text = samplers._run.lower(
+                den, schedule, method, False, tuple(samplers.METHODS[method].options), times, jnp.ones((8, 2)), key
+            ).as_text()
+            return re.sub(r"\d+", "0", text)  # the scan length appears in shapes
+
+        assert size(1000) == size(10), method
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(method="rk45", num_steps=4), "Unknown sampler"),
+        (dict(method="ddim", num_steps=4, variance="small"), "Unknown option"),
+        (dict(method="ddpm", num_steps=4), "pass key"),
+        (dict(method="ddim", num_steps=4, eta=0.5), "pass key"),
+        (dict(method="ddim", num_steps=0), "positive integer"),
+    ],
+)
+def test_bad_arguments_fail_before_compiling(kwargs, match):
+    schedule = sc.CosineLogSNR()
+    with pytest.raises(ValueError, match=match):
+        samplers.sample(oracles.Denoiser(GAUSS, schedule), schedule, jnp.zeros((2, 2)), **kwargs)
+
+
+def test_learned_variance_without_var_frac_is_explained():
+    schedule = sc.LinearBetas(100)
+    with pytest.raises(ValueError, match="var_frac"):
+        samplers.sample(
+            oracles.Denoiser(GAUSS, schedule),
+            schedule,
+            jnp.zeros((2, 2)),
+            method="ddpm",
+            num_steps=4,
+            key=jax.random.key(0),
+            variance="learned",
+        )
