@@ -53,8 +53,8 @@ def _transfer(ev: Evaluator, z: Array, blend: Prediction, t: Array, s: Array) ->
 
 
 def _combine(weights, preds: list[Prediction]) -> Prediction:
-    x = sum(w * p.x for w, p in zip(weights, preds))
-    eps = sum(w * p.eps for w, p in zip(weights, preds))
+    x = sum(w * p.x for w, p in zip(weights, preds, strict=True))
+    eps = sum(w * p.eps for w, p in zip(weights, preds, strict=True))
     return Prediction(x, eps)
 
 
