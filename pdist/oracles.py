@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from pdist.schedules import Schedule
+from pdist.schedules import Schedule, time_grid
 
 Array = jax.Array
 
@@ -96,6 +96,24 @@ class GaussianMixture:
             u = (z - a0 * mu) / np.sqrt(a0**2 * s**2 + s0**2)
             return a1 * mu + np.sqrt(a1**2 * s**2 + s1**2) * u
         return self.reference_solution(z, float(np.arctan2(s0, a0)), float(np.arctan2(s1, a1)))
+
+
+def exact_sample(data: GaussianMixture, schedule: Schedule, noise, num_steps: int, grid: str = "uniform") -> np.ndarray:
+    """What an exact solver on this grid returns for ``noise`` (float64 numpy).
+
+    The probability-flow image of the noise from the grid's first time to its
+    last; on a schedule ending at clean data (sigma(0) = 0), the image at the
+    last noisy time followed by the exact x-hat there, which is how every
+    sampler ends (``pdist/samplers/core.py``).
+    """
+    times = time_grid(schedule, num_steps, grid)
+    ends_at_data = schedule.sigma_at_zero() == 0.0
+    t_end = times[-2] if ends_at_data else times[-1]
+    z = data.exact_solution(np.asarray(noise), schedule, t_start=times[0], t_end=t_end)
+    if ends_at_data:
+        alpha, sigma = (float(np.asarray(v)) for v in schedule.alpha_sigma(t_end))
+        z = data.posterior(z, alpha, sigma, xp=np)[0]
+    return z
 
 
 def gaussian(mean, std) -> GaussianMixture:

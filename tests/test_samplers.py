@@ -15,18 +15,6 @@ GAUSS = oracles.gaussian([0.3, -0.2], [0.5, 0.2])
 SETUPS = {"cosine": (sc.CosineLogSNR(), "uniform"), "linear": (sc.LinearBetas(1000), "respaced")}
 
 
-def _reference(data, schedule, grid, noise, num_steps):
-    """Exact ODE image of the noise at the last noisy grid time, then x-hat if the grid ends on data."""
-    times = sc.time_grid(schedule, num_steps, grid)
-    ends_at_data = schedule.sigma_at_zero() == 0.0
-    t_end = times[-2] if ends_at_data else times[-1]
-    z = data.exact_solution(np.asarray(noise), schedule, t_start=times[0], t_end=t_end)
-    if ends_at_data:
-        a, s = (float(v) for v in schedule.alpha_sigma(t_end))
-        z = data.posterior(z, a, s, xp=np)[0]
-    return z
-
-
 def _order(ns, errors):
     return -np.polyfit(np.log(ns), np.log(errors), 1)[0]
 
@@ -37,7 +25,7 @@ def _errors(data, setup, methods, ns, stat, batch):
     den = oracles.Denoiser(data, schedule)
     out = {m: [] for m in methods}
     for n in ns:
-        ref = _reference(data, schedule, grid, noise, n)
+        ref = oracles.exact_sample(data, schedule, noise, n, grid)
         for m in methods:
             err = np.linalg.norm(
                 np.asarray(samplers.sample(den, schedule, noise, method=m, num_steps=n, grid=grid)) - ref, axis=1
@@ -89,7 +77,7 @@ def test_pndm_beats_ddim_twentyfold_at_20_steps_on_linear(grid):
     data = oracles.gaussian([0.3, -0.2, 0.1, 0.0], [0.5] * 4)
     schedule = sc.LinearBetas(1000)
     noise = jax.random.normal(jax.random.key(1), (512, 4))
-    ref = _reference(data, schedule, grid, noise, 20)
+    ref = oracles.exact_sample(data, schedule, noise, 20, grid)
     den = oracles.Denoiser(data, schedule)
     err = {
         m: _rmse(

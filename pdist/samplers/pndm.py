@@ -52,7 +52,7 @@ def _transfer(ev: Evaluator, z: Array, blend: Prediction, t: Array, s: Array) ->
     return jnp.where(ev.logsnr(t) >= 0.0, from_eps, from_x)
 
 
-def _combine(weights, preds: list[Prediction]) -> Prediction:
+def _combine(weights, preds) -> Prediction:
     x = sum(w * p.x for w, p in zip(weights, preds, strict=True))
     eps = sum(w * p.eps for w, p in zip(weights, preds, strict=True))
     return Prediction(x, eps)
@@ -75,12 +75,13 @@ def _prk_scan(ev: Evaluator, ts: Array, ss: Array, z: Array) -> tuple[Array, Pre
 
 
 def _multistep_scan(
-    ev: Evaluator, ts: Array, ss: Array, z: Array, history: Prediction, start: int, max_order: int
+    ev: Evaluator, ts: Array, ss: Array, z: Array, history: tuple[Prediction, ...], start: int, max_order: int
 ) -> Array:
     """Pseudo linear multistep (PNDM Eq. 12): one evaluation per step.
 
-    ``history`` holds the previous predictions [3, ...], most recent first; step
-    j uses order ``min(start + j + 1, max_order)`` (lower orders warm it up).
+    ``history`` holds the three previous predictions, most recent first; step j
+    uses order ``min(start + j + 1, max_order)`` (lower orders warm it up). The
+    blend is elementwise with scalar weights, so it fuses into the transfer.
     """
     orders = jnp.minimum(start + jnp.arange(ts.shape[0]) + 1, max_order)
     weights = jnp.asarray(_AB)[orders - 1]
@@ -88,19 +89,18 @@ def _multistep_scan(
     def step(carry, inputs):
         z, hist = carry
         t, s, w = inputs
-        p = ev(z, t)
-        xs = jnp.concatenate([p.x[None], hist.x], axis=0)
-        es = jnp.concatenate([p.eps[None], hist.eps], axis=0)
-        blend = Prediction(jnp.tensordot(w, xs, axes=1), jnp.tensordot(w, es, axes=1))
-        return (_transfer(ev, z, blend, t, s), Prediction(xs[:3], es[:3])), None
+        p = Prediction(*ev(z, t)[:2])
+        blend = _combine([w[0], w[1], w[2], w[3]], [p, *hist])
+        return (_transfer(ev, z, blend, t, s), (p, hist[0], hist[1])), None
 
     (z, _), _ = jax.lax.scan(step, (z, history), (ts, ss, weights))
     return z
 
 
-def _empty_history(z: Array) -> Prediction:
-    zeros = jnp.zeros((3,) + z.shape, z.dtype)
-    return Prediction(zeros, zeros)
+def _history(z: Array, *latest: Prediction) -> tuple[Prediction, ...]:
+    """Three history slots, most recent first, zero-filled beyond ``latest``."""
+    zeros = Prediction(jnp.zeros_like(z), jnp.zeros_like(z))
+    return tuple(latest) + (zeros,) * (3 - len(latest))
 
 
 def prk(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
@@ -114,7 +114,7 @@ def plms(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
     """Pseudo linear multistep, orders 1, 2, 3 on the first steps, then 4; one evaluation per step."""
     del key
     ts, ss = step_pairs(times)
-    return _multistep_scan(ev, ts, ss, z, _empty_history(z), start=0, max_order=4)
+    return _multistep_scan(ev, ts, ss, z, _history(z), start=0, max_order=4)
 
 
 def spndm(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
@@ -127,9 +127,7 @@ def spndm(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
     p1 = ev(z, t)
     p2 = ev(_transfer(ev, z, p1, t, s), s)
     z = _transfer(ev, z, _combine((0.5, 0.5), [p1, p2]), t, s)
-    empty = _empty_history(z)
-    history = Prediction(empty.x.at[0].set(p1.x), empty.eps.at[0].set(p1.eps))
-    return _multistep_scan(ev, ts[1:], ss[1:], z, history, start=1, max_order=2)
+    return _multistep_scan(ev, ts[1:], ss[1:], z, _history(z, Prediction(p1.x, p1.eps)), start=1, max_order=2)
 
 
 def fpndm(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
@@ -138,6 +136,5 @@ def fpndm(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
     ts, ss = step_pairs(times)
     n_prk = min(3, ts.shape[0])
     z, starts = _prk_scan(ev, ts[:n_prk], ss[:n_prk], z)
-    empty = _empty_history(z)
-    history = Prediction(empty.x.at[:n_prk].set(starts.x[::-1]), empty.eps.at[:n_prk].set(starts.eps[::-1]))
-    return _multistep_scan(ev, ts[n_prk:], ss[n_prk:], z, history, start=n_prk, max_order=4)
+    latest = [Prediction(starts.x[i], starts.eps[i]) for i in reversed(range(n_prk))]
+    return _multistep_scan(ev, ts[n_prk:], ss[n_prk:], z, _history(z, *latest), start=n_prk, max_order=4)
