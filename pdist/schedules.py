@@ -150,8 +150,10 @@ class LinearBetas(DiscreteSchedule):
     beta_start: float = 1e-4
     beta_end: float = 0.02
 
-    def betas_np(self) -> np.ndarray:
+    def __post_init__(self):
         _check_num_timesteps(self.num_timesteps)
+
+    def betas_np(self) -> np.ndarray:
         scale = 1000.0 / self.num_timesteps
         return np.linspace(scale * self.beta_start, scale * self.beta_end, self.num_timesteps)
 
@@ -168,8 +170,10 @@ class CosineBetas(DiscreteSchedule):
     s: float = 0.008
     max_beta: float = 0.999
 
-    def betas_np(self) -> np.ndarray:
+    def __post_init__(self):
         _check_num_timesteps(self.num_timesteps)
+
+    def betas_np(self) -> np.ndarray:
         i = np.arange(self.num_timesteps + 1, dtype=np.float64)
         f = np.cos((i / self.num_timesteps + self.s) / (1 + self.s) * np.pi / 2) ** 2
         return np.minimum(1.0 - f[1:] / f[:-1], self.max_beta)

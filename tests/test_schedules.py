@@ -76,7 +76,8 @@ def test_time_grids():
         (lambda: sc.time_grid(sc.LinearBetas(100), 10, "log"), "Unknown time grid"),
         (lambda: sc.get_schedule("quadratic"), "Unknown schedule"),
         (lambda: sc.CosineLogSNR(5.0, -5.0), "logsnr_min < logsnr_max"),
-        (lambda: sc.LinearBetas(0).betas, "positive integer"),
+        (lambda: sc.LinearBetas(0), "positive integer"),
+        (lambda: sc.CosineBetas(1000.0), "positive integer"),
     ],
 )
 def test_bad_input_is_one_clear_sentence(call, match):
