@@ -209,7 +209,7 @@ def get_schedule(name: str, **kwargs) -> Schedule:
 # --------------------------------------------------------------------------
 # Time grids for N sampling steps.
 
-GRIDS = ("uniform", "respaced", "ddim_stride")
+GRIDS = ("uniform", "logsnr", "respaced", "ddim_stride")
 
 
 def time_grid(schedule: Schedule, num_steps: int, kind: str = "uniform") -> np.ndarray:
@@ -218,6 +218,11 @@ def time_grid(schedule: Schedule, num_steps: int, kind: str = "uniform") -> np.n
     kinds:
       * ``uniform``: ``t_i = 1 - i / N`` (Progressive Distillation's student grid;
         on a discrete schedule it needs T divisible by N to land on its levels).
+      * ``logsnr`` (continuous only): uniform in logSNR between the schedule's
+        ends (DPM-Solver's time steps). Solvers whose error is measured in logSNR
+        need it: on the clipped cosine the uniform grid's k-th step from t = 1
+        spans log((k+1)/k) in logSNR/2 whatever N is, which caps DPM-Solver++ 2M
+        at first order (docs/benchmarks.md).
       * ``respaced`` (discrete only): Improved DDPM's respacing, N levels evenly
         spaced over 1..T and rounded, largest first, then clean data.
       * ``ddim_stride`` (discrete only): DDIM's constant stride c = T // N, levels
@@ -232,6 +237,13 @@ def time_grid(schedule: Schedule, num_steps: int, kind: str = "uniform") -> np.n
     if kind == "uniform":
         return 1.0 - np.arange(num_steps + 1, dtype=np.float64) / num_steps
     T = schedule.num_timesteps
+    if kind == "logsnr":
+        if T is not None:
+            raise ValueError(
+                "The 'logsnr' grid puts steps between a discrete model's levels; use 'respaced' for a discrete "
+                "schedule."
+            )
+        return _invert_logsnr(schedule, num_steps)
     if T is None:
         raise ValueError(f"The {kind!r} grid needs a discrete schedule; use grid='uniform' with a continuous schedule.")
     if num_steps > T:
@@ -245,3 +257,21 @@ def time_grid(schedule: Schedule, num_steps: int, kind: str = "uniform") -> np.n
         stride = T // num_steps
         levels = 1 + stride * np.arange(num_steps)
     return np.concatenate([levels[::-1] / T, [0.0]])
+
+
+def _invert_logsnr(schedule: Schedule, num_steps: int) -> np.ndarray:
+    """Times whose logsnr is uniform between logsnr(1) and logsnr(0), by bisection."""
+    with jax.ensure_compile_time_eval():
+        ends = np.asarray(schedule.logsnr(jnp.array([1.0, 0.0])), np.float64)
+        if not np.all(np.isfinite(ends)):
+            raise ValueError(
+                "The 'logsnr' grid needs a schedule with finite logSNR at both ends (a clipped one such as "
+                "CosineLogSNR); use grid='uniform' here."
+            )
+        targets = np.linspace(ends[0], ends[1], num_steps + 1)[1:-1]
+        lo, hi = np.zeros_like(targets), np.ones_like(targets)
+        for _ in range(40):  # logsnr decreases in t
+            mid = 0.5 * (lo + hi)
+            above = np.asarray(schedule.logsnr(mid), np.float64) > targets
+            lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    return np.concatenate([[1.0], 0.5 * (lo + hi), [0.0]])

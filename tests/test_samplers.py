@@ -12,7 +12,11 @@ from pdist import schedules as sc
 from pdist.diffusion import Prediction
 
 GAUSS = oracles.gaussian([0.3, -0.2], [0.5, 0.2])
-SETUPS = {"cosine": (sc.CosineLogSNR(), "uniform"), "linear": (sc.LinearBetas(1000), "respaced")}
+SETUPS = {
+    "cosine": (sc.CosineLogSNR(), "uniform"),
+    "cosine_logsnr": (sc.CosineLogSNR(), "logsnr"),
+    "linear": (sc.LinearBetas(1000), "respaced"),
+}
 
 
 def _order(ns, errors):
@@ -38,25 +42,22 @@ def _rmse(err):
     return float(np.sqrt(np.mean(err**2)))
 
 
-# Lower bounds on measured orders. DPM-Solver++ 2M on the clipped cosine with a
-# uniform grid measures 1.5-1.7 (its first and last steps span ~5 units of
-# lambda whatever N is); see docs/benchmarks.md.
-SECOND_ORDER_FLOOR = {
-    ("heun", "cosine"): 1.7,
-    ("heun", "linear"): 1.7,
-    ("dpmpp_2m", "cosine"): 1.4,
-    ("dpmpp_2m", "linear"): 1.7,
-}
+# DPM-Solver++ 2M's error lives in logSNR. On the clipped cosine the uniform
+# grid's steps near t = 1 do not shrink in logSNR as N grows, which makes it
+# first order there (docs/benchmarks.md); it is second order on the logSNR
+# grid, the one it is meant for. Heun and the first-order methods are checked
+# on every grid.
+SECOND_ORDER = {"cosine": ["heun"], "cosine_logsnr": ["heun", "dpmpp_2m"], "linear": ["heun", "dpmpp_2m"]}
 
 
 @pytest.mark.parametrize("setup", sorted(SETUPS))
 def test_orders_on_gaussian(setup):
-    ns = [10, 20, 40, 80]
-    errs = _errors(GAUSS, setup, ["ddim", "euler", "heun", "dpmpp_2m"], ns, _rmse, 256)
+    ns = [20, 40, 80, 160]
+    errs = _errors(GAUSS, setup, ["ddim", "euler"] + SECOND_ORDER[setup], ns, _rmse, 256)
     for m in ("ddim", "euler"):
         assert 0.85 <= _order(ns, errs[m]) <= 1.15, (m, errs[m])
-    for m in ("heun", "dpmpp_2m"):
-        assert _order(ns, errs[m]) >= SECOND_ORDER_FLOOR[m, setup], (m, errs[m])
+    for m in SECOND_ORDER[setup]:
+        assert _order(ns, errs[m]) >= 1.7, (m, errs[m])
 
 
 @pytest.mark.parametrize("setup", sorted(SETUPS))
@@ -64,11 +65,11 @@ def test_orders_on_mixture(setup):
     # Median over samples: a few trajectories near a boundary between sharp
     # components switch mode at coarse N, which would dominate an RMS.
     ns = [32, 64, 128, 256]
-    errs = _errors(oracles.mixture_2d(), setup, ["ddim", "euler", "heun", "dpmpp_2m"], ns, np.median, 128)
+    errs = _errors(oracles.mixture_2d(), setup, ["ddim", "euler"] + SECOND_ORDER[setup], ns, np.median, 128)
     for m in ("ddim", "euler"):
         assert 0.85 <= _order(ns, errs[m]) <= 1.15, (m, errs[m])
-    for m in ("heun", "dpmpp_2m"):
-        assert _order(ns, errs[m]) >= SECOND_ORDER_FLOOR[m, setup], (m, errs[m])
+    for m in SECOND_ORDER[setup]:
+        assert _order(ns, errs[m]) >= 1.7, (m, errs[m])
 
 
 @pytest.mark.parametrize("grid", ["uniform", "respaced"])
@@ -91,7 +92,7 @@ def test_pndm_beats_ddim_twentyfold_at_20_steps_on_linear(grid):
     assert err["fpndm"] * 20 <= err["ddim"], err
 
 
-@pytest.mark.parametrize("setup", sorted(SETUPS))
+@pytest.mark.parametrize("setup", ["cosine", "linear"])
 def test_every_method_stays_bounded_for_any_step_count(setup):
     schedule, _ = SETUPS[setup]
     data = oracles.mixture_2d()

@@ -63,6 +63,11 @@ def test_time_grids():
         if K > 1:  # Improved DDPM: K evenly spaced over 1..T, rounded
             expected = (np.round(np.linspace(0, T - 1, K)) + 1)[::-1] / T
             np.testing.assert_allclose(g[:-1], expected)
+    for schedule in (cont, sc.CosineLogSNR(-12.0, 8.0)):
+        g = sc.time_grid(schedule, 8, "logsnr")
+        lam = np.asarray(schedule.logsnr(g), np.float64)
+        assert g[0] == 1.0 and g[-1] == 0.0
+        np.testing.assert_allclose(np.diff(lam), (lam[-1] - lam[0]) / 8, rtol=1e-4)
     g = sc.time_grid(sc.LinearBetas(1000), 10, "ddim_stride")
     np.testing.assert_allclose(g * 1000, [901, 801, 701, 601, 501, 401, 301, 201, 101, 1, 0])
 
@@ -71,6 +76,8 @@ def test_time_grids():
     "call,match",
     [
         (lambda: sc.time_grid(sc.CosineLogSNR(), 10, "respaced"), "discrete schedule"),
+        (lambda: sc.time_grid(sc.LinearBetas(100), 10, "logsnr"), "respaced"),
+        (lambda: sc.time_grid(sc.LinearVP(), 10, "logsnr"), "finite logSNR"),
         (lambda: sc.time_grid(sc.LinearBetas(100), 101, "respaced"), "exceeds"),
         (lambda: sc.time_grid(sc.LinearBetas(100), 0), "positive integer"),
         (lambda: sc.time_grid(sc.LinearBetas(100), 10, "log"), "Unknown time grid"),
