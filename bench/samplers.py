@@ -5,7 +5,8 @@
 
 Part 1: for every deterministic method, RMS error of the final sample against
 the exact answer (Gaussian: closed-form flow; 2-D mixture: float64 SciPy
-solve), on the PD cosine (uniform grid) and Ho's linear betas (respaced grid).
+solve), on the PD cosine (uniform and logSNR grids) and Ho's linear betas
+(respaced grid).
 Part 2: overhead ratio = wall time of ``sample(...)`` with a small MLP denoiser
 divided by NFE x the time of one compiled denoiser call on the same batch
 (measured as a compiled chain of calls, so dispatch is not counted either way).
@@ -29,7 +30,11 @@ from pdist import oracles, samplers  # noqa: E402
 from pdist import schedules as sc  # noqa: E402
 
 DETERMINISTIC = ["ddim", "euler", "heun", "dpmpp_2m", "prk", "plms", "spndm", "fpndm"]
-SETUPS = {"cosine/uniform": (sc.CosineLogSNR(), "uniform"), "linear/respaced": (sc.LinearBetas(1000), "respaced")}
+SETUPS = {
+    "cosine/uniform": (sc.CosineLogSNR(), "uniform"),
+    "cosine/logsnr": (sc.CosineLogSNR(), "logsnr"),
+    "linear/respaced": (sc.LinearBetas(1000), "respaced"),
+}
 ORACLES = {"gaussian": oracles.gaussian([0.3, -0.2, 0.1, 0.0], [0.5, 0.2, 0.5, 0.8]), "mixture": oracles.mixture_2d()}
 
 
@@ -55,7 +60,7 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8.5), sharex=True)
+    fig, axes = plt.subplots(len(ORACLES), len(SETUPS), figsize=(16, 8.5), sharex=True, squeeze=False)
     for i, oname in enumerate(ORACLES):
         for j, sname in enumerate(SETUPS):
             ax = axes[i, j]
