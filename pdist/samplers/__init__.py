@@ -34,7 +34,7 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """A sampler: its function, its options with defaults, and its cost.
+    """A sampler: its function, its options with defaults, when it needs a key, and its cost.
 
     ``nfe(n)``: evaluations for n steps of the method itself (the final DDIM
     step onto clean data of a discrete schedule adds one; ``samplers/core.py``).
@@ -42,20 +42,24 @@ class Method:
 
     run: Callable
     options: tuple[tuple[str, object], ...]
-    stochastic: bool
+    needs_key: Callable[[dict], bool]  # of the resolved options
     nfe: Callable[[int], int]
 
 
+def _never(options: dict) -> bool:
+    return False
+
+
 METHODS: dict[str, Method] = {
-    "ddpm": Method(ancestral.ddpm, (("variance", "small"),), True, lambda n: n),
-    "ddim": Method(ancestral.ddim, (("eta", 0.0),), False, lambda n: n),
-    "euler": Method(ode.euler, (), False, lambda n: n),
-    "heun": Method(ode.heun, (), False, lambda n: 2 * n),
-    "dpmpp_2m": Method(ode.dpmpp_2m, (), False, lambda n: n),
-    "prk": Method(pndm.prk, (), False, lambda n: 4 * n),
-    "plms": Method(pndm.plms, (), False, lambda n: n),
-    "spndm": Method(pndm.spndm, (), False, lambda n: n + 1 if n else 0),
-    "fpndm": Method(pndm.fpndm, (), False, lambda n: 4 * min(3, n) + max(n - 3, 0)),
+    "ddpm": Method(ancestral.ddpm, (("variance", "small"),), lambda o: True, lambda n: n),
+    "ddim": Method(ancestral.ddim, (("eta", 0.0),), lambda o: o["eta"] > 0, lambda n: n),
+    "euler": Method(ode.euler, (), _never, lambda n: n),
+    "heun": Method(ode.heun, (), _never, lambda n: 2 * n),
+    "dpmpp_2m": Method(ode.dpmpp_2m, (), _never, lambda n: n),
+    "prk": Method(pndm.prk, (), _never, lambda n: 4 * n),
+    "plms": Method(pndm.plms, (), _never, lambda n: n),
+    "spndm": Method(pndm.spndm, (), _never, lambda n: n + 1 if n else 0),
+    "fpndm": Method(pndm.fpndm, (), _never, lambda n: 4 * min(3, n) + max(n - 3, 0)),
 }
 
 
@@ -91,8 +95,7 @@ def sample(
             f"{sorted(allowed) or 'no options'} besides grid and clip_x."
         )
     allowed.update(options)
-    stochastic = m.stochastic or (method == "ddim" and allowed["eta"] > 0)
-    if stochastic and key is None:
+    if m.needs_key(allowed) and key is None:
         raise ValueError(f"Sampler {method!r} is stochastic here; pass key=jax.random.key(seed).")
     times = jnp.asarray(time_grid(schedule, num_steps, grid), jnp.float32)
     if key is None:
