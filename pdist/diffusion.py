@@ -133,21 +133,25 @@ def from_v(v: Array, z: Array, logsnr: Array) -> Prediction:
     return Prediction(alpha * z - sigma * v, sigma * z + alpha * v)
 
 
+def check_weighting(weighting: str) -> None:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"Unknown loss weighting {weighting!r}; choose one of {list(WEIGHTINGS)}.")
+
+
 def loss_weight(logsnr: Array, weighting: str) -> Array:
     """Weight on the x-space squared error (Salimans & Ho 2022, Sec. 4).
 
     ``constant``: x-MSE; ``snr``: eps-MSE; ``truncated_snr``: max(SNR, 1);
     ``snr_plus_one``: v-MSE.
     """
+    check_weighting(weighting)
     if weighting == "constant":
         return jnp.ones_like(logsnr)
     if weighting == "snr":
         return jnp.exp(logsnr)
     if weighting == "truncated_snr":
         return jnp.maximum(jnp.exp(logsnr), 1.0)
-    if weighting == "snr_plus_one":
-        return jnp.exp(logsnr) + 1.0
-    raise ValueError(f"Unknown loss weighting {weighting!r}; choose one of {list(WEIGHTINGS)}.")
+    return jnp.exp(logsnr) + 1.0  # snr_plus_one
 
 
 class Transition(NamedTuple):

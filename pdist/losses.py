@@ -63,7 +63,7 @@ def make_diffusion_loss(
     an integer T trains on levels ``t = i / T``, i ~ U{1..T}.
     """
     diffusion.check_parameterization(parameterization)
-    diffusion.loss_weight(jnp.zeros(()), weighting)  # validates the name
+    diffusion.check_weighting(weighting)
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"Unknown loss {loss_type!r}; choose one of {list(LOSS_TYPES)}.")
     if loss_type != "mse" and not learned_variance:
@@ -142,7 +142,7 @@ def make_distillation_loss(
     constant. Student times are ``t = i / N``, i ~ U{1..N}.
     """
     diffusion.check_parameterization(parameterization)
-    diffusion.loss_weight(jnp.zeros(()), weighting)
+    diffusion.check_weighting(weighting)
     if not (isinstance(num_student_steps, int) and num_student_steps >= 1):
         raise ValueError(f"num_student_steps must be a positive integer, got {num_student_steps!r}.")
     predict = lambda out, z, logsnr: diffusion.predict(  # noqa: E731

@@ -107,10 +107,9 @@ def exact_sample(data: GaussianMixture, schedule: Schedule, noise, num_steps: in
     sampler ends (``pdist/samplers/core.py``).
     """
     times = time_grid(schedule, num_steps, grid)
-    ends_at_data = schedule.sigma_at_zero() == 0.0
-    t_end = times[-2] if ends_at_data else times[-1]
+    t_end = times[-2] if schedule.ends_at_data else times[-1]
     z = data.exact_solution(np.asarray(noise), schedule, t_start=times[0], t_end=t_end)
-    if ends_at_data:
+    if schedule.ends_at_data:
         alpha, sigma = (float(np.asarray(v)) for v in schedule.alpha_sigma(t_end))
         z = data.posterior(z, alpha, sigma, xp=np)[0]
     return z

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pdist.diffusion import alpha_sigma_from_logsnr
+
 Array = jax.Array
 
 
@@ -40,8 +42,7 @@ class Schedule(abc.ABC):
 
     def alpha_sigma(self, t) -> tuple[Array, Array]:
         """Returns ``(alpha_t, sigma_t)``; shapes follow ``t``."""
-        lam = self.logsnr(t)
-        return jnp.sqrt(jax.nn.sigmoid(lam)), jnp.sqrt(jax.nn.sigmoid(-lam))
+        return alpha_sigma_from_logsnr(self.logsnr(t))
 
     def alpha(self, t) -> Array:
         return self.alpha_sigma(t)[0]
@@ -50,14 +51,10 @@ class Schedule(abc.ABC):
         return self.alpha_sigma(t)[1]
 
     @property
-    def is_discrete(self) -> bool:
-        return self.num_timesteps is not None
-
-    def sigma_at_zero(self) -> float:
-        """sigma(0) as a Python float; 0.0 when t = 0 is exactly clean data."""
+    def ends_at_data(self) -> bool:
+        """Whether t = 0 is exactly clean data (sigma(0) = 0, logsnr(0) = +inf), as for discrete schedules."""
         with jax.ensure_compile_time_eval():
-            lam = float(np.asarray(self.logsnr(0.0)))
-        return float(np.sqrt(_sigmoid_np(-lam)))
+            return bool(np.isposinf(np.asarray(self.logsnr(0.0))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,10 +184,6 @@ def _check_num_timesteps(num_timesteps):
         )
 
 
-def _sigmoid_np(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0
-
-
 SCHEDULES = {
     "cosine_logsnr": CosineLogSNR,
     "linear_vp": LinearVP,
@@ -243,7 +236,7 @@ def time_grid(schedule: Schedule, num_steps: int, kind: str = "uniform") -> np.n
                 "The 'logsnr' grid puts steps between a discrete model's levels; use 'respaced' for a discrete "
                 "schedule."
             )
-        return _invert_logsnr(schedule, num_steps)
+        return _invert_logsnr(schedule, num_steps).copy()
     if T is None:
         raise ValueError(f"The {kind!r} grid needs a discrete schedule; use grid='uniform' with a continuous schedule.")
     if num_steps > T:
@@ -259,8 +252,9 @@ def time_grid(schedule: Schedule, num_steps: int, kind: str = "uniform") -> np.n
     return np.concatenate([levels[::-1] / T, [0.0]])
 
 
+@functools.lru_cache(maxsize=64)
 def _invert_logsnr(schedule: Schedule, num_steps: int) -> np.ndarray:
-    """Times whose logsnr is uniform between logsnr(1) and logsnr(0), by bisection."""
+    """Times whose logsnr is uniform between logsnr(1) and logsnr(0), by bisection (cached per schedule and N)."""
     with jax.ensure_compile_time_eval():
         ends = np.asarray(schedule.logsnr(jnp.array([1.0, 0.0])), np.float64)
         if not np.all(np.isfinite(ends)):

@@ -48,7 +48,8 @@ def test_discrete_tables_match_products_of_betas():
         levels = np.array([1, 2, T // 3, T - 1, T])
         alpha = np.asarray(s.alpha(levels / T), np.float64)
         np.testing.assert_allclose(alpha**2, alphabar[levels - 1], rtol=2e-5, atol=1e-9)
-        assert float(s.sigma(0.0)) == 0.0 and s.sigma_at_zero() == 0.0
+        assert float(s.sigma(0.0)) == 0.0 and s.ends_at_data
+    assert not sc.CosineLogSNR().ends_at_data and sc.LinearVP().ends_at_data
     np.testing.assert_allclose(sc.LinearBetas(1000).betas[[0, -1]], [1e-4, 0.02])
 
 

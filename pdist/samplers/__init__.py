@@ -65,7 +65,7 @@ METHODS: dict[str, Method] = {
 
 def nfe(method: str, num_steps: int, schedule: Schedule) -> int:
     """Number of denoiser evaluations of ``method`` with ``num_steps`` steps."""
-    data_step = int(schedule.sigma_at_zero() == 0.0)
+    data_step = int(schedule.ends_at_data)
     return _method(method).nfe(num_steps - data_step) + data_step
 
 

@@ -34,7 +34,7 @@ class Evaluator:
         self.denoise_fn = denoise_fn
         self.schedule = schedule
         self.clip_x = clip_x
-        self.ends_at_data = schedule.sigma_at_zero() == 0.0
+        self.ends_at_data = schedule.ends_at_data
 
     def logsnr(self, t: Array) -> Array:
         return self.schedule.logsnr(t)
