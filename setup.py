@@ -15,8 +15,20 @@ setup(
         "numpy>=1.26",
         "scipy>=1.11",
         "matplotlib>=3.8",
+        "pillow>=10",
+        "flax>=0.12",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.11",
+        "tensorflow-cpu>=2.20",
+        "tensorflow-datasets>=4.9.7",
+        "importlib_resources",  # tensorflow-datasets imports it without declaring it
+        "ml-collections>=1.0",
+        "clu>=0.0.12",
+        "tensorboard>=2.20",  # clu's metric writers need it
+        "scikit-learn>=1.4",  # the embedded digits dataset
+        "absl-py",
     ],
     extras_require={
-        "test": ["pytest>=8", "optax>=0.2", "ruff>=0.6"],
+        "test": ["pytest>=8", "ruff>=0.6", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"],
     },
 )

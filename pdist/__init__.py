@@ -2,7 +2,16 @@
 
 The pure math core: ``pdist.schedules``, ``pdist.diffusion``, ``pdist.losses``,
 ``pdist.vlb``, ``pdist.importance``, ``pdist.samplers``; exact test oracles in
-``pdist.oracles``.
+``pdist.oracles``. Training: ``python -m pdist.main``; a trained checkpoint:
+``pdist.load(path)`` (imported on first use, so the math core stays light).
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name == "load":
+        from pdist.pretrained import load
+
+        return load
+    raise AttributeError(f"module 'pdist' has no attribute {name!r}")

@@ -1,0 +1,43 @@
+"""The embedded default: scikit-learn's 8x8 handwritten digits, trained on a CPU in minutes.
+
+python -m pdist.main --config=configs/digits.py --workdir=runs/digits
+"""
+
+from pdist.config import base_config
+
+
+def get_config():
+    config = base_config()
+    config.data.name = "digits"
+    config.data.image_size = 8
+    config.data.channels = 1
+    config.data.num_classes = 10
+    config.data.random_flip = False  # digits are not mirror-symmetric
+
+    config.model.ch = 16
+    config.model.ch_mult = (1, 2)
+    config.model.num_res_blocks = 1
+    config.model.attn_resolutions = (4,)
+    config.model.head_dim = 32
+    config.model.dropout = 0.0
+
+    config.diffusion.schedule = "cosine_logsnr"
+    config.diffusion.parameterization = "v"
+    config.diffusion.weighting = "snr_plus_one"
+
+    config.optim.learning_rate = 1e-3
+    config.optim.warmup_steps = 100
+    config.optim.schedule = "cosine"
+
+    config.train.batch_size = 128
+    config.train.num_steps = 2000
+    config.train.ema_decay = 0.999
+    config.train.log_every = 50
+    config.train.checkpoint_every = 500
+    config.train.sample_every = 1000
+    config.train.num_grid_samples = 100
+
+    config.sample.method = "ddim"
+    config.sample.num_steps = 64
+    config.sample.num_samples = 1000
+    return config

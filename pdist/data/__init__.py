@@ -1,0 +1,5 @@
+"""Input pipelines (the only TensorFlow user in pdist)."""
+
+from pdist.data.pipeline import DatasetUnavailableError, builder, process_split, train_batches
+
+__all__ = ["DatasetUnavailableError", "builder", "process_split", "train_batches"]

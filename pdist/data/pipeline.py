@@ -1,0 +1,106 @@
+"""TFDS input: each process reads its own shard, shuffles, flips, scales to
+[-1, 1], batches its share of the global batch and prefetches.
+
+The stream is a pure function of (seed, process, step): shuffling uses a fixed
+seed, flips draw from a stateless RNG keyed by the example's position in the
+stream, and a resumed run skips the records it has already consumed (before
+decoding, so skipping is cheap). A resumed run thus sees exactly the batches
+the uninterrupted run would have seen.
+
+This module is the only TensorFlow user in pdist; TensorFlow is kept off
+accelerators so it never takes memory from JAX.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from pdist.data import digits  # noqa: F401  (registers the "digits" builder)
+
+tf.config.set_visible_devices([], "GPU")
+
+
+class DatasetUnavailableError(RuntimeError):
+    """A dataset is not prepared locally and could not be prepared here."""
+
+
+def builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+    """The prepared TFDS builder of ``name``; prepares it if needed (offline for ``digits``)."""
+    try:
+        b = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise DatasetUnavailableError(
+            f"TFDS has no dataset {name!r}; set config.data.name to a TFDS name such as 'cifar10' or 'digits'."
+        ) from e
+    if not b.is_prepared():
+        try:
+            b.download_and_prepare()
+        except Exception as e:  # TFDS raises many types here (network, manual_dir, checksum)
+            raise DatasetUnavailableError(
+                f"Dataset {name!r} is not prepared in {b.data_dir!r} and could not be prepared here "
+                f"({type(e).__name__}); run `tfds build {name} --data_dir=DIR` on a machine with network "
+                "(placing manual downloads as its docs say), then pass --config.data.data_dir=DIR."
+            ) from e
+    return b
+
+
+def process_split(split: str, process_index: int, process_count: int) -> str:
+    """This process's disjoint share of ``split`` (all shares together cover it)."""
+    return tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
+
+
+def _preprocess(record: dict, index, *, size: int, channels: int, flip: bool, seed: int) -> dict:
+    image = tf.io.decode_image(record["image"], channels=channels, expand_animations=False)
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    if not (image.shape[0] == size and image.shape[1] == size):
+        side = tf.minimum(height, width)  # center crop to a square, then area-resize
+        image = tf.image.crop_to_bounding_box(image, (height - side) // 2, (width - side) // 2, side, side)
+        image = tf.image.resize(image, (size, size), method="area", antialias=True)
+    image = tf.reshape(tf.cast(image, tf.float32), (size, size, channels))
+    if flip:
+        u = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)]))
+        image = tf.cond(u < 0.5, lambda: tf.image.flip_left_right(image), lambda: image)
+    out = {"image": image / 127.5 - 1.0}
+    if "label" in record:
+        out["label"] = tf.cast(record["label"], tf.int32)
+    return out
+
+
+def train_batches(
+    config: ml_collections.ConfigDict,
+    *,
+    local_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    start_step: int = 0,
+    seed: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """An endless iterator of this process's batches, starting at ``start_step``.
+
+    Yields numpy dicts: ``image`` [local_batch, H, W, C] float32 in [-1, 1] and
+    ``label`` [local_batch] int32 where the dataset has labels.
+    """
+    d = config.data
+    seed = config.seed if seed is None else seed
+    b = builder(d.name, d.data_dir)
+    split = process_split(d.split, process_index, process_count)
+    ds = b.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.map(lambda r: {k: r[k] for k in ("image", "label") if k in r})
+    if d.cache:
+        ds = ds.cache()
+    ds = ds.shuffle(d.shuffle_buffer, seed=seed + process_index, reshuffle_each_iteration=True).repeat()
+    ds = ds.enumerate().skip(start_step * local_batch_size)
+    ds = ds.map(
+        lambda i, r: _preprocess(
+            r, i, size=d.image_size, channels=d.channels, flip=d.random_flip, seed=seed * 1000 + process_index
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return iter(tfds.as_numpy(ds))

@@ -1,0 +1,5 @@
+"""Flax modules."""
+
+from pdist.models.unet import UNet
+
+__all__ = ["UNet"]

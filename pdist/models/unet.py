@@ -1,0 +1,165 @@
+"""The UNet of the Improved-DDPM / ADM family (Nichol & Dhariwal 2021; Dhariwal & Nichol 2021).
+
+``UNet(...)(x_BHWC, logsnr_B, label_B=None, train=False) -> out_BHWK``:
+
+* residual blocks with GroupNorm, SiLU and scale-shift conditioning on the
+  embedding (``h = norm(h) * (1 + scale) + shift``), dropout before the last
+  conv, which starts at zero so that each block starts as the identity;
+* multi-head self-attention at the resolutions in ``attn_resolutions``
+  (``head_dim`` channels per head, or a fixed ``num_heads``);
+* down/upsampling by strided/nearest convs, or by BigGAN-style residual blocks
+  (``resblock_updown``);
+* the noise level enters as a sinusoidal embedding of
+  ``c = atan(exp(-logsnr / 2)) * 2 / pi`` in [0, 1] (1000 c, as a time step),
+  which serves every schedule, discrete or continuous; a class embedding is
+  added to it when ``num_classes > 0``;
+* ``out_channels`` covers learned variance and two heads (see
+  :func:`pdist.diffusion.output_channels`); the output conv starts at zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def noise_level_embedding(logsnr: Array, dim: int, max_period: float = 10_000.0) -> Array:
+    """[B] logSNR -> [B, dim] sinusoidal features of ``1000 * atan(exp(-logsnr/2)) * 2/pi``."""
+    c = jnp.arctan(jnp.exp(-0.5 * logsnr.astype(jnp.float32))) / (0.5 * math.pi)
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = 1000.0 * c[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def _groups(channels: int, max_groups: int = 32) -> int:
+    return math.gcd(channels, max_groups)
+
+
+def _norm(channels: int, dtype) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=_groups(channels), dtype=dtype)
+
+
+def _downsample(h: Array) -> Array:
+    return nn.avg_pool(h, (2, 2), strides=(2, 2))
+
+
+def _upsample(h: Array) -> Array:
+    b, height, width, c = h.shape
+    return jax.image.resize(h, (b, 2 * height, 2 * width, c), method="nearest")
+
+
+class ResBlock(nn.Module):
+    out_ch: int
+    dropout: float
+    resample: str | None = None  # None, "down" or "up"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, emb: Array, train: bool) -> Array:
+        h = nn.silu(_norm(x.shape[-1], self.dtype)(x))
+        if self.resample is not None:
+            op = _downsample if self.resample == "down" else _upsample
+            h, x = op(h), op(x)
+        h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype)(h)
+        scale, shift = jnp.split(nn.Dense(2 * self.out_ch, dtype=self.dtype)(nn.silu(emb))[:, None, None, :], 2, -1)
+        h = _norm(self.out_ch, self.dtype)(h) * (1 + scale) + shift
+        h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
+        h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
+        if x.shape[-1] != self.out_ch:
+            x = nn.Conv(self.out_ch, (1, 1), dtype=self.dtype)(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    num_heads: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, height, width, c = x.shape
+        h = _norm(c, self.dtype)(x).reshape(b, height * width, c)
+        h = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads,
+            dtype=self.dtype,
+            out_kernel_init=nn.initializers.zeros,
+        )(h)
+        return x + h.reshape(b, height, width, c)
+
+
+class UNet(nn.Module):
+    out_channels: int
+    ch: int = 128
+    ch_mult: Sequence[int] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: Sequence[int] = (16,)
+    head_dim: int | None = 64
+    num_heads: int | None = None
+    dropout: float = 0.0
+    resblock_updown: bool = False
+    num_classes: int = 0
+    dtype: Any = jnp.float32
+
+    def _heads(self, channels: int) -> int:
+        if self.num_heads is not None:
+            return self.num_heads
+        return max(1, channels // self.head_dim)
+
+    @nn.compact
+    def __call__(self, x: Array, logsnr: Array, label: Array | None = None, train: bool = False) -> Array:
+        emb_dim = 4 * self.ch
+        emb = noise_level_embedding(logsnr, self.ch)
+        emb = nn.Dense(emb_dim, dtype=self.dtype)(emb)
+        emb = nn.Dense(emb_dim, dtype=self.dtype)(nn.silu(emb))
+        if self.num_classes > 0:
+            if label is None:
+                raise ValueError("This UNet is class-conditional (num_classes > 0); pass label=[B] ints.")
+            emb = emb + nn.Embed(self.num_classes, emb_dim, dtype=self.dtype)(label)
+
+        def res(h, out_ch, resample=None):
+            return ResBlock(out_ch, self.dropout, resample, self.dtype)(h, emb, train)
+
+        def attn(h):
+            return AttnBlock(self._heads(h.shape[-1]), self.dtype)(h)
+
+        h = nn.Conv(self.ch, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
+        skips = [h]
+        for level, mult in enumerate(self.ch_mult):
+            for _ in range(self.num_res_blocks):
+                h = res(h, self.ch * mult)
+                if h.shape[1] in self.attn_resolutions:
+                    h = attn(h)
+                skips.append(h)
+            if level != len(self.ch_mult) - 1:
+                if self.resblock_updown:
+                    h = res(h, h.shape[-1], "down")
+                else:
+                    h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype)(h)
+                skips.append(h)
+
+        h = res(h, h.shape[-1])
+        h = attn(h)
+        h = res(h, h.shape[-1])
+
+        for level, mult in reversed(list(enumerate(self.ch_mult))):
+            for _ in range(self.num_res_blocks + 1):
+                h = res(jnp.concatenate([h, skips.pop()], axis=-1), self.ch * mult)
+                if h.shape[1] in self.attn_resolutions:
+                    h = attn(h)
+            if level != 0:
+                if self.resblock_updown:
+                    h = res(h, h.shape[-1], "up")
+                else:
+                    h = nn.Conv(h.shape[-1], (3, 3), dtype=self.dtype)(_upsample(h))
+        assert not skips
+
+        h = nn.silu(_norm(h.shape[-1], self.dtype)(h))
+        h = nn.Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
+        return h.astype(jnp.float32)

@@ -1,0 +1,156 @@
+"""The training loop: the only stateful orchestrator in pdist.
+
+``train_and_evaluate(config, workdir)`` validates the config, builds the
+input, state and step, resumes from the newest checkpoint in
+``<workdir>/checkpoints`` if there is one, and then steps, logging scalars
+(loss, learning rate, gradient norm, steps/s, ETA) one log interval late so
+the host never waits on the device, saving checkpoints every
+``checkpoint_every`` steps (asynchronously, newest ``keep_checkpoints`` kept)
+and sample grids every ``sample_every`` steps. At the end it writes a final
+checkpoint and ``<workdir>/samples.npz`` with its PNG grid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from clu import metric_writers, periodic_actions
+
+import pdist
+from pdist import build, data, images, optim, parallel, train_step
+from pdist.checkpoint import CHECKPOINTS, Checkpointer
+from pdist.config import validate
+from pdist.sample import ImageSampler, write_samples
+
+
+def metadata(config: ml_collections.ConfigDict, step: int, **extra) -> dict:
+    return {"config": json.loads(config.to_json()), "step": step, "pdist_version": pdist.__version__, **extra}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_step.TrainState:
+    validate(config)
+    mesh = parallel.data_mesh()
+    parallel.check_batch_size(config.train.batch_size, mesh)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    t = config.train
+    local_batch = t.batch_size // jax.process_count()
+
+    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINTS), keep=t.keep_checkpoints)
+    init_fn, tx = build.state_init(config)
+    start = ckpt.latest_step() or 0
+    if start:
+        state, meta = ckpt.restore(train_step.abstract_state(init_fn, mesh))
+        logging.info("Resumed from %s at step %d.", ckpt.directory, start)
+    else:
+        state = train_step.create_state(init_fn, mesh)
+    batches = data.train_batches(
+        config,
+        local_batch_size=local_batch,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        start_step=start,
+    )
+    step_fn = train_step.compile_step(
+        train_step.make_train_step(
+            build.loss_fn(config),
+            tx,
+            ema_decay=t.ema_decay,
+            learning_rate=optim.learning_rate(config.optim, t.num_steps),
+            importance=build.importance_sampler(config),
+        ),
+        mesh,
+    )
+    key = jax.random.fold_in(jax.random.key(config.seed), 1)
+
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    if start == 0:
+        writer.write_hparams(_flat_hparams(config))
+    progress = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer, every_steps=t.log_every)
+    sampler = ImageSampler(config)
+    pending, last_time, last_step = [], time.time(), start
+
+    with metric_writers.ensure_flushes(writer):
+        for step in range(start + 1, t.num_steps + 1):
+            state, metrics = step_fn(state, parallel.global_batch(next(batches), mesh), key)
+            pending.append(metrics)
+            progress(step)
+            if step % t.log_every == 0 or step == t.num_steps:
+                # Fetch every step but the newest, which is still running.
+                ready = pending if step == t.num_steps else pending[:-1]
+                pending = [] if step == t.num_steps else pending[-1:]
+                if ready:
+                    now = time.time()
+                    steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
+                    last_time, last_step = now, step
+                    scalars = _mean_metrics(ready)
+                    _check_finite(scalars, step)
+                    scalars["steps_per_sec"] = steps_per_sec
+                    scalars["eta_hours"] = (t.num_steps - step) / max(steps_per_sec, 1e-9) / 3600.0
+                    writer.write_scalars(step, scalars)
+            if step % t.checkpoint_every == 0 or step == t.num_steps:
+                ckpt.save(step, state, metadata(config, step))
+            if t.sample_every and step % t.sample_every == 0 and step != t.num_steps:
+                _write_grid(writer, sampler, state, config, workdir, step)
+
+        _write_grid(writer, sampler, state, config, workdir, t.num_steps)
+        s = config.sample
+        x = sampler(
+            state.ema_params,
+            s.num_samples,
+            method=s.method,
+            num_steps=s.num_steps,
+            seed=s.seed,
+            clip_x=s.clip_x,
+            batch_size=s.batch_size,
+        )
+        if jax.process_index() == 0:
+            write_samples(workdir, "samples", x)
+    ckpt.wait()
+    ckpt.close()
+    return state
+
+
+def _write_grid(writer, sampler, state, config, workdir, step):
+    s = config.sample
+    x = sampler(state.ema_params, config.train.num_grid_samples, method=s.method, num_steps=s.num_steps, seed=s.seed)
+    grid = images.grid(x)
+    if jax.process_index() == 0:
+        os.makedirs(os.path.join(workdir, "grids"), exist_ok=True)
+        images.save_png(os.path.join(workdir, "grids", f"step_{step:08d}.png"), grid, scale=max(1, 64 // x.shape[1]))
+    writer.write_images(step, {"samples": grid[None]})
+
+
+def _mean_metrics(metrics: list[dict]) -> dict[str, float]:
+    fetched = jax.device_get(metrics)
+    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def _check_finite(scalars: dict[str, float], step: int) -> None:
+    bad = sorted(k for k, v in scalars.items() if not math.isfinite(v))
+    if bad:
+        raise FloatingPointError(
+            f"{bad} became non-finite before step {step}; the last checkpoint is intact: lower "
+            "config.optim.learning_rate or set config.optim.grad_clip, then rerun to resume from it."
+        )
+
+
+def _flat_hparams(config: ml_collections.ConfigDict) -> dict:
+    out = {}
+
+    def walk(prefix, d):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}.", v)
+            else:
+                out[prefix + k] = v if isinstance(v, (int, float, str, bool)) else str(v)
+
+    walk("", config.to_dict())
+    return out

@@ -1,0 +1,95 @@
+"""The train state and the one train step used by teacher training and distillation.
+
+``step(state, batch, key, *loss_args) -> (state, metrics)`` where the loss is
+any ``loss_fn(params, batch, key, *loss_args) -> (loss, metrics)`` from
+:mod:`pdist.losses` (distillation passes the frozen teacher parameters as
+``loss_args``). The step's RNG is ``fold_in(key, state.step)``, never stored.
+Compiled once with :func:`compile_step` over the data mesh, donating the state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from pdist import parallel
+from pdist.importance import LossAwareSampler
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: Array  # int32 scalar: optimizer steps taken
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    importance: Any = None  # ImportanceState when t is importance-sampled
+
+
+def init_state(params, tx: optax.GradientTransformation, importance: LossAwareSampler | None = None) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=jax.tree.map(jnp.copy, params),
+        opt_state=tx.init(params),
+        importance=None if importance is None else importance.init(),
+    )
+
+
+def make_train_step(
+    loss_fn: Callable,
+    tx: optax.GradientTransformation,
+    *,
+    ema_decay: float,
+    learning_rate: optax.Schedule | None = None,
+    importance: LossAwareSampler | None = None,
+) -> Callable:
+    """The step. With ``importance``, t is drawn from (and updates) ``state.importance``."""
+
+    def step(state: TrainState, batch: dict, key: Array, *loss_args):
+        key = jax.random.fold_in(key, state.step)
+        k_t, k_loss = jax.random.split(key)
+        if importance is not None:
+            levels, t_weight = importance.sample(state.importance, k_t, batch["image"].shape[0])
+            batch = {**batch, "t": levels / importance.num_timesteps, "t_weight": t_weight}
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, k_loss, *loss_args)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+        imp = state.importance
+        if importance is not None:
+            imp = importance.update(imp, levels, metrics["per_example_vlb"])
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("per_example_")}
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        if learning_rate is not None:
+            metrics["learning_rate"] = learning_rate(state.step)
+        new_state = state.replace(
+            step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state, importance=imp
+        )
+        return new_state, metrics
+
+    return step
+
+
+def compile_step(step: Callable, mesh: Mesh) -> Callable:
+    """``jax.jit`` with a replicated state (donated) and metrics; batches arrive sharded."""
+    repl = parallel.replicated(mesh)
+    return jax.jit(step, out_shardings=(repl, repl), donate_argnums=(0,))
+
+
+def create_state(init_fn: Callable, mesh: Mesh) -> TrainState:
+    """Runs ``init_fn() -> TrainState`` compiled to place the state replicated on ``mesh``."""
+    return jax.jit(init_fn, out_shardings=parallel.replicated(mesh))()
+
+
+def abstract_state(init_fn: Callable, mesh: Mesh) -> TrainState:
+    """Shapes, dtypes and shardings of ``init_fn()``'s state, without computing it."""
+    repl = parallel.replicated(mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), jax.eval_shape(init_fn))

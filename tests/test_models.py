@@ -1,0 +1,70 @@
+"""The UNet: output shapes for every config family, variance/two-head channels, class conditioning."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import config_file
+
+from pdist import build
+
+FAMILIES = [
+    ("digits", None, 1),
+    ("cifar10", None, 3),
+    ("cifar10_iddpm", None, 6),  # eps + learned variance
+    ("cifar10_iddpm", "vlb", 6),
+    ("imagenet64", None, 6),  # x and eps heads
+    ("lsun_bedroom128", None, 3),
+    ("lsun_church128", None, 3),
+]
+
+
+@pytest.mark.parametrize("name,variant,out_channels", FAMILIES)
+def test_output_shape_at_reduced_width(name, variant, out_channels):
+    config = config_file(name, variant)
+    config.model.ch = 16
+    config.model.head_dim = 8
+    if config.model.num_heads is not None:
+        config.model.num_heads = 2
+    size, channels = config.data.image_size, config.data.channels
+    assert build.network(config).out_channels == out_channels
+    params = jax.eval_shape(lambda: build.init_params(config, jax.random.key(0)))
+    label = jnp.zeros((2,), jnp.int32)
+    out = jax.eval_shape(
+        lambda p: build.apply_fn(config)(p, jnp.zeros((2, size, size, channels)), jnp.full((2,), 0.5), label, None),
+        params,
+    )
+    assert out.shape == (2, size, size, out_channels)
+
+
+def _random_params(params, key):
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(tree, [0.1 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)])
+
+
+def test_class_embedding_changes_the_output():
+    config = config_file("digits")
+    config.model.class_conditional = True
+    params = _random_params(build.init_params(config, jax.random.key(0)), jax.random.key(1))
+    apply = build.apply_fn(config)
+    z = jax.random.normal(jax.random.key(2), (1, 8, 8, 1))
+    t = jnp.full((1,), 0.5)
+    a = apply(params, z, t, jnp.array([3]), None)
+    b = apply(params, z, t, jnp.array([7]), None)
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-3
+    np.testing.assert_array_equal(a, apply(params, z, t, jnp.array([3]), None))
+
+
+def test_output_layers_start_at_zero_and_dropout_needs_train():
+    config = config_file("digits")
+    config.model.dropout = 0.5
+    params = build.init_params(config, jax.random.key(0))
+    apply = build.apply_fn(config)
+    z = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
+    t = jnp.full((2,), 0.3)
+    np.testing.assert_array_equal(apply(params, z, t, None, None), 0.0)  # zero-initialized output conv
+    params = _random_params(params, jax.random.key(1))
+    det = apply(params, z, t, None, None)
+    np.testing.assert_array_equal(det, apply(params, z, t, None, None))
+    assert float(jnp.max(jnp.abs(det - apply(params, z, t, None, jax.random.key(3))))) > 1e-4
