@@ -36,14 +36,15 @@ Array = jax.Array
 class Method:
     """A sampler: its function, its options with defaults, when it needs a key, and its cost.
 
-    ``nfe(n)``: evaluations for n steps of the method itself (the final DDIM
-    step onto clean data of a discrete schedule adds one; ``samplers/core.py``).
+    ``nfe(n, ends_at_data)``: evaluations for n steps of the method itself (the
+    final DDIM step onto clean data of a discrete schedule adds one;
+    ``samplers/core.py``).
     """
 
     run: Callable
     options: tuple[tuple[str, object], ...]
     needs_key: Callable[[dict], bool]  # of the resolved options
-    nfe: Callable[[int], int]
+    nfe: Callable[[int, bool], int]
 
 
 def _never(options: dict) -> bool:
@@ -51,22 +52,22 @@ def _never(options: dict) -> bool:
 
 
 METHODS: dict[str, Method] = {
-    "ddpm": Method(ancestral.ddpm, (("variance", "small"),), lambda o: True, lambda n: n),
-    "ddim": Method(ancestral.ddim, (("eta", 0.0),), lambda o: o["eta"] > 0, lambda n: n),
-    "euler": Method(ode.euler, (), _never, lambda n: n),
-    "heun": Method(ode.heun, (), _never, lambda n: 2 * n),
-    "dpmpp_2m": Method(ode.dpmpp_2m, (), _never, lambda n: n),
-    "prk": Method(pndm.prk, (), _never, lambda n: 4 * n),
-    "plms": Method(pndm.plms, (), _never, lambda n: n),
-    "spndm": Method(pndm.spndm, (), _never, lambda n: n + 1 if n else 0),
-    "fpndm": Method(pndm.fpndm, (), _never, lambda n: 4 * min(3, n) + max(n - 3, 0)),
+    "ddpm": Method(ancestral.ddpm, (("variance", "small"),), lambda o: True, lambda n, _: n),
+    "ddim": Method(ancestral.ddim, (("eta", 0.0),), lambda o: o["eta"] > 0, lambda n, _: n),
+    "euler": Method(ode.euler, (), _never, lambda n, _: n),
+    "heun": Method(ode.heun, (), _never, lambda n, at_data: 2 * n if at_data else max(2 * n - 1, 0)),
+    "dpmpp_2m": Method(ode.dpmpp_2m, (), _never, lambda n, _: n),
+    "prk": Method(pndm.prk, (), _never, lambda n, _: 4 * n),
+    "plms": Method(pndm.plms, (), _never, lambda n, _: n),
+    "spndm": Method(pndm.spndm, (), _never, lambda n, _: n + 1 if n else 0),
+    "fpndm": Method(pndm.fpndm, (), _never, lambda n, _: 4 * min(3, n) + max(n - 3, 0)),
 }
 
 
 def nfe(method: str, num_steps: int, schedule: Schedule) -> int:
     """Number of denoiser evaluations of ``method`` with ``num_steps`` steps."""
     data_step = int(schedule.ends_at_data)
-    return _method(method).nfe(num_steps - data_step) + data_step
+    return _method(method).nfe(num_steps - data_step, schedule.ends_at_data) + data_step
 
 
 def sample(

@@ -44,7 +44,13 @@ def euler(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
 def heun(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
     """Heun's second-order method in phi (Karras et al. 2022, Alg. 1, in phi).
 
-    Two evaluations per step.
+    Two evaluations per step. When the grid ends at t = 0 of a schedule that
+    does not reach clean data (the clipped logSNR cosine: sigma(0) = e^-10), the
+    last step is an Euler step, as Karras et al.'s step to sigma = 0: the
+    corrector there would see eps recomputed from a clipped x-hat,
+    (z - alpha x-hat) / sigma, which is unbounded. On schedules that end at
+    data the grid stops one level early (the DDIM step finishes), so every
+    step keeps its corrector.
     """
     del key
 
@@ -56,8 +62,11 @@ def heun(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
         v2 = diffusion.to_v(ev(z_pred, s), ev.logsnr(s))
         return z + dphi * 0.5 * (v1 + v2), None
 
-    z, _ = jax.lax.scan(step, z, step_pairs(times))
-    return z
+    if ev.ends_at_data:
+        z, _ = jax.lax.scan(step, z, step_pairs(times))
+        return z
+    z, _ = jax.lax.scan(step, z, step_pairs(times[:-1]))
+    return euler(ev, times[-2:], z, None)
 
 
 def dpmpp_2m(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:

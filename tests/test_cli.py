@@ -1,0 +1,102 @@
+"""The README's main command (short), --config.mode=sample, config errors, pdist.load and the notebook."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+SHORT = [
+    "--config.train.num_steps=20",
+    "--config.train.log_every=10",
+    "--config.train.checkpoint_every=10",
+    "--config.train.sample_every=0",
+    "--config.train.num_grid_samples=16",
+    "--config.sample.num_steps=8",
+    "--config.sample.num_samples=16",
+]
+
+
+def _main(*args, timeout=900):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "pdist.main", "--config=configs/digits.py", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tfds_dir):
+    path = str(tmp_path_factory.mktemp("digits_run"))
+    out = _main(f"--workdir={path}", f"--config.data.data_dir={tfds_dir}", *SHORT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return path
+
+
+def test_short_main_run_leaves_checkpoints_grids_and_samples(workdir):
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
+    assert os.path.exists(os.path.join(workdir, "grids", "step_00000020.png"))
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+    samples = np.load(os.path.join(workdir, "samples.npz"))
+    assert samples["images"].shape == (16, 8, 8, 1) and samples["images"].dtype == np.uint8
+    assert os.path.exists(os.path.join(workdir, "samples.png"))
+
+
+def test_sample_mode_writes_grid_and_npz(workdir, tfds_dir):
+    out = _main(
+        f"--workdir={workdir}",
+        "--config.mode=sample",
+        "--config.sample.method=heun",
+        "--config.sample.num_steps=4",
+        "--config.sample.num_samples=9",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    npz = np.load(os.path.join(workdir, "samples", "samples_heun_4_step20.npz"))
+    assert npz["samples"].shape == (9, 8, 8, 1)
+    assert np.isfinite(npz["samples"]).all()
+    np.testing.assert_array_equal(npz["images"], np.clip(np.round((npz["samples"] + 1) * 127.5), 0, 255))
+
+
+@pytest.mark.parametrize(
+    "flag,message",
+    [
+        ("--config.train.no_such_key=1", "no_such_key"),
+        ("--config.diffusion.parameterization=epsilon", "config.diffusion.parameterization='epsilon' is not valid"),
+    ],
+)
+def test_bad_config_stops_with_a_sentence(tmp_path, flag, message):
+    out = _main(f"--workdir={tmp_path}", flag, timeout=300)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr or "no_such_key" in flag
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+LOAD = """
+import sys, numpy as np, pdist
+model = pdist.load(sys.argv[1])
+x = model.sample(16, method="ddim", num_steps=8, seed=3)
+y = model.sample(16, method="ddim", num_steps=8, seed=3)
+assert model.step == 20 and x.shape == (16, 8, 8, 1) and np.array_equal(x, y)
+assert "train" not in sys.modules and "pdist.train" not in sys.modules
+print(float(np.abs(x).max()))
+"""
+
+
+def test_load_samples_in_a_fresh_process(workdir):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", LOAD, workdir], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 0.0 < float(out.stdout.strip().splitlines()[-1]) <= 1.0 + 1e-3
+
+
+def test_notebook_runs_on_the_checkpoint(workdir):
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(os.path.join(REPO, "examples", "colab_quickstart.ipynb"), as_version=4)
+    os.environ["PDIST_CHECKPOINT"] = workdir
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": REPO}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
