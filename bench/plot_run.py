@@ -1,0 +1,59 @@
+"""Plots a training run's loss curve from its TensorBoard events and copies its sample grid.
+
+python bench/plot_run.py --workdir=runs/digits --out=docs/digits
+(writes docs/digits_loss.png and docs/digits_samples.png)
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util import tensor_util
+
+from pdist import images
+
+
+def scalars(workdir: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    steps, values = [], []
+    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+        acc = EventAccumulator(path, size_guidance={"tensors": 0})
+        acc.Reload()
+        if tag in acc.Tags()["tensors"]:
+            for e in acc.Tensors(tag):
+                steps.append(e.step)
+                values.append(float(tensor_util.make_ndarray(e.tensor_proto)))
+    order = np.argsort(steps)
+    return np.asarray(steps)[order], np.asarray(values)[order]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--out", required=True, help="path prefix of the PNGs")
+    args = parser.parse_args()
+    step, loss = scalars(args.workdir, "loss")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(step, loss)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (mean over each log interval)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(f"{args.out}_loss.png", dpi=120)
+    x = np.load(os.path.join(args.workdir, "samples.npz"))["samples"][:100]
+    images.save_png(f"{args.out}_samples.png", images.grid(x, columns=10), scale=4)
+    print("step  loss")
+    for s, v in list(zip(step, loss, strict=True))[:: max(len(step) // 10, 1)] + [(step[-1], loss[-1])]:
+        print(f"{s:5d} {v:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Training throughput (images/s) of the train step, per config, on the default JAX device.
+
+python bench/train_step.py                 # digits, cifar10 at ch=32, cifar10 at full width
+python bench/train_step.py --quick         # digits only
+python bench/train_step.py --peak-tflops=989 --setups=cifar10   # adds model-FLOPs utilization
+
+Times ``--steps`` steps after one warm-up (compile) step, on one synthetic
+batch already on the device, so the figure is the step alone, not the input.
+FLOPs per step come from XLA's cost analysis of the compiled step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pdist import build, parallel, train_step  # noqa: E402
+from pdist.config import from_file  # noqa: E402
+
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
+
+SETUPS = {
+    "digits": ("digits", {}),
+    "cifar10_ch32": ("cifar10", {"ch": 32}),
+    "cifar10": ("cifar10", {}),
+}
+
+
+def measure(name: str, batch_size: int | None, steps: int) -> dict:
+    config_name, model_overrides = SETUPS[name]
+    config = from_file(os.path.join(CONFIGS, f"{config_name}.py"))
+    for k, v in model_overrides.items():
+        config.model[k] = v
+    batch_size = batch_size or config.train.batch_size
+    config.train.batch_size = batch_size
+    mesh = parallel.data_mesh()
+    init_fn, tx = build.state_init(config)
+    state = train_step.create_state(init_fn, mesh)
+    params = sum(x.size for x in jax.tree.leaves(state.params))
+    step = train_step.compile_step(
+        train_step.make_train_step(build.loss_fn(config), tx, ema_decay=config.train.ema_decay), mesh
+    )
+    rng = np.random.default_rng(0)
+    local = {
+        "image": rng.uniform(-1, 1, (batch_size, *build.image_shape(config))).astype(np.float32),
+        "label": rng.integers(0, max(config.data.num_classes, 1), batch_size).astype(np.int32),
+    }
+    batch = parallel.global_batch(local, mesh)
+    key = jax.random.key(0)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch, key).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    state, metrics = step(state, batch, key)
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step(state, batch, key)
+    jax.block_until_ready(metrics)
+    sec = (time.perf_counter() - t0) / steps
+    return {
+        "setup": name,
+        "params": params,
+        "batch": batch_size,
+        "compile_s": compile_s,
+        "step_s": sec,
+        "images_per_s": batch_size / sec,
+        "tflops_per_step": flops / 1e12,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--setups", default="digits,cifar10_ch32,cifar10")
+    parser.add_argument("--quick", action="store_true", help="digits only")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the config's")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak, for model-FLOPs utilization")
+    args = parser.parse_args()
+    setups = ["digits"] if args.quick else args.setups.split(",")
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}")
+    print("| setup | params | batch | compile s | step s | images/s | TFLOP/step | MFU |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in setups:
+        r = measure(name, args.batch_size, args.steps)
+        mfu = "" if args.peak_tflops is None else f"{r['tflops_per_step'] / r['step_s'] / args.peak_tflops:.1%}"
+        print(
+            f"| {r['setup']} | {r['params'] / 1e6:.2f}M | {r['batch']} | {r['compile_s']:.1f} | {r['step_s']:.3f} "
+            f"| {r['images_per_s']:.1f} | {r['tflops_per_step']:.3f} | {mfu} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
