@@ -1,4 +1,4 @@
-"""LSUN bedroom at 128x128 (center-cropped, area-resized), unconditional, v-parameterization.
+"""LSUN bedroom at 128x128 (center-cropped, area-resized), unconditional, v-parameterization; also the church config.
 
 Needs TFDS ``lsun/bedroom`` prepared under config.data.data_dir (a large download).
 """

@@ -37,14 +37,20 @@ def main(argv):
     import jax
 
     logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices())
-    if config.mode == "sample":
-        from pdist import sample
+    from pdist.checkpoint import CheckpointNotFoundError
+    from pdist.data import DatasetUnavailableError
 
-        sample.run(config, _WORKDIR.value)
-    else:
-        from pdist import train
+    try:
+        if config.mode == "sample":
+            from pdist import sample
 
-        train.train_and_evaluate(config, _WORKDIR.value)
+            sample.run(config, _WORKDIR.value)
+        else:
+            from pdist import train
+
+            train.train_and_evaluate(config, _WORKDIR.value)
+    except (DatasetUnavailableError, CheckpointNotFoundError) as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
