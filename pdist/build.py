@@ -99,6 +99,19 @@ def loss_fn(config: ml_collections.ConfigDict) -> Callable:
     )
 
 
+def distillation_loss(config: ml_collections.ConfigDict, num_student_steps: int) -> Callable:
+    """The student loss ``(params, batch, key, teacher_params) -> (loss, metrics)`` for an N-step student."""
+    d = config.diffusion
+    return losses.make_distillation_loss(
+        apply_fn(config),
+        schedule(config),
+        parameterization=d.parameterization,
+        weighting=d.weighting,
+        num_student_steps=num_student_steps,
+        learned_variance=d.learned_variance,
+    )
+
+
 def importance_sampler(config: ml_collections.ConfigDict) -> LossAwareSampler | None:
     d = config.diffusion
     return LossAwareSampler(int(d.num_timesteps)) if d.importance_sampling else None

@@ -74,13 +74,26 @@ class Checkpointer:
 
 
 def locate(path: str) -> tuple[str, int | None]:
-    """(checkpoints directory, step or None for the newest) for a workdir, checkpoints dir or step dir."""
+    """(checkpoints directory, step or None for the newest) for a workdir, checkpoints dir or step dir.
+
+    A distillation workdir stands for its newest round's student.
+    """
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(path):
         raise CheckpointNotFoundError(f"{path} does not exist; pass a training workdir or a checkpoint folder.")
     if os.path.isdir(os.path.join(path, CHECKPOINTS)):
         return os.path.join(path, CHECKPOINTS), None
+    rounds = sorted(
+        n for n in os.listdir(path) if re.fullmatch(r"round_\d+_\d+steps", n) and _has_steps(path, n, CHECKPOINTS)
+    )
+    if rounds:
+        return os.path.join(path, rounds[-1], CHECKPOINTS), None
     name = os.path.basename(path)
     if re.fullmatch(r"\d+", name) and os.path.isdir(os.path.join(path, "state")):
         return os.path.dirname(path), int(name)
     return path, None
+
+
+def _has_steps(*parts: str) -> bool:
+    folder = os.path.join(*parts)
+    return os.path.isdir(folder) and any(re.fullmatch(r"\d+", n) for n in os.listdir(folder))

@@ -13,7 +13,7 @@ import ml_collections
 from pdist import diffusion, samplers
 from pdist.schedules import SCHEDULES
 
-MODES = ("train", "sample")
+MODES = ("train", "sample", "distill")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "linear", "cosine", "rex")
 
@@ -85,6 +85,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample.clip_x = True
     c.sample.seed = 0
     c.sample.batch_size = 256
+
+    # Progressive distillation (mode "distill"): config.optim, config.train.batch_size,
+    # ema_decay, log/checkpoint periods and config.model.dropout apply to every round;
+    # each round gets a fresh optimizer whose schedule spans that round's updates.
+    c.distill = ml_collections.ConfigDict()
+    c.distill.teacher = ml_collections.FieldReference(None, field_type=str)  # a teacher workdir or checkpoint
+    c.distill.teacher_use_ema = True  # the first teacher is the checkpoint's EMA params
+    c.distill.start_steps = 1024  # the teacher's DDIM steps; round 1's student takes half
+    c.distill.final_steps = 1
+    c.distill.updates_per_round = 50_000
+    c.distill.updates_last_rounds = 100_000  # rounds whose students take 2 steps or 1
+    c.distill.fidelity_samples = 256  # fixed noise: student N steps vs teacher 2N steps
+    c.distill.grid_samples = 16  # per round in the side-by-side grid
     return c
 
 
@@ -154,11 +167,71 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= t.ema_decay < 1.0:
         _fail(f"config.train.ema_decay={t.ema_decay} must be in [0, 1).")
 
+    if config.mode == "distill":
+        _validate_distill(config)
+
     s = config.sample
     _one_of(s.method, samplers.METHODS, "sample.method")
     _positive(s.num_steps, "sample.num_steps")
     _positive(s.num_samples, "sample.num_samples")
     _positive(s.batch_size, "sample.batch_size")
+
+
+def _validate_distill(config: ml_collections.ConfigDict) -> None:
+    d = config.distill
+    if not d.teacher:
+        _fail(
+            "config.distill.teacher is not set; pass --config.distill.teacher=PATH (a teacher workdir or checkpoint)."
+        )
+    _positive(d.start_steps, "distill.start_steps")
+    _positive(d.final_steps, "distill.final_steps")
+    ratio = d.start_steps // d.final_steps
+    if d.start_steps % d.final_steps or ratio < 2 or ratio & (ratio - 1):
+        _fail(
+            f"config.distill.start_steps={d.start_steps} must be config.distill.final_steps={d.final_steps} "
+            "times a power of two (at least 2), so that every round halves the step count."
+        )
+    T = config.diffusion.num_timesteps
+    if T is not None and T % d.start_steps:
+        _fail(
+            f"The teacher is discrete-time with T={T} steps and the first round's student grid "
+            f"(t = i/{d.start_steps // 2}, midpoints i/{d.start_steps}) does not land on it; set "
+            f"config.distill.start_steps to a divisor of {T} (e.g. {T & -T} for final_steps=1)."
+        )
+    _positive(d.updates_per_round, "distill.updates_per_round")
+    _positive(d.updates_last_rounds, "distill.updates_last_rounds")
+    _positive(d.fidelity_samples, "distill.fidelity_samples")
+    _positive(d.grid_samples, "distill.grid_samples")
+
+
+def for_distillation(
+    config: ml_collections.ConfigDict,
+    *,
+    start_steps: int,
+    batch_size: int,
+    learning_rate: float,
+    updates_per_round: int = 50_000,
+    updates_last_rounds: int = 100_000,
+) -> ml_collections.ConfigDict:
+    """A teacher's config turned into Progressive Distillation's settings (Salimans & Ho 2022, App. E).
+
+    Every round: a fresh Adam whose learning rate falls linearly from
+    ``learning_rate`` to 0, no warm-up, dropout 0, EMA off (the student is the
+    last iterate; set ``config.train.ema_decay`` to keep one).
+    """
+    config.mode = "distill"
+    config.distill.start_steps = start_steps
+    config.distill.final_steps = 1
+    config.distill.updates_per_round = updates_per_round
+    config.distill.updates_last_rounds = updates_last_rounds
+    config.model.dropout = 0.0
+    config.optim.learning_rate = learning_rate
+    config.optim.warmup_steps = 0
+    config.optim.schedule = "linear"
+    config.train.batch_size = batch_size
+    config.train.ema_decay = 0.0
+    config.train.checkpoint_every = min(config.train.checkpoint_every, updates_per_round)
+    return config
 
 
 def from_file(path: str, variant: str | None = None) -> ml_collections.ConfigDict:

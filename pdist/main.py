@@ -1,7 +1,8 @@
 """``python -m pdist.main --config=configs/digits.py --workdir=runs/digits [--config.a.b=value]``.
 
 ``config.mode`` picks the job: ``train`` (resumes from the workdir's newest
-checkpoint) or ``sample`` (``config.sample.*`` from a checkpoint).
+checkpoint), ``distill`` (progressive distillation of ``config.distill.teacher``,
+resuming likewise) or ``sample`` (``config.sample.*`` from a checkpoint).
 """
 
 from __future__ import annotations
@@ -39,17 +40,22 @@ def main(argv):
     logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices())
     from pdist.checkpoint import CheckpointNotFoundError
     from pdist.data import DatasetUnavailableError
+    from pdist.distill import TeacherMismatchError
 
     try:
         if config.mode == "sample":
             from pdist import sample
 
             sample.run(config, _WORKDIR.value)
+        elif config.mode == "distill":
+            from pdist import distill
+
+            distill.distill(config, _WORKDIR.value)
         else:
             from pdist import train
 
             train.train_and_evaluate(config, _WORKDIR.value)
-    except (DatasetUnavailableError, CheckpointNotFoundError) as e:
+    except (DatasetUnavailableError, CheckpointNotFoundError, TeacherMismatchError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -2,6 +2,8 @@
 
 >>> model = pdist.load("runs/digits")          # a workdir, its checkpoints/ or one step's folder
 >>> x = model.sample(64, method="ddim", num_steps=32, seed=0)   # [64, H, W, C] numpy in [-1, 1]
+>>> student = pdist.load("runs/digits_distill")  # a distillation's newest round
+>>> x = student.sample(64)   # with its own number of DDIM steps (student.metadata["sampling_steps"])
 
 The config stored in the checkpoint rebuilds the network; parameters land on
 the first local device whatever mesh wrote them.
@@ -47,14 +49,19 @@ class Pretrained:
         num_samples: int,
         *,
         method: str = "ddim",
-        num_steps: int = 128,
+        num_steps: int | None = None,
         seed: int = 0,
         clip_x: bool = True,
         labels=None,
         use_ema: bool = True,
         batch_size: int = 256,
     ) -> np.ndarray:
-        """``num_samples`` images [n, H, W, C] in [-1, 1] from ``method`` with ``num_steps`` steps."""
+        """``num_samples`` images [n, H, W, C] in [-1, 1] from ``method`` with ``num_steps`` steps.
+
+        ``num_steps`` defaults to the checkpoint's ``config.sample.num_steps``: a
+        distilled student's own step count.
+        """
+        num_steps = self.config.sample.num_steps if num_steps is None else num_steps
         params = self.ema_params if use_ema else self.params
         return self._sampler(
             params,

@@ -1,30 +1,26 @@
-"""The training loop: the only stateful orchestrator in pdist.
+"""Teacher training: ``train_and_evaluate(config, workdir)``.
 
-``train_and_evaluate(config, workdir)`` validates the config, builds the
-input, state and step, resumes from the newest checkpoint in
-``<workdir>/checkpoints`` if there is one, and then steps, logging scalars
-(loss, learning rate, gradient norm, steps/s, ETA) one log interval late so
-the host never waits on the device, saving checkpoints every
-``checkpoint_every`` steps (asynchronously, newest ``keep_checkpoints`` kept)
-and sample grids every ``sample_every`` steps. At the end it writes a final
-checkpoint and ``<workdir>/samples.npz`` with its PNG grid.
+Validates the config, builds the input, state and step, resumes from the
+newest checkpoint in ``<workdir>/checkpoints`` if there is one, and runs
+:func:`pdist.loop.run_steps` (scalars: loss, learning rate, gradient norm,
+steps/s, ETA; checkpoints every ``checkpoint_every`` steps, asynchronous,
+newest ``keep_checkpoints`` kept; sample grids every ``sample_every`` steps).
+At the end it writes a final checkpoint and ``<workdir>/samples.npz`` with
+its PNG grid.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import time
 
 import jax
 import ml_collections
-import numpy as np
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 
 import pdist
-from pdist import build, data, images, optim, parallel, train_step
+from pdist import build, data, images, loop, optim, parallel, train_step
 from pdist.checkpoint import CHECKPOINTS, Checkpointer
 from pdist.config import validate
 from pdist.sample import ImageSampler, write_samples
@@ -73,33 +69,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if start == 0:
         writer.write_hparams(_flat_hparams(config))
-    progress = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer, every_steps=t.log_every)
     sampler = ImageSampler(config)
-    pending, last_time, last_step = [], time.time(), start
 
     with metric_writers.ensure_flushes(writer):
-        for step in range(start + 1, t.num_steps + 1):
-            state, metrics = step_fn(state, parallel.global_batch(next(batches), mesh), key)
-            pending.append(metrics)
-            progress(step)
-            if step % t.log_every == 0 or step == t.num_steps:
-                # Fetch every step but the newest, which is still running.
-                ready = pending if step == t.num_steps else pending[:-1]
-                pending = [] if step == t.num_steps else pending[-1:]
-                if ready:
-                    now = time.time()
-                    steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
-                    last_time, last_step = now, step
-                    scalars = _mean_metrics(ready)
-                    _check_finite(scalars, step)
-                    scalars["steps_per_sec"] = steps_per_sec
-                    scalars["eta_hours"] = (t.num_steps - step) / max(steps_per_sec, 1e-9) / 3600.0
-                    writer.write_scalars(step, scalars)
-            if step % t.checkpoint_every == 0 or step == t.num_steps:
-                ckpt.save(step, state, metadata(config, step))
-            if t.sample_every and step % t.sample_every == 0 and step != t.num_steps:
-                _write_grid(writer, sampler, state, config, workdir, step)
-
+        result = loop.run_steps(
+            step_fn,
+            state,
+            batches,
+            key,
+            mesh=mesh,
+            start=start,
+            num_steps=t.num_steps,
+            writer=writer,
+            ckpt=ckpt,
+            metadata=lambda step, scalars, seconds: metadata(config, step),
+            log_every=t.log_every,
+            checkpoint_every=t.checkpoint_every,
+            every=(t.sample_every, lambda step, st: _write_grid(writer, sampler, st, config, workdir, step)),
+        )
+        state = result.state
         _write_grid(writer, sampler, state, config, workdir, t.num_steps)
         s = config.sample
         x = sampler(
@@ -126,20 +114,6 @@ def _write_grid(writer, sampler, state, config, workdir, step):
         os.makedirs(os.path.join(workdir, "grids"), exist_ok=True)
         images.save_png(os.path.join(workdir, "grids", f"step_{step:08d}.png"), grid, scale=max(1, 64 // x.shape[1]))
     writer.write_images(step, {"samples": grid[None]})
-
-
-def _mean_metrics(metrics: list[dict]) -> dict[str, float]:
-    fetched = jax.device_get(metrics)
-    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-
-
-def _check_finite(scalars: dict[str, float], step: int) -> None:
-    bad = sorted(k for k, v in scalars.items() if not math.isfinite(v))
-    if bad:
-        raise FloatingPointError(
-            f"{bad} became non-finite before step {step}; the last checkpoint is intact: lower "
-            "config.optim.learning_rate or set config.optim.grad_clip, then rerun to resume from it."
-        )
 
 
 def _flat_hparams(config: ml_collections.ConfigDict) -> dict:

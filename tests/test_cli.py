@@ -1,4 +1,5 @@
-"""The README's main command (short), --config.mode=sample, config errors, pdist.load and the notebook."""
+"""The README's main command (short), --config.mode=sample, distillation from the command line, config errors,
+pdist.load and the notebook."""
 
 import os
 import subprocess
@@ -19,9 +20,9 @@ SHORT = [
 ]
 
 
-def _main(*args, timeout=900):
+def _main(*args, timeout=900, config="configs/digits.py"):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "pdist.main", "--config=configs/digits.py", *args]
+    cmd = [sys.executable, "-m", "pdist.main", f"--config={config}", *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -70,6 +71,46 @@ def test_bad_config_stops_with_a_sentence(tmp_path, flag, message):
     assert message in out.stderr
     assert "Traceback" not in out.stderr or "no_such_key" in flag
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_distill_command_runs_its_round_and_a_rerun_resumes_without_training(workdir, tfds_dir, tmp_path):
+    args = [
+        f"--workdir={tmp_path / 'distill'}",
+        f"--config.distill.teacher={workdir}",
+        f"--config.data.data_dir={tfds_dir}",
+        "--config.distill.start_steps=4",
+        "--config.distill.final_steps=2",
+        "--config.distill.updates_per_round=4",
+        "--config.distill.fidelity_samples=8",
+        "--config.train.batch_size=32",
+        "--config.train.log_every=2",
+        "--config.train.checkpoint_every=2",
+    ]
+    out = _main(*args, config="configs/digits_distill.py")
+    assert out.returncode == 0, out.stderr[-3000:]
+    round_dir = tmp_path / "distill" / "round_01_2steps"
+    assert sorted(os.listdir(round_dir / "checkpoints")) == ["2", "4"]
+    with open(tmp_path / "distill" / "summary.md") as f:
+        table = f.read()
+    assert "| 1 | 4 -> 2 | 4 |" in table
+    listing = sorted(os.listdir(round_dir))
+    again = _main(*args, config="configs/digits_distill.py")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(os.listdir(round_dir)) == listing  # no new events file: nothing was trained again
+    with open(tmp_path / "distill" / "summary.md") as f:
+        assert f.read() == table
+
+
+def test_distill_with_a_missing_teacher_stops_with_a_sentence(tmp_path):
+    out = _main(
+        f"--workdir={tmp_path / 'w'}",
+        f"--config.distill.teacher={tmp_path / 'nope'}",
+        config="configs/digits_distill.py",
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ") and "does not exist" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not os.path.exists(tmp_path / "w")
 
 
 LOAD = """

@@ -47,30 +47,38 @@ def test_one_student_step_on_x_tilde_lands_on_two_teacher_steps(schedule, num_st
     np.testing.assert_allclose(x_tilde[last], p2.x[last], atol=1e-6)  # t'' = 0: the teacher's x-hat
 
 
-def test_distillation_loss_is_zero_for_a_student_that_outputs_the_target():
+def _raw_output(x, z, logsnr, parameterization):
+    """The network output that ``diffusion.predict`` turns into this x-hat."""
+    pred = diffusion.from_x(x, z, logsnr)
+    return {
+        "x": pred.x,
+        "eps": pred.eps,
+        "v": diffusion.to_v(pred, logsnr),
+        "both": jnp.concatenate([pred.x, pred.eps], axis=-1),
+    }[parameterization]
+
+
+@pytest.mark.parametrize("parameterization", ["x", "eps", "v", "both"])
+def test_distillation_loss_is_zero_for_a_student_that_outputs_the_target(parameterization):
     schedule = sc.CosineLogSNR()
     data = oracles.mixture_2d()
     _, teacher = _exact_teacher(data, schedule)
     N = 4
 
     def apply_fn(params, z, t, label, key):
-        if params == "teacher":  # an x-parameterized exact denoiser
-            return teacher(z, t).x
-        return losses.distillation_target(teacher, schedule, z, t, N)  # the ideal student
+        # The teacher is the exact denoiser, the student outputs x_tilde: both in ``parameterization``.
+        x = teacher(z, t).x if params == "teacher" else losses.distillation_target(teacher, schedule, z, t, N)
+        return params_scale(params) * _raw_output(x, z, schedule.logsnr(t), parameterization)
 
+    params_scale = lambda p: 0.9 if p == "wrong" else 1.0  # noqa: E731
     loss_fn = losses.make_distillation_loss(
-        apply_fn, schedule, parameterization="x", weighting="snr_plus_one", num_student_steps=N
+        apply_fn, schedule, parameterization=parameterization, weighting="snr_plus_one", num_student_steps=N
     )
     batch = {"image": data.sample(jax.random.key(2), 256)}
-    loss, _ = jax.jit(loss_fn, static_argnums=(0, 3))("student", batch, jax.random.key(3), "teacher")
-    assert float(loss) < 1e-8
-    apply_wrong = lambda p, z, t, label, key: (
-        apply_fn(p, z, t, label, key) if p == "teacher" else 0.9 * apply_fn(p, z, t, label, key)
-    )
-    loss_fn = losses.make_distillation_loss(
-        apply_wrong, schedule, parameterization="x", weighting="snr_plus_one", num_student_steps=N
-    )
-    assert float(loss_fn("student", batch, jax.random.key(3), "teacher")[0]) > 1e-3
+    run = jax.jit(loss_fn, static_argnums=(0, 3))
+    exact = float(run("student", batch, jax.random.key(3), "teacher")[0])
+    wrong = float(run("wrong", batch, jax.random.key(3), "teacher")[0])
+    assert exact < 1e-6 * wrong and wrong > 1e-4, (exact, wrong)
 
 
 def test_teacher_loss_of_the_exact_denoiser_is_the_bayes_error():

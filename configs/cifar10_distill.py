@@ -1,0 +1,26 @@
+"""Progressive distillation of the CIFAR-10 teacher (configs/cifar10.py): 8192 DDIM steps down to 1.
+
+Salimans & Ho 2022, App. E: batch 128, Adam at 5e-5 annealed linearly to 0 in
+each round, 50k updates a round and 100k for the rounds reaching 2 steps and
+1; ``configs/cifar10_distill.py:fast`` takes 10k a round.
+
+python -m pdist.main --config=configs/cifar10_distill.py --config.distill.teacher=runs/cifar10 \\
+    --workdir=runs/cifar10_distill
+"""
+
+import os
+
+from pdist.config import for_distillation, from_file
+
+
+def get_config(variant: str = "paper"):
+    config = from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "cifar10.py"))
+    updates = {"paper": (50_000, 100_000), "fast": (10_000, 10_000)}[variant]
+    return for_distillation(
+        config,
+        start_steps=8192,
+        batch_size=128,
+        learning_rate=5e-5,
+        updates_per_round=updates[0],
+        updates_last_rounds=updates[1],
+    )

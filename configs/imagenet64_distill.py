@@ -1,0 +1,26 @@
+"""Progressive distillation of configs/imagenet64.py: 1024 DDIM steps down to 1.
+
+Salimans & Ho 2022, App. E: batch 2048, Adam at 1e-4 annealed linearly to 0 in
+each round, 50k updates a round and 100k for the rounds reaching 2 steps and
+1; ``configs/imagenet64_distill.py:fast`` takes 10k a round.
+
+python -m pdist.main --config=configs/imagenet64_distill.py --config.distill.teacher=runs/imagenet64 \\
+    --workdir=runs/imagenet64_distill
+"""
+
+import os
+
+from pdist.config import for_distillation, from_file
+
+
+def get_config(variant: str = "paper"):
+    config = from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet64.py"))
+    updates = {"paper": (50_000, 100_000), "fast": (10_000, 10_000)}[variant]
+    return for_distillation(
+        config,
+        start_steps=1024,
+        batch_size=2048,
+        learning_rate=1e-4,
+        updates_per_round=updates[0],
+        updates_last_rounds=updates[1],
+    )

@@ -1,0 +1,122 @@
+"""The embedded evaluator for the digits default: a small CNN classifier and its feature space.
+
+Trained deterministically on the digits train split (fixed init, fixed batch
+order, CPU float32) the first time it is needed, then cached under
+``~/.cache/pdist`` (``PDIST_CACHE`` overrides). It plays the part Inception-v3
+plays for CIFAR-10: a Frechet distance in its 128-d penultimate features
+against the train split's statistics, and the class histogram of samples.
+"""
+
+from __future__ import annotations
+
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+from flax import serialization
+
+from pdist.evaluation.frechet import frechet_distance, gaussian_stats
+
+VERSION = 1
+EPOCHS, BATCH, LEARNING_RATE, SEED = 30, 64, 1e-3, 0
+
+
+class DigitsCNN(nn.Module):
+    """Two 3x3 convolutions, pool, a third, pool, then 128 features and 10 logits."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.Conv(32, (3, 3))(x))
+        h = nn.relu(nn.Conv(32, (3, 3))(h))
+        h = nn.max_pool(h, (2, 2), (2, 2))
+        h = nn.relu(nn.Conv(64, (3, 3))(h))
+        h = nn.max_pool(h, (2, 2), (2, 2))
+        features = nn.relu(nn.Dense(128)(h.reshape(h.shape[0], -1)))
+        return features, nn.Dense(10)(features)
+
+
+def _shift(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each image moved by up to one pixel each way, filled with background (-1)."""
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-1.0)
+    dy, dx = rng.integers(0, 3, (2, len(x)))
+    return np.stack([p[a : a + 8, b : b + 8] for p, a, b in zip(padded, dy, dx, strict=True)])
+
+
+def _split(name: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+    import tensorflow_datasets as tfds
+
+    from pdist.data import builder
+
+    ds = builder("digits", data_dir).as_dataset(split=name, batch_size=-1)
+    arrays = tfds.as_numpy(ds)
+    return arrays["image"].astype(np.float32) / 127.5 - 1.0, arrays["label"].astype(np.int32)
+
+
+def _train(x: np.ndarray, y: np.ndarray):
+    net = DigitsCNN()
+    params = net.init(jax.random.key(SEED), x[:1])["params"]
+    tx = optax.adam(LEARNING_RATE)
+
+    @jax.jit
+    def step(params, opt_state, xb, yb):
+        def loss(p):
+            return optax.softmax_cross_entropy_with_integer_labels(net.apply({"params": p}, xb)[1], yb).mean()
+
+        grads = jax.grad(loss)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    opt_state = tx.init(params)
+    order = np.random.default_rng(SEED)
+    for _ in range(EPOCHS):
+        perm = order.permutation(len(x))
+        for i in range(0, len(x) - BATCH + 1, BATCH):
+            idx = perm[i : i + BATCH]
+            params, opt_state = step(params, opt_state, _shift(x[idx], order), y[idx])
+    return params
+
+
+class DigitsEvaluator:
+    """``evaluator.frechet(samples)``: the Frechet distance of [N, 8, 8, 1] samples in [-1, 1] to the train split."""
+
+    def __init__(self, data_dir: str | None = None, cache_dir: str | None = None):
+        cache_dir = cache_dir or os.environ.get("PDIST_CACHE", os.path.expanduser("~/.cache/pdist"))
+        path = os.path.join(cache_dir, f"digits_classifier_v{VERSION}.msgpack")
+        x_train, y_train = _split("train", data_dir)
+        self.x_test, self.y_test = _split("test", data_dir)
+        self._net = DigitsCNN()
+        template = self._net.init(jax.random.key(SEED), x_train[:1])["params"]
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                self.params = serialization.from_bytes(template, f.read())
+        else:
+            self.params = _train(x_train, y_train)
+            os.makedirs(cache_dir, exist_ok=True)
+            tmp = f"{path}.tmp{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.write(serialization.to_bytes(self.params))
+            os.replace(tmp, path)
+        self._apply = jax.jit(lambda p, x: self._net.apply({"params": p}, x))
+        self.train_stats = gaussian_stats(self.features(x_train))
+        self.test_accuracy = float(np.mean(self.predict(self.x_test) == self.y_test))
+
+    def _run(self, x: np.ndarray, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(x, np.float32)
+        if x.ndim != 4 or x.shape[1:] != (8, 8, 1):
+            raise ValueError(f"The digits evaluator takes [N, 8, 8, 1] images in [-1, 1]; got shape {x.shape}.")
+        out = [self._apply(self.params, x[i : i + batch]) for i in range(0, len(x), batch)]
+        return np.concatenate([np.asarray(f) for f, _ in out]), np.concatenate([np.asarray(g) for _, g in out])
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        return self._run(x)[0]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self._run(x)[1].argmax(axis=-1)
+
+    def frechet(self, x: np.ndarray) -> float:
+        return frechet_distance(*gaussian_stats(self.features(x)), *self.train_stats)
+
+    def class_histogram(self, x: np.ndarray) -> np.ndarray:
+        return np.bincount(self.predict(x), minlength=10) / len(x)
