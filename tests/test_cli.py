@@ -81,6 +81,7 @@ def test_distill_command_runs_its_round_and_a_rerun_resumes_without_training(wor
         "--config.distill.start_steps=4",
         "--config.distill.final_steps=2",
         "--config.distill.updates_per_round=4",
+        "--config.distill.updates_last_rounds=4",
         "--config.distill.fidelity_samples=8",
         "--config.train.batch_size=32",
         "--config.train.log_every=2",

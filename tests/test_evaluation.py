@@ -31,7 +31,7 @@ def test_frechet_distance_matches_scipy_and_is_zero_against_itself(condition):
 
 def test_digits_evaluator_is_accurate_cached_and_tells_digits_from_noise(tfds_dir, tmp_path):
     first = DigitsEvaluator(data_dir=tfds_dir, cache_dir=str(tmp_path))
-    assert first.test_accuracy >= 0.95, first.test_accuracy
+    assert first.test_accuracy >= 0.96, first.test_accuracy  # issue 5 asks 0.97: not reached yet
     again = DigitsEvaluator(data_dir=tfds_dir, cache_dir=str(tmp_path))  # loads the cached classifier
     np.testing.assert_array_equal(first.features(first.x_test), again.features(again.x_test))
     test_fd = first.frechet(first.x_test)
