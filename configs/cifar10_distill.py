@@ -10,17 +10,9 @@ python -m pdist.main --config=configs/cifar10_distill.py --config.distill.teache
 
 import os
 
-from pdist.config import for_distillation, from_file
+from pdist.config import paper_distillation
 
 
 def get_config(variant: str = "paper"):
-    config = from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "cifar10.py"))
-    updates = {"paper": (50_000, 100_000), "fast": (10_000, 10_000)}[variant]
-    return for_distillation(
-        config,
-        start_steps=8192,
-        batch_size=128,
-        learning_rate=5e-5,
-        updates_per_round=updates[0],
-        updates_last_rounds=updates[1],
-    )
+    teacher = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cifar10.py")
+    return paper_distillation(teacher, variant, start_steps=8192, batch_size=128, learning_rate=5e-5)

@@ -10,17 +10,9 @@ python -m pdist.main --config=configs/lsun_bedroom128_distill.py --config.distil
 
 import os
 
-from pdist.config import for_distillation, from_file
+from pdist.config import paper_distillation
 
 
 def get_config(variant: str = "paper"):
-    config = from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "lsun_bedroom128.py"))
-    updates = {"paper": (50_000, 100_000), "fast": (10_000, 10_000)}[variant]
-    return for_distillation(
-        config,
-        start_steps=1024,
-        batch_size=2048,
-        learning_rate=1e-4,
-        updates_per_round=updates[0],
-        updates_last_rounds=updates[1],
-    )
+    teacher = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lsun_bedroom128.py")
+    return paper_distillation(teacher, variant, start_steps=1024, batch_size=2048, learning_rate=1e-4)

@@ -234,6 +234,26 @@ def for_distillation(
     return config
 
 
+PAPER_UPDATES = {"paper": (50_000, 100_000), "fast": (10_000, 10_000)}  # per round, and for 2 steps and 1
+
+
+def paper_distillation(
+    teacher_file: str, variant: str, *, start_steps: int, batch_size: int, learning_rate: float
+) -> ml_collections.ConfigDict:
+    """The paper's distillation of the teacher config in ``teacher_file``; ``variant`` 'paper' or 'fast'."""
+    if variant not in PAPER_UPDATES:
+        raise ValueError(f"Unknown distillation variant {variant!r}; choose one of {sorted(PAPER_UPDATES)}.")
+    per_round, last_rounds = PAPER_UPDATES[variant]
+    return for_distillation(
+        from_file(teacher_file),
+        start_steps=start_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        updates_per_round=per_round,
+        updates_last_rounds=last_rounds,
+    )
+
+
 def from_file(path: str, variant: str | None = None) -> ml_collections.ConfigDict:
     """``get_config()`` of a config file (``variant`` as after ``:`` on the command line)."""
     import importlib.util

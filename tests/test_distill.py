@@ -279,3 +279,20 @@ def test_each_distill_config_fits_its_teacher_config_with_the_papers_settings(na
         assert (config.distill.updates_per_round, config.distill.updates_last_rounds) == (50_000, 100_000)
         fast = config_file(f"{name}_distill", "fast")
         assert (fast.distill.updates_per_round, fast.distill.updates_last_rounds) == (10_000, 10_000)
+
+
+def test_labels_reach_teacher_and_student_of_a_class_conditional_model():
+    config = config_file("digits_distill")
+    config.model.ch, config.model.head_dim, config.model.class_conditional = 8, 16, True
+    params = build.init_params(config, jax.random.key(0))
+    # Non-zero output layers, so that the class embedding shows in every output.
+    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)
+    loss = jax.jit(build.distillation_loss(config, 4))
+    x = jax.random.uniform(jax.random.key(2), (8, 8, 8, 1), minval=-1, maxval=1)
+    key = jax.random.key(3)
+    labels = jnp.arange(8) % 10
+    same = float(loss(params, {"image": x, "label": labels}, key, params)[0])
+    other = float(loss(params, {"image": x, "label": (labels + 1) % 10}, key, params)[0])
+    # A student identical to its teacher still misses x-tilde (two steps are not one), and by a
+    # different amount when the class changes what both networks see.
+    assert same > 0 and abs(same - other) > 1e-6 * same, (same, other)
