@@ -226,8 +226,18 @@ def _fixed_noise_samples(sampler: ImageSampler, config, params, num_steps: int) 
 
 
 def _save_samples(path: str, x: np.ndarray) -> None:
+    """Written whole or not at all (a temporary file renamed), so a killed run never leaves half a file."""
     if jax.process_index() == 0:
-        np.savez(path, samples=x)
+        tmp = f"{path}.tmp.npz"
+        np.savez(tmp, samples=x)
+        os.replace(tmp, path)
+
+
+def _save_json(path: str, obj) -> None:
+    if jax.process_index() == 0:
+        with open(f"{path}.tmp", "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(f"{path}.tmp", path)
 
 
 def _rmse(a: np.ndarray, b: np.ndarray) -> float:
@@ -250,9 +260,7 @@ def _fidelity_report(config, rdir, r, n, teacher, student, last, previous, fixed
         "seconds": last.get("seconds"),
     }
     _save_samples(os.path.join(rdir, "samples.npz"), x_student)
-    if jax.process_index() == 0:
-        with open(os.path.join(rdir, "round.json"), "w") as f:
-            json.dump(row, f, indent=1)
+    _save_json(os.path.join(rdir, "round.json"), row)
     logging.info("Round %d: %s", r, row)
     return row
 
@@ -261,8 +269,7 @@ def write_summary(workdir: str, rows: list[dict], grid_samples: int = 16) -> Non
     """summary.json, summary.md and rounds.png (the fixed noise's samples, teacher then every round)."""
     if jax.process_index() > 0:
         return
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    _save_json(os.path.join(workdir, "summary.json"), rows)
     lines = [
         "| round | steps | updates | final loss | RMSE student N vs teacher 2N | RMSE teacher N vs teacher 2N "
         "| minutes |",
