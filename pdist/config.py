@@ -8,12 +8,15 @@ sentence naming the bad value and how to fix it.
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from pdist import diffusion, samplers
 from pdist.schedules import SCHEDULES
 
-MODES = ("train", "sample", "distill")
+MODES = ("train", "sample", "distill", "eval")
+EVALUATORS = ("auto", "digits", "inception")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "linear", "cosine", "rex")
 
@@ -98,6 +101,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.distill.updates_last_rounds = 100_000  # rounds whose students take 2 steps or 1
     c.distill.fidelity_samples = 256  # fixed noise: student N steps vs teacher 2N steps
     c.distill.grid_samples = 16  # per round in the side-by-side grid
+
+    # Evaluation (mode "eval") of one checkpoint: every (sampler, steps) pair in
+    # ``samplers`` over ``num_seeds`` seeds, scored against the reference split.
+    c.eval = ml_collections.ConfigDict()
+    c.eval.checkpoint = ml_collections.FieldReference(None, field_type=str)  # None: newest in workdir
+    c.eval.samplers = "ddim:128"  # comma-separated method:steps, e.g. "ddim:8,ddim:64,plms:16"
+    c.eval.num_samples = 50_000  # per sampler and seed
+    c.eval.num_seeds = 3
+    c.eval.seed = 0  # seeds seed .. seed + num_seeds - 1
+    c.eval.evaluator = "auto"  # digits for the digits dataset, else the FID Inception-v3
+    c.eval.inception_weights = ml_collections.FieldReference(None, field_type=str)  # npz from pdist.evaluation.convert
+    c.eval.reference_split = "train"
+    c.eval.pr_samples = 10_000  # precision/recall on this many reference and generated features
+    c.eval.batch_size = 256
+    c.eval.use_ema = True
+    c.eval.clip_x = True
+    c.eval.nll = False  # also the bound in bits/dim on nll_split
+    c.eval.nll_split = "test"
+    c.eval.nll_examples = 1000  # 0: the whole split
+    c.eval.nll_timesteps = ml_collections.FieldReference(None, field_type=int)  # None: the model's T
+    c.eval.nll_variance = "small"  # small or large; learned-variance models use their own
+    c.eval.nll_batch_size = 100
     return c
 
 
@@ -169,6 +194,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     if config.mode == "distill":
         _validate_distill(config)
+    if config.mode == "eval":
+        _validate_eval(config)
 
     s = config.sample
     _one_of(s.method, samplers.METHODS, "sample.method")
@@ -202,6 +229,46 @@ def _validate_distill(config: ml_collections.ConfigDict) -> None:
     _positive(d.updates_last_rounds, "distill.updates_last_rounds")
     _positive(d.fidelity_samples, "distill.fidelity_samples")
     _positive(d.grid_samples, "distill.grid_samples")
+
+
+def parse_samplers(spec: str) -> list[tuple[str, int]]:
+    """``"ddim:8,plms:16"`` -> ``[("ddim", 8), ("plms", 16)]``; one sentence on a malformed entry."""
+    pairs = []
+    for item in str(spec).split(","):
+        method, _, steps = item.strip().partition(":")
+        if method not in samplers.METHODS or not steps.isdigit() or int(steps) < 1:
+            _fail(
+                f"config.eval.samplers entry {item.strip()!r} is not method:steps with a method in "
+                f"{sorted(samplers.METHODS)} and a positive step count (e.g. 'ddim:8,plms:16')."
+            )
+        pairs.append((method, int(steps)))
+    return pairs
+
+
+def _validate_eval(config: ml_collections.ConfigDict) -> None:
+    e = config.eval
+    parse_samplers(e.samplers)
+    _one_of(e.evaluator, EVALUATORS, "eval.evaluator")
+    for name in ("num_samples", "num_seeds", "pr_samples", "batch_size", "nll_batch_size"):
+        _positive(e[name], f"eval.{name}")
+    if e.num_samples < 4:
+        _fail(f"config.eval.num_samples={e.num_samples} is too few; precision/recall need at least 4 samples.")
+    uses_inception = e.evaluator == "inception" or (e.evaluator == "auto" and config.data.name != "digits")
+    if uses_inception and not e.inception_weights:
+        _fail(
+            "config.eval.inception_weights is not set; convert the FID Inception weights once with "
+            "`python -m pdist.evaluation.convert pt_inception-2015-12-05-6726825d.pth inception.npz` "
+            "and pass --config.eval.inception_weights=inception.npz."
+        )
+    if uses_inception and not os.path.isfile(e.inception_weights):
+        _fail(f"config.eval.inception_weights={e.inception_weights!r} is not a file; pass the converted .npz.")
+    if e.nll:
+        _one_of(e.nll_variance, ("small", "large"), "eval.nll_variance")
+        if config.diffusion.num_timesteps is None and e.nll_timesteps is None:
+            _fail(
+                "The model is continuous-time; set config.eval.nll_timesteps (e.g. 1000) to choose the grid "
+                "the bound is evaluated on."
+            )
 
 
 def for_distillation(

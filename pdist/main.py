@@ -2,7 +2,8 @@
 
 ``config.mode`` picks the job: ``train`` (resumes from the workdir's newest
 checkpoint), ``distill`` (progressive distillation of ``config.distill.teacher``,
-resuming likewise) or ``sample`` (``config.sample.*`` from a checkpoint).
+resuming likewise), ``sample`` (``config.sample.*`` from a checkpoint) or
+``eval`` (``config.eval.*``: sample quality, and optionally NLL, of a checkpoint).
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def main(argv):
             from pdist import sample
 
             sample.run(config, _WORKDIR.value)
+        elif config.mode == "eval":
+            from pdist import evaluate
+
+            evaluate.run(config, _WORKDIR.value)
         elif config.mode == "distill":
             from pdist import distill
 

@@ -55,6 +55,7 @@ class Pretrained:
         labels=None,
         use_ema: bool = True,
         batch_size: int = 256,
+        log_every_seconds: float | None = None,
     ) -> np.ndarray:
         """``num_samples`` images [n, H, W, C] in [-1, 1] from ``method`` with ``num_steps`` steps.
 
@@ -72,6 +73,7 @@ class Pretrained:
             clip_x=clip_x,
             labels=labels,
             batch_size=batch_size,
+            log_every_seconds=log_every_seconds,
         )
 
 

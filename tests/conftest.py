@@ -24,6 +24,19 @@ def tfds_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def evaluator_cache(tmp_path_factory):
+    """One PDIST_CACHE for the whole session, so the digits evaluator is trained once (and not in ~/.cache)."""
+    path = str(tmp_path_factory.mktemp("pdist_cache"))
+    previous = os.environ.get("PDIST_CACHE")
+    os.environ["PDIST_CACHE"] = path
+    yield path
+    if previous is None:
+        os.environ.pop("PDIST_CACHE", None)
+    else:
+        os.environ["PDIST_CACHE"] = previous
+
+
 def config_file(name: str, variant: str | None = None):
     from pdist.config import from_file
 

@@ -1,6 +1,7 @@
-"""The README's main command (short), --config.mode=sample, distillation from the command line, config errors,
-pdist.load and the notebook."""
+"""The README's main command (short), --config.mode=sample and eval, distillation from the command line, config
+errors, pdist.load and the notebook."""
 
+import json
 import os
 import subprocess
 import sys
@@ -59,18 +60,65 @@ def test_sample_mode_writes_grid_and_npz(workdir, tfds_dir):
 
 
 @pytest.mark.parametrize(
-    "flag,message",
+    "flags,message",
     [
-        ("--config.train.no_such_key=1", "no_such_key"),
-        ("--config.diffusion.parameterization=epsilon", "config.diffusion.parameterization='epsilon' is not valid"),
+        (["--config.train.no_such_key=1"], "no_such_key"),
+        (["--config.diffusion.parameterization=epsilon"], "config.diffusion.parameterization='epsilon' is not valid"),
+        (["--config.mode=eval", "--config.eval.samplers=ddim:8,plms"], "entry 'plms' is not method:steps"),
+        (["--config.mode=eval", "--config.eval.evaluator=inception"], "config.eval.inception_weights is not set"),
+        (["--config.mode=eval", "--config.eval.nll=True"], "set config.eval.nll_timesteps"),
     ],
 )
-def test_bad_config_stops_with_a_sentence(tmp_path, flag, message):
-    out = _main(f"--workdir={tmp_path}", flag, timeout=300)
+def test_bad_config_stops_with_a_sentence(tmp_path, flags, message):
+    out = _main(f"--workdir={tmp_path}", *flags, timeout=300)
     assert out.returncode != 0
     assert message in out.stderr
-    assert "Traceback" not in out.stderr or "no_such_key" in flag
-    assert not os.path.exists(tmp_path / "checkpoints")
+    assert "Traceback" not in out.stderr or "no_such_key" in flags[0]
+    assert not os.listdir(tmp_path)
+
+
+def test_eval_mode_scores_each_sampler_over_seeds_and_the_nll(workdir, tfds_dir, evaluator_cache):
+    out = _main(
+        f"--workdir={workdir}",
+        "--config.mode=eval",
+        "--config.eval.samplers=ddim:4,ddpm:4",
+        "--config.eval.num_samples=64",
+        "--config.eval.pr_samples=64",
+        "--config.eval.num_seeds=2",
+        "--config.eval.nll=True",
+        "--config.eval.nll_timesteps=10",
+        "--config.eval.nll_examples=20",
+        "--config.eval.nll_batch_size=8",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (tag,) = os.listdir(os.path.join(workdir, "eval"))
+    assert tag.endswith("_step20")
+    folder = os.path.join(workdir, "eval", tag)
+    with open(os.path.join(folder, "eval.json")) as f:
+        result = json.load(f)
+    assert [(r["method"], r["steps"], r["nfe"]) for r in result["rows"]] == [("ddim", 4, 4), ("ddpm", 4, 4)]
+    for row in result["rows"]:
+        assert row["seeds"] == [0, 1] and len(row["per_seed"]) == 2
+        for m in ("fd", "is", "precision", "recall"):
+            values = [s[m] for s in row["per_seed"]]
+            assert row[m]["mean"] == pytest.approx(np.mean(values)) and row[m]["low"] <= row[m]["high"]
+        assert row["fd"]["mean"] > 0 and 1.0 <= row["is"]["mean"] <= 10.0
+        assert sum(row["class_histogram"]) == pytest.approx(1.0)
+    nll = result["nll"]
+    assert nll["examples"] == 20 and len(nll["terms"]) == 10
+    assert nll["bits_per_dim"] == pytest.approx(nll["prior"] + sum(nll["terms"]), rel=1e-5)
+    with open(os.path.join(folder, "eval.md")) as f:
+        table = f.read()
+    assert "| ddim | 4 | 4 |" in table and "bits/dim" in table
+    assert os.path.exists(os.path.join(folder, "eval.png"))
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(folder))
+    # The same seed through pdist.load and the evaluator in this process gives the same Frechet distance.
+    import pdist
+    from pdist.evaluation import DigitsEvaluator
+
+    x = pdist.load(workdir).sample(64, method="ddim", num_steps=4, seed=1)
+    fd = DigitsEvaluator(data_dir=tfds_dir, cache_dir=evaluator_cache).frechet(x)
+    assert fd == pytest.approx(result["rows"][0]["per_seed"][1]["fd"], rel=1e-4)
 
 
 def test_distill_command_runs_its_round_and_a_rerun_resumes_without_training(workdir, tfds_dir, tmp_path):

@@ -29,10 +29,10 @@ def test_frechet_distance_matches_scipy_and_is_zero_against_itself(condition):
     assert abs(frechet_distance(*gaussian_stats(features), *gaussian_stats(features))) < 1e-9
 
 
-def test_digits_evaluator_is_accurate_cached_and_tells_digits_from_noise(tfds_dir, tmp_path):
-    first = DigitsEvaluator(data_dir=tfds_dir, cache_dir=str(tmp_path))
-    assert first.test_accuracy >= 0.96, first.test_accuracy  # issue 5 asks 0.97: not reached yet
-    again = DigitsEvaluator(data_dir=tfds_dir, cache_dir=str(tmp_path))  # loads the cached classifier
+def test_digits_evaluator_is_accurate_cached_and_tells_digits_from_noise(tfds_dir, evaluator_cache):
+    first = DigitsEvaluator(data_dir=tfds_dir, cache_dir=evaluator_cache)
+    assert first.test_accuracy >= 0.97, first.test_accuracy
+    again = DigitsEvaluator(data_dir=tfds_dir, cache_dir=evaluator_cache)  # loads the cached classifier
     np.testing.assert_array_equal(first.features(first.x_test), again.features(again.x_test))
     test_fd = first.frechet(first.x_test)
     noise = np.clip(np.random.default_rng(0).normal(size=(300, 8, 8, 1)), -1, 1).astype(np.float32)
@@ -40,3 +40,118 @@ def test_digits_evaluator_is_accurate_cached_and_tells_digits_from_noise(tfds_di
     assert first.class_histogram(first.x_test).sum() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="takes \\[N, 8, 8, 1\\] images"):
         first.features(np.zeros((4, 32, 32, 3)))
+
+
+def test_inception_score_limits():
+    from pdist.evaluation.metrics import inception_score
+
+    assert inception_score(np.full((50, 10), 0.1)) == pytest.approx(1.0, abs=1e-12)
+    constant = np.tile(np.eye(10)[3], (50, 1))
+    assert inception_score(constant) == pytest.approx(1.0, abs=1e-12)
+    assert inception_score(np.eye(10)) == pytest.approx(10.0, rel=1e-12)
+    assert inception_score(np.tile(np.eye(10), (4, 1)), splits=4) == pytest.approx(10.0, rel=1e-12)
+    # Half the mass on the true class over C = 4 classes: KL = log 4 - H(p(y|x)), the same for every x.
+    p = np.full((4, 4), 0.5 / 3)
+    np.fill_diagonal(p, 0.5)
+    entropy = -np.sum(p[0] * np.log(p[0]))
+    assert inception_score(p) == pytest.approx(np.exp(np.log(4) - entropy), rel=1e-12)
+
+
+def test_precision_recall_identical_far_and_half_covered():
+    from pdist.evaluation.metrics import precision_recall
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(400, 16))
+    assert precision_recall(real, real) == (1.0, 1.0)
+    assert precision_recall(real, real + 100.0) == (0.0, 0.0)
+    # Fakes on one half of the reals' support: all precise, but missing part of the other half.
+    half = real[real[:, 0] > 0]
+    precision, recall = precision_recall(real, half + 1e-3 * rng.normal(size=half.shape))
+    assert precision == 1.0 and recall < 0.85, recall
+    # Brute force on a small set: each fake is inside some real's ball of radius its 3rd-neighbour distance.
+    a, b = rng.normal(size=(30, 3)), rng.normal(size=(25, 3)) * 1.5
+    da = np.linalg.norm(a[:, None] - a[None], axis=-1)
+    ra = np.sort(da, axis=1)[:, 3]
+    db = np.linalg.norm(b[:, None] - b[None], axis=-1)
+    rb = np.sort(db, axis=1)[:, 3]
+    dab = np.linalg.norm(b[:, None] - a[None], axis=-1)
+    expected = (np.mean(np.any(dab <= ra[None], axis=1)), np.mean(np.any(dab.T <= rb[None], axis=1)))
+    np.testing.assert_allclose(precision_recall(a, b, block=7), expected)
+
+
+def test_seed_summary_and_resolved_differences():
+    from pdist.evaluation.stats import format_summary, resolved, summarize
+
+    s = summarize([1.0, 2.0, 3.0])
+    assert s["mean"] == 2.0 and s["std"] == pytest.approx(1.0) and s["n"] == 3
+    assert 1.0 <= s["low"] < 2.0 < s["high"] <= 3.0  # bootstrap means of 3 values stay within their range
+    assert summarize([5.0])["low"] == summarize([5.0])["high"] == 5.0
+    assert format_summary(s) == f"2.00 ± 1.00 [{s['low']:.2f}, {s['high']:.2f}]"
+    assert resolved([10.0, 10.1, 9.9], [1.0, 1.1, 0.9])
+    assert not resolved([1.0, 2.0, 3.0], [1.5, 2.5, 2.0])
+    with pytest.raises(ValueError, match="finite"):
+        summarize([1.0, float("nan")])
+
+
+def test_nll_bound_upper_bounds_exact_discretized_nll_and_tightens_with_t():
+    """Gaussian data quantized to 256 levels; exact denoiser with the posterior variance (beta-tilde)."""
+    import jax
+    import jax.numpy as jnp
+    from scipy.stats import norm
+
+    from pdist import oracles
+    from pdist.evaluation.nll import vlb_terms
+    from pdist.schedules import get_schedule
+
+    dim, n, mu, std = 8, 2000, 0.1, 0.4
+    k = np.clip(np.round((np.random.default_rng(0).normal(mu, std, (n, dim)) + 1) * 127.5), 0, 255)
+    x = (k / 127.5 - 1).astype(np.float32)
+    lo = np.where(k == 0, -np.inf, (x - 0.5 / 127.5 - mu) / std)
+    hi = np.where(k == 255, np.inf, (x + 0.5 / 127.5 - mu) / std)
+    exact = float(np.mean(-np.log(norm.cdf(hi) - norm.cdf(lo))) / np.log(2))
+    data = oracles.gaussian([mu] * dim, [std] * dim)
+    gaps = {}
+    for T in (1000, 4000):
+        schedule = get_schedule("cosine", num_timesteps=T)
+        out = jax.jit(lambda x, key: vlb_terms(oracles.Denoiser(data, schedule), schedule, x, key, num_timesteps=T))(
+            jnp.asarray(x), jax.random.key(0)
+        )
+        assert out["terms"].shape == (T, n)
+        np.testing.assert_allclose(out["total"], out["prior"] + out["terms"].sum(0), rtol=1e-5)
+        gaps[T] = float(out["total"].mean()) - exact
+    assert 0 < gaps[4000] < 0.85 * gaps[1000], (exact, gaps)
+
+
+SHARDED_SAMPLING = """
+import json, jax, numpy as np
+from pdist import build
+from pdist.config import base_config
+from pdist.sample import ImageSampler
+config = base_config()
+config.model.ch, config.model.num_res_blocks = 8, 1
+params = build.init_params(config, jax.random.key(0))
+sampler = ImageSampler(config)
+split = sampler(params, 10, method="ddim", num_steps=4, seed=5, batch_size=6)  # batches of 6 and 4, padded to 8 and 4
+devices = sampler.mesh.devices.size
+sampler.mesh = None
+single = sampler(params, 10, method="ddim", num_steps=4, seed=5, batch_size=6)
+print(json.dumps({"devices": devices, "err": float(np.abs(split - single).max()), "shape": list(split.shape)}))
+"""
+
+
+def test_sampling_splits_batches_over_devices_with_the_same_images():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-c", SHARDED_SAMPLING], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 4 and result["shape"] == [10, 8, 8, 1]
+    assert result["err"] < 1e-5, result

@@ -104,3 +104,14 @@ def train_batches(
     )
     ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return iter(tfds.as_numpy(ds))
+
+
+def load_split(name: str, split: str, data_dir: str | None, size: int, channels: int) -> dict[str, np.ndarray]:
+    """A whole split in order, preprocessed as for training without flips: ``image`` [N, H, W, C] in [-1, 1],
+    and ``label`` [N] where the dataset has labels. For evaluation (reference statistics, NLL)."""
+    b = builder(name, data_dir)
+    ds = b.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.map(lambda r: {k: r[k] for k in ("image", "label") if k in r}).enumerate()
+    ds = ds.map(lambda i, r: _preprocess(r, i, size=size, channels=channels, flip=False, seed=0))
+    batches = list(tfds.as_numpy(ds.batch(1024).prefetch(2)))
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}

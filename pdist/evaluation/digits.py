@@ -1,10 +1,14 @@
 """The embedded evaluator for the digits default: a small CNN classifier and its feature space.
 
 Trained deterministically on the digits train split (fixed init, fixed batch
-order, CPU float32) the first time it is needed, then cached under
-``~/.cache/pdist`` (``PDIST_CACHE`` overrides). It plays the part Inception-v3
-plays for CIFAR-10: a Frechet distance in its 128-d penultimate features
-against the train split's statistics, and the class histogram of samples.
+order and augmentation, CPU float32) the first time it is needed, then cached
+under ``~/.cache/pdist`` (``PDIST_CACHE`` overrides). It plays the part
+Inception-v3 plays for CIFAR-10: a Frechet distance in its 128-d penultimate
+features against the train split's statistics, a classifier Inception Score
+from its 10-way softmax, precision/recall in the same features, and the class
+histogram of samples. Augmentation: small random rotations (up to 10 degrees),
+scalings (up to 10%) and shifts (up to a pixel); with it the test accuracy
+goes from 96-97% (shifts alone) to 98%.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from flax import serialization
 
 from pdist.evaluation.frechet import frechet_distance, gaussian_stats
 
-VERSION = 2
+VERSION = 3
 EPOCHS, BATCH, LEARNING_RATE, DROPOUT, SEED = 40, 64, 2e-3, 0.5, 0
 
 
@@ -37,11 +41,21 @@ class DigitsCNN(nn.Module):
         return features, nn.Dense(10)(nn.Dropout(DROPOUT, deterministic=not train)(features))
 
 
-def _shift(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Each image moved by up to one pixel each way, filled with background (-1)."""
-    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-1.0)
-    dy, dx = rng.integers(0, 3, (2, len(x)))
-    return np.stack([p[a : a + 8, b : b + 8] for p, a, b in zip(padded, dy, dx, strict=True)])
+def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each image rotated, scaled and shifted at random about its centre (bilinear, background -1)."""
+    from scipy import ndimage
+
+    out = np.empty_like(x)
+    angle = np.deg2rad(rng.uniform(-10.0, 10.0, len(x)))
+    scale = rng.uniform(0.9, 1.1, len(x))
+    shift = rng.uniform(-1.0, 1.0, (len(x), 2))
+    centre = np.array([3.5, 3.5])
+    for i in range(len(x)):
+        c, s = np.cos(angle[i]), np.sin(angle[i])
+        matrix = np.array([[c, -s], [s, c]]) / scale[i]
+        offset = centre - matrix @ centre + shift[i]
+        out[i, ..., 0] = ndimage.affine_transform(x[i, ..., 0], matrix, offset, order=1, cval=-1.0)
+    return out
 
 
 def _split(name: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -77,18 +91,27 @@ def _train(x: np.ndarray, y: np.ndarray):
         for b in range(batches):
             idx = perm[b * BATCH : (b + 1) * BATCH]
             key = jax.random.fold_in(jax.random.key(SEED + 1), epoch * batches + b)
-            params, opt_state = step(params, opt_state, _shift(x[idx], order), y[idx], key)
+            params, opt_state = step(params, opt_state, _augment(x[idx], order), y[idx], key)
     return params
 
 
 class DigitsEvaluator:
-    """``evaluator.frechet(samples)``: the Frechet distance of [N, 8, 8, 1] samples in [-1, 1] to the train split."""
+    """The digits classifier as an evaluator: ``outputs(x) -> (features [N, 128], probs [N, 10])``.
+
+    ``x``: [N, 8, 8, 1] images in [-1, 1]. ``reference_images`` is the train split,
+    the set samples are compared with; ``test_accuracy`` is measured on the test split.
+    """
+
+    name = "digits"
+    image_shape = (8, 8, 1)
+    num_classes = 10
 
     def __init__(self, data_dir: str | None = None, cache_dir: str | None = None):
         cache_dir = cache_dir or os.environ.get("PDIST_CACHE", os.path.expanduser("~/.cache/pdist"))
         path = os.path.join(cache_dir, f"digits_classifier_v{VERSION}.msgpack")
         x_train, y_train = _split("train", data_dir)
         self.x_test, self.y_test = _split("test", data_dir)
+        self.reference_images = x_train
         self._net = DigitsCNN()
         template = self._net.init(jax.random.key(SEED), x_train[:1])["params"]
         if os.path.exists(path):
@@ -101,22 +124,27 @@ class DigitsEvaluator:
             with open(tmp, "wb") as f:
                 f.write(serialization.to_bytes(self.params))
             os.replace(tmp, path)
-        self._apply = jax.jit(lambda p, x: self._net.apply({"params": p}, x))
+
+        def apply(p, x):
+            features, logits = self._net.apply({"params": p}, x)
+            return features, jax.nn.softmax(logits)
+
+        self._apply = jax.jit(apply)
         self.train_stats = gaussian_stats(self.features(x_train))
         self.test_accuracy = float(np.mean(self.predict(self.x_test) == self.y_test))
 
-    def _run(self, x: np.ndarray, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    def outputs(self, x: np.ndarray, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
         x = np.asarray(x, np.float32)
-        if x.ndim != 4 or x.shape[1:] != (8, 8, 1):
+        if x.ndim != 4 or x.shape[1:] != self.image_shape:
             raise ValueError(f"The digits evaluator takes [N, 8, 8, 1] images in [-1, 1]; got shape {x.shape}.")
         out = [self._apply(self.params, x[i : i + batch]) for i in range(0, len(x), batch)]
-        return np.concatenate([np.asarray(f) for f, _ in out]), np.concatenate([np.asarray(g) for _, g in out])
+        return np.concatenate([np.asarray(f) for f, _ in out]), np.concatenate([np.asarray(p) for _, p in out])
 
     def features(self, x: np.ndarray) -> np.ndarray:
-        return self._run(x)[0]
+        return self.outputs(x)[0]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self._run(x)[1].argmax(axis=-1)
+        return self.outputs(x)[1].argmax(axis=-1)
 
     def frechet(self, x: np.ndarray) -> float:
         return frechet_distance(*gaussian_stats(self.features(x)), *self.train_stats)

@@ -1,0 +1,257 @@
+"""``--config.mode=eval``: sample quality (and optionally NLL) of one checkpoint, with seed variance.
+
+For each (sampler, steps) pair of ``config.eval.samplers`` and each of
+``config.eval.num_seeds`` seeds: generate ``num_samples`` images (split over
+all local devices), score them against the reference split with the
+evaluator network (Frechet distance, Inception Score, precision/recall, class
+histogram), then summarize every metric over seeds (mean, std, bootstrap 95%
+interval). Writes ``eval.json``, ``eval.md`` (a table; differences within seed
+noise of the best are marked), ``eval.png`` (each metric against function
+evaluations, one line per sampler) and TensorBoard scalars under
+``WORKDIR/eval/TAG/``; ``TAG`` names the checkpoint (run or round, and step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from pdist import build, samplers
+from pdist import config as config_lib
+from pdist.evaluation import stats
+from pdist.evaluation.score import METRICS, Reference, score
+
+LOWER_IS_BETTER = {"fd": True, "is": False, "precision": False, "recall": False}
+LABELS = {"fd": "Frechet distance", "is": "Inception Score", "precision": "precision", "recall": "recall"}
+
+
+def make_evaluator(name: str, model_config: ml_collections.ConfigDict, eval_config: ml_collections.ConfigDict):
+    """The evaluator network for ``name`` ('auto' picks digits for the digits dataset, else Inception)."""
+    if name == "auto":
+        name = "digits" if model_config.data.name == "digits" else "inception"
+    if name == "digits":
+        from pdist.evaluation.digits import DigitsEvaluator
+
+        return DigitsEvaluator(data_dir=model_config.data.data_dir)
+    from pdist.evaluation.inception import InceptionEvaluator
+
+    return InceptionEvaluator(eval_config.inception_weights)
+
+
+def _cache_dir() -> str:
+    return os.environ.get("PDIST_CACHE", os.path.expanduser("~/.cache/pdist"))
+
+
+def reference(evaluator, model_config: ml_collections.ConfigDict, split: str, pr_samples: int) -> Reference:
+    """Reference statistics of ``split`` through ``evaluator``, computed once and cached."""
+    data = model_config.data
+    key = f"{evaluator.name}_{data.name.replace('/', '_')}_{split.replace(':', '_')}_{data.image_size}_pr{pr_samples}"
+    path = os.path.join(_cache_dir(), "reference", f"{key}.npz")
+    if os.path.exists(path):
+        return Reference.load(path)
+    if evaluator.name == "digits" and split == "train":
+        images = evaluator.reference_images
+    else:
+        from pdist.data import pipeline
+
+        images = pipeline.load_split(data.name, split, data.data_dir, data.image_size, data.channels)["image"]
+    logging.info("Reference statistics of %s[%s] (%d images) through %s", data.name, split, len(images), evaluator.name)
+    ref = Reference.from_features(evaluator.outputs(images)[0], pr_samples)
+    ref.save(path)
+    return ref
+
+
+def evaluate_model(model, evaluator, ref: Reference, pairs, e: ml_collections.ConfigDict) -> list[dict]:
+    """One row per (method, steps): NFE, per-seed metrics and their summaries."""
+    rows = []
+    for method, steps in pairs:
+        per_seed, began = [], time.time()
+        for seed in range(e.seed, e.seed + e.num_seeds):
+            x = model.sample(
+                e.num_samples,
+                method=method,
+                num_steps=steps,
+                seed=seed,
+                clip_x=e.clip_x,
+                use_ema=e.use_ema,
+                batch_size=e.batch_size,
+                log_every_seconds=30.0,
+            )
+            per_seed.append(score(evaluator, ref, x, pr_samples=e.pr_samples))
+            logging.info("%s:%d seed %d: %s", method, steps, seed, _brief(per_seed[-1]))
+        row = {
+            "method": method,
+            "steps": steps,
+            "nfe": samplers.nfe(method, steps, model.schedule),
+            "seeds": list(range(e.seed, e.seed + e.num_seeds)),
+            "per_seed": per_seed,
+            "seconds": time.time() - began,
+        }
+        row.update({m: stats.summarize([s[m] for s in per_seed]) for m in METRICS})
+        row["class_histogram"] = np.mean([s["class_histogram"] for s in per_seed], axis=0).tolist()
+        rows.append(row)
+    return rows
+
+
+def _brief(s: dict) -> str:
+    return ", ".join(f"{m} {s[m]:.4g}" for m in METRICS)
+
+
+def markdown(rows: list[dict], title: str) -> str:
+    """The table; a cell within seed noise of its column's best is marked with ≈ (bootstrap 95%)."""
+    lines = [
+        f"# {title}",
+        "",
+        "mean ± std [bootstrap 95% interval] over seeds; ≈: not resolved from the column's best at 95%.",
+        "",
+        "| sampler | steps | NFE | " + " | ".join(LABELS[m] for m in METRICS) + " |",
+        "|---|---:|---:|" + "---:|" * len(METRICS),
+    ]
+    best = {}
+    for m in METRICS:
+        sign = 1 if LOWER_IS_BETTER[m] else -1
+        best[m] = min(rows, key=lambda r: sign * r[m]["mean"])
+    for r in rows:
+        cells = []
+        for m in METRICS:
+            cell = stats.format_summary(r[m], 2 if m in ("fd", "is") else 3)
+            if r is best[m]:
+                cell = f"**{cell}**"
+            elif r[m]["n"] > 1 and not stats.resolved(r[m]["values"], best[m][m]["values"]):
+                cell += " ≈"
+            cells.append(cell)
+        lines.append(f"| {r['method']} | {r['steps']} | {r['nfe']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.6))
+    for ax, m in zip(axes, METRICS, strict=True):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["nfe"])
+            ax.errorbar(
+                [r["nfe"] for r in rs],
+                [r[m]["mean"] for r in rs],
+                yerr=[r[m]["std"] for r in rs],
+                marker="o",
+                capsize=3,
+                label=method,
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("function evaluations")
+        ax.set_title(LABELS[m])
+        if m == "fd":
+            ax.set_yscale("log")
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def nll(model, e: ml_collections.ConfigDict) -> dict:
+    """The bound in bits/dim on ``e.nll_examples`` images of ``e.nll_split``, with its per-level terms."""
+    from pdist.data import pipeline
+    from pdist.evaluation.nll import vlb_terms
+
+    c = model.config
+    T = int(e.nll_timesteps or c.diffusion.num_timesteps)
+    kind = "learned" if c.diffusion.learned_variance else e.nll_variance
+    split = pipeline.load_split(c.data.name, e.nll_split, c.data.data_dir, c.data.image_size, c.data.channels)
+    count = e.nll_examples or len(split["image"])
+    x = split["image"][:count]
+    labels = split["label"][:count] if c.model.class_conditional else None
+    schedule, params = model.schedule, model.ema_params if e.use_ema else model.params
+
+    @jax.jit
+    def bound(params, xb, key, label):
+        return vlb_terms(build.denoiser(c, params, label), schedule, xb, key, num_timesteps=T, model_variance=kind)
+
+    totals, priors, terms, began = [], [], 0.0, time.time()
+    for start in range(0, len(x), e.nll_batch_size):
+        xb = x[start : start + e.nll_batch_size]
+        lb = None if labels is None else labels[start : start + len(xb)]
+        out = bound(params, xb, jax.random.fold_in(jax.random.key(e.seed), start), lb)
+        totals.append(np.asarray(out["total"]))
+        priors.append(np.asarray(out["prior"]))
+        terms = terms + np.asarray(out["terms"]).sum(axis=1)
+        logging.info("NLL: %d/%d images, %.1fs", start + len(xb), len(x), time.time() - began)
+    total = np.concatenate(totals)
+    return {
+        "bits_per_dim": float(total.mean()),
+        "stderr": float(total.std(ddof=1) / np.sqrt(len(total))) if len(total) > 1 else 0.0,
+        "examples": len(total),
+        "split": e.nll_split,
+        "num_timesteps": T,
+        "model_variance": kind,
+        "prior": float(np.concatenate(priors).mean()),
+        "terms": (terms / len(total)).tolist(),  # mean bits/dim of each level, level 1 (decoder) first
+    }
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """``--config.mode=eval``: evaluates ``config.eval.checkpoint`` (or the workdir's newest); returns the results."""
+    from clu import metric_writers
+
+    from pdist import pretrained
+
+    e = config.eval
+    pairs = config_lib.parse_samplers(e.samplers)
+    model = pretrained.load(e.checkpoint or workdir)
+    tag = f"{os.path.basename(os.path.dirname(model.directory))}_step{model.step}"
+    out_dir = os.path.join(workdir, "eval", tag)
+    os.makedirs(out_dir, exist_ok=True)
+    evaluator = make_evaluator(e.evaluator, model.config, e)
+    ref = reference(evaluator, model.config, e.reference_split, e.pr_samples)
+    rows = evaluate_model(model, evaluator, ref, pairs, e)
+    result = {
+        "checkpoint": model.directory,
+        "step": model.step,
+        "round": model.metadata.get("round"),
+        "evaluator": evaluator.name,
+        "evaluator_test_accuracy": getattr(evaluator, "test_accuracy", None),
+        "reference_split": e.reference_split,
+        "num_samples": e.num_samples,
+        "rows": rows,
+    }
+    if e.nll:
+        result["nll"] = nll(model, e)
+    title = f"{tag}: {e.num_samples} samples x {e.num_seeds} seeds, {evaluator.name} features"
+    table = markdown(rows, title)
+    if "nll" in result:
+        n = result["nll"]
+        table += (
+            f"\nNLL on {n['split']} ({n['examples']} images, T = {n['num_timesteps']}, {n['model_variance']} "
+            f"variance): {n['bits_per_dim']:.4f} ± {n['stderr']:.4f} bits/dim\n"
+        )
+    _write_text(os.path.join(out_dir, "eval.json"), json.dumps(result, indent=1))
+    _write_text(os.path.join(out_dir, "eval.md"), table)
+    plot(rows, os.path.join(out_dir, "eval.png"), title)
+    writer = metric_writers.create_default_writer(out_dir, just_logging=jax.process_index() > 0)
+    for r in rows:
+        writer.write_scalars(r["nfe"], {f"eval/{r['method']}/{m}": r[m]["mean"] for m in METRICS})
+    if "nll" in result:
+        writer.write_scalars(model.step, {"eval/nll_bits_per_dim": result["nll"]["bits_per_dim"]})
+    writer.close()
+    logging.info("Wrote %s\n%s", out_dir, table)
+    return result
