@@ -40,4 +40,8 @@ def get_config():
     config.sample.method = "ddim"
     config.sample.num_steps = 64
     config.sample.num_samples = 1000
+
+    config.eval.samplers = "ddim:8,ddim:64"
+    config.eval.num_samples = 1000  # the train split (the reference) has 1,497 images
+    config.eval.pr_samples = 1000
     return config

@@ -1,0 +1,104 @@
+"""Sample quality against function evaluations: a teacher under several samplers, and its distilled students.
+
+python bench/quality_vs_nfe.py --teacher=runs/digits --distill=runs/digits_distill --out=docs/digits_quality
+
+Runs ``pdist.evaluate`` (the ``--config.mode=eval`` code) on the teacher for
+every sampler in ``--samplers`` at every step count in ``--steps``, and on each
+distillation round's student with DDIM at its own step count; every cell is
+``--num-seeds`` seeds of ``--num-samples`` samples. Also the evaluator's floor:
+the test split against the train split, with a bootstrap interval over test
+images. Writes ``OUT.json``, ``OUT.md`` (tables) and ``OUT.png`` (each metric
+against NFE, the students as their own line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import ml_collections
+import numpy as np
+
+import pdist
+from pdist import config as config_lib
+from pdist import distill, evaluate
+from pdist.evaluation import stats
+from pdist.evaluation.frechet import frechet_distance, gaussian_stats
+
+
+def floor(evaluator, ref, resamples: int = 200) -> dict:
+    """FD of the test split to the reference, and its bootstrap interval over test images."""
+    features = evaluator.features(evaluator.x_test)
+    rng = np.random.default_rng(0)
+    values = [
+        frechet_distance(*gaussian_stats(features[rng.integers(0, len(features), len(features))]), ref.mu, ref.sigma)
+        for _ in range(resamples)
+    ]
+    whole = frechet_distance(*gaussian_stats(features), ref.mu, ref.sigma)
+    low, high = np.percentile(values, [2.5, 97.5])
+    return {"fd": whole, "low": float(low), "high": float(high), "images": len(features)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--distill", required=True)
+    parser.add_argument("--out", required=True, help="path prefix of the JSON, markdown and PNG")
+    parser.add_argument("--samplers", default="ddim,ddpm,plms,dpmpp_2m")
+    parser.add_argument("--steps", default="8,16,32,64,128,256")
+    parser.add_argument("--extra", default="ddim:1,ddim:2,ddim:4", help="more method:steps pairs for the teacher")
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--num-seeds", type=int, default=3)
+    args = parser.parse_args()
+
+    teacher = pdist.load(args.teacher)
+    e = ml_collections.ConfigDict(teacher.config.eval.to_dict())
+    e.update(num_samples=args.num_samples, num_seeds=args.num_seeds, pr_samples=args.num_samples, seed=1)
+    evaluator = evaluate.make_evaluator("auto", teacher.config, e)
+    ref = evaluate.reference(evaluator, teacher.config, "train", e.pr_samples)
+    print(f"evaluator: {evaluator.name}, test accuracy {getattr(evaluator, 'test_accuracy', float('nan')):.4f}")
+    pairs = [(m, int(n)) for m in args.samplers.split(",") for n in args.steps.split(",")]
+    pairs += config_lib.parse_samplers(args.extra) if args.extra else []
+    rows = evaluate.evaluate_model(teacher, evaluator, ref, pairs, e)
+    with open(os.path.join(args.distill, "summary.json")) as f:
+        rounds = json.load(f)
+    students = []
+    for w in rounds:
+        student = pdist.load(os.path.join(args.distill, distill.round_name(w["round"], w["steps"])))
+        (row,) = evaluate.evaluate_model(student, evaluator, ref, [("ddim", w["steps"])], e)
+        students.append({**row, "method": "distilled", "round": w["round"]})
+    result = {
+        "evaluator": evaluator.name,
+        "evaluator_test_accuracy": getattr(evaluator, "test_accuracy", None),
+        "num_samples": args.num_samples,
+        "seeds": rows[0]["seeds"],
+        "floor": floor(evaluator, ref) if hasattr(evaluator, "x_test") else None,
+        "teacher": rows,
+        "students": students,
+    }
+    with open(f"{args.out}.json", "w") as f:
+        json.dump(result, f, indent=1)
+    title = f"digits: {args.num_samples} samples x {args.num_seeds} seeds"
+    table = evaluate.markdown(rows + students, title)
+    if result["floor"]:
+        fl = result["floor"]
+        table += (
+            f"\nFloor: the test split ({fl['images']} images) against the train split: Frechet distance "
+            f"{fl['fd']:.2f} [{fl['low']:.2f}, {fl['high']:.2f}] (bootstrap over test images).\n"
+        )
+    table += "\n| steps | teacher DDIM FD | student FD | resolved |\n|---:|---:|---:|---|\n"
+    ddim = {r["steps"]: r for r in rows if r["method"] == "ddim"}
+    for s in students:
+        t = ddim.get(s["steps"])
+        cells = [stats.format_summary(x["fd"]) if x else "-" for x in (t, s)]
+        verdict = "-" if t is None else ("yes" if stats.resolved(t["fd"]["values"], s["fd"]["values"]) else "no")
+        table += f"| {s['steps']} | {cells[0]} | {cells[1]} | {verdict} |\n"
+    with open(f"{args.out}.md", "w") as f:
+        f.write(table)
+    evaluate.plot(rows + students, f"{args.out}.png", title)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

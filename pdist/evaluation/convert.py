@@ -1,0 +1,181 @@
+"""Converts the distributed FID Inception weights to the .npz that pdist's Flax network loads.
+
+python -m pdist.evaluation.convert pt_inception-2015-12-05-6726825d.pth inception.npz
+
+The input is pytorch-fid's weight file (a PyTorch state dict of the
+2015-12-05 TF Inception graph, torchvision names), read here without PyTorch:
+both PyTorch's zip format and its older pickle-stream format are understood,
+for the float32 and int64 tensors a state dict holds. An .npz of the same
+state dict (name -> array) is accepted too. Torch layouts become Flax ones:
+convolution kernels OIHW -> HWIO, linear weights transposed, batch-norm
+``weight/bias/running_mean/running_var`` -> ``scale/bias`` and ``mean/var``.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import sys
+import zipfile
+
+import numpy as np
+from flax import traverse_util
+
+_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+}
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused):
+    """A view of the storage (the legacy format fills storages after the object is unpickled)."""
+    if not size:
+        return storage[offset : offset + 1].reshape(())
+    strides = tuple(s * storage.dtype.itemsize for s in stride)
+    return np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size), strides=strides)
+
+
+class _Unpickler(pickle.Unpickler):
+    """Unpickles a state dict with storages fetched by ``load_storage(key, dtype, numel)``."""
+
+    def __init__(self, file, load_storage):
+        super().__init__(file)
+        self._load_storage = load_storage
+        self._storages = {}
+
+    def find_class(self, module, name):
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return _rebuild_tensor
+        if module == "torch" and name in _DTYPES:
+            return name
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        raise pickle.UnpicklingError(f"unexpected {module}.{name} in a state dict file")
+
+    def persistent_load(self, pid):
+        kind, storage_type, key, _location, numel, *_ = pid
+        if kind != "storage" or storage_type not in _DTYPES:
+            raise pickle.UnpicklingError(f"unsupported storage {pid!r}")
+        if key not in self._storages:
+            self._storages[key] = self._load_storage(key, np.dtype(_DTYPES[storage_type]), numel)
+        return self._storages[key]
+
+
+def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
+    """``{name: array}`` of a PyTorch ``.pth`` state dict, without PyTorch."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            (pkl,) = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            root = pkl[: -len("data.pkl")]
+
+            def load_storage(key, dtype, numel):
+                return np.frombuffer(z.read(f"{root}data/{key}"), dtype=dtype, count=numel).copy()
+
+            return {k: np.array(v) for k, v in _Unpickler(io.BytesIO(z.read(pkl)), load_storage).load().items()}
+    # The pre-1.6 format: magic, protocol, sys info, the object, the storage keys, then each storage's bytes.
+    with open(path, "rb") as f:
+        for _ in range(3):
+            pickle.load(f)
+        pending = {}
+        unpickler = _Unpickler(f, lambda key, dtype, numel: pending.setdefault(key, np.empty(numel, dtype)))
+        state = unpickler.load()
+        for key in pickle.load(f):
+            storage = pending[key]
+            numel = int(np.frombuffer(f.read(8), "<i8")[0])
+            storage[:] = np.frombuffer(f.read(numel * storage.dtype.itemsize), storage.dtype, count=numel)
+        return {k: np.array(v) for k, v in state.items()}
+
+
+def from_state_dict(state: dict[str, np.ndarray]) -> dict:
+    """Flax ``{"params", "batch_stats"}`` of the FID Inception from a torchvision-named state dict."""
+    flat = {}
+    for name, value in state.items():
+        *path, leaf = name.split(".")
+        value = np.asarray(value)
+        if leaf == "num_batches_tracked":
+            continue
+        if path[-1] == "conv" and leaf == "weight":
+            flat[("params", *path, "kernel")] = value.transpose(2, 3, 1, 0).astype(np.float32)
+        elif path[-1] == "bn":
+            collection, new = {
+                "weight": ("params", "scale"),
+                "bias": ("params", "bias"),
+                "running_mean": ("batch_stats", "mean"),
+                "running_var": ("batch_stats", "var"),
+            }[leaf]
+            flat[(collection, *path, new)] = value.astype(np.float32)
+        elif path == ["fc"]:
+            flat[("params", "fc", "kernel" if leaf == "weight" else "bias")] = (
+                value.T if leaf == "weight" else value
+            ).astype(np.float32)
+        else:
+            raise ValueError(f"Unexpected entry {name!r} in the Inception state dict; is this the FID Inception file?")
+    return traverse_util.unflatten_dict(flat)
+
+
+def to_state_dict(variables: dict) -> dict[str, np.ndarray]:
+    """The inverse of :func:`from_state_dict` (torch layouts and names)."""
+    state = {}
+    for (_, *path, leaf), value in traverse_util.flatten_dict(variables).items():
+        value = np.asarray(value)
+        if path[-1] == "conv":
+            state[".".join(path + ["weight"])] = value.transpose(3, 2, 0, 1)
+        elif path[-1] == "bn":
+            torch_leaf = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}[leaf]
+            state[".".join(path + [torch_leaf])] = value
+        else:  # fc
+            state[f"fc.{'weight' if leaf == 'kernel' else 'bias'}"] = value.T if leaf == "kernel" else value
+    return state
+
+
+def check_shapes(variables: dict) -> None:
+    """One sentence if ``variables`` do not have the FID Inception's shapes."""
+    import jax
+
+    from pdist.evaluation.inception import SIZE, FIDInceptionV3
+
+    expected = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0), jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), "f4"))
+    want = {k: v.shape for k, v in traverse_util.flatten_dict(expected).items()}
+    got = {k: np.shape(v) for k, v in traverse_util.flatten_dict(variables).items()}
+    if want != got:
+        differ = sorted("/".join(k) for k in set(want) ^ set(got) | {k for k in want if got.get(k) != want[k]})
+        raise ValueError(
+            f"The weights do not match the FID Inception-v3 ({len(differ)} entries differ, e.g. {differ[:3]}); "
+            "pass pytorch-fid's pt_inception-2015-12-05 file."
+        )
+
+
+def save_npz(variables: dict, path: str) -> None:
+    flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(variables).items()}
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    np.savez(tmp, **flat)
+    os.replace(tmp, path)
+
+
+def convert(source: str, target: str) -> None:
+    if source.endswith(".npz"):
+        with np.load(source) as f:
+            state = {k: f[k] for k in f.files}
+    else:
+        state = read_torch_state_dict(source)
+    variables = from_state_dict(state)
+    check_shapes(variables)
+    save_npz(variables, target)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print(__doc__.strip().splitlines()[2], file=sys.stderr)
+        return 2
+    convert(argv[1], argv[2])
+    print(f"wrote {argv[2]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
