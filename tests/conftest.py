@@ -37,6 +37,18 @@ def evaluator_cache(tmp_path_factory):
         os.environ["PDIST_CACHE"] = previous
 
 
+def run_on_cpu_devices(script: str, devices: int = 4) -> dict:
+    """Runs ``script`` in a fresh Python with ``devices`` forced CPU devices; returns its last stdout line as JSON."""
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def config_file(name: str, variant: str | None = None):
     from pdist.config import from_file
 

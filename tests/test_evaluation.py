@@ -140,18 +140,8 @@ print(json.dumps({"devices": devices, "err": float(np.abs(split - single).max())
 
 
 def test_sampling_splits_batches_over_devices_with_the_same_images():
-    import json
-    import os
-    import subprocess
-    import sys
+    from conftest import run_on_cpu_devices
 
-    from conftest import REPO
-
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    out = subprocess.run(
-        [sys.executable, "-c", SHARDED_SAMPLING], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_on_cpu_devices(SHARDED_SAMPLING)
     assert result["devices"] == 4 and result["shape"] == [10, 8, 8, 1]
     assert result["err"] < 1e-5, result

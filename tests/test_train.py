@@ -1,15 +1,12 @@
 """Teacher training: the loss goes down, EMA moves, resume is exact, 4 devices equal 1."""
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import jax
 import numpy as np
-from conftest import REPO, config_file
+from conftest import config_file, run_on_cpu_devices
 
 from pdist import build, parallel, train, train_step
 from pdist.data import train_batches
@@ -103,12 +100,7 @@ FOUR_DEVICES = textwrap.dedent(
 
 
 def test_four_devices_match_one_and_trace_once():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    out = subprocess.run(
-        [sys.executable, "-c", FOUR_DEVICES], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_on_cpu_devices(FOUR_DEVICES)
     assert result["devices"] == 4
     assert result["traces"] == 1
     assert result["max_err"] < 1e-5

@@ -172,7 +172,11 @@ def main(argv: list[str]) -> int:
     if len(argv) != 3:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
-    convert(argv[1], argv[2])
+    try:
+        convert(argv[1], argv[2])
+    except (OSError, ValueError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        print(f"error: could not convert {argv[1]!r} ({type(e).__name__}: {e}).", file=sys.stderr)
+        return 1
     print(f"wrote {argv[2]}")
     return 0
 
