@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 
-import ml_collections
 import numpy as np
 
 import pdist
@@ -45,6 +44,7 @@ def main():
     parser.add_argument("--teacher", required=True)
     parser.add_argument("--distill", required=True)
     parser.add_argument("--out", required=True, help="path prefix of the JSON, markdown and PNG")
+    parser.add_argument("--config", default="configs/digits.py", help="whose eval section gives the defaults")
     parser.add_argument("--samplers", default="ddim,ddpm,plms,dpmpp_2m")
     parser.add_argument("--steps", default="8,16,32,64,128,256")
     parser.add_argument("--extra", default="ddim:1,ddim:2,ddim:4", help="more method:steps pairs for the teacher")
@@ -53,7 +53,7 @@ def main():
     args = parser.parse_args()
 
     teacher = pdist.load(args.teacher)
-    e = ml_collections.ConfigDict(teacher.config.eval.to_dict())
+    e = config_lib.from_file(args.config).eval
     e.update(num_samples=args.num_samples, num_seeds=args.num_seeds, pr_samples=args.num_samples, seed=1)
     evaluator = evaluate.make_evaluator("auto", teacher.config, e)
     ref = evaluate.reference(evaluator, teacher.config, "train", e.pr_samples)

@@ -114,6 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.inception_weights = ml_collections.FieldReference(None, field_type=str)  # npz from pdist.evaluation.convert
     c.eval.reference_split = "train"
     c.eval.pr_samples = 10_000  # precision/recall on this many reference and generated features
+    c.eval.is_splits = 10  # Inception Score: mean over this many equal parts of the samples
     c.eval.batch_size = 256
     c.eval.use_ema = True
     c.eval.clip_x = True
@@ -249,10 +250,13 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
     e = config.eval
     parse_samplers(e.samplers)
     _one_of(e.evaluator, EVALUATORS, "eval.evaluator")
-    for name in ("num_samples", "num_seeds", "pr_samples", "batch_size", "nll_batch_size"):
+    for name in ("num_samples", "num_seeds", "pr_samples", "is_splits", "batch_size", "nll_batch_size"):
         _positive(e[name], f"eval.{name}")
-    if e.num_samples < 4:
-        _fail(f"config.eval.num_samples={e.num_samples} is too few; precision/recall need at least 4 samples.")
+    if e.num_samples < max(4, e.is_splits):
+        _fail(
+            f"config.eval.num_samples={e.num_samples} is too few; precision/recall need at least 4 samples "
+            f"and the Inception Score one per split (config.eval.is_splits={e.is_splits})."
+        )
     uses_inception = e.evaluator == "inception" or (e.evaluator == "auto" and config.data.name != "digits")
     if uses_inception and not e.inception_weights:
         _fail(
@@ -264,7 +268,13 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
         _fail(f"config.eval.inception_weights={e.inception_weights!r} is not a file; pass the converted .npz.")
     if e.nll:
         _one_of(e.nll_variance, ("small", "large"), "eval.nll_variance")
-        if config.diffusion.num_timesteps is None and e.nll_timesteps is None:
+        T = config.diffusion.num_timesteps
+        if T is not None and e.nll_timesteps not in (None, T):
+            _fail(
+                f"config.eval.nll_timesteps={e.nll_timesteps} differs from the discrete model's T={T}; the bound of "
+                "a discrete-time model is over its own levels, so leave config.eval.nll_timesteps at None."
+            )
+        if T is None and e.nll_timesteps is None:
             _fail(
                 "The model is continuous-time; set config.eval.nll_timesteps (e.g. 1000) to choose the grid "
                 "the bound is evaluated on."

@@ -83,7 +83,7 @@ def evaluate_model(model, evaluator, ref: Reference, pairs, e: ml_collections.Co
                 batch_size=e.batch_size,
                 log_every_seconds=30.0,
             )
-            per_seed.append(score(evaluator, ref, x, pr_samples=e.pr_samples))
+            per_seed.append(score(evaluator, ref, x, pr_samples=e.pr_samples, is_splits=e.is_splits))
             logging.info("%s:%d seed %d: %s", method, steps, seed, _brief(per_seed[-1]))
         row = {
             "method": method,

@@ -145,3 +145,26 @@ def test_sampling_splits_batches_over_devices_with_the_same_images():
     result = run_on_cpu_devices(SHARDED_SAMPLING)
     assert result["devices"] == 4 and result["shape"] == [10, 8, 8, 1]
     assert result["err"] < 1e-5, result
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"nll": True, "nll_timesteps": 1000}, "differs from the discrete model's T=4000"),
+        ({"evaluator": "inception", "inception_weights": "/no/such.npz"}, "is not a file"),
+        ({"num_samples": 5, "is_splits": 10}, "one per split"),
+        ({"samplers": "ddim:8,warp:4"}, "entry 'warp:4' is not method:steps"),
+    ],
+)
+def test_eval_settings_fail_with_one_sentence(overrides, message):
+    from conftest import config_file
+
+    from pdist import config as config_lib
+
+    config = config_file("cifar10_iddpm")
+    config.mode = "eval"
+    config.eval.evaluator = "digits"
+    config.eval.update(overrides)
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate(config)
+    assert config_lib.parse_samplers("ddim:8, plms:16") == [("ddim", 8), ("plms", 16)]

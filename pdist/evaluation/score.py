@@ -50,9 +50,12 @@ class Reference:
             return cls(**{k.name: f[k.name] for k in dataclasses.fields(cls)})
 
 
-def score(evaluator, reference: Reference, images: np.ndarray, *, pr_samples: int | None = None) -> dict:
+def score(
+    evaluator, reference: Reference, images: np.ndarray, *, pr_samples: int | None = None, is_splits: int = 1
+) -> dict:
     """``{fd, is, precision, recall, class_histogram}`` of ``images`` [N, H, W, C] in [-1, 1].
 
+    The Inception Score is the mean over ``is_splits`` equal parts (10 in the usual protocol).
     Precision/recall use the first ``pr_samples`` images (all by default), as many
     as the reference subset, so that both sides' k-NN balls have the same scale.
     """
@@ -61,7 +64,7 @@ def score(evaluator, reference: Reference, images: np.ndarray, *, pr_samples: in
     precision, recall = precision_recall(reference.features, pr, real_radii=reference.radii)
     return {
         "fd": frechet_distance(*gaussian_stats(features), reference.mu, reference.sigma),
-        "is": inception_score(probs),
+        "is": inception_score(probs, is_splits),
         "precision": precision,
         "recall": recall,
         "class_histogram": (np.bincount(probs.argmax(1), minlength=probs.shape[1]) / len(probs)).tolist(),
