@@ -19,7 +19,6 @@ import jax
 import numpy as np
 
 from pdist.evaluation import convert
-from pdist.evaluation.digits import DigitsEvaluator
 from pdist.evaluation.inception import SIZE, FIDInceptionV3, InceptionEvaluator
 
 
@@ -37,16 +36,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inception-batch", type=int, default=50)
     parser.add_argument("--inception-images", type=int, default=200)
-    parser.add_argument("--digits-images", type=int, default=10_000)
+    parser.add_argument("--digits-images", type=int, default=10_000, help="0 skips the digits evaluator")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     device = jax.devices()[0]
     kind = f"{jax.device_count()} x {device.device_kind} ({device.platform})"
     print(f"JAX {jax.__version__}, {kind}, {os.cpu_count()} CPUs\n")
     print("| evaluator | input | batch | images/s |\n|---|---|---:|---:|")
-    digits = DigitsEvaluator()
-    x = rng.uniform(-1, 1, (args.digits_images, 8, 8, 1)).astype(np.float32)
-    print(f"| digits CNN | 8x8x1 | 500 | {rate(digits.outputs, x):,.0f} |")
+    if args.digits_images:
+        from pdist.evaluation.digits import DigitsEvaluator
+
+        digits = DigitsEvaluator()
+        x = rng.uniform(-1, 1, (args.digits_images, 8, 8, 1)).astype(np.float32)
+        print(f"| digits CNN | 8x8x1 | 500 | {rate(digits.outputs, x):,.0f} |")
     shapes = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0), jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), "f4"))
     variables = jax.tree.map(lambda s: (0.05 * rng.normal(size=s.shape)).astype(np.float32), shapes)
     variables["batch_stats"] = jax.tree.map(np.abs, variables["batch_stats"])
