@@ -51,7 +51,8 @@ def _cache_dir() -> str:
 def reference(evaluator, model_config: ml_collections.ConfigDict, split: str, pr_samples: int) -> Reference:
     """Reference statistics of ``split`` through ``evaluator``, computed once and cached."""
     data = model_config.data
-    key = f"{evaluator.name}_{data.name.replace('/', '_')}_{split.replace(':', '_')}_{data.image_size}_pr{pr_samples}"
+    dataset = f"{data.name}_{split}_{data.image_size}".replace("/", "_").replace(":", "_")
+    key = f"{evaluator.cache_key}_{dataset}_pr{pr_samples}"
     path = os.path.join(_cache_dir(), "reference", f"{key}.npz")
     if os.path.exists(path):
         return Reference.load(path)

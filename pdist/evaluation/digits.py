@@ -103,6 +103,7 @@ class DigitsEvaluator:
     """
 
     name = "digits"
+    cache_key = f"digits_v{VERSION}"
     image_shape = (8, 8, 1)
     num_classes = 10
 

@@ -175,6 +175,17 @@ def load_variables(path: str) -> dict:
     return traverse_util.unflatten_dict(flat)
 
 
+def hash_file(path: str) -> str:
+    """The first 12 hex digits of the file's SHA-256 (names cached reference statistics per weight file)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
 class InceptionEvaluator:
     """The FID Inception-v3 as an evaluator: ``outputs(x) -> (pool features [N, 2048], softmax [N, 1008])``."""
 
@@ -185,6 +196,7 @@ class InceptionEvaluator:
     def __init__(self, weights: str, batch_size: int = 100):
         self.variables = load_variables(weights)
         self.batch_size = batch_size
+        self.cache_key = f"inception_{hash_file(weights)}"
         net = FIDInceptionV3()
 
         def apply(variables, x):

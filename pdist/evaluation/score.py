@@ -1,6 +1,7 @@
 """Scores a set of images against a reference set with an evaluator network.
 
-An evaluator is any object with ``name``, ``image_shape``, ``num_classes`` and
+An evaluator is any object with ``name``, ``cache_key`` (names its cached
+reference statistics: network and weights), ``image_shape``, ``num_classes`` and
 ``outputs(images) -> (features [N, D], probs [N, C])`` on images in [-1, 1]
 (:class:`~pdist.evaluation.digits.DigitsEvaluator`, or
 :class:`~pdist.evaluation.inception.InceptionEvaluator` for natural images).
