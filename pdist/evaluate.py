@@ -56,12 +56,9 @@ def reference(evaluator, model_config: ml_collections.ConfigDict, split: str, pr
     path = os.path.join(_cache_dir(), "reference", f"{key}.npz")
     if os.path.exists(path):
         return Reference.load(path)
-    if evaluator.name == "digits" and split == "train":
-        images = evaluator.reference_images
-    else:
-        from pdist.data import pipeline
+    from pdist.data import pipeline
 
-        images = pipeline.load_split(data.name, split, data.data_dir, data.image_size, data.channels)["image"]
+    images = pipeline.load_split(data.name, split, data.data_dir, data.image_size, data.channels)["image"]
     logging.info("Reference statistics of %s[%s] (%d images) through %s", data.name, split, len(images), evaluator.name)
     ref = Reference.from_features(evaluator.outputs(images)[0], pr_samples)
     ref.save(path)

@@ -13,6 +13,7 @@ goes from 96-97% (shifts alone) to 98%.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import flax.linen as nn
@@ -59,13 +60,10 @@ def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _split(name: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
-    import tensorflow_datasets as tfds
+    from pdist.data import pipeline
 
-    from pdist.data import builder
-
-    ds = builder("digits", data_dir).as_dataset(split=name, batch_size=-1)
-    arrays = tfds.as_numpy(ds)
-    return arrays["image"].astype(np.float32) / 127.5 - 1.0, arrays["label"].astype(np.int32)
+    arrays = pipeline.load_split("digits", name, data_dir, 8, 1)
+    return arrays["image"], arrays["label"]
 
 
 def _train(x: np.ndarray, y: np.ndarray):
@@ -98,8 +96,8 @@ def _train(x: np.ndarray, y: np.ndarray):
 class DigitsEvaluator:
     """The digits classifier as an evaluator: ``outputs(x) -> (features [N, 128], probs [N, 10])``.
 
-    ``x``: [N, 8, 8, 1] images in [-1, 1]. ``reference_images`` is the train split,
-    the set samples are compared with; ``test_accuracy`` is measured on the test split.
+    ``x``: [N, 8, 8, 1] images in [-1, 1]. Samples are compared with the train
+    split; ``test_accuracy`` is measured on the test split.
     """
 
     name = "digits"
@@ -112,7 +110,7 @@ class DigitsEvaluator:
         path = os.path.join(cache_dir, f"digits_classifier_v{VERSION}.msgpack")
         x_train, y_train = _split("train", data_dir)
         self.x_test, self.y_test = _split("test", data_dir)
-        self.reference_images = x_train
+        self._x_train = x_train
         self._net = DigitsCNN()
         template = self._net.init(jax.random.key(SEED), x_train[:1])["params"]
         if os.path.exists(path):
@@ -131,7 +129,6 @@ class DigitsEvaluator:
             return features, jax.nn.softmax(logits)
 
         self._apply = jax.jit(apply)
-        self.train_stats = gaussian_stats(self.features(x_train))
         self.test_accuracy = float(np.mean(self.predict(self.x_test) == self.y_test))
 
     def outputs(self, x: np.ndarray, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +144,12 @@ class DigitsEvaluator:
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.outputs(x)[1].argmax(axis=-1)
 
+    @functools.cached_property
+    def train_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        return gaussian_stats(self.features(self._x_train))
+
     def frechet(self, x: np.ndarray) -> float:
+        """FD to the train split (``pdist.evaluate`` scores through :mod:`pdist.evaluation.score` instead)."""
         return frechet_distance(*gaussian_stats(self.features(x)), *self.train_stats)
 
     def class_histogram(self, x: np.ndarray) -> np.ndarray:
