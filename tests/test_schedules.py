@@ -1,3 +1,5 @@
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -91,3 +93,22 @@ def test_time_grids():
 def test_bad_input_is_one_clear_sentence(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("name,T", [("cosine", 50), ("linear", 1000), ("cosine", 4000)])
+def test_discrete_levels_stay_on_their_level_when_xla_fuses_the_lookup(name, T):
+    """t = i/T drawn inside a jitted program, s = t - 1/T: logsnr(s) - logsnr(t) is one level's step.
+
+    XLA recomputes t*T per fusion, with and without fused multiply-adds; the
+    lookup must not land on a neighbouring level for either rounding."""
+    schedule = sc.get_schedule(name, num_timesteps=T)
+    key = jax.random.key(7)
+
+    def one_level_gap(key):  # the only output, so XLA fuses everything into it
+        t = jax.random.randint(key, (4096,), 2, T + 1).astype(jnp.float32) / T
+        return schedule.logsnr(t - 1.0 / T) - schedule.logsnr(t)
+
+    i = np.asarray(jax.random.randint(key, (4096,), 2, T + 1))
+    log_ab = schedule.log_alphabar_np[1:]  # levels 1..T
+    logsnr = np.concatenate([[np.inf], log_ab - np.log(-np.expm1(log_ab))])  # float64, by level
+    np.testing.assert_allclose(jax.jit(one_level_gap)(key), logsnr[i - 1] - logsnr[i], rtol=2e-3, atol=2e-3)
