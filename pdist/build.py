@@ -43,6 +43,8 @@ def network(config: ml_collections.ConfigDict) -> UNet:
         dropout=m.dropout,
         resblock_updown=m.resblock_updown,
         num_classes=config.data.num_classes if m.class_conditional else 0,
+        dtype=jnp.dtype(m.dtype),
+        remat=m.remat,
     )
 
 

@@ -19,6 +19,7 @@ MODES = ("train", "sample", "distill", "eval")
 EVALUATORS = ("auto", "digits", "inception")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "linear", "cosine", "rex")
+DTYPES = ("float32", "bfloat16")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -47,6 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dropout = 0.0
     c.model.resblock_updown = False
     c.model.class_conditional = False
+    c.model.dtype = "float32"  # compute dtype; "bfloat16": mixed precision (parameters, optimizer state stay float32)
+    c.model.remat = False  # recompute block activations in the backward pass (memory for compute)
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.schedule = "cosine_logsnr"  # a pdist.schedules.SCHEDULES name
@@ -71,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 128  # global, over all devices and processes
+    c.train.grad_accum_steps = 1  # micro-batches per update: the batch is batch_size, in this many passes
     c.train.num_steps = 100_000
     c.train.ema_decay = 0.9999
     c.train.log_every = 100
@@ -173,6 +177,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail(f"config.data.image_size={size} must be divisible by 2**(len(config.model.ch_mult) - 1).")
     if m.num_heads is None and (m.head_dim is None or m.head_dim <= 0):
         _fail("Set config.model.head_dim (channels per attention head) or config.model.num_heads.")
+    _one_of(m.dtype, DTYPES, "model.dtype")
     if m.class_conditional and config.data.num_classes <= 0:
         _fail("config.model.class_conditional=True needs config.data.num_classes > 0.")
 
@@ -186,6 +191,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     t = config.train
     _positive(t.batch_size, "train.batch_size")
+    _positive(t.grad_accum_steps, "train.grad_accum_steps")
+    if t.batch_size % t.grad_accum_steps:
+        _fail(
+            f"config.train.batch_size={t.batch_size} must be divisible by config.train.grad_accum_steps="
+            f"{t.grad_accum_steps} (each update averages that many equal micro-batches)."
+        )
     _positive(t.num_steps, "train.num_steps")
     _positive(t.log_every, "train.log_every")
     _positive(t.checkpoint_every, "train.checkpoint_every")
@@ -329,6 +340,13 @@ def paper_distillation(
         updates_per_round=per_round,
         updates_last_rounds=last_rounds,
     )
+
+
+def from_stored(values: dict) -> ml_collections.ConfigDict:
+    """A config saved with a checkpoint, with defaults for keys added since it was written."""
+    config = base_config()
+    config.update(values)
+    return config
 
 
 def from_file(path: str, variant: str | None = None) -> ml_collections.ConfigDict:

@@ -35,6 +35,7 @@ import numpy as np
 from clu import metric_writers
 
 from pdist import build, data, images, loop, optim, parallel, train_step
+from pdist import config as config_lib
 from pdist.checkpoint import CHECKPOINTS, Checkpointer, locate
 from pdist.config import validate
 from pdist.sample import ImageSampler
@@ -90,7 +91,7 @@ def load_teacher(config: ml_collections.ConfigDict, mesh) -> tuple[dict, dict]:
     ckpt = Checkpointer(directory, create=False, asynchronous=False)
     try:
         meta = ckpt.metadata(step)
-        teacher_config = ml_collections.ConfigDict(meta["config"])
+        teacher_config = config_lib.from_stored(meta["config"])
         check_teacher(config, teacher_config, f"{directory}/{meta['step']}")
         init_fn, _ = build.state_init(teacher_config)
         state, meta = ckpt.restore(train_step.abstract_state(init_fn, mesh), meta["step"])
@@ -129,7 +130,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     validate(config)
     d = config.distill
     mesh = parallel.data_mesh()
-    parallel.check_batch_size(config.train.batch_size, mesh)
+    parallel.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum_steps)
     workdir = os.path.abspath(workdir)
     teacher, teacher_meta = load_teacher(config, mesh)
     os.makedirs(workdir, exist_ok=True)
@@ -179,6 +180,7 @@ def run_round(config, rdir: str, r: int, n: int, teacher, mesh) -> tuple[train_s
                 tx,
                 ema_decay=t.ema_decay,
                 learning_rate=optim.learning_rate(config.optim, updates),
+                accum_steps=t.grad_accum_steps,
             ),
             mesh,
         )

@@ -1,8 +1,8 @@
 """``--config.mode=eval``: sample quality (and optionally NLL) of one checkpoint, with seed variance.
 
 For each (sampler, steps) pair of ``config.eval.samplers`` and each of
-``config.eval.num_seeds`` seeds: generate ``num_samples`` images (split over
-all local devices), score them against the reference split with the
+``config.eval.num_seeds`` seeds: generate ``num_samples`` images (each batch
+split over every device of every process and gathered), score them against the reference split with the
 evaluator network (Frechet distance, Inception Score, precision/recall, class
 histogram), then summarize every metric over seeds (mean, std, bootstrap 95%
 interval). Writes ``eval.json``, ``eval.md`` (a table; differences within seed
@@ -13,6 +13,7 @@ evaluations, one line per sampler) and TensorBoard scalars under
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from pdist import build, samplers
+from pdist import build, parallel, samplers
 from pdist import config as config_lib
 from pdist.evaluation import stats
 from pdist.evaluation.score import METRICS, Reference, score
@@ -179,20 +180,25 @@ def nll(model, e: ml_collections.ConfigDict) -> dict:
     count = e.nll_examples or len(split["image"])
     x = split["image"][:count]
     labels = split["label"][:count] if c.model.class_conditional else None
-    schedule, params = model.schedule, model.ema_params if e.use_ema else model.params
+    mesh = parallel.data_mesh()
+    schedule = model.schedule
+    params = parallel.put_replicated(model.ema_params if e.use_ema else model.params, mesh)
 
-    @jax.jit
-    def bound(params, xb, key, label):
+    @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
+    def bound(params, xb, seed_start, label):
+        key = jax.random.fold_in(jax.random.key(seed_start[0]), seed_start[1])
         return vlb_terms(build.denoiser(c, params, label), schedule, xb, key, num_timesteps=T, model_variance=kind)
 
     totals, priors, terms, began = [], [], 0.0, time.time()
-    for start in range(0, len(x), e.nll_batch_size):
+    for start in range(0, len(x), e.nll_batch_size):  # each batch split over every device of every process
         xb = x[start : start + e.nll_batch_size]
-        lb = None if labels is None else labels[start : start + len(xb)]
-        out = bound(params, xb, jax.random.fold_in(jax.random.key(e.seed), start), lb)
-        totals.append(np.asarray(out["total"]))
-        priors.append(np.asarray(out["prior"]))
-        terms = terms + np.asarray(out["terms"]).sum(axis=1)
+        lb = None if labels is None else parallel.shard_rows(labels[start : start + len(xb)], mesh)
+        seed_start = parallel.replicate(np.asarray([e.seed, start], np.int32), mesh)
+        out = bound(params, parallel.shard_rows(xb, mesh), seed_start, lb)
+        out = {k: np.asarray(v)[..., : len(xb)] for k, v in out.items()}  # without the padding rows
+        totals.append(out["total"])
+        priors.append(out["prior"])
+        terms = terms + out["terms"].sum(axis=1)
         logging.info("NLL: %d/%d images, %.1fs", start + len(xb), len(x), time.time() - began)
     total = np.concatenate(totals)
     return {
@@ -242,9 +248,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"\nNLL on {n['split']} ({n['examples']} images, T = {n['num_timesteps']}, {n['model_variance']} "
             f"variance): {n['bits_per_dim']:.4f} ± {n['stderr']:.4f} bits/dim\n"
         )
-    _write_text(os.path.join(out_dir, "eval.json"), json.dumps(result, indent=1))
-    _write_text(os.path.join(out_dir, "eval.md"), table)
-    plot(rows, os.path.join(out_dir, "eval.png"), title)
+    if jax.process_index() == 0:  # every process holds the same results; one writes them
+        _write_text(os.path.join(out_dir, "eval.json"), json.dumps(result, indent=1))
+        _write_text(os.path.join(out_dir, "eval.md"), table)
+        plot(rows, os.path.join(out_dir, "eval.png"), title)
     writer = metric_writers.create_default_writer(out_dir, just_logging=jax.process_index() > 0)
     for r in rows:
         writer.write_scalars(r["nfe"], {f"eval/{r['method']}/{m}": r[m]["mean"] for m in METRICS})

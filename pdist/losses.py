@@ -4,9 +4,16 @@ Built by factories over an apply function
 ``apply_fn(params, z, t, label, key) -> raw output`` (``t`` [B] in [0, 1];
 ``label`` [B] or None; ``key`` for dropout, or None for a deterministic call).
 ``batch`` holds ``image`` (x in [-1, 1], [B, ...]), optionally ``label``, and
-optionally precomputed ``t`` and ``t_weight`` (e.g. from
+optionally precomputed ``t``, ``noise`` and ``t_weight`` (e.g. from
 :class:`pdist.importance.LossAwareSampler`). Metrics are scalars, except
 ``per_example_*`` entries ([B]) kept for timestep samplers.
+
+Each loss has a ``draw(batch, key) -> batch`` attribute that adds the
+per-example randomness (``t`` and ``noise``) the loss would draw from ``key``
+itself; a loss given a batch that already holds them draws nothing. The train
+step uses it to draw a whole batch's randomness once and split the batch into
+micro-batches (gradient accumulation) that see exactly the draws of the
+undivided batch. ``key`` also seeds dropout, which does differ per micro-batch.
 """
 
 from __future__ import annotations
@@ -29,13 +36,29 @@ def _mean_flat(a: Array) -> Array:
     return jnp.mean(a.reshape(a.shape[0], -1), axis=1)
 
 
-def _sample_times(batch: dict, key: Array, num_timesteps: int | None) -> Array:
-    if "t" in batch:
-        return jnp.asarray(batch["t"], jnp.float32)
-    n = batch["image"].shape[0]
+def _uniform_times(key: Array, n: int, num_timesteps: int | None) -> Array:
+    """t ~ U[0, 1], or t = i / T with i ~ U{1..T}."""
     if num_timesteps is None:
         return jax.random.uniform(key, (n,))
     return jax.random.randint(key, (n,), 1, num_timesteps + 1).astype(jnp.float32) / num_timesteps
+
+
+def _drawer(num_timesteps: int | None) -> Callable:
+    """``draw(batch, key)``: ``t`` (from ``num_timesteps`` as in :func:`_uniform_times`) and Gaussian
+    ``noise`` for every example, unless the batch holds them; the key's third part is left for the model."""
+
+    def draw(batch: dict, key: Array) -> dict:
+        k_t, k_eps, _ = jax.random.split(key, 3)
+        x = batch["image"]
+        t = batch["t"] if "t" in batch else _uniform_times(k_t, x.shape[0], num_timesteps)
+        noise = batch["noise"] if "noise" in batch else jax.random.normal(k_eps, x.shape, x.dtype)
+        return {**batch, "t": jnp.asarray(t, jnp.float32), "noise": noise}
+
+    return draw
+
+
+def _model_key(key: Array) -> Array:
+    return jax.random.split(key, 3)[2]
 
 
 def make_diffusion_loss(
@@ -71,14 +94,14 @@ def make_diffusion_loss(
     if loss_type != "mse" and num_timesteps is None:
         raise ValueError(f"loss {loss_type!r} is a discrete-time bound; set num_timesteps (T).")
 
+    draw = _drawer(num_timesteps)
+
     def loss_fn(params, batch: dict, key: Array):
-        x = batch["image"]
-        k_t, k_eps, k_model = jax.random.split(key, 3)
-        t = _sample_times(batch, k_t, num_timesteps)
+        batch = draw(batch, key)
+        x, t = batch["image"], batch["t"]
         logsnr = schedule.logsnr(t)
-        eps = jax.random.normal(k_eps, x.shape, x.dtype)
-        z = diffusion.diffuse(x, eps, logsnr)
-        out = apply_fn(params, z, t, batch.get("label"), k_model)
+        z = diffusion.diffuse(x, batch["noise"], logsnr)
+        out = apply_fn(params, z, t, batch.get("label"), _model_key(key))
         pred = diffusion.predict(out, z, logsnr, parameterization=parameterization, learned_variance=learned_variance)
         mse = diffusion.loss_weight(logsnr, weighting) * _mean_flat((x - pred.x) ** 2)
         metrics = {"mse": jnp.mean(mse)}
@@ -99,6 +122,7 @@ def make_diffusion_loss(
         metrics["loss"] = loss
         return loss, metrics
 
+    loss_fn.draw = draw
     return loss_fn
 
 
@@ -149,21 +173,22 @@ def make_distillation_loss(
         out, z, logsnr, parameterization=parameterization, learned_variance=learned_variance
     )
 
+    draw = _drawer(num_student_steps)  # t on the student's grid
+
     def loss_fn(params, batch: dict, key: Array, teacher_params):
-        x, label = batch["image"], batch.get("label")
-        k_t, k_eps, k_model = jax.random.split(key, 3)
-        n = x.shape[0]
-        t = jax.random.randint(k_t, (n,), 1, num_student_steps + 1).astype(jnp.float32) / num_student_steps
+        batch = draw(batch, key)
+        x, label, t = batch["image"], batch.get("label"), batch["t"]
         logsnr = schedule.logsnr(t)
-        z = diffusion.diffuse(x, jax.random.normal(k_eps, x.shape, x.dtype), logsnr)
+        z = diffusion.diffuse(x, batch["noise"], logsnr)
 
         def teacher(z_, t_):
             return predict(apply_fn(teacher_params, z_, t_, label, None), z_, schedule.logsnr(t_))
 
         target = jax.lax.stop_gradient(distillation_target(teacher, schedule, z, t, num_student_steps))
-        pred = predict(apply_fn(params, z, t, label, k_model), z, logsnr)
+        pred = predict(apply_fn(params, z, t, label, _model_key(key)), z, logsnr)
         per_example = diffusion.loss_weight(logsnr, weighting) * _mean_flat((target - pred.x) ** 2)
         loss = jnp.mean(per_example)
         return loss, {"loss": loss}
 
+    loss_fn.draw = draw
     return loss_fn

@@ -4,6 +4,10 @@
 checkpoint), ``distill`` (progressive distillation of ``config.distill.teacher``,
 resuming likewise), ``sample`` (``config.sample.*`` from a checkpoint) or
 ``eval`` (``config.eval.*``: sample quality, and optionally NLL, of a checkpoint).
+
+The same command runs on every host of a multi-process run; ``--distributed``,
+``--coordinator_address``, ``--num_processes`` and ``--process_id`` say how
+to join it (:mod:`pdist.distributed`; ``launch/`` has the scripts).
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A file in configs/ returning an ml_collections config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"], "Join a multi-process run (jax.distributed); see pdist.distributed."
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (default: from the cluster).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (default: from the cluster).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -36,6 +46,14 @@ def main(argv):
         config_lib.validate(config)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    from pdist import distributed
+
+    distributed.initialize(
+        _DISTRIBUTED.value,
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+    )
     import jax
 
     logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices())

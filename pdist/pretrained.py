@@ -6,7 +6,8 @@
 >>> x = student.sample(64)   # with its own number of DDIM steps (student.metadata["sampling_steps"])
 
 The config stored in the checkpoint rebuilds the network; parameters land on
-the first local device whatever mesh wrote them.
+the first local device whatever mesh wrote them (in a multi-process run:
+replicated over every device, as the run's sampler needs them).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import SingleDeviceSharding
 
-from pdist import build
+from pdist import build, parallel
+from pdist import config as config_lib
 from pdist.checkpoint import Checkpointer, locate
 from pdist.sample import ImageSampler
 
@@ -84,11 +86,14 @@ def load(path: str, step: int | None = None) -> Pretrained:
     ckpt = Checkpointer(directory, create=False, asynchronous=False)
     try:
         metadata = ckpt.metadata(step)
-        config = ml_collections.ConfigDict(metadata["config"])
+        config = config_lib.from_stored(metadata["config"])
         init_fn, _ = build.state_init(config)
-        device = SingleDeviceSharding(jax.local_devices()[0])
+        if jax.process_count() > 1:
+            sharding = parallel.replicated(parallel.data_mesh())
+        else:
+            sharding = SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), jax.eval_shape(init_fn)
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(init_fn)
         )
         state, metadata = ckpt.restore(abstract, metadata["step"])
     finally:

@@ -22,31 +22,40 @@ from pdist import build, images, parallel, samplers
 class ImageSampler:
     """``sampler(params, n, method=..., num_steps=..., seed=...) -> [n, H, W, C]`` numpy in [-1, 1].
 
-    With several local devices (one process), each batch is split over all of
-    them (the last batch padded); the initial noise is drawn before the split,
-    so deterministic samplers give the same images on any device count.
+    Each batch is split over every device of every process (the last batch
+    zero-padded to a multiple of the device count) and gathered back, so every
+    process returns all ``n`` images; in a multi-process run every process must
+    make the same call. The noise is drawn from ``(seed, batch start)`` inside
+    the program before the split, so deterministic samplers give the same
+    images on any number of devices and processes.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, mesh=None):
         self.config = config
         self.schedule = build.schedule(config)
         self.shape = build.image_shape(config)
         self.num_classes = config.data.num_classes if config.model.class_conditional else 0
+        self.mesh = parallel.data_mesh() if mesh is None else mesh
         self._compiled = {}
-        single_process = jax.process_count() == 1
-        self.mesh = parallel.data_mesh(jax.local_devices()) if single_process and jax.local_device_count() > 1 else None
 
-    def _program(self, method: str, num_steps: int, clip_x: bool):
-        k = (method, num_steps, clip_x)
+    def _program(self, method: str, num_steps: int, clip_x: bool, n: int):
+        k = (method, num_steps, clip_x, n)
         if k not in self._compiled:
+            pad = -n % self.mesh.devices.size
 
-            def run(params, noise, key, label):
+            def run(params, seed_start, label):
+                key = jax.random.fold_in(jax.random.key(seed_start[0]), seed_start[1])
+                k_noise, k_sample = jax.random.split(key)
+                noise = jax.random.normal(k_noise, (n, *self.shape), jnp.float32)
+                noise = jnp.pad(noise, [(0, pad)] + [(0, 0)] * len(self.shape))
+                noise = jax.lax.with_sharding_constraint(noise, parallel.batch_sharded(self.mesh))
                 denoise_fn = build.denoiser(self.config, params, label)
-                return samplers.sample(
-                    denoise_fn, self.schedule, noise, method=method, num_steps=num_steps, key=key, clip_x=clip_x
+                x = samplers.sample(
+                    denoise_fn, self.schedule, noise, method=method, num_steps=num_steps, key=k_sample, clip_x=clip_x
                 )
+                return x[:n]
 
-            self._compiled[k] = jax.jit(run)
+            self._compiled[k] = jax.jit(run, out_shardings=parallel.replicated(self.mesh))
         return self._compiled[k]
 
     def __call__(
@@ -66,23 +75,17 @@ class ImageSampler:
         samplers.nfe(method, num_steps, self.schedule)  # unknown method: one sentence, before compiling
         if labels is None and self.num_classes:
             labels = np.arange(num_samples) % self.num_classes
-        program = self._program(method, num_steps, clip_x)
-        devices = 1 if self.mesh is None else self.mesh.devices.size
-        if self.mesh is not None:
-            params = jax.device_put(params, parallel.replicated(self.mesh))
-        key = jax.random.key(seed)
+        params = parallel.put_replicated(params, self.mesh)
         out, began, logged = [], time.time(), time.time()
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
-            k_noise, k_sample = jax.random.split(jax.random.fold_in(key, start))
-            noise = jax.random.normal(k_noise, (n, *self.shape), jnp.float32)
-            label = None if labels is None else jnp.asarray(labels[start : start + n], jnp.int32)
-            if self.mesh is not None:  # pad to a multiple of the device count, then split the batch
-                pad = -n % devices
-                noise = jnp.concatenate([noise, jnp.zeros((pad, *self.shape), noise.dtype)])
-                label = None if label is None else jnp.concatenate([label, jnp.zeros((pad,), label.dtype)])
-                noise, label = jax.device_put((noise, label), parallel.batch_sharded(self.mesh))
-            out.append(np.asarray(program(params, noise, k_sample, label))[:n])
+            label = (
+                None
+                if labels is None
+                else parallel.shard_rows(np.asarray(labels[start : start + n], np.int32), self.mesh)
+            )
+            seed_start = parallel.replicate(np.asarray([seed, start], np.int32), self.mesh)
+            out.append(np.asarray(self._program(method, num_steps, clip_x, n)(params, seed_start, label)))
             done = start + n
             if log_every_seconds is not None and (time.time() - logged >= log_every_seconds or done == num_samples):
                 logged, rate = time.time(), done / max(time.time() - began, 1e-9)

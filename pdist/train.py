@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -33,7 +34,7 @@ def metadata(config: ml_collections.ConfigDict, step: int, **extra) -> dict:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_step.TrainState:
     validate(config)
     mesh = parallel.data_mesh()
-    parallel.check_batch_size(config.train.batch_size, mesh)
+    parallel.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum_steps)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     t = config.train
@@ -54,17 +55,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
         process_count=jax.process_count(),
         start_step=start,
     )
-    step_fn = train_step.compile_step(
-        train_step.make_train_step(
-            build.loss_fn(config),
-            tx,
-            ema_decay=t.ema_decay,
-            learning_rate=optim.learning_rate(config.optim, t.num_steps),
-            importance=build.importance_sampler(config),
-        ),
-        mesh,
-    )
-    key = jax.random.fold_in(jax.random.key(config.seed), 1)
+    step_fn = compiled_step(config, tx, mesh)
+    key = step_key(config)
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if start == 0:
@@ -104,6 +96,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     ckpt.wait()
     ckpt.close()
     return state
+
+
+def compiled_step(config: ml_collections.ConfigDict, tx, mesh) -> Callable:
+    """The teacher's train step for ``config``, compiled over ``mesh``."""
+    t = config.train
+    step = train_step.make_train_step(
+        build.loss_fn(config),
+        tx,
+        ema_decay=t.ema_decay,
+        learning_rate=optim.learning_rate(config.optim, t.num_steps),
+        importance=build.importance_sampler(config),
+        accum_steps=t.grad_accum_steps,
+    )
+    return train_step.compile_step(step, mesh)
+
+
+def step_key(config: ml_collections.ConfigDict) -> jax.Array:
+    """The key every step folds its step number into."""
+    return jax.random.fold_in(jax.random.key(config.seed), 1)
 
 
 def _write_grid(writer, sampler, state, config, workdir, step):

@@ -50,8 +50,43 @@ def make_train_step(
     ema_decay: float,
     learning_rate: optax.Schedule | None = None,
     importance: LossAwareSampler | None = None,
+    accum_steps: int = 1,
 ) -> Callable:
-    """The step. With ``importance``, t is drawn from (and updates) ``state.importance``."""
+    """The step. With ``importance``, t is drawn from (and updates) ``state.importance``.
+
+    ``accum_steps > 1`` averages the gradients of that many micro-batches in a
+    ``lax.scan`` before one update: the batch's per-example randomness is drawn
+    once (``loss_fn.draw``), and micro-batch ``j`` holds examples ``j, j + k,
+    j + 2k, ...`` so that each device keeps its own rows. Up to float rounding
+    (and dropout masks), the update equals that of the undivided batch; only
+    one micro-batch's activations are alive at a time.
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    if accum_steps > 1 and not hasattr(loss_fn, "draw"):
+        raise ValueError("Gradient accumulation needs a loss with a draw(batch, key) attribute (pdist.losses).")
+
+    def gradients(params, batch: dict, key: Array, loss_args: tuple):
+        if accum_steps == 1:
+            (_, metrics), grads = grad_fn(params, batch, key, *loss_args)
+            return grads, metrics
+        k = accum_steps
+        batch = loss_fn.draw(batch, key)
+        micro = jax.tree.map(lambda a: a.reshape(a.shape[0] // k, k, *a.shape[1:]).swapaxes(0, 1), batch)
+
+        def accumulate(total, xs):
+            mb, j = xs
+            (_, metrics), grads = grad_fn(params, mb, jax.random.fold_in(key, j), *loss_args)
+            return jax.tree.map(jnp.add, total, grads), metrics
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        total, metrics = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(k)))
+        grads = jax.tree.map(lambda g, p: (g / k).astype(p.dtype), total, params)
+        metrics = {
+            name: v.swapaxes(0, 1).reshape(-1) if name.startswith("per_example_") else jnp.mean(v, axis=0)
+            for name, v in metrics.items()
+        }
+        return grads, metrics
 
     def step(state: TrainState, batch: dict, key: Array, *loss_args):
         key = jax.random.fold_in(key, state.step)
@@ -59,7 +94,7 @@ def make_train_step(
         if importance is not None:
             levels, t_weight = importance.sample(state.importance, k_t, batch["image"].shape[0])
             batch = {**batch, "t": levels / importance.num_timesteps, "t_weight": t_weight}
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, k_loss, *loss_args)
+        grads, metrics = gradients(state.params, batch, k_loss, loss_args)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)

@@ -124,7 +124,7 @@ def test_nll_bound_upper_bounds_exact_discretized_nll_and_tightens_with_t():
 
 SHARDED_SAMPLING = """
 import json, jax, numpy as np
-from pdist import build
+from pdist import build, parallel
 from pdist.config import base_config
 from pdist.sample import ImageSampler
 config = base_config()
@@ -133,8 +133,7 @@ params = build.init_params(config, jax.random.key(0))
 sampler = ImageSampler(config)
 split = sampler(params, 10, method="ddim", num_steps=4, seed=5, batch_size=6)  # batches of 6 and 4, padded to 8 and 4
 devices = sampler.mesh.devices.size
-sampler.mesh = None
-single = sampler(params, 10, method="ddim", num_steps=4, seed=5, batch_size=6)
+single = ImageSampler(config, mesh=parallel.data_mesh(jax.devices()[:1]))(params, 10, method="ddim", num_steps=4, seed=5, batch_size=6)
 print(json.dumps({"devices": devices, "err": float(np.abs(split - single).max()), "shape": list(split.shape)}))
 """
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from pdist.data import digits  # noqa: F401  (registers the "digits" builder)
 
@@ -37,16 +39,33 @@ def builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
         raise DatasetUnavailableError(
             f"TFDS has no dataset {name!r}; set config.data.name to a TFDS name such as 'cifar10' or 'digits'."
         ) from e
+    if not b.is_prepared() and jax.process_count() > 1:
+        # Process 0 prepares first, so that a shared data_dir is ready for the others (hosts with
+        # their own disks prepare after the barrier); a failure is raised after the barrier.
+        failure = None
+        if jax.process_index() == 0:
+            try:
+                _prepare(b, name)
+            except DatasetUnavailableError as e:
+                failure = e
+        multihost_utils.sync_global_devices(f"pdist: {name} prepared")
+        if failure is not None:
+            raise failure
+        b = tfds.builder(name, data_dir=data_dir)
     if not b.is_prepared():
-        try:
-            b.download_and_prepare()
-        except Exception as e:  # TFDS raises many types here (network, manual_dir, checksum)
-            raise DatasetUnavailableError(
-                f"Dataset {name!r} is not prepared in {b.data_dir!r} and could not be prepared here "
-                f"({type(e).__name__}); run `tfds build {name} --data_dir=DIR` on a machine with network "
-                "(placing manual downloads as its docs say), then pass --config.data.data_dir=DIR."
-            ) from e
+        _prepare(b, name)
     return b
+
+
+def _prepare(b: tfds.core.DatasetBuilder, name: str) -> None:
+    try:
+        b.download_and_prepare()
+    except Exception as e:  # TFDS raises many types here (network, manual_dir, checksum)
+        raise DatasetUnavailableError(
+            f"Dataset {name!r} is not prepared in {b.data_dir!r} and could not be prepared here "
+            f"({type(e).__name__}); run `tfds build {name} --data_dir=DIR` on a machine with network "
+            "(placing manual downloads as its docs say), then pass --config.data.data_dir=DIR."
+        ) from e
 
 
 def process_split(split: str, process_index: int, process_count: int) -> str:

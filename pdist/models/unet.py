@@ -13,6 +13,12 @@
   ``c = atan(exp(-logsnr / 2)) * 2 / pi`` in [0, 1] (1000 c, as a time step),
   which serves every schedule, discrete or continuous; a class embedding is
   added to it when ``num_classes > 0``;
+* ``dtype`` is the compute dtype (``bfloat16`` for mixed precision): parameters
+  stay float32, GroupNorm statistics and the attention softmax run in float32,
+  the output is float32;
+* ``remat`` recomputes each residual and attention block's activations in the
+  backward pass instead of storing them (less memory, about a third more
+  compute); parameter names and values are the same either way;
 * ``out_channels`` covers learned variance and two heads (see
   :func:`pdist.diffusion.output_channels`); the output conv starts at zero.
 """
@@ -90,6 +96,7 @@ class AttnBlock(nn.Module):
             num_heads=self.num_heads,
             dtype=self.dtype,
             out_kernel_init=nn.initializers.zeros,
+            force_fp32_for_softmax=True,
         )(h)
         return x + h.reshape(b, height, width, c)
 
@@ -106,6 +113,7 @@ class UNet(nn.Module):
     resblock_updown: bool = False
     num_classes: int = 0
     dtype: Any = jnp.float32
+    remat: bool = False
 
     def _heads(self, channels: int) -> int:
         if self.num_heads is not None:
@@ -123,11 +131,19 @@ class UNet(nn.Module):
                 raise ValueError("This UNet is class-conditional (num_classes > 0); pass label=[B] ints.")
             emb = emb + nn.Embed(self.num_classes, emb_dim, dtype=self.dtype)(label)
 
+        res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock  # train is static
+        attn_block = nn.remat(AttnBlock) if self.remat else AttnBlock
+        counts = {"res": 0, "attn": 0}
+
         def res(h, out_ch, resample=None):
-            return ResBlock(out_ch, self.dropout, resample, self.dtype)(h, emb, train)
+            name = f"ResBlock_{counts['res']}"  # the same names with and without remat
+            counts["res"] += 1
+            return res_block(out_ch, self.dropout, resample, self.dtype, name=name)(h, emb, train)
 
         def attn(h):
-            return AttnBlock(self._heads(h.shape[-1]), self.dtype)(h)
+            name = f"AttnBlock_{counts['attn']}"
+            counts["attn"] += 1
+            return attn_block(self._heads(h.shape[-1]), self.dtype, name=name)(h)
 
         h = nn.Conv(self.ch, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
         skips = [h]
