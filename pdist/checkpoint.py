@@ -6,28 +6,107 @@ dict, the step, the distillation round and the student's sampling steps).
 Saves are asynchronous; the newest ``keep`` are kept. :func:`locate` accepts a
 workdir, its ``checkpoints`` folder or one step's folder, so a user can point
 :func:`pdist.load` at whatever they have.
+
+Integrity: Orbax writes each step into a temporary folder and renames it when
+complete, so a save cut short (``kill -9``) leaves no step folder: it is
+ignored, and removed when the run starts again. The metadata also holds a checksum of every array of the state
+(:func:`fingerprint`), checked on restore: a truncated, zeroed or bit-flipped
+file raises :class:`CheckpointCorruptError` naming the folder. With
+``fallback``, :meth:`Checkpointer.resume` moves such a folder aside to
+``<step>.corrupt`` (nothing is deleted) and resumes from the one before.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
+import sys
+import threading
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+
+from pdist.errors import InputError
 
 CHECKPOINTS = "checkpoints"
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+class CheckpointNotFoundError(InputError, FileNotFoundError):
     pass
 
 
-class Checkpointer:
-    """One wrapper around ``ocp.CheckpointManager`` for saving, finding and restoring."""
+class CheckpointCorruptError(InputError):
+    pass
 
-    def __init__(self, directory: str, *, keep: int = 3, asynchronous: bool = True, create: bool = True):
+
+def _words(x: jax.Array) -> jax.Array:
+    """Two order-sensitive uint32 sums of an array's bits."""
+    x = jnp.ravel(x)
+    if x.dtype == jnp.bool_:
+        w = x.astype(jnp.uint32)
+    else:
+        w = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{x.dtype.itemsize * 8}")).astype(jnp.uint32)
+    position = jnp.arange(1, w.size + 1, dtype=jnp.uint32)
+    return jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * position, dtype=jnp.uint32)])
+
+
+@jax.jit
+def _all_words(tree) -> jax.Array:
+    return jnp.concatenate([_words(x) for x in jax.tree.leaves(tree)] or [jnp.zeros((0,), jnp.uint32)])
+
+
+def _silence_abandoned_reads() -> None:
+    """When a restore fails, the reads Orbax abandoned fail again in background threads (in garbage-collected
+    futures, or in callbacks into its closed event loop); the error is reported once, so those are dropped."""
+    if getattr(sys.unraisablehook, "pdist", False):
+        return
+
+    def abandoned(exc) -> bool:
+        text = str(exc)
+        return text.startswith("Encountered error while reading") or text == "Event loop is closed"
+
+    def unraisable(u, previous=sys.unraisablehook):
+        if not abandoned(u.exc_value):
+            previous(u)
+
+    def thread(a, previous=threading.excepthook):
+        if not abandoned(a.exc_value):
+            previous(a)
+
+    def uncaught(kind, value, tb, previous=sys.excepthook):
+        if not abandoned(value):
+            previous(kind, value, tb)
+
+    unraisable.pdist = True
+    sys.unraisablehook, threading.excepthook, sys.excepthook = unraisable, thread, uncaught
+
+
+def fingerprint(state) -> str:
+    """A checksum of every array in ``state`` (bits, shapes and order), computed on the devices."""
+    shapes = repr([(x.shape, str(x.dtype)) for x in jax.tree.leaves(state)]).encode()
+    return hashlib.sha256(np.asarray(_all_words(state)).tobytes() + shapes).hexdigest()[:32]
+
+
+class Checkpointer:
+    """One wrapper around ``ocp.CheckpointManager`` for saving, finding and restoring.
+
+    Nothing is created on disk until the first :meth:`save`. ``writer``: this
+    run saves here, so the temporary folders of saves that a killed run left
+    behind are removed (a reader must not: a running job may be saving).
+    """
+
+    def __init__(self, directory: str, *, keep: int = 3, asynchronous: bool = True, writer: bool = False):
         self.directory = os.path.abspath(directory)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous, create=create)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            enable_async_checkpointing=asynchronous,
+            create=False,
+            cleanup_tmp_directories=writer,
+        )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "metadata"))
 
     def latest_step(self) -> int | None:
@@ -37,6 +116,8 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state, metadata: dict) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        metadata = {**metadata, "checksum": fingerprint(state)}
         self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata)),
@@ -45,22 +126,72 @@ class Checkpointer:
 
     def metadata(self, step: int | None = None) -> dict:
         step = self._step(step)
-        return self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+        except Exception as e:  # Orbax and TensorStore raise many types for damaged files
+            raise self._corrupt(step, e) from e
+        return out["metadata"]
 
     def restore(self, abstract_state, step: int | None = None):
-        """(state, metadata) of ``step`` (default: the newest), laid out like ``abstract_state``."""
+        """(state, metadata) of ``step`` (default: the newest), laid out like ``abstract_state``.
+
+        Raises CheckpointCorruptError if the files cannot be read or the arrays
+        do not match the checksum saved with them.
+        """
         step = self._step(step)
-        out = self._manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), metadata=ocp.args.JsonRestore()),
-        )
+        _silence_abandoned_reads()
+        try:
+            out = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), metadata=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as e:
+            raise self._corrupt(step, e) from e
+        expected = out["metadata"].get("checksum")
+        if expected is not None and fingerprint(out["state"]) != expected:
+            raise self._corrupt(step, None)
         return out["state"], out["metadata"]
+
+    def resume(self, abstract_state, *, fallback: bool):
+        """(state, metadata) of the newest checkpoint, or (None, {}) when there is none.
+
+        A corrupt newest checkpoint raises, or with ``fallback`` is renamed to
+        ``<step>.corrupt`` and the one before it is tried.
+        """
+        while (step := self.latest_step()) is not None:
+            try:
+                return self.restore(abstract_state, step)
+            except CheckpointCorruptError as e:
+                if not fallback:
+                    raise CheckpointCorruptError(
+                        f"{str(e)[:-1]}, or set config.train.fallback_checkpoint=True to do that automatically."
+                    ) from e
+                folder = os.path.join(self.directory, str(step))
+                os.replace(folder, f"{folder}.corrupt")
+                logging.warning("%s; moved it to %s.corrupt and trying the checkpoint before it.", e, folder)
+                self._manager.reload()
+        return None, {}
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
         self._manager.close()
+
+    def _corrupt(self, step: int, error: Exception | None) -> CheckpointCorruptError:
+        folder = os.path.join(self.directory, str(step))
+        if error is None:
+            why = "its arrays do not match the checksum saved with them"
+        else:
+            text = (str(error).splitlines() or ["unreadable"])[0].split(". See ")[0][:160]
+            why = f"{type(error).__name__}: {text}"
+        earlier = [s for s in self.all_steps() if s < step]
+        return CheckpointCorruptError(
+            f"The checkpoint {folder} is corrupt or truncated ({why}); move it out of {self.directory} to use "
+            f"{f'step {max(earlier)} instead' if earlier else 'none (there is no earlier one)'}."
+        )
 
     def _step(self, step: int | None) -> int:
         if step is None:

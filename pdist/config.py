@@ -8,11 +8,13 @@ sentence naming the bad value and how to fix it.
 
 from __future__ import annotations
 
+import difflib
 import os
 
 import ml_collections
 
 from pdist import diffusion, samplers
+from pdist.errors import ConfigError
 from pdist.schedules import SCHEDULES
 
 MODES = ("train", "sample", "distill", "eval")
@@ -80,6 +82,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.log_every = 100
     c.train.checkpoint_every = 5_000
     c.train.keep_checkpoints = 3
+    c.train.fallback_checkpoint = False  # resume from the previous checkpoint if the newest is corrupt (kept aside)
+    c.train.skip_nonfinite = 0  # updates with a NaN/inf loss or gradient norm to skip (and count) before stopping
     c.train.sample_every = 10_000  # sample grids to PNG and TensorBoard; 0 disables
     c.train.num_grid_samples = 64
 
@@ -131,8 +135,26 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def _dotted_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in config.items():
+        out += _dotted_keys(v, f"{prefix}{k}.") if isinstance(v, ml_collections.ConfigDict) else [prefix + k]
+    return out
+
+
+def check_key(config: ml_collections.ConfigDict, dotted: str) -> None:
+    """One sentence (with the closest key) if ``config.<dotted>`` does not exist."""
+    node = config
+    for part in dotted.split("."):
+        if not (isinstance(node, ml_collections.ConfigDict) and part in node):
+            close = difflib.get_close_matches(dotted, _dotted_keys(config), n=1, cutoff=0.6)
+            hint = f"did you mean config.{close[0]}?" if close else "the keys are listed in pdist/config.py."
+            _fail(f"config.{dotted} is not a config key; {hint}")
+        node = node[part]
+
+
 def _fail(message: str):
-    raise ValueError(message)
+    raise ConfigError(message)
 
 
 def _one_of(value, allowed, name: str):
@@ -166,11 +188,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.diffusion.loss={d.loss!r} trains variances on a discrete schedule; set "
             "config.diffusion.learned_variance=True and a discrete schedule, or use loss 'mse'."
         )
+    if d.learned_variance and d.loss == "mse":
+        _fail(
+            "config.diffusion.learned_variance=True with config.diffusion.loss='mse' leaves the variance untrained "
+            "(the MSE has no variance term); use loss 'hybrid' or 'vlb', or set learned_variance=False."
+        )
     if d.importance_sampling and d.loss != "vlb":
         _fail("config.diffusion.importance_sampling needs config.diffusion.loss='vlb' (it samples t for L_vlb).")
 
     m = config.model
     _positive(m.ch, "model.ch")
+    for name in ("ch_mult", "attn_resolutions"):
+        value = m[name]
+        if not (isinstance(value, (tuple, list)) and all(isinstance(v, int) and v > 0 for v in value)):
+            _fail(f"config.model.{name}={value!r} must be a tuple of positive integers, e.g. (1, 2, 2).")
+    if not m.ch_mult:
+        _fail("config.model.ch_mult is empty; give one channel multiplier per resolution, e.g. (1, 2).")
     _positive(m.num_res_blocks, "model.num_res_blocks")
     size = config.data.image_size
     if size % 2 ** (len(m.ch_mult) - 1):
@@ -201,6 +234,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive(t.log_every, "train.log_every")
     _positive(t.checkpoint_every, "train.checkpoint_every")
     _positive(t.keep_checkpoints, "train.keep_checkpoints")
+    if not (isinstance(t.skip_nonfinite, int) and t.skip_nonfinite >= 0):
+        _fail(f"config.train.skip_nonfinite={t.skip_nonfinite!r} must be an integer >= 0 (0: stop at the first).")
     if not 0.0 <= t.ema_decay < 1.0:
         _fail(f"config.train.ema_decay={t.ema_decay} must be in [0, 1).")
 

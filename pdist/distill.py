@@ -34,10 +34,11 @@ import ml_collections
 import numpy as np
 from clu import metric_writers
 
-from pdist import build, data, images, loop, optim, parallel, train_step
+from pdist import build, data, files, images, loop, optim, parallel, train_step
 from pdist import config as config_lib
 from pdist.checkpoint import CHECKPOINTS, Checkpointer, locate
 from pdist.config import validate
+from pdist.errors import InputError
 from pdist.sample import ImageSampler
 from pdist.train import metadata
 
@@ -53,7 +54,7 @@ SHARED_KEYS = (
 )
 
 
-class TeacherMismatchError(ValueError):
+class TeacherMismatchError(InputError, ValueError):
     pass
 
 
@@ -88,7 +89,7 @@ def student_config(config: ml_collections.ConfigDict, num_steps: int) -> ml_coll
 def load_teacher(config: ml_collections.ConfigDict, mesh) -> tuple[dict, dict]:
     """(teacher parameters replicated on ``mesh``, its checkpoint metadata); checks it fits ``config``."""
     directory, step = locate(config.distill.teacher)
-    ckpt = Checkpointer(directory, create=False, asynchronous=False)
+    ckpt = Checkpointer(directory, asynchronous=False)
     try:
         meta = ckpt.metadata(step)
         teacher_config = config_lib.from_stored(meta["config"])
@@ -133,6 +134,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     parallel.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum_steps)
     workdir = os.path.abspath(workdir)
     teacher, teacher_meta = load_teacher(config, mesh)
+    data.training_builder(config.data)  # a dataset that is not there fails here, before anything is written
     os.makedirs(workdir, exist_ok=True)
     sampler = ImageSampler(config)
     fixed = functools.partial(_fixed_noise_samples, sampler, config)
@@ -165,12 +167,10 @@ def run_round(config, rdir: str, r: int, n: int, teacher, mesh) -> tuple[train_s
     scfg = student_config(config, n)
     tx = optim.optimizer(config.optim, updates)
     init_fn = functools.partial(lambda p: train_step.init_state(p, tx), teacher)
-    ckpt = Checkpointer(os.path.join(rdir, CHECKPOINTS), keep=t.keep_checkpoints)
-    start = ckpt.latest_step() or 0
-    last = {}
-    if start:
-        state, last = ckpt.restore(train_step.abstract_state(init_fn, mesh))
-    else:
+    ckpt = Checkpointer(os.path.join(rdir, CHECKPOINTS), keep=t.keep_checkpoints, writer=True)
+    state, last = ckpt.resume(train_step.abstract_state(init_fn, mesh), fallback=t.fallback_checkpoint)
+    start = last.get("step", 0)
+    if not start:
         state = train_step.create_state(init_fn, mesh)
     if start < updates:
         logging.info("Round %d: %d -> %d steps, updates %d..%d", r, 2 * n, n, start + 1, updates)
@@ -181,6 +181,7 @@ def run_round(config, rdir: str, r: int, n: int, teacher, mesh) -> tuple[train_s
                 ema_decay=t.ema_decay,
                 learning_rate=optim.learning_rate(config.optim, updates),
                 accum_steps=t.grad_accum_steps,
+                skip_nonfinite=t.skip_nonfinite > 0,
             ),
             mesh,
         )
@@ -206,7 +207,7 @@ def run_round(config, rdir: str, r: int, n: int, teacher, mesh) -> tuple[train_s
             result = loop.run_steps(
                 step_fn, state, batches, key, mesh=mesh, start=start, num_steps=updates, writer=writer,
                 ckpt=ckpt, metadata=meta, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
-                step_args=(teacher,),
+                step_args=(teacher,), resumed=last, skip_limit=t.skip_nonfinite,
             )  # fmt: skip
         state = result.state
         last = meta(updates, result.last_scalars, result.seconds)
@@ -228,18 +229,13 @@ def _fixed_noise_samples(sampler: ImageSampler, config, params, num_steps: int) 
 
 
 def _save_samples(path: str, x: np.ndarray) -> None:
-    """Written whole or not at all (a temporary file renamed), so a killed run never leaves half a file."""
     if jax.process_index() == 0:
-        tmp = f"{path}.tmp.npz"
-        np.savez(tmp, samples=x)
-        os.replace(tmp, path)
+        files.save_npz(path, samples=x)
 
 
 def _save_json(path: str, obj) -> None:
     if jax.process_index() == 0:
-        with open(f"{path}.tmp", "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(f"{path}.tmp", path)
+        files.write_json(path, obj)
 
 
 def _rmse(a: np.ndarray, b: np.ndarray) -> float:
@@ -284,8 +280,7 @@ def write_summary(workdir: str, rows: list[dict], grid_samples: int = 16) -> Non
             f"| {w['round']} | {w['teacher_steps']} -> {w['steps']} | {w['updates']} | {loss} "
             f"| {w['rmse_student']:.4f} | {w['rmse_teacher']:.4f} | {minutes} |"
         )
-    with open(os.path.join(workdir, "summary.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    files.write_text(os.path.join(workdir, "summary.md"), "\n".join(lines) + "\n")
     first = rows[0]["teacher_steps"]
     panels = [np.load(os.path.join(workdir, f"teacher_{first}steps.npz"))["samples"]]
     panels += [

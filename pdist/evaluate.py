@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from pdist import build, parallel, samplers
+from pdist import build, files, parallel, preemption, samplers
 from pdist import config as config_lib
 from pdist.evaluation import stats
 from pdist.evaluation.score import METRICS, Reference, score
@@ -66,12 +66,28 @@ def reference(evaluator, model_config: ml_collections.ConfigDict, split: str, pr
     return ref
 
 
-def evaluate_model(model, evaluator, ref: Reference, pairs, e: ml_collections.ConfigDict) -> list[dict]:
-    """One row per (method, steps): NFE, per-seed metrics and their summaries."""
+def evaluate_model(
+    model, evaluator, ref: Reference, pairs, e: ml_collections.ConfigDict, progress: str | None = None
+) -> list[dict]:
+    """One row per (method, steps): NFE, per-seed metrics and their summaries.
+
+    ``progress``: a JSON file of the finished (method, steps, seed) scores,
+    written after each one and read back, so an interrupted evaluation
+    resumes at the seed it was on.
+    """
+    done = {}
+    if progress and os.path.exists(progress):
+        with open(progress) as f:
+            done = json.load(f)
     rows = []
     for method, steps in pairs:
         per_seed, began = [], time.time()
         for seed in range(e.seed, e.seed + e.num_seeds):
+            name = f"{method}:{steps}:seed{seed}:n{e.num_samples}"
+            if name in done:
+                per_seed.append(done[name])
+                continue
+            preemption.check(f"evaluation ({name})", sync=True)
             x = model.sample(
                 e.num_samples,
                 method=method,
@@ -84,6 +100,9 @@ def evaluate_model(model, evaluator, ref: Reference, pairs, e: ml_collections.Co
             )
             per_seed.append(score(evaluator, ref, x, pr_samples=e.pr_samples, is_splits=e.is_splits))
             logging.info("%s:%d seed %d: %s", method, steps, seed, _brief(per_seed[-1]))
+            done[name] = per_seed[-1]
+            if progress and jax.process_index() == 0:
+                files.write_json(progress, done)
         row = {
             "method": method,
             "steps": steps,
@@ -155,17 +174,9 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     axes[0].legend()
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
+    with files.atomic(path) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def nll(model, e: ml_collections.ConfigDict) -> dict:
@@ -224,10 +235,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = pretrained.load(e.checkpoint or workdir)
     tag = f"{os.path.basename(os.path.dirname(model.directory))}_step{model.step}"
     out_dir = os.path.join(workdir, "eval", tag)
-    os.makedirs(out_dir, exist_ok=True)
     evaluator = make_evaluator(e.evaluator, model.config, e)
     ref = reference(evaluator, model.config, e.reference_split, e.pr_samples)
-    rows = evaluate_model(model, evaluator, ref, pairs, e)
+    if e.nll:
+        from pdist.data import pipeline
+
+        d = model.config.data
+        pipeline.check_split(pipeline.builder(d.name, d.data_dir), e.nll_split, "config.eval.nll_split")
+    os.makedirs(out_dir, exist_ok=True)
+    rows = evaluate_model(model, evaluator, ref, pairs, e, progress=os.path.join(out_dir, "progress.json"))
     result = {
         "checkpoint": model.directory,
         "step": model.step,
@@ -249,8 +265,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"variance): {n['bits_per_dim']:.4f} ± {n['stderr']:.4f} bits/dim\n"
         )
     if jax.process_index() == 0:  # every process holds the same results; one writes them
-        _write_text(os.path.join(out_dir, "eval.json"), json.dumps(result, indent=1))
-        _write_text(os.path.join(out_dir, "eval.md"), table)
+        files.write_json(os.path.join(out_dir, "eval.json"), result)
+        files.write_text(os.path.join(out_dir, "eval.md"), table)
         plot(rows, os.path.join(out_dir, "eval.png"), title)
     writer = metric_writers.create_default_writer(out_dir, just_logging=jax.process_index() > 0)
     for r in rows:

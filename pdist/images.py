@@ -7,6 +7,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from pdist import files
+
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """[-1, 1] floats to uint8 0..255 (rounded, clipped)."""
@@ -29,4 +31,5 @@ def grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> np.nda
 def save_png(path: str, image_uint8: np.ndarray, scale: int = 1) -> None:
     """Writes an [H, W, C] uint8 image, optionally enlarged ``scale`` times (nearest)."""
     image = np.repeat(np.repeat(image_uint8, scale, axis=0), scale, axis=1)
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+    with files.atomic(path) as f:
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(f, format="PNG")

@@ -8,24 +8,97 @@ resuming likewise), ``sample`` (``config.sample.*`` from a checkpoint) or
 The same command runs on every host of a multi-process run; ``--distributed``,
 ``--coordinator_address``, ``--num_processes`` and ``--process_id`` say how
 to join it (:mod:`pdist.distributed`; ``launch/`` has the scripts).
+
+Exit status: 0 when the job is done; 2 with one sentence on bad input
+(flags, config keys and values, datasets, checkpoints, teachers), found before
+anything is compiled or written; 1 with one sentence when the loss or
+gradient norm became NaN or inf; 128 + the signal number after SIGTERM or
+SIGINT, once the checkpoint at the current step is saved. Rerunning the same
+command resumes in every case.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A file in configs/ returning an ml_collections config.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
-_DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "auto", ["auto", "on", "off"], "Join a multi-process run (jax.distributed); see pdist.distributed."
-)
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (default: from the cluster).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (default: from the cluster).")
-flags.mark_flags_as_required(["config", "workdir"])
+from pdist import preemption
+from pdist.errors import ConfigError, InputError, NonFiniteError, Preempted
+
+
+def define_flags(fv: flags.FlagValues, argv: list[str] | None = None) -> None:
+    """Defines pdist's flags on ``fv``; the ``--config.*`` overrides are read from ``argv`` (default sys.argv)."""
+    config_flags.DEFINE_config_file(
+        "config", None, "A file in configs/ returning an ml_collections config.", flag_values=fv, sys_argv=argv
+    )
+    flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.", flag_values=fv)
+    flags.DEFINE_enum(
+        "distributed",
+        "auto",
+        ["auto", "on", "off"],
+        "Join a multi-process run (jax.distributed); see pdist.distributed.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).", flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "Processes in the run (default: from the cluster).", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "This process's index (default: from the cluster).", flag_values=fv)
+    flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
+
+
+define_flags(flags.FLAGS)
+
+
+def parse(argv: list[str], fv: flags.FlagValues = flags.FLAGS) -> list[str]:
+    """Parses the command line into ``fv``; a bad flag or config override raises ConfigError (one sentence)."""
+    try:
+        return fv(argv)
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+        raise ConfigError(_flag_sentence(argv, e)) from None
+
+
+def _flag_sentence(argv: list[str], error: Exception) -> str:
+    from pdist import config as config_lib
+
+    file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if file is not None:
+        try:
+            config = config_lib.from_file(*file.split(":", 1))
+        except Exception:
+            return f"--config={file} could not be loaded; pass a file in configs/, such as configs/digits.py."
+        for arg in argv:
+            m = re.fullmatch(r"--config\.([\w.]+)(=.*)?", arg)
+            if m:
+                config_lib.check_key(config, m.group(1))
+    text = " ".join(str(error.args[0] if isinstance(error, KeyError) and error.args else error).split())
+    text = text or type(error).__name__
+    return f"{text.rstrip('.')}; fix that flag (python -m pdist.main --helpfull lists them all)."
+
+
+def run(config, workdir: str) -> None:
+    """Checks ``config``, then runs the job ``config.mode`` names (in this process, which has joined the run)."""
+    from pdist import config as config_lib
+
+    config_lib.validate(config)
+    if config.mode == "sample":
+        from pdist import sample
+
+        sample.run(config, workdir)
+    elif config.mode == "eval":
+        from pdist import evaluate
+
+        evaluate.run(config, workdir)
+    elif config.mode == "distill":
+        from pdist import distill
+
+        distill.distill(config, workdir)
+    else:
+        from pdist import train
+
+        train.train_and_evaluate(config, workdir)
 
 
 class _QuietOrbax:
@@ -35,52 +108,48 @@ class _QuietOrbax:
         return record.levelno > 20 or "/orbax/" not in record.pathname
 
 
+def _stop(status: int, message: str):
+    """Prints ``message`` and exits at once: writers are flushed and saves waited for by now, and leftover
+    background reads of a damaged checkpoint must not print tracebacks after the message."""
+    logging.flush()
+    print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(status)
+
+
+def _parse_or_stop(argv: list[str]) -> list[str]:
+    try:
+        return parse(argv)
+    except ConfigError as e:
+        _stop(2, f"error: {e}")
+
+
 def main(argv):
     logging.get_absl_handler().addFilter(_QuietOrbax())
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]}; options are --config, --workdir and --config.*.")
-    from pdist import config as config_lib
-
-    config = _CONFIG.value
-    try:
-        config_lib.validate(config)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+        _stop(2, f"error: unexpected arguments {argv[1:]}; the options are --config, --workdir and --config.*.")
     from pdist import distributed
 
-    distributed.initialize(
-        _DISTRIBUTED.value,
-        coordinator_address=_COORDINATOR.value,
-        num_processes=_NUM_PROCESSES.value,
-        process_id=_PROCESS_ID.value,
-    )
-    import jax
-
-    logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices())
-    from pdist.checkpoint import CheckpointNotFoundError
-    from pdist.data import DatasetUnavailableError
-    from pdist.distill import TeacherMismatchError
-
+    FLAGS = flags.FLAGS
     try:
-        if config.mode == "sample":
-            from pdist import sample
+        distributed.initialize(
+            FLAGS.distributed,
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+        import jax
 
-            sample.run(config, _WORKDIR.value)
-        elif config.mode == "eval":
-            from pdist import evaluate
-
-            evaluate.run(config, _WORKDIR.value)
-        elif config.mode == "distill":
-            from pdist import distill
-
-            distill.distill(config, _WORKDIR.value)
-        else:
-            from pdist import train
-
-            train.train_and_evaluate(config, _WORKDIR.value)
-    except (DatasetUnavailableError, CheckpointNotFoundError, TeacherMismatchError) as e:
-        sys.exit(f"error: {e}")
+        logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices())
+        with preemption.guard():
+            run(FLAGS.config, FLAGS.workdir)
+    except InputError as e:
+        _stop(2, f"error: {e}")
+    except NonFiniteError as e:
+        _stop(1, f"error: {e}")
+    except Preempted as e:
+        _stop(128 + e.signum, str(e))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_or_stop)

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from pdist.errors import ConfigError
+
 DATA = "data"
 
 
@@ -35,7 +37,7 @@ def check_batch_size(global_batch: int, mesh: Mesh, accum_steps: int = 1) -> Non
     devices, processes = mesh.devices.size, jax.process_count()
     if global_batch % (devices * accum_steps) or global_batch % processes:
         per = f" and {accum_steps} micro-batches (config.train.grad_accum_steps)" if accum_steps > 1 else ""
-        raise ValueError(
+        raise ConfigError(
             f"config.train.batch_size={global_batch} must split evenly over the {devices} devices "
             f"({processes} processes){per}; pick a multiple of {devices * accum_steps}."
         )

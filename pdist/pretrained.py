@@ -83,7 +83,7 @@ def load(path: str, step: int | None = None) -> Pretrained:
     """Loads the checkpoint at ``path`` (newest step unless ``step`` or a step folder is given)."""
     directory, found_step = locate(path)
     step = found_step if step is None else step
-    ckpt = Checkpointer(directory, create=False, asynchronous=False)
+    ckpt = Checkpointer(directory, asynchronous=False)
     try:
         metadata = ckpt.metadata(step)
         config = config_lib.from_stored(metadata["config"])

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pdist import build, images, parallel, samplers
+from pdist import build, files, images, parallel, preemption, samplers
 
 
 class ImageSampler:
@@ -86,6 +86,7 @@ class ImageSampler:
             )
             seed_start = parallel.replicate(np.asarray([seed, start], np.int32), self.mesh)
             out.append(np.asarray(self._program(method, num_steps, clip_x, n)(params, seed_start, label)))
+            preemption.check("sampling")
             done = start + n
             if log_every_seconds is not None and (time.time() - logged >= log_every_seconds or done == num_samples):
                 logged, rate = time.time(), done / max(time.time() - began, 1e-9)
@@ -108,7 +109,7 @@ def write_samples(directory: str, name: str, x: np.ndarray, labels=None) -> tupl
     scale = max(1, 256 // x.shape[1] // 4)
     images.save_png(png, images.grid(x[:256]), scale=scale)
     extra = {} if labels is None else {"labels": np.asarray(labels)}
-    np.savez(npz, images=images.to_uint8(x), samples=x, **extra)
+    files.save_npz(npz, images=images.to_uint8(x), samples=x, **extra)
     return png, npz
 
 

@@ -36,25 +36,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     mesh = parallel.data_mesh()
     parallel.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum_steps)
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
     t = config.train
-    local_batch = t.batch_size // jax.process_count()
 
-    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINTS), keep=t.keep_checkpoints)
+    # Everything that can fail on bad input (checkpoint, dataset) comes before anything is written or compiled.
+    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINTS), keep=t.keep_checkpoints, writer=True)
     init_fn, tx = build.state_init(config)
-    start = ckpt.latest_step() or 0
-    if start:
-        state, meta = ckpt.restore(train_step.abstract_state(init_fn, mesh))
-        logging.info("Resumed from %s at step %d.", ckpt.directory, start)
-    else:
-        state = train_step.create_state(init_fn, mesh)
+    state, resumed = ckpt.resume(train_step.abstract_state(init_fn, mesh), fallback=t.fallback_checkpoint)
+    start = resumed.get("step", 0)
     batches = data.train_batches(
         config,
-        local_batch_size=local_batch,
+        local_batch_size=t.batch_size // jax.process_count(),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         start_step=start,
     )
+    if start:
+        logging.info("Resumed from %s at step %d.", ckpt.directory, start)
+    else:
+        state = train_step.create_state(init_fn, mesh)
+    os.makedirs(workdir, exist_ok=True)
     step_fn = compiled_step(config, tx, mesh)
     key = step_key(config)
 
@@ -78,7 +78,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
             log_every=t.log_every,
             checkpoint_every=t.checkpoint_every,
             every=(t.sample_every, lambda step, st: _write_grid(writer, sampler, st, config, workdir, step)),
+            resumed=resumed,
+            skip_limit=t.skip_nonfinite,
         )
+        ckpt.wait()
         state = result.state
         _write_grid(writer, sampler, state, config, workdir, t.num_steps)
         s = config.sample
@@ -93,7 +96,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
         )
         if jax.process_index() == 0:
             write_samples(workdir, "samples", x)
-    ckpt.wait()
     ckpt.close()
     return state
 
@@ -108,6 +110,7 @@ def compiled_step(config: ml_collections.ConfigDict, tx, mesh) -> Callable:
         learning_rate=optim.learning_rate(config.optim, t.num_steps),
         importance=build.importance_sampler(config),
         accum_steps=t.grad_accum_steps,
+        skip_nonfinite=t.skip_nonfinite > 0,
     )
     return train_step.compile_step(step, mesh)
 

@@ -51,8 +51,13 @@ def make_train_step(
     learning_rate: optax.Schedule | None = None,
     importance: LossAwareSampler | None = None,
     accum_steps: int = 1,
+    skip_nonfinite: bool = False,
 ) -> Callable:
     """The step. With ``importance``, t is drawn from (and updates) ``state.importance``.
+
+    ``skip_nonfinite``: an update whose loss or gradient norm is NaN or inf
+    leaves the state as it was (but for the step count, so the next step
+    takes the next batch) and reports ``metrics["skipped"] = 1``.
 
     ``accum_steps > 1`` averages the gradients of that many micro-batches in a
     ``lax.scan`` before one update: the batch's per-example randomness is drawn
@@ -105,10 +110,12 @@ def make_train_step(
         metrics["grad_norm"] = optax.tree.norm(grads)
         if learning_rate is not None:
             metrics["learning_rate"] = learning_rate(state.step)
-        new_state = state.replace(
-            step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state, importance=imp
-        )
-        return new_state, metrics
+        new_state = state.replace(params=params, ema_params=ema, opt_state=opt_state, importance=imp)
+        if skip_nonfinite:
+            ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+            new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+            metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
+        return new_state.replace(step=state.step + 1), metrics
 
     return step
 

@@ -53,3 +53,34 @@ def config_file(name: str, variant: str | None = None):
     from pdist.config import from_file
 
     return from_file(os.path.join(REPO, "configs", f"{name}.py"), variant)
+
+
+def main_command(*args, config: str = "configs/digits.py") -> list[str]:
+    """``python -m pdist.main --config=CONFIG ARGS`` as an argument list."""
+    import sys
+
+    return [sys.executable, "-m", "pdist.main", f"--config={config}", *args]
+
+
+def main_env(devices: int = 1) -> dict:
+    """The environment a CLI run in the tests gets: CPU only, ``devices`` forced devices, the tests' JAX cache."""
+    return dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_COMPILATION_CACHE_DIR=CACHE,
+    )
+
+
+def run_main(*args, config: str = "configs/digits.py", devices: int = 1, timeout: int = 900):
+    """Runs the command line to completion; returns the CompletedProcess (text stdout/stderr)."""
+    import subprocess
+
+    return subprocess.run(
+        main_command(*args, config=config),
+        cwd=REPO,
+        env=main_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

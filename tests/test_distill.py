@@ -1,9 +1,12 @@
 """Progressive distillation: students reproduce their teacher's 2N steps in N; rounds halve, are tagged,
-resume bit-identically; the teacher stays frozen; a teacher that does not fit is refused in one sentence."""
+resume bit-identically (also after SIGTERM); the teacher stays frozen; a teacher that does not fit is refused in one sentence."""
 
 import json
 import os
 import shutil
+import signal
+import threading
+import time
 
 import flax.linen as nn
 import jax
@@ -14,9 +17,10 @@ import pytest
 from conftest import config_file
 
 import pdist
-from pdist import build, diffusion, distill, losses, oracles, parallel, samplers, train, train_step
+from pdist import build, diffusion, distill, losses, oracles, parallel, preemption, samplers, train, train_step
 from pdist import schedules as sc
 from pdist.config import validate
+from pdist.errors import Preempted
 
 # --- 2-D mixture with a small MLP teacher, through the same train step -------------------------------
 
@@ -178,6 +182,39 @@ def test_a_run_interrupted_in_round_2_resumes_to_identical_parameters(whole, tmp
     # Rerunning a finished distillation trains nothing and changes nothing.
     again = distill.distill(_distill_config(tfds_dir, teacher_dir), str(cut))
     assert again == resumed
+
+
+def test_sigterm_in_round_2_saves_and_the_rerun_is_bit_identical(whole, tmp_path, tfds_dir, teacher_dir):
+    path, rows = whole
+    cut = tmp_path / "cut"
+    shutil.copytree(path, cut, ignore=lambda d, names: [n for n in names if n.startswith(("round_02", "round_03"))])
+    mark, done = cut / "round_02_2steps" / "checkpoints" / "2", threading.Event()
+
+    def terminate_when_round_2_has_saved():  # a real SIGTERM to this process, mid-run
+        while not done.is_set():
+            if mark.exists():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.001)
+
+    with preemption.guard():
+        watcher = threading.Thread(target=terminate_when_round_2_has_saved)
+        watcher.start()
+        try:
+            with pytest.raises(Preempted, match="Stopped by SIGTERM"):
+                distill.distill(_distill_config(tfds_dir, teacher_dir), str(cut))
+        finally:
+            done.set()
+            watcher.join()
+    resumed = distill.distill(_distill_config(tfds_dir, teacher_dir), str(cut))
+    strip = lambda rs: [{k: v for k, v in w.items() if k != "seconds"} for w in rs]  # noqa: E731
+    assert strip(resumed) == strip(rows)
+    for name in ("round_02_2steps", "round_03_1steps"):
+        a, b = pdist.load(os.path.join(path, name)), pdist.load(str(cut / name))
+        assert a.step == b.step
+        for u, v in zip(jax.tree.leaves((a.params, a.ema_params)), jax.tree.leaves((b.params, b.ema_params)),
+                        strict=True):  # fmt: skip
+            np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
 
 
 def test_the_teacher_stays_frozen_and_a_round_traces_its_step_once(tfds_dir, teacher_dir, tmp_path, monkeypatch):

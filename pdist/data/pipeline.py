@@ -23,11 +23,12 @@ import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
 from pdist.data import digits  # noqa: F401  (registers the "digits" builder)
+from pdist.errors import InputError
 
 tf.config.set_visible_devices([], "GPU")
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(InputError, RuntimeError):
     """A dataset is not prepared locally and could not be prepared here."""
 
 
@@ -68,6 +69,22 @@ def _prepare(b: tfds.core.DatasetBuilder, name: str) -> None:
         ) from e
 
 
+def check_split(b: tfds.core.DatasetBuilder, split: str, name: str = "config.data.split") -> None:
+    """One sentence if ``split`` (such as ``train`` or ``train[:90%]``) names no split of the dataset."""
+    base = split.split("[")[0].strip()
+    if base not in b.info.splits:
+        raise DatasetUnavailableError(
+            f"{name}={split!r} is not a split of {b.name!r}; choose one of {sorted(b.info.splits)}."
+        )
+
+
+def training_builder(d: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    """The prepared builder of ``config.data``, its split checked (one sentence if either is wrong)."""
+    b = builder(d.name, d.data_dir)
+    check_split(b, d.split)
+    return b
+
+
 def process_split(split: str, process_index: int, process_count: int) -> str:
     """This process's disjoint share of ``split`` (all shares together cover it)."""
     return tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
@@ -106,7 +123,7 @@ def train_batches(
     """
     d = config.data
     seed = config.seed if seed is None else seed
-    b = builder(d.name, d.data_dir)
+    b = training_builder(d)
     split = process_split(d.split, process_index, process_count)
     ds = b.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
     ds = ds.map(lambda r: {k: r[k] for k in ("image", "label") if k in r})
@@ -129,6 +146,7 @@ def load_split(name: str, split: str, data_dir: str | None, size: int, channels:
     """A whole split in order, preprocessed as for training without flips: ``image`` [N, H, W, C] in [-1, 1],
     and ``label`` [N] where the dataset has labels. For evaluation (reference statistics, NLL)."""
     b = builder(name, data_dir)
+    check_split(b, split, "split")
     ds = b.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
     ds = ds.map(lambda r: {k: r[k] for k in ("image", "label") if k in r}).enumerate()
     ds = ds.map(lambda i, r: _preprocess(r, i, size=size, channels=channels, flip=False, seed=0))

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import collections
 import io
-import os
 import pickle
 import sys
 import zipfile
 
 import numpy as np
 from flax import traverse_util
+
+from pdist import files
 
 _DTYPES = {
     "FloatStorage": np.float32,
@@ -152,9 +153,7 @@ def check_shapes(variables: dict) -> None:
 
 def save_npz(variables: dict, path: str) -> None:
     flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(variables).items()}
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    np.savez(tmp, **flat)
-    os.replace(tmp, path)
+    files.save_npz(path, **flat)
 
 
 def convert(source: str, target: str) -> None:

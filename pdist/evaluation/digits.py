@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from flax import serialization
 
+from pdist import files
 from pdist.evaluation.frechet import frechet_distance, gaussian_stats
 
 VERSION = 3
@@ -119,10 +120,8 @@ class DigitsEvaluator:
         else:
             self.params = _train(x_train, y_train)
             os.makedirs(cache_dir, exist_ok=True)
-            tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "wb") as f:
+            with files.atomic(path) as f:
                 f.write(serialization.to_bytes(self.params))
-            os.replace(tmp, path)
 
         def apply(p, x):
             features, logits = self._net.apply({"params": p}, x)

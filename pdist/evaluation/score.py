@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from pdist import files
 from pdist.evaluation.frechet import frechet_distance, gaussian_stats
 from pdist.evaluation.metrics import inception_score, knn_radii, precision_recall
 
@@ -41,9 +42,7 @@ class Reference:
 
     def save(self, path: str) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}.npz"
-        np.savez(tmp, **dataclasses.asdict(self))
-        os.replace(tmp, path)
+        files.save_npz(path, **dataclasses.asdict(self))
 
     @classmethod
     def load(cls, path: str) -> Reference:

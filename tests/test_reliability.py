@@ -1,0 +1,321 @@
+"""Reliability: bad input stops in one sentence before anything is written; SIGTERM and kill -9 lose nothing
+and resume bit-identically; a corrupt checkpoint is named (or skipped when allowed); NaNs stop or are skipped."""
+
+import glob
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+from conftest import REPO, main_command, main_env, run_main
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from test_train import small_config
+
+import pdist
+from pdist import checkpoint, main, samplers, train
+from pdist.errors import InputError, NonFiniteError
+
+# A digits teacher small enough to train hundreds of steps in seconds from the command line.
+TINY = [
+    "--config.model.ch=8",
+    "--config.model.head_dim=16",
+    "--config.train.batch_size=16",
+    "--config.train.sample_every=0",
+    "--config.train.num_grid_samples=4",
+    "--config.sample.num_steps=2",
+    "--config.sample.num_samples=4",
+    "--config.optim.warmup_steps=10",
+    "--config.train.log_every=10",
+]
+
+
+def snapshot(path) -> dict | None:
+    """Every file under ``path`` with a hash of its bytes (None if ``path`` does not exist)."""
+    if not os.path.exists(path):
+        return None
+    out = {}
+    for root, dirs, files in os.walk(path):
+        for d in dirs:
+            out[os.path.relpath(os.path.join(root, d), path)] = "dir"
+        for f in files:
+            with open(os.path.join(root, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(root, f), path)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def assert_same_state(workdir_a, workdir_b, step=None):
+    a, b = pdist.load(workdir_a, step), pdist.load(workdir_b, step)
+    assert a.step == b.step
+    for u, v in zip(jax.tree.leaves((a.params, a.ema_params)), jax.tree.leaves((b.params, b.ema_params)), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def one_sentence(message: str) -> bool:
+    return "\n" not in message.strip() and message.strip().endswith((".", "?")) and "Traceback" not in message
+
+
+@pytest.fixture(scope="module")
+def run_args(tfds_dir):
+    return [f"--config.data.data_dir={tfds_dir}", *TINY, "--config.train.num_steps=300"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, run_args):
+    path = str(tmp_path_factory.mktemp("uninterrupted"))
+    out = run_main(f"--workdir={path}", *run_args, "--config.train.checkpoint_every=100")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return path
+
+
+def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bit_identically(uninterrupted, run_args, tmp_path):
+    workdir = str(tmp_path / "w")
+    args = [f"--workdir={workdir}", *run_args, "--config.train.checkpoint_every=100"]
+    proc = subprocess.Popen(
+        main_command(*args), cwd=REPO, env=main_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    for line in proc.stderr:  # the first logged scalars: training is under way
+        if re.search(r"\] \[10\] .*loss=", line):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    stopped = re.search(r"Stopped by SIGTERM at step (\d+); its checkpoint is in (\S+): rerun", err)
+    assert stopped, err[-3000:]
+    step = int(stopped.group(1))
+    assert 10 <= step < 100 and "Traceback" not in err
+    assert stopped.group(2) == os.path.join(workdir, "checkpoints", str(step))
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(step)]  # the current step, not a periodic one
+    assert not os.path.exists(os.path.join(workdir, "samples.npz"))
+
+    again = run_main(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Resumed from {os.path.join(workdir, 'checkpoints')} at step {step}" in again.stderr
+    assert_same_state(workdir, uninterrupted)
+    np.testing.assert_array_equal(
+        np.load(os.path.join(workdir, "samples.npz"))["samples"],
+        np.load(os.path.join(uninterrupted, "samples.npz"))["samples"],
+    )
+
+
+def test_kill_9_during_a_save_resumes_from_the_last_complete_checkpoint_bit_identically(
+    uninterrupted, run_args, tmp_path
+):
+    workdir = str(tmp_path / "w")
+    folder = os.path.join(workdir, "checkpoints")
+    args = [f"--workdir={workdir}", *run_args, "--config.train.checkpoint_every=5"]
+    caught = None
+    for _ in range(10):  # until a kill lands while a save is being written
+        with open(tmp_path / "log", "w") as log:
+            proc = subprocess.Popen(main_command(*args), cwd=REPO, env=main_env(), stderr=log, stdout=log)
+            while proc.poll() is None:
+                if os.path.isdir(folder) and any("tmp" in n for n in os.listdir(folder)):
+                    proc.kill()
+                    break
+                time.sleep(0.0005)
+            proc.wait()
+        partial = [n for n in os.listdir(folder) if "tmp" in n] if os.path.isdir(folder) else []
+        if proc.returncode == -signal.SIGKILL and partial:
+            caught = partial, [n for n in os.listdir(folder) if n.isdigit()]
+            break
+    assert caught, "no kill landed during a save in 10 tries"
+    partial, complete = caught
+    again = run_main(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    if complete:
+        newest = max(map(int, complete))
+        assert f"at step {newest}." in again.stderr  # resumed from the newest complete checkpoint
+    assert not [n for n in os.listdir(folder) if "tmp" in n]  # the partial save was cleared away
+    assert_same_state(workdir, uninterrupted)
+
+
+def _truncate_newest(workdir) -> str:
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+    step = ckpt.latest_step()
+    data = max(glob.glob(os.path.join(workdir, "checkpoints", str(step), "state", "**", "d", "*"), recursive=True),
+               key=os.path.getsize)  # fmt: skip
+    os.truncate(data, os.path.getsize(data) // 2)
+    return os.path.join(workdir, "checkpoints", str(step))
+
+
+def test_a_truncated_checkpoint_is_named_and_with_fallback_the_previous_one_resumes(uninterrupted, run_args, tmp_path):
+    workdir = str(tmp_path / "w")
+    shutil.copytree(uninterrupted, workdir)
+    damaged = _truncate_newest(workdir)
+    assert damaged.endswith(os.path.join("checkpoints", "300"))
+    before = snapshot(workdir)
+    args = [f"--workdir={workdir}", *run_args, "--config.train.checkpoint_every=100"]
+    out = run_main(*args)
+    assert out.returncode == 2, out.stderr[-3000:]
+    message = out.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"error: The checkpoint {damaged} is corrupt or truncated")
+    assert "use step 200 instead, or set config.train.fallback_checkpoint=True" in message and one_sentence(message)
+    assert snapshot(workdir) == before
+
+    out = run_main(*args, "--config.train.fallback_checkpoint=True")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "at step 200." in out.stderr
+    assert snapshot(damaged + ".corrupt") == {k[len("checkpoints/300/") :]: v for k, v in before.items()
+                                              if k.startswith("checkpoints/300/")}  # fmt: skip
+    assert_same_state(workdir, uninterrupted, 300)  # steps 201..300 again, bit for bit
+
+
+def test_a_flipped_bit_fails_the_checksum(uninterrupted, tmp_path):
+    shutil.copytree(os.path.join(uninterrupted, "checkpoints", "200"), tmp_path / "200")
+    pdist.load(str(tmp_path / "200"))
+    data = max(glob.glob(str(tmp_path / "200" / "state" / "**" / "d" / "*"), recursive=True), key=os.path.getsize)
+    raw = bytearray(open(data, "rb").read())
+    raw[len(raw) // 2] ^= 0x10
+    open(data, "wb").write(bytes(raw))
+    with pytest.raises(checkpoint.CheckpointCorruptError, match="do not match the checksum saved with them"):
+        pdist.load(str(tmp_path / "200"))
+
+
+def _error_cases(tfds_dir, empty_dir):
+    data = f"--config.data.data_dir={tfds_dir}"
+    distill = "configs/digits_distill.py"
+    return [
+        (
+            ["--config.train.no_such_key=1"],
+            None,
+            1,
+            "config.train.no_such_key is not a config key; did you mean config.train.num_steps?",
+        ),  # fmt: skip
+        (["--config.trian.batch_size=8"], None, 1, "did you mean config.train.batch_size?"),
+        (["--config.train.batch_size=abc"], None, 1, "invalid literal for int()"),
+        (["--config.model.ch_mult=abc"], None, 1, "must be a tuple of positive integers"),
+        (["--config.diffusion.learned_variance=True"], None, 1, "leaves the variance untrained"),
+        (["--config.data.image_size=6", "--config.model.ch_mult=(1,2,2)"], None, 1, "must be divisible by 2**"),
+        ([data, "--config.train.batch_size=6"], None, 4, "must split evenly over the 4 devices"),
+        ([data, "--config.distill.teacher=/no/such/teacher"], distill, 1, "/no/such/teacher does not exist"),
+        ([data, "--config.distill.teacher=TEACHER"], distill, 1, "is another architecture than config.model"),
+        ([data, "--config.distill.start_steps=12"], distill, 1, "times a power of two"),
+        (
+            ["--config.data.name=imagenet2012", f"--config.data.data_dir={empty_dir}"],
+            None,
+            1,
+            "run `tfds build imagenet2012 --data_dir=DIR`",
+        ),  # fmt: skip
+        ([data, "--config.data.split=trian"], None, 1, "'trian' is not a split of 'digits'"),
+        (["--config.mode=sample"], None, 1, "No checkpoint in"),
+        (["--config.mode=eval", "--config.eval.samplers=ddim:8,plms"], None, 1, "entry 'plms' is not method:steps"),
+        (["--config.mode=eval", "--config.eval.evaluator=inception"], None, 1, "config.eval.inception_weights is not"),
+        (["--config.mode=eval", "--config.eval.nll=True"], None, 1, "set config.eval.nll_timesteps"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(16))
+def test_bad_input_stops_in_one_sentence_and_changes_nothing(case, tfds_dir, uninterrupted, tmp_path):
+    empty = str(tmp_path / "empty_tfds")
+    flags_, config, devices, expected = _error_cases(tfds_dir, empty)[case]
+    flags_ = [f.replace("TEACHER", uninterrupted) for f in flags_]
+    workdir = tmp_path / "w"
+    os.makedirs(workdir / "grids")  # a workdir with something in it already
+    (workdir / "grids" / "keep.txt").write_text("x")
+    before = snapshot(workdir)
+    out = run_main(f"--workdir={workdir}", *flags_, config=config or "configs/digits.py", devices=devices, timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    message = out.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: ") and expected in message, out.stderr[-3000:]
+    assert one_sentence(message) and "Traceback" not in out.stderr and "XLA" not in message
+    assert snapshot(workdir) == before
+    assert snapshot(uninterrupted + "/checkpoints") is not None
+
+
+def test_a_nan_stops_at_its_step_naming_the_last_good_checkpoint(tfds_dir, tmp_path):
+    config = small_config(tfds_dir, num_steps=4, checkpoint_every=2, log_every=3, batch_size=16, keep_checkpoints=10)
+    workdir = str(tmp_path / "w")
+    train.train_and_evaluate(config, workdir)
+    config.train.num_steps, config.train.checkpoint_every = 12, 1
+    config.optim.learning_rate = 1e30  # one update to 1e30-sized weights, whose next loss overflows
+    with pytest.raises(NonFiniteError) as info:
+        train.train_and_evaluate(config, workdir)
+    message = str(info.value)
+    step = int(re.search(r"Non-finite values at step (\d+) \(", message).group(1))
+    assert 5 < step <= 12 and one_sentence(message)
+    good = int(re.search(r"the last good checkpoint is \S+/checkpoints/(\d+):", message).group(1))
+    assert good == step - 1
+    steps = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps()
+    assert max(steps) == good  # nothing was saved from the NaN on
+    for s in steps:
+        model = pdist.load(workdir, s)
+        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves((model.params, model.ema_params)))
+
+
+def test_skipped_updates_leave_the_state_and_are_counted_until_the_limit(tfds_dir, tmp_path):
+    config = small_config(tfds_dir, num_steps=4, checkpoint_every=4, log_every=2, batch_size=16, keep_checkpoints=10)
+    workdir = str(tmp_path / "w")
+    train.train_and_evaluate(config, workdir)
+    config.optim.learning_rate = 1e30
+    config.train.skip_nonfinite = 20
+    config.train.num_steps, config.train.checkpoint_every = 14, 1
+    train.train_and_evaluate(config, workdir)
+    final = pdist.load(workdir)
+    skipped = final.metadata["skipped_updates"]
+    assert 0 < skipped <= 9 and final.step == 14
+    first_skip = 14 - skipped + 1  # from the first non-finite update on, every update is skipped
+    for u, v in zip(jax.tree.leaves(final.params), jax.tree.leaves(pdist.load(workdir, first_skip - 1).params),
+                    strict=True):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    # A resumed run carries the count on, and stops once it passes the limit.
+    config.train.num_steps, config.train.skip_nonfinite = 40, skipped + 3
+    with pytest.raises(NonFiniteError, match=rf"and {skipped + 4} updates were skipped \(limit {skipped + 3}\)"):
+        train.train_and_evaluate(config, workdir)
+
+
+OVERRIDES = {
+    "train.batch_size": ["0", "-4", "3", "8", "abc", "2.5"],
+    "train.grad_accum_steps": ["1", "2", "3", "0"],
+    "train.num_steps": ["0", "2", "3"],
+    "train.checkpoint_every": ["1", "0"],
+    "train.skip_nonfinite": ["-1", "2"],
+    "diffusion.loss": ["mse", "hybrid", "vlb", "l1"],
+    "diffusion.learned_variance": ["True", "False"],
+    "diffusion.schedule": ["cosine_logsnr", "linear", "cosine", "nope"],
+    "diffusion.num_timesteps": ["None", "20", "0"],
+    "diffusion.parameterization": ["eps", "x", "v", "both", "epsilon"],
+    "diffusion.importance_sampling": ["True"],
+    "model.ch_mult": ["(1,2)", "(1,2,2)", "(1,2,2,2,2)", "abc", "()"],
+    "model.dtype": ["float32", "bfloat16", "float16"],
+    "model.class_conditional": ["True"],
+    "data.image_size": ["8", "6", "0"],
+    "data.split": ["train", "train[:50%]", "trian"],
+    "optim.learning_rate": ["0", "-1", "1e-3", "x"],
+    "optim.schedule": ["cosine", "rex", "step"],
+    "sample.method": sorted(samplers.METHODS) + ["nope"],
+    "sample.num_steps": ["2", "0"],
+    "mode": ["train", "sample", "eval", "distill", "fit"],
+    "train.num_step": ["3"],  # typos
+    "trian.batch_size": ["8"],
+    "model.chmult": ["(1,2)"],
+}
+override = st.sampled_from(sorted(OVERRIDES)).flatmap(lambda k: st.sampled_from(OVERRIDES[k]).map(lambda v: (k, v)))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(overrides=st.lists(override, min_size=1, max_size=3))
+@example(overrides=[("train.num_steps", "3"), ("diffusion.parameterization", "eps")])  # a run, for sure
+@example(overrides=[("mode", "fit")])  # an error, for sure
+def test_random_overrides_end_in_a_run_or_one_sentence(overrides, tfds_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("h"))
+    argv = ["pdist", f"--config={REPO}/configs/digits.py", f"--workdir={workdir}", f"--config.data.data_dir={tfds_dir}"]
+    argv += [*TINY, "--config.train.num_steps=2", "--config.train.log_every=1"]
+    argv += [f"--config.{k}={v}" for k, v in overrides]
+    fv = flags.FlagValues()
+    main.define_flags(fv, argv)
+    try:
+        main.parse(argv, fv)
+        main.run(fv.config, fv.workdir)
+    except InputError as e:
+        assert one_sentence(str(e)), str(e)
+        assert os.listdir(workdir) == []  # nothing written
+    else:
+        assert fv.config.mode == "train"  # the other modes need a checkpoint or teacher this workdir lacks
+        assert pdist.load(workdir).step == fv.config.train.num_steps
