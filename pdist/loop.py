@@ -70,18 +70,22 @@ def run_steps(
     """Steps ``state`` from ``start`` to ``num_steps``; ``metadata(step, last_scalars, seconds)`` is saved with it.
 
     ``resumed``: the metadata of the checkpoint ``state`` came from (its count
-    of skipped updates carries on); ``skip_limit``: how many skipped updates
+    of skipped updates and its metrics not yet logged carry on, so a resumed
+    run logs what the uninterrupted one would have); ``skip_limit``: how many skipped updates
     to allow before stopping.
     """
     progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_steps=log_every)
     health = _Health(ckpt, start, (resumed or {}).get("skipped_updates", 0), skip_limit)
-    pending, scalars = [], {}
+    # Metrics of steps not logged yet; a checkpoint keeps them, so a resumed run logs the same windows.
+    pending, scalars = list((resumed or {}).get("unlogged", [])), {}
     began = last_time = time.time()
     last_step = start
 
     def save(step):
+        pending[:] = jax.device_get(pending)
         health.check(pending, step)
-        ckpt.save(step, state, {**metadata(step, scalars, time.time() - began), "skipped_updates": health.skipped})
+        extra = {"skipped_updates": health.skipped, "unlogged": [{k: float(v) for k, v in m.items()} for m in pending]}
+        ckpt.save(step, state, {**metadata(step, scalars, time.time() - began), **extra})
         health.saved(step)
 
     for step in range(start + 1, num_steps + 1):
@@ -151,7 +155,11 @@ class _Health:
                 self._stop(step, m, "")
             kept.append(m)
         self.checked = max(self.checked, last_step)
-        out = {k: float(np.mean([m[k] for m in kept])) for k in (kept[0] if kept else {}) if k != SKIPPED}
+        out = {
+            k: float(np.mean(np.asarray([float(m[k]) for m in kept], np.float64)))
+            for k in (kept[0] if kept else {})
+            if k != SKIPPED
+        }
         if self.limit:
             out["skipped_updates"] = float(self.skipped)
         return out
