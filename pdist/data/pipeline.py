@@ -71,6 +71,8 @@ def _prepare(b: tfds.core.DatasetBuilder, name: str) -> None:
 
 def check_split(b: tfds.core.DatasetBuilder, split: str, name: str = "config.data.split") -> None:
     """One sentence if ``split`` (such as ``train`` or ``train[:90%]``) names no split of the dataset."""
+    if not isinstance(split, str):  # a tfds.core.ReadInstruction, made from a checked name
+        return
     base = split.split("[")[0].strip()
     if base not in b.info.splits:
         raise DatasetUnavailableError(
