@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import sys
-import threading
 
 import jax
 import jax.numpy as jnp
@@ -60,29 +59,18 @@ def _all_words(tree) -> jax.Array:
 
 
 def _silence_abandoned_reads() -> None:
-    """When a restore fails, the reads Orbax abandoned fail again in background threads (in garbage-collected
-    futures, or in callbacks into its closed event loop); the error is reported once, so those are dropped."""
+    """When a restore fails, the reads Orbax abandoned fail again as unraisable exceptions (garbage-collected
+    futures, callbacks into its closed event loop); the error is reported once, so those are dropped."""
     if getattr(sys.unraisablehook, "pdist", False):
         return
 
-    def abandoned(exc) -> bool:
-        text = str(exc)
-        return text.startswith("Encountered error while reading") or text == "Event loop is closed"
-
     def unraisable(u, previous=sys.unraisablehook):
-        if not abandoned(u.exc_value):
+        text = str(u.exc_value)
+        if not (text.startswith("Encountered error while reading") or text == "Event loop is closed"):
             previous(u)
 
-    def thread(a, previous=threading.excepthook):
-        if not abandoned(a.exc_value):
-            previous(a)
-
-    def uncaught(kind, value, tb, previous=sys.excepthook):
-        if not abandoned(value):
-            previous(kind, value, tb)
-
     unraisable.pdist = True
-    sys.unraisablehook, threading.excepthook, sys.excepthook = unraisable, thread, uncaught
+    sys.unraisablehook = unraisable
 
 
 def fingerprint(state) -> str:

@@ -21,14 +21,10 @@ SHORT = [
 ]
 
 
-def _main(*args, timeout=900, config="configs/digits.py"):
-    return run_main(*args, config=config, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, tfds_dir):
     path = str(tmp_path_factory.mktemp("digits_run"))
-    out = _main(f"--workdir={path}", f"--config.data.data_dir={tfds_dir}", *SHORT)
+    out = run_main(f"--workdir={path}", f"--config.data.data_dir={tfds_dir}", *SHORT)
     assert out.returncode == 0, out.stderr[-3000:]
     return path
 
@@ -43,7 +39,7 @@ def test_short_main_run_leaves_checkpoints_grids_and_samples(workdir):
 
 
 def test_sample_mode_writes_grid_and_npz(workdir, tfds_dir):
-    out = _main(
+    out = run_main(
         f"--workdir={workdir}",
         "--config.mode=sample",
         "--config.sample.method=heun",
@@ -58,7 +54,7 @@ def test_sample_mode_writes_grid_and_npz(workdir, tfds_dir):
 
 
 def test_eval_mode_scores_each_sampler_over_seeds_and_the_nll(workdir, tfds_dir, evaluator_cache):
-    out = _main(
+    out = run_main(
         f"--workdir={workdir}",
         "--config.mode=eval",
         "--config.eval.samplers=ddim:4,ddpm:4",
@@ -115,7 +111,7 @@ def test_distill_command_runs_its_round_and_a_rerun_resumes_without_training(wor
         "--config.train.log_every=2",
         "--config.train.checkpoint_every=2",
     ]
-    out = _main(*args, config="configs/digits_distill.py")
+    out = run_main(*args, config="configs/digits_distill.py")
     assert out.returncode == 0, out.stderr[-3000:]
     round_dir = tmp_path / "distill" / "round_01_2steps"
     assert sorted(os.listdir(round_dir / "checkpoints")) == ["2", "4"]
@@ -123,7 +119,7 @@ def test_distill_command_runs_its_round_and_a_rerun_resumes_without_training(wor
         table = f.read()
     assert "| 1 | 4 -> 2 | 4 |" in table
     listing = sorted(os.listdir(round_dir))
-    again = _main(*args, config="configs/digits_distill.py")
+    again = run_main(*args, config="configs/digits_distill.py")
     assert again.returncode == 0, again.stderr[-3000:]
     assert sorted(os.listdir(round_dir)) == listing  # no new events file: nothing was trained again
     with open(tmp_path / "distill" / "summary.md") as f:

@@ -10,26 +10,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, config_file, run_on_cpu_devices
+from conftest import REPO, run_on_cpu_devices
+from test_train import small_config
 
 from pdist import build, distributed, parallel, train_step
 from pdist.data import train_batches
 
 
 def tiny_config(tfds_dir=None):
-    config = config_file("digits")
-    config.data.data_dir = tfds_dir
-    config.model.ch = 8
-    config.model.head_dim = 16
-    config.train.batch_size = 16
-    config.train.num_steps = 6
-    config.train.checkpoint_every = 3
-    config.train.log_every = 2
-    config.train.sample_every = 0
-    config.train.num_grid_samples = 4
+    config = small_config(tfds_dir, batch_size=16, num_steps=6, checkpoint_every=3, log_every=2)
     config.optim.warmup_steps = 2
-    config.sample.num_steps = 2
-    config.sample.num_samples = 6
+    config.sample.num_steps, config.sample.num_samples = 2, 6
     return config
 
 
