@@ -206,6 +206,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("config.model.ch_mult is empty; give one channel multiplier per resolution, e.g. (1, 2).")
     _positive(m.num_res_blocks, "model.num_res_blocks")
     size = config.data.image_size
+    _positive(size, "data.image_size")
+    _positive(config.data.channels, "data.channels")
     if size % 2 ** (len(m.ch_mult) - 1):
         _fail(f"config.data.image_size={size} must be divisible by 2**(len(config.model.ch_mult) - 1).")
     if m.num_heads is None and (m.head_dim is None or m.head_dim <= 0):
