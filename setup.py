@@ -29,6 +29,14 @@ setup(
         "absl-py",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"],
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "chex>=0.1.86",
+            "ruff>=0.6",
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6",
+        ],
     },
 )

@@ -2,7 +2,7 @@
 
 python bench/quality_vs_nfe.py --teacher=runs/digits --distill=runs/digits_distill --out=docs/digits_quality
 
-Runs ``pdist.evaluate`` (the ``--config.mode=eval`` code) on the teacher for
+Runs ``pdist.jobs.evaluate`` (the ``--config.mode=eval`` code) on the teacher for
 every sampler in ``--samplers`` at every step count in ``--steps``, and on each
 distillation round's student with DDIM at its own step count; every cell is
 ``--num-seeds`` seeds of ``--num-samples`` samples. Also the evaluator's floor:
@@ -21,9 +21,10 @@ import numpy as np
 
 import pdist
 from pdist import config as config_lib
-from pdist import distill, evaluate
-from pdist.evaluation import stats
+from pdist.evaluation import evaluators, stats
 from pdist.evaluation.frechet import frechet_distance, gaussian_stats
+from pdist.jobs import evaluate
+from pdist.runtime import workdir
 
 
 def floor(evaluator, ref, resamples: int = 200) -> dict:
@@ -53,20 +54,20 @@ def main():
     args = parser.parse_args()
 
     teacher = pdist.load(args.teacher)
-    e = config_lib.from_file(args.config).eval
-    e.update(num_samples=args.num_samples, num_seeds=args.num_seeds, pr_samples=args.num_samples, seed=1)
-    evaluator = evaluate.make_evaluator("auto", teacher.config, e)
-    ref = evaluate.reference(evaluator, teacher.config, "train", e.pr_samples)
+    settings = config_lib.from_file(args.config).eval
+    settings.update(num_samples=args.num_samples, num_seeds=args.num_seeds, pr_samples=args.num_samples, seed=1)
+    evaluator = evaluators.make("auto", teacher.config.data, settings)
+    ref = evaluate.reference(evaluator, teacher.config, "train", settings.pr_samples)
     print(f"evaluator: {evaluator.name}, test accuracy {getattr(evaluator, 'test_accuracy', float('nan')):.4f}")
     pairs = [(m, int(n)) for m in args.samplers.split(",") for n in args.steps.split(",")]
     pairs += config_lib.parse_samplers(args.extra) if args.extra else []
-    rows = evaluate.evaluate_model(teacher, evaluator, ref, pairs, e)
+    rows = evaluate.evaluate_model(teacher, evaluator, ref, pairs, settings)
     with open(os.path.join(args.distill, "summary.json")) as f:
         rounds = json.load(f)
     students = []
     for w in rounds:
-        student = pdist.load(os.path.join(args.distill, distill.round_name(w["round"], w["steps"])))
-        (row,) = evaluate.evaluate_model(student, evaluator, ref, [("ddim", w["steps"])], e)
+        student = pdist.load(workdir.round_dir(args.distill, w["round"], w["steps"]))
+        (row,) = evaluate.evaluate_model(student, evaluator, ref, [("ddim", w["steps"])], settings)
         students.append({**row, "method": "distilled", "round": w["round"]})
     result = {
         "evaluator": evaluator.name,

@@ -28,8 +28,10 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pdist import build, parallel, train_step  # noqa: E402
+from pdist import build  # noqa: E402
 from pdist.config import from_file  # noqa: E402
+from pdist.runtime import mesh as mesh_lib  # noqa: E402
+from pdist.runtime import step as step_lib  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
 
@@ -60,13 +62,16 @@ def measure(name: str, batch_size: int | None, steps: int, variant: str = "float
     apply_variant(config, variant)
     batch_size = batch_size or config.train.batch_size
     config.train.batch_size = batch_size
-    mesh = parallel.data_mesh()
-    init_fn, tx = build.state_init(config)
-    state = train_step.create_state(init_fn, mesh)
+    mesh = mesh_lib.data_mesh()
+    init_fn, optimizer = build.state_init(config)
+    state = step_lib.create_state(init_fn, mesh)
     params = sum(x.size for x in jax.tree.leaves(state.params))
-    step = train_step.compile_step(
-        train_step.make_train_step(
-            build.loss_fn(config), tx, ema_decay=config.train.ema_decay, accum_steps=config.train.grad_accum_steps
+    step = step_lib.compile_step(
+        step_lib.make_train_step(
+            build.loss(config),
+            optimizer.tx,
+            ema_decay=config.train.ema_decay,
+            accum_steps=config.train.grad_accum_steps,
         ),
         mesh,
     )
@@ -75,7 +80,7 @@ def measure(name: str, batch_size: int | None, steps: int, variant: str = "float
         "image": rng.uniform(-1, 1, (batch_size, *build.image_shape(config))).astype(np.float32),
         "label": rng.integers(0, max(config.data.num_classes, 1), batch_size).astype(np.int32),
     }
-    batch = parallel.global_batch(local, mesh)
+    batch = mesh_lib.global_batch(local, mesh)
     key = jax.random.key(0)
     t0 = time.perf_counter()
     lowered = step.lower(state, batch, key)

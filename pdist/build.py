@@ -1,51 +1,46 @@
 """Builds what a config names: the schedule, the network, the functions the
-losses and samplers see (``apply_fn`` and ``denoise_fn``), and the initial
-train state.
+losses and samplers see (``apply_fn`` and ``denoise_fn``), the losses, and the
+initial train state.
 
 The one place where the Flax network meets the pure math modules: losses see
 ``apply_fn(params, z, t, label, key) -> raw output`` and samplers see
-``denoise_fn(z, t) -> Prediction``; neither knows there is a UNet.
+``denoise_fn(z, t) -> Prediction``; neither knows which architecture
+(:data:`pdist.models.ARCHITECTURES`) runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
+from jax.tree_util import Partial
 
-from pdist import diffusion, losses, optim, train_step
+from pdist import diffusion, losses, optim, rng
+from pdist.diffusion import Prediction
+from pdist.distillation import METHODS, Round
 from pdist.importance import LossAwareSampler
-from pdist.models import UNet
+from pdist.models import ARCHITECTURES
+from pdist.runtime.step import TrainState, init_state
 from pdist.schedules import Schedule, get_schedule
 
 Array = jax.Array
 
 
 def schedule(config: ml_collections.ConfigDict) -> Schedule:
-    d = config.diffusion
-    kwargs = {} if d.num_timesteps is None else {"num_timesteps": int(d.num_timesteps)}
-    return get_schedule(d.schedule, **kwargs)
+    settings = config.diffusion
+    kwargs = {} if settings.num_timesteps is None else {"num_timesteps": int(settings.num_timesteps)}
+    return get_schedule(settings.schedule, **kwargs)
 
 
-def network(config: ml_collections.ConfigDict) -> UNet:
-    m, d = config.model, config.diffusion
-    return UNet(
-        out_channels=diffusion.output_channels(config.data.channels, d.parameterization, d.learned_variance),
-        ch=m.ch,
-        ch_mult=tuple(m.ch_mult),
-        num_res_blocks=m.num_res_blocks,
-        attn_resolutions=tuple(m.attn_resolutions),
-        head_dim=m.head_dim,
-        num_heads=m.num_heads,
-        dropout=m.dropout,
-        resblock_updown=m.resblock_updown,
-        num_classes=config.data.num_classes if m.class_conditional else 0,
-        dtype=jnp.dtype(m.dtype),
-        remat=m.remat,
-    )
+def network(config: ml_collections.ConfigDict) -> nn.Module:
+    """The ``config.model.name`` architecture, with the outputs the parameterization needs."""
+    settings = config.diffusion
+    out_channels = diffusion.output_channels(config.data.channels, settings.parameterization, settings.learned_variance)
+    return ARCHITECTURES[config.model.name].build(config, out_channels)
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -54,10 +49,9 @@ def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
 
 def init_params(config: ml_collections.ConfigDict, key: Array):
     """The network's initial parameters (a plain nested dict)."""
-    net = network(config)
     x = jnp.zeros((1, *image_shape(config)), jnp.float32)
     label = jnp.zeros((1,), jnp.int32) if config.model.class_conditional else None
-    return net.init({"params": key}, x, jnp.zeros((1,)), label)["params"]
+    return network(config).init({"params": key}, x, jnp.zeros((1,)), label)["params"]
 
 
 def apply_fn(config: ml_collections.ConfigDict) -> Callable:
@@ -73,59 +67,78 @@ def apply_fn(config: ml_collections.ConfigDict) -> Callable:
     return apply
 
 
-def denoiser(config: ml_collections.ConfigDict, params, label: Array | None = None) -> Callable:
-    """``denoise_fn(z, t) -> Prediction`` of the network with ``params`` (and class ``label`` [B])."""
-    apply, sched, d = apply_fn(config), schedule(config), config.diffusion
+@dataclasses.dataclass(frozen=True)
+class NetworkDenoiser:
+    """``(params, label, z, t) -> Prediction`` of a network: hashable, equal for equal configs.
 
-    def denoise_fn(z, t):
-        out = apply(params, z, t, label, None)
+    The static half of :func:`denoiser`; parameters and labels are its arguments.
+    """
+
+    network: nn.Module
+    schedule: Schedule
+    parameterization: str
+    learned_variance: bool
+    conditional: bool
+
+    def __call__(self, params, label: Array | None, z: Array, t: Array) -> Prediction:
+        logsnr = self.schedule.logsnr(t)
+        out = self.network.apply({"params": params}, z, logsnr, label if self.conditional else None, train=False)
         return diffusion.predict(
-            out, z, sched.logsnr(t), parameterization=d.parameterization, learned_variance=d.learned_variance
+            out, z, logsnr, parameterization=self.parameterization, learned_variance=self.learned_variance
         )
 
-    return denoise_fn
+
+def denoiser(config: ml_collections.ConfigDict, params, label: Array | None = None) -> Partial:
+    """``denoise_fn(z, t) -> Prediction`` of the network with ``params`` (and class ``label`` [B]).
+
+    A ``Partial`` pytree that carries ``params`` and ``label``: passed to
+    :func:`pdist.samplers.sample`, they are arguments of the compiled program,
+    so one compilation serves every parameter set of the same shapes.
+    """
+    settings = config.diffusion
+    fn = NetworkDenoiser(
+        network(config),
+        schedule(config),
+        settings.parameterization,
+        settings.learned_variance,
+        config.model.class_conditional,
+    )
+    return Partial(fn, params, label)
 
 
-def loss_fn(config: ml_collections.ConfigDict) -> Callable:
-    """The teacher loss ``(params, batch, key) -> (loss, metrics)`` the config asks for."""
-    d = config.diffusion
+def loss(config: ml_collections.ConfigDict) -> losses.Loss:
+    """The teacher loss ``(params, batch, key) -> (loss, aux)`` the config asks for."""
+    settings = config.diffusion
     return losses.make_diffusion_loss(
         apply_fn(config),
         schedule(config),
-        parameterization=d.parameterization,
-        weighting=d.weighting,
-        loss_type=d.loss,
-        learned_variance=d.learned_variance,
-        num_timesteps=d.num_timesteps,
-        vlb_weight=d.vlb_weight,
+        parameterization=settings.parameterization,
+        weighting=settings.weighting,
+        loss_type=settings.loss,
+        learned_variance=settings.learned_variance,
+        num_timesteps=settings.num_timesteps,
+        vlb_weight=settings.vlb_weight,
     )
 
 
-def distillation_loss(config: ml_collections.ConfigDict, num_student_steps: int) -> Callable:
-    """The student loss ``(params, batch, key, teacher_params) -> (loss, metrics)`` for an N-step student."""
-    d = config.diffusion
-    return losses.make_distillation_loss(
-        apply_fn(config),
-        schedule(config),
-        parameterization=d.parameterization,
-        weighting=d.weighting,
-        num_student_steps=num_student_steps,
-        learned_variance=d.learned_variance,
-    )
+def distillation_loss(config: ml_collections.ConfigDict, rnd: Round) -> losses.Loss:
+    """Round ``rnd``'s student loss ``(params, batch, key, teacher_params) -> (loss, aux)`` of
+    ``config.distill.method``."""
+    return METHODS[config.distill.method].loss(apply_fn(config), schedule(config), config.diffusion, rnd)
 
 
 def importance_sampler(config: ml_collections.ConfigDict) -> LossAwareSampler | None:
-    d = config.diffusion
-    return LossAwareSampler(int(d.num_timesteps)) if d.importance_sampling else None
+    settings = config.diffusion
+    return LossAwareSampler(int(settings.num_timesteps)) if settings.importance_sampling else None
 
 
-def state_init(config: ml_collections.ConfigDict) -> tuple[Callable, optax.GradientTransformation]:
-    """(``init_fn() -> TrainState``, optimizer) for the config; pure, for ``jit``/``eval_shape``."""
-    tx = optim.optimizer(config.optim, config.train.num_steps)
-    key = jax.random.fold_in(jax.random.key(config.seed), 0)
+def state_init(config: ml_collections.ConfigDict) -> tuple[Callable[[], TrainState], optim.Optimizer]:
+    """(``init_fn() -> TrainState``, optimizer) of a teacher run; ``init_fn`` is pure, for ``jit``/``eval_shape``."""
+    optimizer = optim.optimizer(config.optim, config.train.num_steps)
+    key = rng.init_key(config.seed)
     sampler = importance_sampler(config)
 
     def init_fn():
-        return train_step.init_state(init_params(config, key), tx, sampler)
+        return init_state(init_params(config, key), optimizer.tx, sampler)
 
-    return init_fn, tx
+    return init_fn, optimizer

@@ -1,6 +1,6 @@
 """Parameterizations and one-step transitions of the Gaussian diffusion.
 
-Conventions (``../DESIGN.md``): ``z_t = alpha_t x + sigma_t eps`` with
+Conventions (docs/architecture.md): ``z_t = alpha_t x + sigma_t eps`` with
 ``alpha^2 + sigma^2 = 1``; ``v = alpha eps - sigma x``, so ``x = alpha z - sigma v``
 and ``eps = sigma z + alpha v``. Every conversion returns x-hat and eps-hat
 together (a :class:`Prediction`), so no caller divides by a vanishing alpha or
@@ -19,6 +19,7 @@ Array = jax.Array
 
 PARAMETERIZATIONS = ("eps", "x", "v", "both")
 WEIGHTINGS = ("constant", "snr", "truncated_snr", "snr_plus_one")
+VARIANCES = ("small", "large", "learned")  # of the reverse step p(z_s | z_t): beta_tilde, beta, Improved DDPM's
 
 
 class Prediction(NamedTuple):
@@ -44,7 +45,7 @@ def alpha_sigma_from_logsnr(logsnr: Array) -> tuple[Array, Array]:
 
 
 def diffuse(x: Array, eps: Array, logsnr: Array) -> Array:
-    """Forward process sample ``z_t = alpha x + sigma eps`` (DESIGN.md)."""
+    """Forward process sample ``z_t = alpha x + sigma eps``."""
     alpha, sigma = alpha_sigma_from_logsnr(logsnr)
     return bcast(alpha, x) * x + bcast(sigma, x) * eps
 
@@ -126,13 +127,6 @@ def to_v(pred: Prediction, logsnr: Array) -> Array:
     return bcast(alpha, pred.x) * pred.eps - bcast(sigma, pred.x) * pred.x
 
 
-def from_v(v: Array, z: Array, logsnr: Array) -> Prediction:
-    """``x = alpha z - sigma v``, ``eps = sigma z + alpha v`` (no division)."""
-    alpha, sigma = alpha_sigma_from_logsnr(logsnr)
-    alpha, sigma = bcast(alpha, z), bcast(sigma, z)
-    return Prediction(alpha * z - sigma * v, sigma * z + alpha * v)
-
-
 def check_weighting(weighting: str) -> None:
     if weighting not in WEIGHTINGS:
         raise ValueError(f"Unknown loss weighting {weighting!r}; choose one of {list(WEIGHTINGS)}.")
@@ -155,7 +149,7 @@ def loss_weight(logsnr: Array, weighting: str) -> Array:
 
 
 class Transition(NamedTuple):
-    """The Gaussian transition between times s < t (DESIGN.md), per example.
+    """The Gaussian transition between times s < t, per example.
 
     ``beta = beta_{t|s} = 1 - alpha_t^2 / alpha_s^2``;
     ``beta_tilde = beta * sigma_s^2 / sigma_t^2`` is the variance of
@@ -199,14 +193,25 @@ def posterior_mean(tr: Transition, x: Array, z_t: Array) -> Array:
     return bcast(tr.coef_x, x) * x + bcast(tr.coef_z, x) * z_t
 
 
-def learned_log_variance(tr: Transition, var_frac: Array, log_beta_tilde: Array | None = None) -> Array:
-    """Improved DDPM Eq. 15: ``frac log beta + (1 - frac) log beta_tilde``.
+def log_variance(kind: str, tr: Transition, var_frac: Array | None = None) -> Array:
+    """log Sigma of the reverse step p(z_s | z_t) for a variance ``kind`` in :data:`VARIANCES`.
 
-    ``log_beta_tilde`` overrides the transition's (the VLB's decoder step, where
-    beta_tilde = 0, uses the next step's value, as Improved DDPM does).
+    ``small``: beta_tilde (the posterior's); ``large``: beta_{t|s}; ``learned``:
+    Improved DDPM Eq. 15, ``frac log beta + (1 - frac) log beta_tilde`` with the
+    denoiser's ``var_frac`` (shaped like the data; the others are per example).
     """
-    lbt = tr.log_beta_tilde if log_beta_tilde is None else log_beta_tilde
-    return var_frac * bcast(tr.log_beta, var_frac) + (1.0 - var_frac) * bcast(lbt, var_frac)
+    if kind not in VARIANCES:
+        raise ValueError(f"Unknown variance {kind!r}; choose one of {list(VARIANCES)}.")
+    if kind == "small":
+        return tr.log_beta_tilde
+    if kind == "large":
+        return tr.log_beta
+    if var_frac is None:
+        raise ValueError(
+            "variance 'learned' needs a denoiser that returns a Prediction with var_frac; "
+            "use a learned-variance model or variance 'small'."
+        )
+    return var_frac * bcast(tr.log_beta, var_frac) + (1.0 - var_frac) * bcast(tr.log_beta_tilde, var_frac)
 
 
 def ddim_step(pred: Prediction, alpha_s: Array, sigma_s: Array) -> Array:

@@ -1,4 +1,4 @@
-"""The exceptions that end a run with one sentence instead of a traceback.
+"""The exceptions that end a run with one sentence instead of a traceback, and the config checks that raise them.
 
 :class:`InputError` is bad input (a config value, a dataset, a checkpoint, a
 teacher) found before anything is compiled or written; ``python -m
@@ -29,3 +29,15 @@ class Preempted(Exception):
 
 class NonFiniteError(FloatingPointError):
     """The loss or gradient norm became NaN or inf."""
+
+
+def check_one_of(value, allowed, name: str) -> None:
+    """``config.<name>`` must be one of ``allowed``."""
+    if value not in allowed:
+        raise ConfigError(f"config.{name}={value!r} is not valid; choose one of {sorted(allowed)}.")
+
+
+def check_positive(value, name: str) -> None:
+    """``config.<name>`` must be a positive integer."""
+    if not (isinstance(value, int) and value > 0):
+        raise ConfigError(f"config.{name}={value!r} must be a positive integer.")

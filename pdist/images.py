@@ -1,13 +1,14 @@
-"""Images in [-1, 1] to uint8 grids and PNG files."""
+"""Images in [-1, 1] to uint8 grids, PNG files and sample files (all written whole: ``runtime.files``)."""
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 from PIL import Image
 
-from pdist import files
+from pdist.runtime import files
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -33,3 +34,25 @@ def save_png(path: str, image_uint8: np.ndarray, scale: int = 1) -> None:
     image = np.repeat(np.repeat(image_uint8, scale, axis=0), scale, axis=1)
     with files.atomic(path) as f:
         Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(f, format="PNG")
+
+
+def save_samples(directory: str, name: str, x: np.ndarray, labels=None) -> tuple[str, str]:
+    """Writes ``name.png`` (a grid) and ``name.npz`` (uint8 images, float samples, labels); returns the paths."""
+    os.makedirs(directory, exist_ok=True)
+    png, npz = os.path.join(directory, f"{name}.png"), os.path.join(directory, f"{name}.npz")
+    scale = max(1, 256 // x.shape[1] // 4)
+    save_png(png, grid(x[:256]), scale=scale)
+    extra = {} if labels is None else {"labels": np.asarray(labels)}
+    files.save_npz(npz, images=to_uint8(x), samples=x, **extra)
+    return png, npz
+
+
+def save_side_by_side(path: str, panels: list[np.ndarray], gap: int = 4) -> None:
+    """One PNG: a grid per panel ([n, H, W, C] in [-1, 1]), side by side, separated by white columns."""
+    grids = [grid(p) for p in panels]
+    h = max(g.shape[0] for g in grids)
+    sep = np.full((h, gap, grids[0].shape[2]), 255, np.uint8)
+    parts = []
+    for g in grids:
+        parts += [np.pad(g, ((0, h - g.shape[0]), (0, 0), (0, 0))), sep]
+    save_png(path, np.concatenate(parts[:-1], axis=1), scale=max(1, 128 // h))

@@ -7,7 +7,7 @@ resuming likewise), ``sample`` (``config.sample.*`` from a checkpoint) or
 
 The same command runs on every host of a multi-process run; ``--distributed``,
 ``--coordinator_address``, ``--num_processes`` and ``--process_id`` say how
-to join it (:mod:`pdist.distributed`; ``launch/`` has the scripts).
+to join it (:mod:`pdist.runtime.multihost`; ``launch/`` has the scripts).
 
 Exit status: 0 when the job is done; 2 with one sentence on bad input
 (flags, config keys and values, datasets, checkpoints, teachers), found before
@@ -26,8 +26,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pdist import preemption
 from pdist.errors import ConfigError, InputError, NonFiniteError, Preempted
+from pdist.runtime import preemption
 
 
 def define_flags(fv: flags.FlagValues, argv: list[str] | None = None) -> None:
@@ -40,7 +40,7 @@ def define_flags(fv: flags.FlagValues, argv: list[str] | None = None) -> None:
         "distributed",
         "auto",
         ["auto", "on", "off"],
-        "Join a multi-process run (jax.distributed); see pdist.distributed.",
+        "Join a multi-process run (jax.distributed); see pdist.runtime.multihost.",
         flag_values=fv,
     )
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).", flag_values=fv)
@@ -78,29 +78,6 @@ def _flag_sentence(argv: list[str], error: Exception) -> str:
     return f"{text.rstrip('.')}; fix that flag (python -m pdist.main --helpfull lists them all)."
 
 
-def run(config, workdir: str) -> None:
-    """Checks ``config``, then runs the job ``config.mode`` names (in this process, which has joined the run)."""
-    from pdist import config as config_lib
-
-    config_lib.validate(config)
-    if config.mode == "sample":
-        from pdist import sample
-
-        sample.run(config, workdir)
-    elif config.mode == "eval":
-        from pdist import evaluate
-
-        evaluate.run(config, workdir)
-    elif config.mode == "distill":
-        from pdist import distill
-
-        distill.distill(config, workdir)
-    else:
-        from pdist import train
-
-        train.train_and_evaluate(config, workdir)
-
-
 class _QuietOrbax:
     """Drops Orbax's per-save INFO chatter from the log; its warnings and errors still show."""
 
@@ -128,11 +105,11 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietOrbax())
     if len(argv) > 1:
         _stop(2, f"error: unexpected arguments {argv[1:]}; the options are --config, --workdir and --config.*.")
-    from pdist import distributed
+    from pdist.runtime import multihost
 
     FLAGS = flags.FLAGS
     try:
-        distributed.initialize(
+        multihost.initialize(
             FLAGS.distributed,
             coordinator_address=FLAGS.coordinator_address,
             num_processes=FLAGS.num_processes,
@@ -140,9 +117,11 @@ def main(argv):
         )
         import jax
 
+        from pdist import jobs
+
         logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices())
         with preemption.guard():
-            run(FLAGS.config, FLAGS.workdir)
+            jobs.run(FLAGS.config, FLAGS.workdir)
     except InputError as e:
         _stop(2, f"error: {e}")
     except NonFiniteError as e:

@@ -15,9 +15,19 @@ the global batch, i.e. the averaged gradient) before Adam(W).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax.numpy as jnp
 import ml_collections
 import optax
+
+SCHEDULES = ("constant", "linear", "cosine", "rex")
+OPTIMIZERS = ("adam", "adamw")
+
+
+class Optimizer(NamedTuple):
+    tx: optax.GradientTransformation
+    learning_rate: optax.Schedule  # the rate ``tx`` applies at each step (logged)
 
 
 def _rex(lr: float, decay_steps: int) -> optax.Schedule:
@@ -29,6 +39,7 @@ def _rex(lr: float, decay_steps: int) -> optax.Schedule:
 
 
 def learning_rate(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """``config.optim``'s learning rate at each step of a run of ``total_steps`` steps."""
     lr, warmup = optim.learning_rate, optim.warmup_steps
     decay_steps = max(total_steps - warmup, 1)
     after = {
@@ -42,12 +53,13 @@ def learning_rate(optim: ml_collections.ConfigDict, total_steps: int) -> optax.S
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
 
 
-def optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+def optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> Optimizer:
+    """Adam(W) with ``config.optim``'s schedule over ``total_steps`` steps, after global-norm clipping."""
     schedule = learning_rate(optim, total_steps)
     if optim.optimizer == "adamw":
         adam = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
     else:
         adam = optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
     if optim.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(optim.grad_clip), adam)
-    return adam
+        return Optimizer(optax.chain(optax.clip_by_global_norm(optim.grad_clip), adam), schedule)
+    return Optimizer(adam, schedule)

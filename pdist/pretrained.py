@@ -1,29 +1,94 @@
-"""``pdist.load(path)``: a checkpoint as an object that samples, with no training code.
+"""Trained networks: the one loader, ``pdist.load(path)``, and sampling images from parameters.
 
 >>> model = pdist.load("runs/digits")          # a workdir, its checkpoints/ or one step's folder
 >>> x = model.sample(64, method="ddim", num_steps=32, seed=0)   # [64, H, W, C] numpy in [-1, 1]
 >>> student = pdist.load("runs/digits_distill")  # a distillation's newest round
 >>> x = student.sample(64)   # with its own number of DDIM steps (student.metadata["sampling_steps"])
 
-The config stored in the checkpoint rebuilds the network; parameters land on
-the first local device whatever mesh wrote them (in a multi-process run:
-replicated over every device, as the run's sampler needs them).
+:func:`restore` is the only path from a folder to a config and a train state:
+``pdist.load``, distillation's teacher and evaluation all go through it. The
+config stored in the checkpoint rebuilds the network; with no mesh given,
+parameters land on the first local device whatever mesh wrote them (in a
+multi-process run: replicated over every device, as the run's sampler needs
+them).
+
+:class:`ImageSampler` compiles one program per (method, steps, clip, batch)
+and takes the parameters as an argument, so the same compiled sampler serves
+every checkpoint and every EMA snapshot during training.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import SingleDeviceSharding
+from jax.tree_util import Partial
 
-from pdist import build, parallel
+from pdist import build, rng, samplers
 from pdist import config as config_lib
-from pdist.checkpoint import Checkpointer, locate
-from pdist.sample import ImageSampler
+from pdist.runtime import mesh as mesh_lib
+from pdist.runtime import preemption, workdir
+from pdist.runtime.checkpoint import Checkpointer
+from pdist.runtime.step import TrainState
+
+
+@dataclasses.dataclass
+class Restored:
+    config: ml_collections.ConfigDict  # as stored, with defaults for keys added since
+    state: TrainState
+    metadata: dict
+    directory: str  # the checkpoints folder
+
+
+def restore(
+    path: str,
+    step: int | None = None,
+    *,
+    mesh=None,
+    check: Callable[[ml_collections.ConfigDict, str], None] | None = None,
+) -> Restored:
+    """The checkpoint at ``path`` (newest step unless ``step`` or a step folder is given).
+
+    ``mesh``: restore replicated over it (default: the first local device, or
+    every device in a multi-process run). ``check(config, where)`` may refuse
+    the stored config, with one sentence, before any array is read.
+    """
+    directory, found = workdir.locate(path)
+    step = found if step is None else step
+    if mesh is None and jax.process_count() > 1:
+        mesh = mesh_lib.data_mesh()
+    sharding = SingleDeviceSharding(jax.local_devices()[0]) if mesh is None else mesh_lib.replicated(mesh)
+    ckpt = Checkpointer(directory, asynchronous=False)
+    try:
+        metadata = ckpt.metadata(step)
+        config = config_lib.from_stored(metadata["config"])
+        if check is not None:
+            check(config, workdir.step_folder(directory, metadata["step"]))
+        init_fn, _ = build.state_init(config)
+        abstract = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(init_fn)
+        )
+        state, metadata = ckpt.restore(abstract, metadata["step"])
+    finally:
+        ckpt.close()
+    return Restored(config, state, metadata, directory)
+
+
+def load(path: str, step: int | None = None) -> Pretrained:
+    """Loads the checkpoint at ``path`` (newest step unless ``step`` or a step folder is given)."""
+    restored = restore(path, step)
+    state = restored.state
+    return Pretrained(
+        restored.config, state.params, state.ema_params, int(state.step), restored.metadata, restored.directory
+    )
 
 
 @dataclasses.dataclass
@@ -42,8 +107,13 @@ class Pretrained:
     def schedule(self):
         return self._sampler.schedule
 
-    def denoiser(self, *, use_ema: bool = True, label=None):
-        """``denoise_fn(z, t) -> Prediction`` for :func:`pdist.samplers.sample`."""
+    def denoiser(self, *, use_ema: bool = True, label=None) -> Partial:
+        """``denoise_fn(z, t) -> Prediction`` for :func:`pdist.samplers.sample`, carrying the parameters.
+
+        The parameters are arguments of the compiled sampler, not constants:
+        the EMA and raw parameters (or any other checkpoint of this network)
+        share one compilation per shape and method.
+        """
         return build.denoiser(self.config, self.ema_params if use_ema else self.params, label)
 
     def sample(
@@ -64,13 +134,11 @@ class Pretrained:
         ``num_steps`` defaults to the checkpoint's ``config.sample.num_steps``: a
         distilled student's own step count.
         """
-        num_steps = self.config.sample.num_steps if num_steps is None else num_steps
-        params = self.ema_params if use_ema else self.params
         return self._sampler(
-            params,
+            self.ema_params if use_ema else self.params,
             num_samples,
             method=method,
-            num_steps=num_steps,
+            num_steps=self.config.sample.num_steps if num_steps is None else num_steps,
             seed=seed,
             clip_x=clip_x,
             labels=labels,
@@ -79,23 +147,89 @@ class Pretrained:
         )
 
 
-def load(path: str, step: int | None = None) -> Pretrained:
-    """Loads the checkpoint at ``path`` (newest step unless ``step`` or a step folder is given)."""
-    directory, found_step = locate(path)
-    step = found_step if step is None else step
-    ckpt = Checkpointer(directory, asynchronous=False)
-    try:
-        metadata = ckpt.metadata(step)
-        config = config_lib.from_stored(metadata["config"])
-        init_fn, _ = build.state_init(config)
-        if jax.process_count() > 1:
-            sharding = parallel.replicated(parallel.data_mesh())
-        else:
-            sharding = SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(init_fn)
-        )
-        state, metadata = ckpt.restore(abstract, metadata["step"])
-    finally:
-        ckpt.close()
-    return Pretrained(config, state.params, state.ema_params, int(state.step), metadata, directory)
+class ImageSampler:
+    """``sampler(params, n, method=..., num_steps=..., seed=...) -> [n, H, W, C]`` numpy in [-1, 1].
+
+    Each batch is split over every device of every process (the last batch
+    zero-padded to a multiple of the device count) and gathered back, so every
+    process returns all ``n`` images; in a multi-process run every process must
+    make the same call. The noise is drawn from ``(seed, batch start)`` inside
+    the program before the split (:func:`pdist.rng.sample_key`), so
+    deterministic samplers give the same images on any number of devices and
+    processes.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+        self.config = config
+        self.schedule = build.schedule(config)
+        self.shape = build.image_shape(config)
+        self.num_classes = config.data.num_classes if config.model.class_conditional else 0
+        self.mesh = mesh_lib.data_mesh() if mesh is None else mesh
+        self._compiled = {}
+
+    def _program(self, method: str, num_steps: int, clip_x: bool, n: int):
+        k = (method, num_steps, clip_x, n)
+        if k not in self._compiled:
+            pad = -n % self.mesh.devices.size
+
+            def run(params, seed_start, label):
+                k_noise, k_sample = jax.random.split(rng.sample_key(seed_start[0], seed_start[1]))
+                noise = jax.random.normal(k_noise, (n, *self.shape), jnp.float32)
+                noise = jnp.pad(noise, [(0, pad)] + [(0, 0)] * len(self.shape))
+                noise = jax.lax.with_sharding_constraint(noise, mesh_lib.batch_sharded(self.mesh))
+                x = samplers.sample(
+                    build.denoiser(self.config, params, label),
+                    self.schedule,
+                    noise,
+                    method=method,
+                    num_steps=num_steps,
+                    key=k_sample,
+                    clip_x=clip_x,
+                )
+                return x[:n]
+
+            self._compiled[k] = jax.jit(run, out_shardings=mesh_lib.replicated(self.mesh))
+        return self._compiled[k]
+
+    def __call__(
+        self,
+        params,
+        num_samples: int,
+        *,
+        method: str = "ddim",
+        num_steps: int = 128,
+        seed: int = 0,
+        clip_x: bool = True,
+        labels=None,
+        batch_size: int = 256,
+        log_every_seconds: float | None = None,
+    ) -> np.ndarray:
+        """``log_every_seconds``: log progress (images, images/s, ETA) at most this often."""
+        samplers.nfe(method, num_steps, self.schedule)  # unknown method: one sentence, before compiling
+        if labels is None and self.num_classes:
+            labels = np.arange(num_samples) % self.num_classes
+        params = mesh_lib.put_replicated(params, self.mesh)
+        out, began, logged = [], time.time(), time.time()
+        for start in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - start)
+            label = (
+                None
+                if labels is None
+                else mesh_lib.shard_rows(np.asarray(labels[start : start + n], np.int32), self.mesh)
+            )
+            seed_start = mesh_lib.replicate(np.asarray([seed, start], np.int32), self.mesh)
+            out.append(np.asarray(self._program(method, num_steps, clip_x, n)(params, seed_start, label)))
+            preemption.check("sampling")
+            done = start + n
+            if log_every_seconds is not None and (time.time() - logged >= log_every_seconds or done == num_samples):
+                logged, rate = time.time(), done / max(time.time() - began, 1e-9)
+                logging.info(
+                    "%s:%d generated %d/%d (%.1f images/s, ETA %.0fs)",
+                    method,
+                    num_steps,
+                    done,
+                    num_samples,
+                    rate,
+                    (num_samples - done) / rate,
+                )
+        return np.concatenate(out)

@@ -198,6 +198,11 @@ SCHEDULES = {
 }
 
 
+def is_discrete(name: str) -> bool:
+    """Whether the schedule ``name`` has T levels (and needs ``num_timesteps``)."""
+    return issubclass(SCHEDULES[name], DiscreteSchedule)
+
+
 def get_schedule(name: str, **kwargs) -> Schedule:
     """Builds a schedule by name (``SCHEDULES`` keys) with its keyword arguments."""
     if name not in SCHEDULES:

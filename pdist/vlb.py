@@ -21,8 +21,6 @@ from pdist.diffusion import Prediction, Transition
 
 Array = jax.Array
 
-MODEL_VARIANCES = ("small", "large", "learned")
-
 
 def normal_kl(mean1: Array, logvar1: Array, mean2: Array, logvar2: Array) -> Array:
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise, in nats."""
@@ -82,16 +80,15 @@ def step_transition(schedule, t: Array, num_timesteps: int) -> tuple[Transition,
 def model_log_variance(
     kind: str, tr: Transition, log_beta_tilde_clipped: Array, is_decoder: Array, var_frac: Array | None, like: Array
 ) -> Array:
-    """log Sigma of p(z_s | z_t): ``small`` beta_tilde, ``large`` beta, ``learned`` (IDDPM Eq. 15)."""
-    if kind == "small":
-        return diffusion.bcast(log_beta_tilde_clipped, like) * jnp.ones_like(like)
+    """log Sigma of p(z_s | z_t) for a :data:`pdist.diffusion.VARIANCES` kind, broadcast like ``like``.
+
+    As Improved DDPM does, beta_tilde is the clipped one (the next level's at the
+    decoder step, where it is 0), and ``large`` uses it at the decoder step too.
+    """
+    tr = tr._replace(log_beta_tilde=log_beta_tilde_clipped)
     if kind == "large":
-        return diffusion.bcast(jnp.where(is_decoder, log_beta_tilde_clipped, tr.log_beta), like) * jnp.ones_like(like)
-    if kind == "learned":
-        if var_frac is None:
-            raise ValueError("model variance 'learned' needs a model with learned_variance=True.")
-        return diffusion.learned_log_variance(tr, var_frac, log_beta_tilde_clipped)
-    raise ValueError(f"Unknown model variance {kind!r}; choose one of {list(MODEL_VARIANCES)}.")
+        tr = tr._replace(log_beta=jnp.where(is_decoder, log_beta_tilde_clipped, tr.log_beta))
+    return diffusion.bcast(diffusion.log_variance(kind, tr, var_frac), like) * jnp.ones_like(like)
 
 
 def vlb_term_bpd(x: Array, z_t: Array, pred: Prediction, tr: Transition, log_var: Array, is_decoder: Array) -> Array:

@@ -1,17 +1,28 @@
-"""Test configuration: CPU only, a persistent compilation cache, and the digits dataset built once."""
+"""Fixtures: CPU only, a persistent compilation cache, the digits dataset built once, one evaluator cache, and
+trained workdirs shared by the tests that only read them (helpers live in tests/helpers.py)."""
 
 import os
+import shutil
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from helpers import JAX_CACHE, REPO, run_main, small_config  # noqa: E402
 
-CACHE = os.path.expanduser("~/.cache/pdist/jax")
-jax.config.update("jax_compilation_cache_dir", CACHE)
+jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The README's main command, shortened: what test_cli and test_reliability read.
+SHORT = [
+    "--config.train.num_steps=20",
+    "--config.train.log_every=10",
+    "--config.train.checkpoint_every=10",
+    "--config.train.sample_every=0",
+    "--config.train.num_grid_samples=16",
+    "--config.sample.num_steps=8",
+    "--config.sample.num_samples=16",
+]
 
 
 @pytest.fixture(scope="session")
@@ -37,51 +48,30 @@ def evaluator_cache(tmp_path_factory):
         os.environ["PDIST_CACHE"] = previous
 
 
-def run_on_cpu_devices(script: str, devices: int = 4) -> dict:
-    """Runs ``script`` in a fresh Python with ``devices`` forced CPU devices; returns its last stdout line as JSON."""
-    import json
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, env=main_env(devices), capture_output=True, text=True, timeout=600
-    )
+@pytest.fixture(scope="session")
+def cli_workdir(tmp_path_factory, tfds_dir):
+    """The README's main command, 20 steps: a teacher workdir written from the shell (read, never changed)."""
+    path = str(tmp_path_factory.mktemp("digits_run"))
+    out = run_main(f"--workdir={path}", f"--config.data.data_dir={tfds_dir}", *SHORT)
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return path
 
 
-def config_file(name: str, variant: str | None = None):
-    from pdist.config import from_file
+@pytest.fixture(scope="session")
+def small_teacher(tmp_path_factory, tfds_dir):
+    """A 30-step teacher of :func:`helpers.small_config` at batch 32, trained in-process (read, never changed)."""
+    from pdist.jobs import train
 
-    return from_file(os.path.join(REPO, "configs", f"{name}.py"), variant)
-
-
-def main_command(*args, config: str = "configs/digits.py") -> list[str]:
-    """``python -m pdist.main --config=CONFIG ARGS`` as an argument list."""
-    import sys
-
-    return [sys.executable, "-m", "pdist.main", f"--config={config}", *args]
+    config = small_config(tfds_dir, num_steps=30, batch_size=32)
+    path = str(tmp_path_factory.mktemp("teacher"))
+    train.run(config, path)
+    return path
 
 
-def main_env(devices: int = 1) -> dict:
-    """The environment a CLI run in the tests gets: CPU only, ``devices`` forced devices, the tests' JAX cache."""
-    return dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_COMPILATION_CACHE_DIR=CACHE,
-    )
-
-
-def run_main(*args, config: str = "configs/digits.py", devices: int = 1, timeout: int = 900):
-    """Runs the command line to completion; returns the CompletedProcess (text stdout/stderr)."""
-    import subprocess
-
-    return subprocess.run(
-        main_command(*args, config=config),
-        cwd=REPO,
-        env=main_env(devices),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+@pytest.fixture
+def legacy_teacher(tmp_path):
+    """A copy of a teacher workdir written by pdist before the run-layer refactor (commit 5c89b90): 4 steps of
+    helpers.small_config with num_res_blocks=1 and batch 16 (tests/fixtures/legacy_teacher)."""
+    path = tmp_path / "legacy_teacher"
+    shutil.copytree(os.path.join(REPO, "tests", "fixtures", "legacy_teacher"), path)
+    return str(path)

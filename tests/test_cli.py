@@ -3,33 +3,14 @@ pdist.load and the notebook (bad input and interruptions: tests/test_reliability
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, run_main
-
-SHORT = [
-    "--config.train.num_steps=20",
-    "--config.train.log_every=10",
-    "--config.train.checkpoint_every=10",
-    "--config.train.sample_every=0",
-    "--config.train.num_grid_samples=16",
-    "--config.sample.num_steps=8",
-    "--config.sample.num_samples=16",
-]
+from helpers import REPO, run_main, run_script
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tfds_dir):
-    path = str(tmp_path_factory.mktemp("digits_run"))
-    out = run_main(f"--workdir={path}", f"--config.data.data_dir={tfds_dir}", *SHORT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return path
-
-
-def test_short_main_run_leaves_checkpoints_grids_and_samples(workdir):
+def test_short_main_run_leaves_checkpoints_grids_and_samples(cli_workdir):
+    workdir = cli_workdir
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
     assert os.path.exists(os.path.join(workdir, "grids", "step_00000020.png"))
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
@@ -38,9 +19,11 @@ def test_short_main_run_leaves_checkpoints_grids_and_samples(workdir):
     assert os.path.exists(os.path.join(workdir, "samples.png"))
 
 
-def test_sample_mode_writes_grid_and_npz(workdir, tfds_dir):
+def test_sample_mode_writes_grid_and_npz(cli_workdir, tmp_path):
+    workdir = str(tmp_path / "w")  # the samples go to this workdir, the checkpoint is read from the shared one
     out = run_main(
         f"--workdir={workdir}",
+        f"--config.sample.checkpoint={cli_workdir}",
         "--config.mode=sample",
         "--config.sample.method=heun",
         "--config.sample.num_steps=4",
@@ -53,9 +36,11 @@ def test_sample_mode_writes_grid_and_npz(workdir, tfds_dir):
     np.testing.assert_array_equal(npz["images"], np.clip(np.round((npz["samples"] + 1) * 127.5), 0, 255))
 
 
-def test_eval_mode_scores_each_sampler_over_seeds_and_the_nll(workdir, tfds_dir, evaluator_cache):
+def test_eval_mode_scores_each_sampler_over_seeds_and_the_nll(cli_workdir, tfds_dir, evaluator_cache, tmp_path):
+    workdir = str(tmp_path / "w")
     out = run_main(
         f"--workdir={workdir}",
+        f"--config.eval.checkpoint={cli_workdir}",
         "--config.mode=eval",
         "--config.eval.samplers=ddim:4,ddpm:4",
         "--config.eval.num_samples=64",
@@ -90,17 +75,20 @@ def test_eval_mode_scores_each_sampler_over_seeds_and_the_nll(workdir, tfds_dir,
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(folder))
     # The same seed through pdist.load and the evaluator in this process gives the same Frechet distance.
     import pdist
-    from pdist.evaluation import DigitsEvaluator
+    from pdist.data.pipeline import load_split
+    from pdist.evaluation import DigitsEvaluator, frechet_distance, gaussian_stats
 
-    x = pdist.load(workdir).sample(64, method="ddim", num_steps=4, seed=1)
-    fd = DigitsEvaluator(data_dir=tfds_dir, cache_dir=evaluator_cache).frechet(x)
+    x = pdist.load(cli_workdir).sample(64, method="ddim", num_steps=4, seed=1)
+    evaluator = DigitsEvaluator(data_dir=tfds_dir, cache_dir=evaluator_cache)
+    train_images = load_split("digits", "train", tfds_dir, 8, 1)["image"]
+    fd = frechet_distance(*gaussian_stats(evaluator.features(x)), *gaussian_stats(evaluator.features(train_images)))
     assert fd == pytest.approx(result["rows"][0]["per_seed"][1]["fd"], rel=1e-4)
 
 
-def test_distill_command_runs_its_round_and_a_rerun_resumes_without_training(workdir, tfds_dir, tmp_path):
+def test_distill_command_runs_its_round_and_a_rerun_resumes_without_training(cli_workdir, tfds_dir, tmp_path):
     args = [
         f"--workdir={tmp_path / 'distill'}",
-        f"--config.distill.teacher={workdir}",
+        f"--config.distill.teacher={cli_workdir}",
         f"--config.data.data_dir={tfds_dir}",
         "--config.distill.start_steps=4",
         "--config.distill.final_steps=2",
@@ -126,30 +114,18 @@ def test_distill_command_runs_its_round_and_a_rerun_resumes_without_training(wor
         assert f.read() == table
 
 
-LOAD = """
-import sys, numpy as np, pdist
-model = pdist.load(sys.argv[1])
-x = model.sample(16, method="ddim", num_steps=8, seed=3)
-y = model.sample(16, method="ddim", num_steps=8, seed=3)
-assert model.step == 20 and x.shape == (16, 8, 8, 1) and np.array_equal(x, y)
-assert "train" not in sys.modules and "pdist.train" not in sys.modules
-print(float(np.abs(x).max()))
-"""
+def test_load_samples_in_a_fresh_process_without_training_code(cli_workdir):
+    result = run_script("load_fresh", cli_workdir, "20", devices=1)
+    assert 0.0 < result["max_abs"] <= 1.0 + 1e-3
+    assert result["training_modules"] == []
 
 
-def test_load_samples_in_a_fresh_process(workdir):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", LOAD, workdir], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert 0.0 < float(out.stdout.strip().splitlines()[-1]) <= 1.0 + 1e-3
-
-
-def test_notebook_runs_on_the_checkpoint(workdir):
+def test_notebook_runs_on_the_checkpoint(cli_workdir):
     import nbclient
     import nbformat
 
     nb = nbformat.read(os.path.join(REPO, "examples", "colab_quickstart.ipynb"), as_version=4)
-    os.environ["PDIST_CHECKPOINT"] = workdir
+    os.environ["PDIST_CHECKPOINT"] = cli_workdir
     os.environ["JAX_PLATFORMS"] = "cpu"
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": REPO}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import config_file
+from helpers import config_file
 from sklearn.datasets import load_digits
 
 from pdist.data import DatasetUnavailableError, builder, process_split, train_batches

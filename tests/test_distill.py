@@ -1,5 +1,6 @@
-"""Progressive distillation: students reproduce their teacher's 2N steps in N; rounds halve, are tagged,
-resume bit-identically (also after SIGTERM); the teacher stays frozen; a teacher that does not fit is refused in one sentence."""
+"""Distillation: progressive students reproduce their teacher's 2N steps in N; rounds halve, are tagged, resume
+bit-identically (also after SIGTERM); the teacher stays frozen and a round traces once; a teacher that does not fit
+is refused in one sentence; every method of the table checks, schedules and trains."""
 
 import json
 import os
@@ -8,19 +9,26 @@ import signal
 import threading
 import time
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import config_file
+from helpers import assert_same_tree, config_file
 
 import pdist
-from pdist import build, diffusion, distill, losses, oracles, parallel, preemption, samplers, train, train_step
+from pdist import build, diffusion, losses, oracles, samplers
 from pdist import schedules as sc
 from pdist.config import validate
-from pdist.errors import Preempted
+from pdist.distillation import METHODS, Round, progressive
+from pdist.errors import ConfigError, Preempted
+from pdist.jobs import distill
+from pdist.pretrained import restore
+from pdist.runtime import mesh as mesh_lib
+from pdist.runtime import preemption, workdir
+from pdist.runtime import step as step_lib
 
 # --- 2-D mixture with a small MLP teacher, through the same train step -------------------------------
 
@@ -41,14 +49,14 @@ def test_students_reproduce_their_teachers_two_steps_on_a_2d_mixture():
 
     def fit(loss_fn, params, steps, lr, batch, seed, *loss_args):
         tx = optax.adam(optax.linear_schedule(lr, 0.0, steps))
-        step = train_step.make_train_step(loss_fn, tx, ema_decay=0.0)
+        step = step_lib.make_train_step(loss_fn, tx, ema_decay=0.0)
 
         def body(state, i):
             x = data.sample(jax.random.fold_in(jax.random.key(seed), i), batch)
             return step(state, {"image": x}, jax.random.key(seed + 1), *loss_args)[0], None
 
         run = jax.jit(lambda s: jax.lax.scan(body, s, jnp.arange(steps))[0])
-        return run(train_step.init_state(params, tx)).params
+        return run(step_lib.init_state(params, tx)).params
 
     def ddim(params, noise, n):
         def den(z, t):
@@ -69,7 +77,7 @@ def test_students_reproduce_their_teachers_two_steps_on_a_2d_mixture():
 
     current, errors = teacher, {}
     for n in (4, 2, 1):
-        loss = losses.make_distillation_loss(
+        loss = progressive.make_loss(
             apply_fn, schedule, parameterization="v", weighting="snr_plus_one", num_student_steps=n
         )
         student = fit(loss, current, 400, 1e-3, 256, 100 + n, current)
@@ -95,19 +103,6 @@ def _tiny(config, tfds_dir):
     return config
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory, tfds_dir):
-    config = _tiny(config_file("digits"), tfds_dir)
-    config.train.num_steps = 30
-    config.train.sample_every = 0
-    config.train.num_grid_samples = 4
-    config.sample.num_steps = 4
-    config.sample.num_samples = 8
-    path = str(tmp_path_factory.mktemp("teacher"))
-    train.train_and_evaluate(config, path)
-    return path
-
-
 def _distill_config(tfds_dir, teacher_dir):
     config = _tiny(config_file("digits_distill"), tfds_dir)
     config.distill.teacher = teacher_dir
@@ -122,9 +117,14 @@ def _distill_config(tfds_dir, teacher_dir):
 
 
 @pytest.fixture(scope="module")
+def teacher_dir(small_teacher):
+    return small_teacher
+
+
+@pytest.fixture(scope="module")
 def whole(tmp_path_factory, tfds_dir, teacher_dir):
     path = str(tmp_path_factory.mktemp("distill_whole"))
-    rows = distill.distill(_distill_config(tfds_dir, teacher_dir), path)
+    rows = distill.run(_distill_config(tfds_dir, teacher_dir), path)
     return path, rows
 
 
@@ -141,7 +141,7 @@ def test_rounds_halve_and_each_student_is_tagged_and_samples_with_its_steps(whol
         "round_03_1steps",
     ]
     for w in rows:
-        student = pdist.load(os.path.join(path, distill.round_name(w["round"], w["steps"])))
+        student = pdist.load(workdir.round_dir(path, w["round"], w["steps"]))
         assert student.step == w["updates"]
         assert (student.metadata["round"], student.metadata["sampling_steps"]) == (w["round"], w["steps"])
         assert np.isfinite(w["final_loss"]) and w["rmse_student"] >= 0
@@ -170,17 +170,16 @@ def test_a_run_interrupted_in_round_2_resumes_to_identical_parameters(whole, tmp
         os.path.join(path, "round_02_2steps", "checkpoints", "2"), cut / "round_02_2steps" / "checkpoints" / "2"
     )
     events_before = sorted(os.listdir(cut / "round_01_4steps"))
-    resumed = distill.distill(_distill_config(tfds_dir, teacher_dir), str(cut))
+    resumed = distill.run(_distill_config(tfds_dir, teacher_dir), str(cut))
     assert sorted(os.listdir(cut / "round_01_4steps")) == events_before  # round 1 was not run again
     strip = lambda rs: [{k: v for k, v in w.items() if k != "seconds"} for w in rs]  # noqa: E731
     assert strip(resumed) == strip(rows)
     for name in ("round_02_2steps", "round_03_1steps"):
         a, b = pdist.load(os.path.join(path, name)), pdist.load(str(cut / name))
         assert a.step == b.step
-        for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
-            np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+        assert_same_tree(a.params, b.params)
     # Rerunning a finished distillation trains nothing and changes nothing.
-    again = distill.distill(_distill_config(tfds_dir, teacher_dir), str(cut))
+    again = distill.run(_distill_config(tfds_dir, teacher_dir), str(cut))
     assert again == resumed
 
 
@@ -202,46 +201,40 @@ def test_sigterm_in_round_2_saves_and_the_rerun_is_bit_identical(whole, tmp_path
         watcher.start()
         try:
             with pytest.raises(Preempted, match="Stopped by SIGTERM"):
-                distill.distill(_distill_config(tfds_dir, teacher_dir), str(cut))
+                distill.run(_distill_config(tfds_dir, teacher_dir), str(cut))
         finally:
             done.set()
             watcher.join()
-    resumed = distill.distill(_distill_config(tfds_dir, teacher_dir), str(cut))
+    resumed = distill.run(_distill_config(tfds_dir, teacher_dir), str(cut))
     strip = lambda rs: [{k: v for k, v in w.items() if k != "seconds"} for w in rs]  # noqa: E731
     assert strip(resumed) == strip(rows)
     for name in ("round_02_2steps", "round_03_1steps"):
         a, b = pdist.load(os.path.join(path, name)), pdist.load(str(cut / name))
         assert a.step == b.step
-        for u, v in zip(jax.tree.leaves((a.params, a.ema_params)), jax.tree.leaves((b.params, b.ema_params)),
-                        strict=True):  # fmt: skip
-            np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+        assert_same_tree((a.params, a.ema_params), (b.params, b.ema_params))
 
 
 def test_the_teacher_stays_frozen_and_a_round_traces_its_step_once(tfds_dir, teacher_dir, tmp_path, monkeypatch):
     config = _distill_config(tfds_dir, teacher_dir)
-    mesh = parallel.data_mesh()
-    teacher, _ = distill.load_teacher(config, mesh)
+    mesh = mesh_lib.data_mesh()
+    teacher = restore(teacher_dir, mesh=mesh).state.ema_params
     before = [np.array(a) for a in jax.tree.leaves(teacher)]
-    traces = []
     make = build.distillation_loss
 
-    def counting(config, n):
-        loss = make(config, n)
+    def traced_once(config, rnd):
+        loss = make(config, rnd)
+        return losses.Loss(chex.assert_max_traces(loss.fn, n=1), loss.draw)  # a second trace raises
 
-        def counted(*args):
-            traces.append(n)
-            return loss(*args)
-
-        return counted
-
-    monkeypatch.setattr(build, "distillation_loss", counting)
-    state, last = distill.run_round(config, str(tmp_path / "round"), 1, 4, teacher, mesh)
-    assert traces == [4]
-    assert int(state.step) == 4 and last["sampling_steps"] == 4
+    chex.clear_trace_counter()
+    monkeypatch.setattr(build, "distillation_loss", traced_once)
+    rnd = Round(index=1, student_steps=4, teacher_steps=8, updates=4)
+    result = distill.run_round(config, str(tmp_path / "round"), rnd, teacher, mesh)
+    assert int(result.state.step) == 4 and result.metadata["sampling_steps"] == 4
     for a, b in zip(before, jax.tree.leaves(teacher), strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))
     moved = [
-        float(np.max(np.abs(a - np.asarray(b)))) for a, b in zip(before, jax.tree.leaves(state.params), strict=True)
+        float(np.max(np.abs(a - np.asarray(b))))
+        for a, b in zip(before, jax.tree.leaves(result.state.params), strict=True)
     ]
     assert max(moved) > 0  # ... while the student, which started as its copy, did move
 
@@ -260,7 +253,7 @@ def test_a_teacher_that_does_not_fit_is_refused_before_anything_is_written(
     section, name = key.split(".")
     config[section][name] = value
     with pytest.raises(distill.TeacherMismatchError, match=message):
-        distill.distill(config, str(tmp_path / "w"))
+        distill.run(config, str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w")
 
 
@@ -310,7 +303,7 @@ def test_each_distill_config_fits_its_teacher_config_with_the_papers_settings(na
         0.0,
     )
     assert (config.distill.start_steps, config.train.batch_size, config.optim.learning_rate) == (start, batch, lr)
-    assert distill.student_steps(config.distill.start_steps, config.distill.final_steps)[-1] == 1
+    assert progressive.rounds(config.distill)[-1].student_steps == 1
     assert (config.optim.schedule, config.optim.warmup_steps) == ("linear", 0)
     if name != "digits":
         assert (config.distill.updates_per_round, config.distill.updates_last_rounds) == (50_000, 100_000)
@@ -324,7 +317,7 @@ def test_labels_reach_teacher_and_student_of_a_class_conditional_model():
     params = build.init_params(config, jax.random.key(0))
     # Non-zero output layers, so that the class embedding shows in every output.
     params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)
-    loss = jax.jit(build.distillation_loss(config, 4))
+    loss = jax.jit(build.distillation_loss(config, Round(index=1, student_steps=4, teacher_steps=8, updates=1)))
     x = jax.random.uniform(jax.random.key(2), (8, 8, 8, 1), minval=-1, maxval=1)
     key = jax.random.key(3)
     labels = jnp.arange(8) % 10
@@ -333,3 +326,31 @@ def test_labels_reach_teacher_and_student_of_a_class_conditional_model():
     # A student identical to its teacher still misses x-tilde (two steps are not one), and by a
     # different amount when the class changes what both networks see.
     assert same > 0 and abs(same - other) > 1e-6 * same, (same, other)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_distillation_method_checks_schedules_and_trains(name):
+    method = METHODS[name]
+    config = _tiny(config_file("digits_distill"), None)
+    config.distill.method, config.distill.teacher = name, "anywhere"
+    validate(config)
+    rounds = method.rounds(config.distill)
+    assert [r.index for r in rounds] == list(range(1, len(rounds) + 1))
+    assert all(r.student_steps < r.teacher_steps and r.updates > 0 for r in rounds)
+    assert all(a.student_steps > b.student_steps for a, b in zip(rounds, rounds[1:], strict=False))
+    # The round's loss takes the teacher's parameters as an argument, and a gradient step on it lowers it.
+    params = build.init_params(config, jax.random.key(0))
+    teacher = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)
+    loss = build.distillation_loss(config, rounds[-1])
+    batch = {"image": jax.random.uniform(jax.random.key(2), (16, 8, 8, 1), minval=-1, maxval=1)}
+    key = jax.random.key(3)
+    value, grads = jax.jit(jax.value_and_grad(lambda p: loss(p, batch, key, teacher)[0]))(teacher)
+    lower = float(loss(jax.tree.map(lambda p, g: p - 1e-3 * g, teacher, grads), batch, key, teacher)[0])
+    assert 0 < lower < float(value)
+    # Its report is a row of its summary.
+    x = np.zeros((4, 8, 8, 1))
+    row = method.report(rounds[0], student=x, teacher=x + 0.1, target=x, final_loss=0.5, seconds=60.0)
+    assert row["round"] == 1 and str(rounds[0].student_steps) in method.summary([row])
+    config.distill.method = "no_such_method"
+    with pytest.raises(ConfigError, match="config.distill.method='no_such_method' is not valid"):
+        validate(config)

@@ -34,10 +34,16 @@ def test_digits_evaluator_is_accurate_cached_and_tells_digits_from_noise(tfds_di
     assert first.test_accuracy >= 0.97, first.test_accuracy
     again = DigitsEvaluator(data_dir=tfds_dir, cache_dir=evaluator_cache)  # loads the cached classifier
     np.testing.assert_array_equal(first.features(first.x_test), again.features(again.x_test))
-    test_fd = first.frechet(first.x_test)
+    from pdist.data.pipeline import load_split
+    from pdist.evaluation.score import Reference, score
+
+    train_images = load_split("digits", "train", tfds_dir, 8, 1)["image"]
+    reference = Reference.from_features(first.features(train_images), 300)
+    test_scores = score(first, reference, first.x_test)
     noise = np.clip(np.random.default_rng(0).normal(size=(300, 8, 8, 1)), -1, 1).astype(np.float32)
-    assert 10 * test_fd < first.frechet(noise)
-    assert first.class_histogram(first.x_test).sum() == pytest.approx(1.0)
+    assert 10 * test_scores["fd"] < score(first, reference, noise)["fd"]
+    histogram = np.asarray(test_scores["class_histogram"])
+    assert histogram.sum() == pytest.approx(1.0) and histogram.min() > 0.05  # the test split holds every class
     with pytest.raises(ValueError, match="takes \\[N, 8, 8, 1\\] images"):
         first.features(np.zeros((4, 32, 32, 3)))
 
@@ -122,26 +128,10 @@ def test_nll_bound_upper_bounds_exact_discretized_nll_and_tightens_with_t():
     assert 0 < gaps[4000] < 0.85 * gaps[1000], (exact, gaps)
 
 
-SHARDED_SAMPLING = """
-import json, jax, numpy as np
-from pdist import build, parallel
-from pdist.config import base_config
-from pdist.sample import ImageSampler
-config = base_config()
-config.model.ch, config.model.num_res_blocks = 8, 1
-params = build.init_params(config, jax.random.key(0))
-sampler = ImageSampler(config)
-split = sampler(params, 10, method="ddim", num_steps=4, seed=5, batch_size=6)  # batches of 6 and 4, padded to 8 and 4
-devices = sampler.mesh.devices.size
-single = ImageSampler(config, mesh=parallel.data_mesh(jax.devices()[:1]))(params, 10, method="ddim", num_steps=4, seed=5, batch_size=6)
-print(json.dumps({"devices": devices, "err": float(np.abs(split - single).max()), "shape": list(split.shape)}))
-"""
-
-
 def test_sampling_splits_batches_over_devices_with_the_same_images():
-    from conftest import run_on_cpu_devices
+    from helpers import run_script
 
-    result = run_on_cpu_devices(SHARDED_SAMPLING)
+    result = run_script("sharded_sampling", devices=4)
     assert result["devices"] == 4 and result["shape"] == [10, 8, 8, 1]
     assert result["err"] < 1e-5, result
 
@@ -156,7 +146,7 @@ def test_sampling_splits_batches_over_devices_with_the_same_images():
     ],
 )
 def test_eval_settings_fail_with_one_sentence(overrides, message):
-    from conftest import config_file
+    from helpers import config_file
 
     from pdist import config as config_lib
 

@@ -7,6 +7,7 @@ import pytest
 from pdist import diffusion, losses, oracles
 from pdist import schedules as sc
 from pdist.diffusion import Prediction
+from pdist.distillation import progressive
 
 
 def _exact_teacher(data, schedule):
@@ -30,7 +31,7 @@ def test_one_student_step_on_x_tilde_lands_on_two_teacher_steps(schedule, num_st
     t = i.astype(jnp.float32) / num_steps
     x = data.sample(jax.random.key(0), n)
     z = diffusion.diffuse(x, jax.random.normal(jax.random.key(1), x.shape), schedule.logsnr(t))
-    x_tilde = losses.distillation_target(teacher, schedule, z, t, num_steps)
+    x_tilde = progressive.distillation_target(teacher, schedule, z, t, num_steps)
     # Two teacher DDIM steps, written out independently.
     t_mid, t_next = t - 0.5 / num_steps, t - 1.0 / num_steps
     a_m, s_m = schedule.alpha_sigma(t_mid)
@@ -67,11 +68,11 @@ def test_distillation_loss_is_zero_for_a_student_that_outputs_the_target(paramet
 
     def apply_fn(params, z, t, label, key):
         # The teacher is the exact denoiser, the student outputs x_tilde: both in ``parameterization``.
-        x = teacher(z, t).x if params == "teacher" else losses.distillation_target(teacher, schedule, z, t, N)
+        x = teacher(z, t).x if params == "teacher" else progressive.distillation_target(teacher, schedule, z, t, N)
         return params_scale(params) * _raw_output(x, z, schedule.logsnr(t), parameterization)
 
     params_scale = lambda p: 0.9 if p == "wrong" else 1.0  # noqa: E731
-    loss_fn = losses.make_distillation_loss(
+    loss_fn = progressive.make_loss(
         apply_fn, schedule, parameterization=parameterization, weighting="snr_plus_one", num_student_steps=N
     )
     batch = {"image": data.sample(jax.random.key(2), 256)}
@@ -121,8 +122,10 @@ def test_hybrid_stops_the_vlb_gradient_on_the_mean():
     np.testing.assert_allclose(g_h["m"], g_m["m"], rtol=1e-6)  # the mean learns from L_simple only
     assert abs(float(g_h["v"])) > 0 and float(g_m["v"]) == 0.0
     assert abs(float(g_v["m"])) > 0  # L_vlb alone trains the mean too
-    _, metrics = hybrid(params, batch, key)
-    assert metrics["per_example_vlb"].shape == (32,) and float(metrics["vlb"]) > 0
+    _, aux = hybrid(params, batch, key)
+    assert aux.vlb_terms.shape == (32,) and float(aux.metrics["vlb"]) > 0
+    np.testing.assert_allclose(float(aux.metrics["vlb"]), float(aux.vlb_terms.mean()), rtol=1e-6)
+    assert mse(params, batch, key)[1].vlb_terms is None  # L_simple alone has no bound terms for the sampler
 
 
 def test_teacher_loss_decreases_under_training():

@@ -1,12 +1,14 @@
-"""The UNet: output shapes for every config family, variance/two-head channels, class conditioning."""
+"""The architectures: output shapes for every config family, variance/two-head channels, class conditioning,
+every row of the architecture table."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import config_file
+from helpers import config_file
 
 from pdist import build
+from pdist.models import ARCHITECTURES
 
 FAMILIES = [
     ("digits", None, 1),
@@ -68,3 +70,25 @@ def test_output_layers_start_at_zero_and_dropout_needs_train():
     det = apply(params, z, t, None, None)
     np.testing.assert_array_equal(det, apply(params, z, t, None, None))
     assert float(jnp.max(jnp.abs(det - apply(params, z, t, None, jax.random.key(3))))) > 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_every_architecture_builds_from_its_row_and_checks_its_settings(name):
+    from pdist.config import validate
+    from pdist.errors import ConfigError
+
+    config = config_file("digits")
+    config.model.name = name
+    validate(config)
+    net = build.network(config)
+    params = build.init_params(config, jax.random.key(0))
+    z = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+    out = net.apply({"params": params}, z, jnp.array([-3.0, 5.0]), None, train=False)
+    assert out.shape == (2, 8, 8, net.out_channels) and net.out_channels == 1  # v-parameterization, grey
+    # The row's validation sees its own settings: a model that cannot halve an 8x8 image 4 times is refused.
+    config.model.ch_mult = (1, 2, 2, 2, 2)
+    with pytest.raises(ConfigError, match="must be divisible by"):
+        validate(config)
+    config.model.name = "no_such_network"
+    with pytest.raises(ConfigError, match="config.model.name='no_such_network' is not valid"):
+        validate(config)

@@ -2,7 +2,6 @@
 and resume bit-identically; a corrupt checkpoint is named (or skipped when allowed); NaNs stop or are skipped."""
 
 import glob
-import hashlib
 import os
 import re
 import shutil
@@ -14,14 +13,15 @@ import jax
 import numpy as np
 import pytest
 from absl import flags
-from conftest import REPO, main_command, main_env, run_main
+from helpers import REPO, assert_same_state, main_command, main_env, one_sentence, run_main, small_config, snapshot
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_train import small_config
 
 import pdist
-from pdist import checkpoint, main, samplers, train
+from pdist import jobs, main, samplers
 from pdist.errors import InputError, NonFiniteError
+from pdist.jobs import train
+from pdist.runtime import checkpoint
 
 # A digits teacher small enough to train hundreds of steps in seconds from the command line.
 TINY = [
@@ -35,31 +35,6 @@ TINY = [
     "--config.optim.warmup_steps=10",
     "--config.train.log_every=10",
 ]
-
-
-def snapshot(path) -> dict | None:
-    """Every file under ``path`` with a hash of its bytes (None if ``path`` does not exist)."""
-    if not os.path.exists(path):
-        return None
-    out = {}
-    for root, dirs, files in os.walk(path):
-        for d in dirs:
-            out[os.path.relpath(os.path.join(root, d), path)] = "dir"
-        for f in files:
-            with open(os.path.join(root, f), "rb") as fh:
-                out[os.path.relpath(os.path.join(root, f), path)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
-
-
-def assert_same_state(workdir_a, workdir_b, step=None):
-    a, b = pdist.load(workdir_a, step), pdist.load(workdir_b, step)
-    assert a.step == b.step
-    for u, v in zip(jax.tree.leaves((a.params, a.ema_params)), jax.tree.leaves((b.params, b.ema_params)), strict=True):
-        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
-
-
-def one_sentence(message: str) -> bool:
-    return "\n" not in message.strip() and message.strip().endswith((".", "?")) and "Traceback" not in message
 
 
 @pytest.fixture(scope="module")
@@ -232,11 +207,11 @@ def test_bad_input_stops_in_one_sentence_and_changes_nothing(case, tfds_dir, uni
 def test_a_nan_stops_at_its_step_naming_the_last_good_checkpoint(tfds_dir, tmp_path):
     config = small_config(tfds_dir, num_steps=4, checkpoint_every=2, log_every=3, batch_size=16, keep_checkpoints=10)
     workdir = str(tmp_path / "w")
-    train.train_and_evaluate(config, workdir)
+    train.run(config, workdir)
     config.train.num_steps, config.train.checkpoint_every = 12, 1
     config.optim.learning_rate = 1e30  # one update to 1e30-sized weights, whose next loss overflows
     with pytest.raises(NonFiniteError) as info:
-        train.train_and_evaluate(config, workdir)
+        train.run(config, workdir)
     message = str(info.value)
     step = int(re.search(r"Non-finite values at step (\d+) \(", message).group(1))
     assert 5 < step <= 12 and one_sentence(message)
@@ -252,11 +227,11 @@ def test_a_nan_stops_at_its_step_naming_the_last_good_checkpoint(tfds_dir, tmp_p
 def test_skipped_updates_leave_the_state_and_are_counted_until_the_limit(tfds_dir, tmp_path):
     config = small_config(tfds_dir, num_steps=4, checkpoint_every=4, log_every=2, batch_size=16, keep_checkpoints=10)
     workdir = str(tmp_path / "w")
-    train.train_and_evaluate(config, workdir)
+    train.run(config, workdir)
     config.optim.learning_rate = 1e30
     config.train.skip_nonfinite = 20
     config.train.num_steps, config.train.checkpoint_every = 14, 1
-    train.train_and_evaluate(config, workdir)
+    train.run(config, workdir)
     final = pdist.load(workdir)
     skipped = final.metadata["skipped_updates"]
     assert 0 < skipped <= 9 and final.step == 14
@@ -267,7 +242,7 @@ def test_skipped_updates_leave_the_state_and_are_counted_until_the_limit(tfds_di
     # A resumed run carries the count on, and stops once it passes the limit.
     config.train.num_steps, config.train.skip_nonfinite = 40, skipped + 3
     with pytest.raises(NonFiniteError, match=rf"and {skipped + 4} updates were skipped \(limit {skipped + 3}\)"):
-        train.train_and_evaluate(config, workdir)
+        train.run(config, workdir)
 
 
 OVERRIDES = {
@@ -313,7 +288,7 @@ def test_random_overrides_end_in_a_run_or_one_sentence(overrides, tfds_dir, tmp_
     main.define_flags(fv, argv)
     try:
         main.parse(argv, fv)
-        main.run(fv.config, fv.workdir)
+        jobs.run(fv.config, fv.workdir)
     except InputError as e:
         assert one_sentence(str(e)), str(e)
         assert os.listdir(workdir) == []  # nothing written

@@ -1,7 +1,9 @@
 """Samplers against exact answers: the Gaussian's closed-form flow and a fine solve for a mixture."""
 
+import dataclasses
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -180,29 +182,72 @@ def test_reported_nfe_equals_evaluations_run(schedule):
             assert len(count) == samplers.nfe(method, n, schedule), (method, n)
 
 
-def test_traces_once_per_shape_and_program_size_is_independent_of_steps():
+def test_traces_once_per_shape_and_program_size_is_independent_of_steps(monkeypatch):
     schedule = sc.CosineLogSNR()
-    for method in samplers.METHODS:
-        calls = []
-
-        def den(z, t):
-            calls.append(1)  # runs only while tracing
-            return oracles.Denoiser(GAUSS, schedule)(z, t)
-
-        key = jax.random.key(0)
+    key = jax.random.key(0)
+    den = oracles.Denoiser(GAUSS, schedule)
+    for method, row in samplers.METHODS.items():
+        chex.clear_trace_counter()
+        # The method's function runs once per trace of its program; a second trace raises.
+        monkeypatch.setitem(
+            samplers.METHODS, method, dataclasses.replace(row, run=chex.assert_max_traces(row.run, n=1))
+        )
         samplers.sample(den, schedule, jnp.ones((8, 2)), method=method, num_steps=12, key=key)
-        traced = len(calls)
         samplers.sample(den, schedule, -jnp.ones((8, 2)), method=method, num_steps=12, key=key)
-        assert len(calls) == traced, method
+        monkeypatch.setitem(samplers.METHODS, method, row)  # other step counts are other shapes: other traces
 
         def size(n):
             times = jnp.asarray(sc.time_grid(schedule, n), jnp.float32)
+            options = tuple(samplers.METHODS[method].options)
             text = samplers._run.lower(
-                den, schedule, method, False, tuple(samplers.METHODS[method].options), times, jnp.ones((8, 2)), key
-            ).as_text()
+                samplers.as_pytree(oracles.Denoiser(GAUSS, schedule)), schedule, method, False, options, times,
+                jnp.ones((8, 2)), key,
+            ).as_text()  # fmt: skip
             return re.sub(r"\d+", "0", text)  # the scan length appears in shapes
 
         assert size(1000) == size(10), method
+
+
+def _largest_constant(text: str) -> int:
+    """The element count of the largest constant in a lowered program's text."""
+    sizes = [1]
+    for shape in re.findall(r"stablehlo\.constant dense<.*?> : tensor<([0-9x]*)x?f32>", text):
+        sizes.append(int(np.prod([int(d) for d in shape.split("x") if d])) if shape else 1)
+    return max(sizes)
+
+
+def test_a_network_denoiser_carries_its_parameters_as_arguments_not_constants():
+    """Two parameter sets of one network: one trace, and the weights never enter the program as constants."""
+    from pdist import build
+    from pdist.config import base_config
+
+    config = base_config()
+    config.model.ch, config.model.num_res_blocks = 8, 1
+    params = build.init_params(config, jax.random.key(0))
+    other = jax.tree.map(lambda p: p + 0.1, params)
+    first, second = build.denoiser(config, params), build.denoiser(config, other)
+    assert first.func == second.func and hash(first.func) == hash(second.func)  # one cache entry
+    schedule = build.schedule(config)
+    noise = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
+    chex.clear_trace_counter()
+    traced = chex.assert_max_traces(first.func.__call__, n=1)  # the static half of the denoiser; a retrace raises
+    outputs = [
+        samplers.sample(jax.tree_util.Partial(traced, *den.args), schedule, noise, method="ddim", num_steps=3)
+        for den in (first, second)
+    ]
+    assert float(jnp.abs(outputs[0] - outputs[1]).max()) > 1e-3  # the parameters did reach the program
+    # The public denoiser, lowered: its weights are arguments; no constant is anywhere near a weight's size.
+    times = jnp.asarray(sc.time_grid(schedule, 3), jnp.float32)
+    text = samplers._run.lower(first, schedule, "ddim", False, (("eta", 0.0),), times, noise, jax.random.key(0))
+    text = text.as_text()
+    largest_weight = max(p.size for p in jax.tree.leaves(params))
+    assert largest_weight >= 1000 and _largest_constant(text) < largest_weight / 10
+    # A closure over the same weights (what a denoiser must not be) does put them in the program.
+    closure = lambda z, t: first(z, t)  # noqa: E731
+    baked = samplers._run.lower(
+        samplers.as_pytree(closure), schedule, "ddim", False, (("eta", 0.0),), times, noise, jax.random.key(0)
+    ).as_text()
+    assert _largest_constant(baked) >= largest_weight
 
 
 @pytest.mark.parametrize(

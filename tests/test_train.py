@@ -1,44 +1,34 @@
-"""Teacher training: the loss goes down, EMA moves, resume is exact, 4 devices equal 1."""
+"""Teacher training: the loss goes down, EMA moves, resume is exact, 4 devices equal 1, every learning-rate
+schedule gives the rates its formula says, and a workdir written before the run-layer refactor still serves."""
 
 import os
 import shutil
-import textwrap
 
 import jax
 import numpy as np
-from conftest import config_file, run_on_cpu_devices
+import pytest
+from helpers import assert_same_tree, config_file, run_script, small_config
 
-from pdist import build, parallel, train, train_step
+import pdist
+from pdist import build, optim
 from pdist.data import train_batches
-
-
-def small_config(tfds_dir, **train_overrides):
-    config = config_file("digits")
-    config.data.data_dir = tfds_dir
-    config.model.ch = 8
-    config.model.head_dim = 16
-    config.train.batch_size = 64
-    config.train.sample_every = 0
-    config.train.num_grid_samples = 4
-    config.sample.num_steps = 4
-    config.sample.num_samples = 8
-    for k, v in train_overrides.items():
-        config.train[k] = v
-    return config
+from pdist.jobs import distill, train
+from pdist.runtime import mesh as mesh_lib
+from pdist.runtime import step as step_lib
 
 
 def test_loss_decreases_and_ema_moves(tfds_dir):
     config = small_config(tfds_dir, num_steps=300)
-    mesh = parallel.data_mesh()
-    init_fn, tx = build.state_init(config)
-    state = train_step.create_state(init_fn, mesh)
-    step = train_step.compile_step(train_step.make_train_step(build.loss_fn(config), tx, ema_decay=0.99), mesh)
+    mesh = mesh_lib.data_mesh()
+    init_fn, optimizer = build.state_init(config)
+    state = step_lib.create_state(init_fn, mesh)
+    step = step_lib.compile_step(step_lib.make_train_step(build.loss(config), optimizer.tx, ema_decay=0.99), mesh)
     batches = train_batches(config, local_batch_size=64)
     key = jax.random.key(0)
     losses = []
     for _ in range(300):
-        state, metrics = step(state, parallel.global_batch(next(batches), mesh), key)
-        losses.append(metrics["loss"])
+        state, metrics = step(state, mesh_lib.global_batch(next(batches), mesh), key)
+        losses.append(metrics.scalars["loss"])
     losses = np.asarray(jax.device_get(losses))
     first, last = losses[:20].mean(), losses[-20:].mean()
     assert last < 0.6 * first, (first, last)
@@ -49,58 +39,78 @@ def test_loss_decreases_and_ema_moves(tfds_dir):
 
 def test_resume_continues_and_matches_the_uninterrupted_run(tfds_dir, tmp_path):
     config = small_config(tfds_dir, num_steps=12, checkpoint_every=6, log_every=3)
-    whole = train.train_and_evaluate(config, str(tmp_path / "whole"))
+    whole = train.run(config, str(tmp_path / "whole"))
     # A run stopped after step 6: its workdir holds only that checkpoint.
     cut = tmp_path / "cut" / "checkpoints"
     os.makedirs(cut)
     shutil.copytree(tmp_path / "whole" / "checkpoints" / "6", cut / "6")
-    resumed = train.train_and_evaluate(config, str(tmp_path / "cut"))
+    resumed = train.run(config, str(tmp_path / "cut"))
     assert int(resumed.step) == int(whole.step) == 12
-    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_same_tree(whole, resumed)
     assert sorted(os.listdir(cut)) == ["12", "6"]
     assert os.path.exists(tmp_path / "cut" / "samples.npz")
-
-
-FOUR_DEVICES = textwrap.dedent(
-    """
-    import json, sys
-    import jax, numpy as np
-    sys.path.insert(0, "tests")
-    from conftest import config_file
-    from pdist import build, parallel, train_step
-
-    config = config_file("digits")
-    config.model.ch = 8
-    config.model.head_dim = 16
-    config.model.dropout = 0.0
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32),
-             "label": rng.integers(0, 10, 16).astype(np.int32)}
-    results, traces = {}, {}
-    for n in (1, 4):
-        mesh = parallel.data_mesh(jax.devices()[:n])
-        init_fn, tx = build.state_init(config)
-        state = train_step.create_state(init_fn, mesh)
-        count = [0]
-        loss = build.loss_fn(config)
-        def counted(*args):
-            count[0] += 1
-            return loss(*args)
-        step = train_step.compile_step(train_step.make_train_step(counted, tx, ema_decay=0.9), mesh)
-        for _ in range(3):
-            state, _ = step(state, parallel.global_batch(batch, mesh), jax.random.key(1))
-        results[n] = [np.asarray(a) for a in jax.tree.leaves(state.params)]
-        traces[n] = count[0]
-        assert len(state.params["Conv_0"]["kernel"].sharding.device_set) == n
-    err = max(float(np.max(np.abs(a - b))) for a, b in zip(results[1], results[4]))
-    print(json.dumps({"devices": jax.device_count(), "max_err": err, "traces": traces[4]}))
-    """
-)
+    # Both checkpoints at 12 logged the same windows: the same final loss in their metadata.
+    assert pdist.load(str(tmp_path / "cut")).metadata["loss"] == pdist.load(str(tmp_path / "whole")).metadata["loss"]
 
 
 def test_four_devices_match_one_and_trace_once():
-    result = run_on_cpu_devices(FOUR_DEVICES)
+    result = run_script("four_devices", devices=4)  # chex.assert_max_traces(n=1) inside
     assert result["devices"] == 4
-    assert result["traces"] == 1
     assert result["max_err"] < 1e-5
+
+
+@pytest.mark.parametrize("schedule", optim.SCHEDULES)
+def test_every_learning_rate_schedule_follows_its_formula(schedule):
+    config = config_file("digits").optim
+    config.learning_rate, config.warmup_steps, config.schedule = 0.1, 10, schedule
+    total = 110
+    rate = optim.optimizer(config, total).learning_rate
+    steps = np.arange(0, total + 1)
+    got = np.asarray([float(rate(s)) for s in steps])
+    z = np.clip((steps - 10) / 100, 0, 1)  # the fraction of the decay done after warm-up
+    after = {
+        "constant": np.full_like(z, 0.1),
+        "linear": 0.1 * (1 - z),
+        "cosine": 0.1 * 0.5 * (1 + np.cos(np.pi * z)),
+        "rex": 0.1 * (1 - z) / (1 - z / 2),
+    }[schedule]
+    expected = np.where(steps < 10, 0.1 * steps / 10, after)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-8)
+    assert got[0] == 0.0 and got[10] == pytest.approx(0.1)
+    if schedule != "constant":
+        assert got[-1] == pytest.approx(0.0, abs=1e-9)
+    # The optimizer applies that rate: Adam's first update of a parameter with gradient g is -rate * sign(g).
+    config.grad_clip = 0.0
+    tx = optim.optimizer(config, total).tx
+    params = np.zeros(3, np.float32)
+    state = tx.init(params)
+    for _ in range(12):
+        updates, state = tx.update(np.array([1.0, -2.0, 0.5], np.float32), state, params)
+    # After 12 steps of a constant gradient Adam's normalized direction is ~sign(g) (bias-corrected): rate(11).
+    np.testing.assert_allclose(np.asarray(updates), -got[11] * np.sign([1.0, -2.0, 0.5]), rtol=1e-4)
+
+
+def test_a_workdir_written_before_the_refactor_loads_resumes_and_teaches(legacy_teacher, tfds_dir, tmp_path):
+    model = pdist.load(legacy_teacher)
+    assert model.step == 4 and model.config.model.name == "unet"  # a key it was written without
+    x = model.sample(4, method="ddim", num_steps=2, seed=0)
+    assert x.shape == (4, 8, 8, 1) and np.isfinite(x).all()
+    # It resumes: steps 5 and 6 train from its checkpoint.
+    config = small_config(tfds_dir, num_steps=6, checkpoint_every=2, log_every=2, batch_size=16)
+    config.model.num_res_blocks = 1
+    config.sample.num_steps, config.sample.num_samples = 2, 4
+    state = train.run(config, legacy_teacher)
+    assert int(state.step) == 6
+    moved = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
+             zip(jax.tree.leaves(state.params), jax.tree.leaves(model.params), strict=True)]  # fmt: skip
+    assert max(moved) > 0
+    # ... and it teaches: one distillation round from its step-4 checkpoint.
+    student = config_file("digits_distill")
+    student.data.data_dir, student.model.ch, student.model.head_dim = tfds_dir, 8, 16
+    student.model.num_res_blocks, student.train.batch_size = 1, 16
+    student.distill.teacher = os.path.join(legacy_teacher, "checkpoints", "4")
+    student.distill.start_steps, student.distill.final_steps = 4, 2
+    student.distill.updates_per_round = student.distill.updates_last_rounds = 2
+    student.distill.fidelity_samples, student.train.log_every, student.train.checkpoint_every = 4, 1, 2
+    (row,) = distill.run(student, str(tmp_path / "distill"))
+    assert (row["round"], row["steps"], row["updates"]) == (1, 2, 2) and np.isfinite(row["final_loss"])

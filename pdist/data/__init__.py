@@ -1,5 +1,19 @@
 """Input pipelines (the only TensorFlow user in pdist)."""
 
-from pdist.data.pipeline import DatasetUnavailableError, builder, process_split, train_batches, training_builder
+from pdist.data.pipeline import (
+    DatasetUnavailableError,
+    builder,
+    process_batches,
+    process_split,
+    train_batches,
+    training_builder,
+)
 
-__all__ = ["DatasetUnavailableError", "builder", "process_split", "train_batches", "training_builder"]
+__all__ = [
+    "DatasetUnavailableError",
+    "builder",
+    "process_batches",
+    "process_split",
+    "train_batches",
+    "training_builder",
+]

@@ -22,6 +22,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
+from pdist import rng
 from pdist.data import digits  # noqa: F401  (registers the "digits" builder)
 from pdist.errors import InputError
 
@@ -80,10 +81,10 @@ def check_split(b: tfds.core.DatasetBuilder, split: str, name: str = "config.dat
         )
 
 
-def training_builder(d: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+def training_builder(settings: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     """The prepared builder of ``config.data``, its split checked (one sentence if either is wrong)."""
-    b = builder(d.name, d.data_dir)
-    check_split(b, d.split)
+    b = builder(settings.name, settings.data_dir)
+    check_split(b, settings.split)
     return b
 
 
@@ -123,25 +124,42 @@ def train_batches(
     Yields numpy dicts: ``image`` [local_batch, H, W, C] float32 in [-1, 1] and
     ``label`` [local_batch] int32 where the dataset has labels.
     """
-    d = config.data
+    settings = config.data
     seed = config.seed if seed is None else seed
-    b = training_builder(d)
-    split = process_split(d.split, process_index, process_count)
+    b = training_builder(settings)
+    split = process_split(settings.split, process_index, process_count)
     ds = b.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
     ds = ds.map(lambda r: {k: r[k] for k in ("image", "label") if k in r})
-    if d.cache:
+    if settings.cache:
         ds = ds.cache()
-    ds = ds.shuffle(d.shuffle_buffer, seed=seed + process_index, reshuffle_each_iteration=True).repeat()
+    ds = ds.shuffle(settings.shuffle_buffer, seed=seed + process_index, reshuffle_each_iteration=True).repeat()
     ds = ds.enumerate().skip(start_step * local_batch_size)
     ds = ds.map(
         lambda i, r: _preprocess(
-            r, i, size=d.image_size, channels=d.channels, flip=d.random_flip, seed=seed * 1000 + process_index
+            r,
+            i,
+            size=settings.image_size,
+            channels=settings.channels,
+            flip=settings.random_flip,
+            seed=seed * 1000 + process_index,
         ),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
     ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return iter(tfds.as_numpy(ds))
+
+
+def process_batches(config: ml_collections.ConfigDict, start_step: int, phase: int) -> Iterator[dict[str, np.ndarray]]:
+    """This process's rows of every global batch of ``phase`` (:mod:`pdist.rng`) from ``start_step`` on."""
+    return train_batches(
+        config,
+        local_batch_size=config.train.batch_size // jax.process_count(),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        start_step=start_step,
+        seed=rng.data_seed(config.seed, phase),
+    )
 
 
 def load_split(name: str, split: str, data_dir: str | None, size: int, channels: int) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ import zipfile
 import numpy as np
 from flax import traverse_util
 
-from pdist import files
+from pdist.runtime import files
 
 _DTYPES = {
     "FloatStorage": np.float32,

@@ -2,7 +2,7 @@
 
 Trained deterministically on the digits train split (fixed init, fixed batch
 order and augmentation, CPU float32) the first time it is needed, then cached
-under ``~/.cache/pdist`` (``PDIST_CACHE`` overrides). It plays the part
+in pdist's cache folder (:func:`pdist.runtime.files.cache_dir`). It plays the part
 Inception-v3 plays for CIFAR-10: a Frechet distance in its 128-d penultimate
 features against the train split's statistics, a classifier Inception Score
 from its 10-way softmax, precision/recall in the same features, and the class
@@ -13,7 +13,6 @@ goes from 96-97% (shifts alone) to 98%.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import flax.linen as nn
@@ -22,8 +21,7 @@ import numpy as np
 import optax
 from flax import serialization
 
-from pdist import files
-from pdist.evaluation.frechet import frechet_distance, gaussian_stats
+from pdist.runtime import files
 
 VERSION = 3
 EPOCHS, BATCH, LEARNING_RATE, DROPOUT, SEED = 40, 64, 2e-3, 0.5, 0
@@ -107,11 +105,10 @@ class DigitsEvaluator:
     num_classes = 10
 
     def __init__(self, data_dir: str | None = None, cache_dir: str | None = None):
-        cache_dir = cache_dir or os.environ.get("PDIST_CACHE", os.path.expanduser("~/.cache/pdist"))
+        cache_dir = cache_dir or files.cache_dir()
         path = os.path.join(cache_dir, f"digits_classifier_v{VERSION}.msgpack")
         x_train, y_train = _split("train", data_dir)
         self.x_test, self.y_test = _split("test", data_dir)
-        self._x_train = x_train
         self._net = DigitsCNN()
         template = self._net.init(jax.random.key(SEED), x_train[:1])["params"]
         if os.path.exists(path):
@@ -142,14 +139,3 @@ class DigitsEvaluator:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.outputs(x)[1].argmax(axis=-1)
-
-    @functools.cached_property
-    def train_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        return gaussian_stats(self.features(self._x_train))
-
-    def frechet(self, x: np.ndarray) -> float:
-        """FD to the train split (``pdist.evaluate`` scores through :mod:`pdist.evaluation.score` instead)."""
-        return frechet_distance(*gaussian_stats(self.features(x)), *self.train_stats)
-
-    def class_histogram(self, x: np.ndarray) -> np.ndarray:
-        return np.bincount(self.predict(x), minlength=10) / len(x)

@@ -17,9 +17,9 @@ import os
 
 import numpy as np
 
-from pdist import files
 from pdist.evaluation.frechet import frechet_distance, gaussian_stats
 from pdist.evaluation.metrics import inception_score, knn_radii, precision_recall
+from pdist.runtime import files
 
 METRICS = ("fd", "is", "precision", "recall")
 

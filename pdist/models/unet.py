@@ -32,6 +32,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from pdist.errors import ConfigError, check_positive
 
 Array = jax.Array
 
@@ -179,3 +182,40 @@ class UNet(nn.Module):
         h = nn.silu(_norm(h.shape[-1], self.dtype)(h))
         h = nn.Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
         return h.astype(jnp.float32)
+
+
+def from_config(config: ml_collections.ConfigDict, out_channels: int) -> UNet:
+    """The UNet that ``config.model`` describes, with ``out_channels`` outputs (classes from ``config.data``)."""
+    model = config.model
+    return UNet(
+        out_channels=out_channels,
+        ch=model.ch,
+        ch_mult=tuple(model.ch_mult),
+        num_res_blocks=model.num_res_blocks,
+        attn_resolutions=tuple(model.attn_resolutions),
+        head_dim=model.head_dim,
+        num_heads=model.num_heads,
+        dropout=model.dropout,
+        resblock_updown=model.resblock_updown,
+        num_classes=config.data.num_classes if model.class_conditional else 0,
+        dtype=jnp.dtype(model.dtype),
+        remat=model.remat,
+    )
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """The UNet's settings in ``config.model``, one sentence on the first bad one."""
+    model = config.model
+    check_positive(model.ch, "model.ch")
+    for name in ("ch_mult", "attn_resolutions"):
+        value = model[name]
+        if not (isinstance(value, (tuple, list)) and all(isinstance(v, int) and v > 0 for v in value)):
+            raise ConfigError(f"config.model.{name}={value!r} must be a tuple of positive integers, e.g. (1, 2, 2).")
+    if not model.ch_mult:
+        raise ConfigError("config.model.ch_mult is empty; give one channel multiplier per resolution, e.g. (1, 2).")
+    check_positive(model.num_res_blocks, "model.num_res_blocks")
+    size = config.data.image_size
+    if size % 2 ** (len(model.ch_mult) - 1):
+        raise ConfigError(f"config.data.image_size={size} must be divisible by 2**(len(config.model.ch_mult) - 1).")
+    if model.num_heads is None and (model.head_dim is None or model.head_dim <= 0):
+        raise ConfigError("Set config.model.head_dim (channels per attention head) or config.model.num_heads.")

@@ -5,6 +5,14 @@ a trained network, an analytic posterior mean, ... It may also return a
 :class:`~pdist.diffusion.Prediction` (x-hat, eps-hat and, for ``ddpm`` with
 ``variance='learned'``, ``var_frac``).
 
+A denoiser that carries arrays, such as the network's parameters, is a pytree
+callable: a ``jax.tree_util.Partial(fn, params, ...)`` (what
+``pdist.load(path).denoiser()`` returns). Its arrays are arguments of the
+compiled program, never constants baked into it, so one compiled sampler
+serves every parameter set of the same shapes. Any other callable (a plain
+function, a frozen dataclass) is part of the program's identity: equal
+callables share a compiled program.
+
 Each method is one compiled program (``lax.scan``, no Python loop over steps);
 the time grid is an argument of that program, so its size does not grow with
 ``num_steps`` and it traces once per (shape, num_steps). ``nfe(method,
@@ -24,9 +32,11 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import Partial
 
 from pdist.samplers import ancestral, ode, pndm
-from pdist.samplers.core import Evaluator
+from pdist.samplers.core import Predictor
 from pdist.schedules import Schedule, time_grid
 
 Array = jax.Array
@@ -101,12 +111,22 @@ def sample(
     times = jnp.asarray(time_grid(schedule, num_steps, grid), jnp.float32)
     if key is None:
         key = jax.random.key(0)  # unused by deterministic methods
-    return _run(denoise_fn, schedule, method, clip_x, tuple(sorted(allowed.items())), times, noise, key)
+    options = tuple(sorted(allowed.items()))
+    return _run(as_pytree(denoise_fn), schedule, method, clip_x, options, times, noise, key)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def as_pytree(denoise_fn: Callable) -> Callable:
+    """``denoise_fn`` as a pytree whose leaves are arrays: a callable pytree (a ``Partial`` carrying
+    parameters) as it is, any other callable wrapped in a leafless ``Partial``."""
+    leaves = jax.tree.leaves(denoise_fn)
+    if all(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves):
+        return denoise_fn
+    return Partial(denoise_fn)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
 def _run(denoise_fn, schedule, method, clip_x, options, times, noise, key):
-    ev = Evaluator(denoise_fn, schedule, clip_x)
+    ev = Predictor(denoise_fn, schedule, clip_x)
     if not ev.ends_at_data:
         return METHODS[method].run(ev, times, noise, key, **dict(options))
     z = METHODS[method].run(ev, times[:-1], noise, key, **dict(options))

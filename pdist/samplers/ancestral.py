@@ -13,21 +13,20 @@ import jax
 import jax.numpy as jnp
 
 from pdist import diffusion
-from pdist.samplers.core import Evaluator, step_pairs
+from pdist.samplers.core import Predictor, step_pairs
 
 Array = jax.Array
 
-VARIANCES = ("small", "large", "learned")
 
-
-def ddpm(ev: Evaluator, times: Array, z: Array, key: Array, *, variance: str = "small") -> Array:
+def ddpm(ev: Predictor, times: Array, z: Array, key: Array, *, variance: str = "small") -> Array:
     """Ancestral sampling from p(z_s | z_t) = N(mu(x-hat, z_t), Sigma).
 
-    ``variance``: ``small`` = beta_tilde, ``large`` = beta_{t|s}, ``learned`` =
-    Improved DDPM's interpolation with the denoiser's ``var_frac``.
+    ``variance`` (:data:`pdist.diffusion.VARIANCES`): ``small`` = beta_tilde,
+    ``large`` = beta_{t|s}, ``learned`` = Improved DDPM's interpolation with the
+    denoiser's ``var_frac``.
     """
-    if variance not in VARIANCES:
-        raise ValueError(f"Unknown ddpm variance {variance!r}; choose one of {list(VARIANCES)}.")
+    if variance not in diffusion.VARIANCES:
+        raise ValueError(f"Unknown ddpm variance {variance!r}; choose one of {list(diffusion.VARIANCES)}.")
     ts, ss = step_pairs(times)
     keys = jax.random.split(key, ts.shape[0])
 
@@ -36,17 +35,7 @@ def ddpm(ev: Evaluator, times: Array, z: Array, key: Array, *, variance: str = "
         pred = ev(z, t)
         tr = diffusion.transition(ev.logsnr(s), ev.logsnr(t))
         mean = diffusion.posterior_mean(tr, pred.x, z)
-        if variance == "small":
-            log_var = tr.log_beta_tilde
-        elif variance == "large":
-            log_var = tr.log_beta
-        else:
-            if pred.var_frac is None:
-                raise ValueError(
-                    "variance='learned' needs a denoiser that returns a Prediction with "
-                    "var_frac; use a learned-variance model or variance='small'."
-                )
-            log_var = diffusion.learned_log_variance(tr, pred.var_frac)
+        log_var = diffusion.log_variance(variance, tr, pred.var_frac)
         std = jnp.exp(0.5 * log_var)
         noise = jax.random.normal(k, z.shape, z.dtype)
         return mean + diffusion.bcast(std, z) * noise, None
@@ -55,7 +44,7 @@ def ddpm(ev: Evaluator, times: Array, z: Array, key: Array, *, variance: str = "
     return z
 
 
-def ddim(ev: Evaluator, times: Array, z: Array, key: Array, *, eta: float = 0.0) -> Array:
+def ddim(ev: Predictor, times: Array, z: Array, key: Array, *, eta: float = 0.0) -> Array:
     """DDIM (Song et al. 2021a, Eq. 12 and 16): eta = 0 deterministic, eta = 1 is DDPM 'small'.
 
     ``z_s = alpha_s x + sqrt(sigma_s^2 - c^2) eps + c xi`` with

@@ -1,7 +1,7 @@
-"""What every sampler shares: the evaluator around a denoiser and step helpers.
+"""What every sampler shares: the predictor around a denoiser and step helpers.
 
 A sampler sees a model only as ``denoise_fn(z, t) -> x_hat`` (``t`` of shape
-[batch]) or ``-> Prediction``. :class:`Evaluator` turns either into a full
+[batch]) or ``-> Prediction``. :class:`Predictor` turns either into a full
 :class:`~pdist.diffusion.Prediction` (x-hat and eps-hat), applies optional
 clipping, and keeps the schedule's scalars at hand.
 
@@ -27,7 +27,7 @@ from pdist.schedules import Schedule
 Array = jax.Array
 
 
-class Evaluator:
+class Predictor:
     """Calls the denoiser at a scalar time and returns a complete Prediction."""
 
     def __init__(self, denoise_fn, schedule: Schedule, clip_x: bool):

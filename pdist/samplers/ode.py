@@ -18,17 +18,17 @@ import jax
 import jax.numpy as jnp
 
 from pdist import diffusion
-from pdist.samplers.core import Evaluator, step_pairs
+from pdist.samplers.core import Predictor, step_pairs
 
 Array = jax.Array
 
 
-def _phi(ev: Evaluator, t: Array) -> Array:
+def _phi(ev: Predictor, t: Array) -> Array:
     alpha, sigma = ev.alpha_sigma(t)
     return jnp.arctan2(sigma, alpha)
 
 
-def euler(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
+def euler(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
     """Explicit Euler in phi: ``z_s = z_t + (phi_s - phi_t) v-hat(z_t, t)``."""
     del key
 
@@ -41,7 +41,7 @@ def euler(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
     return z
 
 
-def heun(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
+def heun(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
     """Heun's second-order method in phi (Karras et al. 2022, Alg. 1, in phi).
 
     Two evaluations per step. When the grid ends at t = 0 of a schedule that
@@ -69,7 +69,7 @@ def heun(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
     return euler(ev, times[-2:], z, None)
 
 
-def dpmpp_2m(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
+def dpmpp_2m(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
     """DPM-Solver++(2M), data prediction in lambda = logsnr / 2 (Lu et al. 2022b, Alg. 2).
 
     ``z_s = (sigma_s / sigma_t) z_t - alpha_s expm1(-h) D`` with ``h = lambda_s - lambda_t``,

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdist.diffusion import Prediction
-from pdist.samplers.core import Evaluator, step_pairs
+from pdist.samplers.core import Predictor, step_pairs
 
 Array = jax.Array
 
@@ -43,7 +43,7 @@ _AB = np.array(
 )
 
 
-def _transfer(ev: Evaluator, z: Array, blend: Prediction, t: Array, s: Array) -> Array:
+def _transfer(ev: Predictor, z: Array, blend: Prediction, t: Array, s: Array) -> Array:
     """DDIM's transfer t -> s driven by blended predictions, in the better-conditioned form."""
     alpha_t, sigma_t = ev.alpha_sigma(t)
     alpha_s, sigma_s = ev.alpha_sigma(s)
@@ -58,7 +58,7 @@ def _combine(weights, preds) -> Prediction:
     return Prediction(x, eps)
 
 
-def _prk_scan(ev: Evaluator, ts: Array, ss: Array, z: Array) -> tuple[Array, Prediction]:
+def _prk_scan(ev: Predictor, ts: Array, ss: Array, z: Array) -> tuple[Array, Prediction]:
     """Pseudo Runge-Kutta steps (PNDM Eq. 13); returns z and each step's prediction at its start."""
 
     def step(z, inputs):
@@ -75,7 +75,7 @@ def _prk_scan(ev: Evaluator, ts: Array, ss: Array, z: Array) -> tuple[Array, Pre
 
 
 def _multistep_scan(
-    ev: Evaluator, ts: Array, ss: Array, z: Array, history: tuple[Prediction, ...], start: int, max_order: int
+    ev: Predictor, ts: Array, ss: Array, z: Array, history: tuple[Prediction, ...], start: int, max_order: int
 ) -> Array:
     """Pseudo linear multistep (PNDM Eq. 12): one evaluation per step.
 
@@ -103,21 +103,21 @@ def _history(z: Array, *latest: Prediction) -> tuple[Prediction, ...]:
     return tuple(latest) + (zeros,) * (3 - len(latest))
 
 
-def prk(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
+def prk(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
     """Pseudo Runge-Kutta at every step: 4 evaluations per step."""
     del key
     z, _ = _prk_scan(ev, *step_pairs(times), z)
     return z
 
 
-def plms(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
+def plms(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
     """Pseudo linear multistep, orders 1, 2, 3 on the first steps, then 4; one evaluation per step."""
     del key
     ts, ss = step_pairs(times)
     return _multistep_scan(ev, ts, ss, z, _history(z), start=0, max_order=4)
 
 
-def spndm(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
+def spndm(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
     """S-PNDM: a pseudo improved-Euler first step (2 evaluations), then second-order multistep."""
     del key
     ts, ss = step_pairs(times)
@@ -130,7 +130,7 @@ def spndm(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
     return _multistep_scan(ev, ts[1:], ss[1:], z, _history(z, Prediction(p1.x, p1.eps)), start=1, max_order=2)
 
 
-def fpndm(ev: Evaluator, times: Array, z: Array, key: Array) -> Array:
+def fpndm(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
     """F-PNDM: three pseudo Runge-Kutta steps, then fourth-order pseudo multistep."""
     del key
     ts, ss = step_pairs(times)

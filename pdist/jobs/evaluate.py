@@ -23,30 +23,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from pdist import build, files, parallel, preemption, samplers
+from pdist import build, rng, samplers
 from pdist import config as config_lib
-from pdist.evaluation import stats
+from pdist.evaluation import evaluators, stats
 from pdist.evaluation.score import METRICS, Reference, score
+from pdist.pretrained import load
+from pdist.runtime import files, preemption, workdir
+from pdist.runtime import mesh as mesh_lib
 
 LOWER_IS_BETTER = {"fd": True, "is": False, "precision": False, "recall": False}
 LABELS = {"fd": "Frechet distance", "is": "Inception Score", "precision": "precision", "recall": "recall"}
-
-
-def make_evaluator(name: str, model_config: ml_collections.ConfigDict, eval_config: ml_collections.ConfigDict):
-    """The evaluator network for ``name`` ('auto' picks digits for the digits dataset, else Inception)."""
-    if name == "auto":
-        name = "digits" if model_config.data.name == "digits" else "inception"
-    if name == "digits":
-        from pdist.evaluation.digits import DigitsEvaluator
-
-        return DigitsEvaluator(data_dir=model_config.data.data_dir)
-    from pdist.evaluation.inception import InceptionEvaluator
-
-    return InceptionEvaluator(eval_config.inception_weights)
-
-
-def _cache_dir() -> str:
-    return os.environ.get("PDIST_CACHE", os.path.expanduser("~/.cache/pdist"))
 
 
 def reference(evaluator, model_config: ml_collections.ConfigDict, split: str, pr_samples: int) -> Reference:
@@ -54,7 +40,7 @@ def reference(evaluator, model_config: ml_collections.ConfigDict, split: str, pr
     data = model_config.data
     dataset = f"{data.name}_{split}_{data.image_size}".replace("/", "_").replace(":", "_")
     key = f"{evaluator.cache_key}_{dataset}_pr{pr_samples}"
-    path = os.path.join(_cache_dir(), "reference", f"{key}.npz")
+    path = files.cache_dir("reference", f"{key}.npz")
     if os.path.exists(path):
         return Reference.load(path)
     from pdist.data import pipeline
@@ -67,7 +53,7 @@ def reference(evaluator, model_config: ml_collections.ConfigDict, split: str, pr
 
 
 def evaluate_model(
-    model, evaluator, ref: Reference, pairs, e: ml_collections.ConfigDict, progress: str | None = None
+    model, evaluator, ref: Reference, pairs, settings: ml_collections.ConfigDict, progress: str | None = None
 ) -> list[dict]:
     """One row per (method, steps): NFE, per-seed metrics and their summaries.
 
@@ -82,23 +68,23 @@ def evaluate_model(
     rows = []
     for method, steps in pairs:
         per_seed, began = [], time.time()
-        for seed in range(e.seed, e.seed + e.num_seeds):
-            name = f"{method}:{steps}:seed{seed}:n{e.num_samples}"
+        for seed in range(settings.seed, settings.seed + settings.num_seeds):
+            name = f"{method}:{steps}:seed{seed}:n{settings.num_samples}"
             if name in done:
                 per_seed.append(done[name])
                 continue
             preemption.check(f"evaluation ({name})", sync=True)
             x = model.sample(
-                e.num_samples,
+                settings.num_samples,
                 method=method,
                 num_steps=steps,
                 seed=seed,
-                clip_x=e.clip_x,
-                use_ema=e.use_ema,
-                batch_size=e.batch_size,
+                clip_x=settings.clip_x,
+                use_ema=settings.use_ema,
+                batch_size=settings.batch_size,
                 log_every_seconds=30.0,
             )
-            per_seed.append(score(evaluator, ref, x, pr_samples=e.pr_samples, is_splits=e.is_splits))
+            per_seed.append(score(evaluator, ref, x, pr_samples=settings.pr_samples, is_splits=settings.is_splits))
             logging.info("%s:%d seed %d: %s", method, steps, seed, _brief(per_seed[-1]))
             done[name] = per_seed[-1]
             if progress and jax.process_index() == 0:
@@ -107,7 +93,7 @@ def evaluate_model(
             "method": method,
             "steps": steps,
             "nfe": samplers.nfe(method, steps, model.schedule),
-            "seeds": list(range(e.seed, e.seed + e.num_seeds)),
+            "seeds": list(range(settings.seed, settings.seed + settings.num_seeds)),
             "per_seed": per_seed,
             "seconds": time.time() - began,
         }
@@ -179,33 +165,37 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def nll(model, e: ml_collections.ConfigDict) -> dict:
-    """The bound in bits/dim on ``e.nll_examples`` images of ``e.nll_split``, with its per-level terms."""
+def nll(model, settings: ml_collections.ConfigDict) -> dict:
+    """The bound in bits/dim on ``settings.nll_examples`` images of ``settings.nll_split``, with its per-level terms."""
     from pdist.data import pipeline
     from pdist.evaluation.nll import vlb_terms
 
-    c = model.config
-    T = int(e.nll_timesteps or c.diffusion.num_timesteps)
-    kind = "learned" if c.diffusion.learned_variance else e.nll_variance
-    split = pipeline.load_split(c.data.name, e.nll_split, c.data.data_dir, c.data.image_size, c.data.channels)
-    count = e.nll_examples or len(split["image"])
+    model_config = model.config
+    T = int(settings.nll_timesteps or model_config.diffusion.num_timesteps)
+    kind = "learned" if model_config.diffusion.learned_variance else settings.nll_variance
+    dataset = model_config.data
+    split = pipeline.load_split(
+        dataset.name, settings.nll_split, dataset.data_dir, dataset.image_size, dataset.channels
+    )
+    count = settings.nll_examples or len(split["image"])
     x = split["image"][:count]
-    labels = split["label"][:count] if c.model.class_conditional else None
-    mesh = parallel.data_mesh()
+    labels = split["label"][:count] if model_config.model.class_conditional else None
+    mesh = mesh_lib.data_mesh()
     schedule = model.schedule
-    params = parallel.put_replicated(model.ema_params if e.use_ema else model.params, mesh)
+    params = mesh_lib.put_replicated(model.ema_params if settings.use_ema else model.params, mesh)
 
-    @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
+    @functools.partial(jax.jit, out_shardings=mesh_lib.replicated(mesh))
     def bound(params, xb, seed_start, label):
-        key = jax.random.fold_in(jax.random.key(seed_start[0]), seed_start[1])
-        return vlb_terms(build.denoiser(c, params, label), schedule, xb, key, num_timesteps=T, model_variance=kind)
+        key = rng.sample_key(seed_start[0], seed_start[1])
+        denoise_fn = build.denoiser(model_config, params, label)
+        return vlb_terms(denoise_fn, schedule, xb, key, num_timesteps=T, model_variance=kind)
 
     totals, priors, terms, began = [], [], 0.0, time.time()
-    for start in range(0, len(x), e.nll_batch_size):  # each batch split over every device of every process
-        xb = x[start : start + e.nll_batch_size]
-        lb = None if labels is None else parallel.shard_rows(labels[start : start + len(xb)], mesh)
-        seed_start = parallel.replicate(np.asarray([e.seed, start], np.int32), mesh)
-        out = bound(params, parallel.shard_rows(xb, mesh), seed_start, lb)
+    for start in range(0, len(x), settings.nll_batch_size):  # each batch split over every device of every process
+        xb = x[start : start + settings.nll_batch_size]
+        lb = None if labels is None else mesh_lib.shard_rows(labels[start : start + len(xb)], mesh)
+        seed_start = mesh_lib.replicate(np.asarray([settings.seed, start], np.int32), mesh)
+        out = bound(params, mesh_lib.shard_rows(xb, mesh), seed_start, lb)
         out = {k: np.asarray(v)[..., : len(xb)] for k, v in out.items()}  # without the padding rows
         totals.append(out["total"])
         priors.append(out["prior"])
@@ -216,7 +206,7 @@ def nll(model, e: ml_collections.ConfigDict) -> dict:
         "bits_per_dim": float(total.mean()),
         "stderr": float(total.std(ddof=1) / np.sqrt(len(total))) if len(total) > 1 else 0.0,
         "examples": len(total),
-        "split": e.nll_split,
+        "split": settings.nll_split,
         "num_timesteps": T,
         "model_variance": kind,
         "prior": float(np.concatenate(priors).mean()),
@@ -224,39 +214,39 @@ def nll(model, e: ml_collections.ConfigDict) -> dict:
     }
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """``--config.mode=eval``: evaluates ``config.eval.checkpoint`` (or the workdir's newest); returns the results."""
+def run(config: ml_collections.ConfigDict, directory: str) -> dict:
+    """Evaluates ``config.eval.checkpoint`` (default: the newest in ``directory``); returns the results."""
     from clu import metric_writers
 
-    from pdist import pretrained
-
-    e = config.eval
-    pairs = config_lib.parse_samplers(e.samplers)
-    model = pretrained.load(e.checkpoint or workdir)
-    tag = f"{os.path.basename(os.path.dirname(model.directory))}_step{model.step}"
-    out_dir = os.path.join(workdir, "eval", tag)
-    evaluator = make_evaluator(e.evaluator, model.config, e)
-    ref = reference(evaluator, model.config, e.reference_split, e.pr_samples)
-    if e.nll:
+    settings = config.eval
+    pairs = config_lib.parse_samplers(settings.samplers)
+    model = load(settings.checkpoint or directory)
+    out_dir = workdir.eval_dir(directory, model.directory, model.step)
+    tag = os.path.basename(out_dir)
+    evaluator = evaluators.make(settings.evaluator, model.config.data, settings)
+    ref = reference(evaluator, model.config, settings.reference_split, settings.pr_samples)
+    if settings.nll:
         from pdist.data import pipeline
 
-        d = model.config.data
-        pipeline.check_split(pipeline.builder(d.name, d.data_dir), e.nll_split, "config.eval.nll_split")
+        dataset = model.config.data
+        pipeline.check_split(
+            pipeline.builder(dataset.name, dataset.data_dir), settings.nll_split, "config.eval.nll_split"
+        )
     os.makedirs(out_dir, exist_ok=True)
-    rows = evaluate_model(model, evaluator, ref, pairs, e, progress=os.path.join(out_dir, "progress.json"))
+    rows = evaluate_model(model, evaluator, ref, pairs, settings, progress=os.path.join(out_dir, "progress.json"))
     result = {
         "checkpoint": model.directory,
         "step": model.step,
         "round": model.metadata.get("round"),
         "evaluator": evaluator.name,
         "evaluator_test_accuracy": getattr(evaluator, "test_accuracy", None),
-        "reference_split": e.reference_split,
-        "num_samples": e.num_samples,
+        "reference_split": settings.reference_split,
+        "num_samples": settings.num_samples,
         "rows": rows,
     }
-    if e.nll:
-        result["nll"] = nll(model, e)
-    title = f"{tag}: {e.num_samples} samples x {e.num_seeds} seeds, {evaluator.name} features"
+    if settings.nll:
+        result["nll"] = nll(model, settings)
+    title = f"{tag}: {settings.num_samples} samples x {settings.num_seeds} seeds, {evaluator.name} features"
     table = markdown(rows, title)
     if "nll" in result:
         n = result["nll"]

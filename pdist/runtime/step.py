@@ -1,16 +1,16 @@
 """The train state and the one train step used by teacher training and distillation.
 
-``step(state, batch, key, *loss_args) -> (state, metrics)`` where the loss is
-any ``loss_fn(params, batch, key, *loss_args) -> (loss, metrics)`` from
-:mod:`pdist.losses` (distillation passes the frozen teacher parameters as
-``loss_args``). The step's RNG is ``fold_in(key, state.step)``, never stored.
+``step(state, batch, key, *loss_args) -> (state, StepMetrics)`` where the loss is
+any :class:`pdist.losses.Loss` ``(params, batch, key, *loss_args) -> (loss, LossAux)``
+(distillation passes the frozen teacher parameters as ``loss_args``). The
+step's RNG is ``fold_in(key, state.step)`` (:mod:`pdist.rng`), never stored.
 Compiled once with :func:`compile_step` over the data mesh, donating the state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from pdist import parallel
 from pdist.importance import LossAwareSampler
+from pdist.losses import Loss, LossAux
+from pdist.runtime import mesh as mesh_lib
 
 Array = jax.Array
 
@@ -33,6 +34,13 @@ class TrainState:
     importance: Any = None  # ImportanceState when t is importance-sampled
 
 
+class StepMetrics(NamedTuple):
+    """What one step reports: scalars to log, and whether its update was skipped."""
+
+    scalars: dict[str, Array]  # the loss's metrics, the gradient norm, the learning rate
+    skipped: Array  # float32 scalar: 1.0 when a non-finite update was skipped (0.0 unless skipping is on)
+
+
 def init_state(params, tx: optax.GradientTransformation, importance: LossAwareSampler | None = None) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -44,7 +52,7 @@ def init_state(params, tx: optax.GradientTransformation, importance: LossAwareSa
 
 
 def make_train_step(
-    loss_fn: Callable,
+    loss_fn: Loss,
     tx: optax.GradientTransformation,
     *,
     ema_decay: float,
@@ -57,7 +65,7 @@ def make_train_step(
 
     ``skip_nonfinite``: an update whose loss or gradient norm is NaN or inf
     leaves the state as it was (but for the step count, so the next step
-    takes the next batch) and reports ``metrics["skipped"] = 1``.
+    takes the next batch) and reports ``skipped = 1``.
 
     ``accum_steps > 1`` averages the gradients of that many micro-batches in a
     ``lax.scan`` before one update: the batch's per-example randomness is drawn
@@ -66,32 +74,28 @@ def make_train_step(
     (and dropout masks), the update equals that of the undivided batch; only
     one micro-batch's activations are alive at a time.
     """
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-    if accum_steps > 1 and not hasattr(loss_fn, "draw"):
-        raise ValueError("Gradient accumulation needs a loss with a draw(batch, key) attribute (pdist.losses).")
+    grad_fn = jax.value_and_grad(loss_fn.fn, has_aux=True)
 
     def gradients(params, batch: dict, key: Array, loss_args: tuple):
         if accum_steps == 1:
-            (_, metrics), grads = grad_fn(params, batch, key, *loss_args)
-            return grads, metrics
+            (_, aux), grads = grad_fn(params, batch, key, *loss_args)
+            return grads, aux
         k = accum_steps
         batch = loss_fn.draw(batch, key)
         micro = jax.tree.map(lambda a: a.reshape(a.shape[0] // k, k, *a.shape[1:]).swapaxes(0, 1), batch)
 
         def accumulate(total, xs):
             mb, j = xs
-            (_, metrics), grads = grad_fn(params, mb, jax.random.fold_in(key, j), *loss_args)
-            return jax.tree.map(jnp.add, total, grads), metrics
+            (_, aux), grads = grad_fn(params, mb, jax.random.fold_in(key, j), *loss_args)
+            return jax.tree.map(jnp.add, total, grads), aux
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-        total, metrics = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(k)))
+        total, aux = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(k)))
         grads = jax.tree.map(lambda g, p: (g / k).astype(p.dtype), total, params)
-        metrics = {
-            name: v.swapaxes(0, 1).reshape(-1) if name.startswith("per_example_") else jnp.mean(v, axis=0)
-            for name, v in metrics.items()
-        }
-        return grads, metrics
+        metrics = {name: jnp.mean(v, axis=0) for name, v in aux.metrics.items()}
+        # Micro-batch j held examples j, j + k, ...: put each per-example term back in its row.
+        terms = None if aux.vlb_terms is None else aux.vlb_terms.swapaxes(0, 1).reshape(-1)
+        return grads, LossAux(metrics, terms)
 
     def step(state: TrainState, batch: dict, key: Array, *loss_args):
         key = jax.random.fold_in(key, state.step)
@@ -99,39 +103,42 @@ def make_train_step(
         if importance is not None:
             levels, t_weight = importance.sample(state.importance, k_t, batch["image"].shape[0])
             batch = {**batch, "t": levels / importance.num_timesteps, "t_weight": t_weight}
-        grads, metrics = gradients(state.params, batch, k_loss, loss_args)
+        grads, aux = gradients(state.params, batch, k_loss, loss_args)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
         imp = state.importance
         if importance is not None:
-            imp = importance.update(imp, levels, metrics["per_example_vlb"])
-        metrics = {k: v for k, v in metrics.items() if not k.startswith("per_example_")}
+            if aux.vlb_terms is None:
+                raise ValueError("Importance-sampled timesteps need a loss that returns per-example L_vlb terms.")
+            imp = importance.update(imp, levels, aux.vlb_terms)
+        metrics = dict(aux.metrics)
         metrics["grad_norm"] = optax.tree.norm(grads)
         if learning_rate is not None:
             metrics["learning_rate"] = learning_rate(state.step)
         new_state = state.replace(params=params, ema_params=ema, opt_state=opt_state, importance=imp)
+        skipped = jnp.zeros((), jnp.float32)
         if skip_nonfinite:
             ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
             new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
-            metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
-        return new_state.replace(step=state.step + 1), metrics
+            skipped = 1.0 - ok.astype(jnp.float32)
+        return new_state.replace(step=state.step + 1), StepMetrics(metrics, skipped)
 
     return step
 
 
 def compile_step(step: Callable, mesh: Mesh) -> Callable:
     """``jax.jit`` with a replicated state (donated) and metrics; batches arrive sharded."""
-    repl = parallel.replicated(mesh)
+    repl = mesh_lib.replicated(mesh)
     return jax.jit(step, out_shardings=(repl, repl), donate_argnums=(0,))
 
 
 def create_state(init_fn: Callable, mesh: Mesh) -> TrainState:
     """Runs ``init_fn() -> TrainState`` compiled to place the state replicated on ``mesh``."""
-    return jax.jit(init_fn, out_shardings=parallel.replicated(mesh))()
+    return jax.jit(init_fn, out_shardings=mesh_lib.replicated(mesh))()
 
 
 def abstract_state(init_fn: Callable, mesh: Mesh) -> TrainState:
     """Shapes, dtypes and shardings of ``init_fn()``'s state, without computing it."""
-    repl = parallel.replicated(mesh)
+    repl = mesh_lib.replicated(mesh)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), jax.eval_shape(init_fn))

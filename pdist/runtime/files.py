@@ -1,9 +1,12 @@
-"""Writing files whole or not at all.
+"""Writing files whole or not at all, and where pdist caches what it computes once.
 
 Every file pdist writes besides checkpoints (samples, grids, reports,
 summaries) goes through :func:`atomic`: a temporary file beside the target,
 renamed onto it once complete, so a run killed at any moment leaves the old
 file or the new one, never half of one.
+
+:func:`cache_dir` is the one cache folder (the digits evaluator's weights,
+reference statistics): ``~/.cache/pdist``, or ``$PDIST_CACHE``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ def atomic(path: str, mode: str = "wb"):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def cache_dir(*parts: str) -> str:
+    """``$PDIST_CACHE`` (default ``~/.cache/pdist``), joined with ``parts``."""
+    return os.path.join(os.environ.get("PDIST_CACHE", os.path.expanduser("~/.cache/pdist")), *parts)
 
 
 def write_text(path: str, text: str) -> None:

@@ -1,11 +1,11 @@
 """Orbax checkpoints: the train state pytree plus JSON metadata.
 
 A checkpoint directory ``<workdir>/checkpoints/<step>/`` holds ``state``
-(step, params, EMA params, optimizer state) and ``metadata`` (the config as a
-dict, the step, the distillation round and the student's sampling steps).
-Saves are asynchronous; the newest ``keep`` are kept. :func:`locate` accepts a
-workdir, its ``checkpoints`` folder or one step's folder, so a user can point
-:func:`pdist.load` at whatever they have.
+(step, params, EMA params, optimizer state) and ``metadata`` (JSON: the
+config as a dict, the step, pdist's version, what the phase adds such as the
+distillation round and the student's sampling steps; see
+:mod:`pdist.runtime.phase`). Saves are asynchronous; the newest ``keep`` are
+kept. Where checkpoints live is :mod:`pdist.runtime.workdir`'s business.
 
 Integrity: Orbax writes each step into a temporary folder and renames it when
 complete, so a save cut short (``kill -9``) leaves no step folder: it is
@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import sys
 
 import jax
@@ -30,12 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from pdist.errors import InputError
-
-CHECKPOINTS = "checkpoints"
-
-
-class CheckpointNotFoundError(InputError, FileNotFoundError):
-    pass
+from pdist.runtime.workdir import CheckpointNotFoundError
 
 
 class CheckpointCorruptError(InputError):
@@ -190,29 +184,3 @@ class Checkpointer:
                 f"train first or pass a folder holding one (steps here: {self.all_steps() or 'none'})."
             )
         return step
-
-
-def locate(path: str) -> tuple[str, int | None]:
-    """(checkpoints directory, step or None for the newest) for a workdir, checkpoints dir or step dir.
-
-    A distillation workdir stands for its newest round's student.
-    """
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isdir(path):
-        raise CheckpointNotFoundError(f"{path} does not exist; pass a training workdir or a checkpoint folder.")
-    if os.path.isdir(os.path.join(path, CHECKPOINTS)):
-        return os.path.join(path, CHECKPOINTS), None
-    rounds = sorted(
-        n for n in os.listdir(path) if re.fullmatch(r"round_\d+_\d+steps", n) and _has_steps(path, n, CHECKPOINTS)
-    )
-    if rounds:
-        return os.path.join(path, rounds[-1], CHECKPOINTS), None
-    name = os.path.basename(path)
-    if re.fullmatch(r"\d+", name) and os.path.isdir(os.path.join(path, "state")):
-        return os.path.dirname(path), int(name)
-    return path, None
-
-
-def _has_steps(*parts: str) -> bool:
-    folder = os.path.join(*parts)
-    return os.path.isdir(folder) and any(re.fullmatch(r"\d+", n) for n in os.listdir(folder))

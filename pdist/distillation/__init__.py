@@ -1,0 +1,53 @@
+"""Distillation methods, looked up by ``config.distill.method`` in one table.
+
+A method is everything that differs between ways of distilling a teacher
+(:class:`Method`): its config checks, its rounds (how many, the student's
+sampling steps and updates in each), the student loss of a round (the frozen
+teacher's parameters are its argument, never a constant), and its report.
+Everything else is shared by ``pdist.jobs.distill``: loading and checking the
+teacher, running each round as a phase of the one train step
+(``pdist.runtime.phase``), the round folders (``pdist.runtime.workdir``), the
+fixed-noise samples every report is computed from, resuming.
+
+Adding a method is one module here and one row in :data:`METHODS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import ml_collections
+
+from pdist.distillation import progressive
+from pdist.distillation.rounds import Round
+from pdist.losses import Loss
+from pdist.schedules import Schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One row of :data:`METHODS`."""
+
+    validate: Callable[[ml_collections.ConfigDict], None]  # the method's settings; one sentence (ConfigError)
+    rounds: Callable[[ml_collections.ConfigDict], list[Round]]  # of config.distill
+    # (apply_fn, schedule, config.diffusion, round) -> the round's student loss, taking the teacher's params
+    loss: Callable[[Callable, Schedule, ml_collections.ConfigDict, Round], Loss]
+    # (round, student, teacher, target, final_loss, seconds) -> the round's row of summary.json, from the fixed
+    # noise's samples: the student's and the teacher's at round.student_steps, the teacher's at round.teacher_steps
+    report: Callable[..., dict]
+    summary: Callable[[list[dict]], str]  # summary.md of the rows
+
+
+METHODS: dict[str, Method] = {
+    "progressive": Method(
+        validate=progressive.validate,
+        rounds=progressive.rounds,
+        loss=progressive.loss,
+        report=progressive.report,
+        summary=progressive.summary,
+    ),
+}
+
+
+__all__ = ["METHODS", "Method", "Round"]

@@ -1,0 +1,191 @@
+"""``--config.mode=distill``: every round of ``config.distill.method``, starting from ``config.distill.teacher``.
+
+The teacher is loaded through :func:`pdist.pretrained.restore` and checked to
+be the network this config builds. Each round of the method
+(:data:`pdist.distillation.METHODS`) is one phase of the train step
+(:mod:`pdist.runtime.phase`) with the round's student loss, the frozen
+teacher parameters passed into the compiled step as an argument, a fresh
+optimizer whose schedule spans the round, and the student initialized as a
+copy of the teacher; after the round the student becomes the next teacher.
+
+Every report is computed from the same fixed noise
+(``config.distill.fidelity_samples`` images, DDIM, ``config.sample.seed``):
+the teacher's samples at the first round's teacher steps, then each student's
+at its own steps, each the next round's target. The folders are
+:mod:`pdist.runtime.workdir`'s. Rerunning the command resumes: finished rounds
+are read back, never retrained, and an interrupted round continues from its
+newest checkpoint at the same update, with the same data order and step keys.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from pdist import build, data, images, optim, rng
+from pdist.distillation import METHODS, Round
+from pdist.errors import InputError
+from pdist.pretrained import ImageSampler, restore
+from pdist.runtime import files, phase, workdir
+from pdist.runtime import mesh as mesh_lib
+from pdist.runtime.step import init_state
+
+# Keys of the teacher's config the student must share (the network's shapes are checked separately).
+SHARED_KEYS = (
+    "data.image_size",
+    "data.channels",
+    "diffusion.schedule",
+    "diffusion.num_timesteps",
+    "diffusion.parameterization",
+    "diffusion.learned_variance",
+    "model.name",
+    "model.class_conditional",
+)
+
+
+class TeacherMismatchError(InputError, ValueError):
+    pass
+
+
+def run(config: ml_collections.ConfigDict, directory: str) -> list[dict]:
+    """Runs (or resumes) every round; returns the rows of ``summary.json``."""
+    settings = config.distill
+    method = METHODS[settings.method]
+    mesh = mesh_lib.data_mesh()
+    mesh_lib.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum_steps)
+    directory = os.path.abspath(directory)
+    restored = restore(settings.teacher, mesh=mesh, check=functools.partial(check_teacher, config))
+    teacher = restored.state.ema_params if settings.teacher_use_ema else restored.state.params
+    data.training_builder(config.data)  # a dataset that is not there fails here, before anything is written
+    os.makedirs(directory, exist_ok=True)
+    sampler = ImageSampler(config, mesh)
+    fixed = functools.partial(_fixed_noise_samples, sampler, config)
+    rounds = method.rounds(settings)
+    target = workdir.teacher_samples(directory, rounds[0].teacher_steps)
+    if not os.path.exists(target):
+        _save_samples(target, fixed(teacher, rounds[0].teacher_steps))
+    logging.info(
+        "Teacher %s (step %d); students' steps: %s",
+        settings.teacher,
+        restored.metadata["step"],
+        [r.student_steps for r in rounds],
+    )
+
+    rows = []
+    for rnd in rounds:
+        round_dir = workdir.round_dir(directory, rnd.index, rnd.student_steps)
+        student = run_round(config, round_dir, rnd, teacher, mesh)
+        report = os.path.join(round_dir, workdir.ROUND_REPORT)
+        if os.path.exists(report):
+            with open(report) as f:
+                row = json.load(f)
+        else:
+            x_student = fixed(student.state.ema_params, rnd.student_steps)
+            row = method.report(
+                rnd,
+                student=x_student,
+                teacher=fixed(teacher, rnd.student_steps),
+                target=np.load(target)["samples"],
+                final_loss=student.metadata.get("loss"),
+                seconds=student.metadata.get("seconds"),
+            )
+            _save_samples(os.path.join(round_dir, f"{workdir.SAMPLES}.npz"), x_student)
+            if jax.process_index() == 0:
+                files.write_json(report, row)
+            logging.info("Round %d: %s", rnd.index, row)
+        rows.append(row)
+        write_summary(directory, rows, rounds, method.summary(rows), settings.grid_samples)
+        teacher, target = student.state.ema_params, os.path.join(round_dir, f"{workdir.SAMPLES}.npz")
+    return rows
+
+
+def student_config(config: ml_collections.ConfigDict, rnd: Round) -> ml_collections.ConfigDict:
+    """The config stored with a round's student: it samples with its own number of DDIM steps by default."""
+    student = ml_collections.ConfigDict(config.to_dict())
+    student.mode = "train"
+    student.sample.method = "ddim"
+    student.sample.num_steps = rnd.student_steps
+    student.diffusion.importance_sampling = False  # the student's state has no timestep sampler
+    return student
+
+
+def run_round(config, round_dir: str, rnd: Round, teacher, mesh) -> phase.Result:
+    """Trains (or restores) round ``rnd``'s student, starting from a copy of ``teacher``."""
+    optimizer = optim.optimizer(config.optim, rnd.updates)
+    return phase.run(
+        phase.Phase(
+            name=f"Round {rnd.index}: {rnd.teacher_steps} -> {rnd.student_steps} steps",
+            directory=round_dir,
+            config=student_config(config, rnd),
+            loss=build.distillation_loss(config, rnd),
+            init_fn=functools.partial(init_state, teacher, optimizer.tx),
+            optimizer=optimizer,
+            num_steps=rnd.updates,
+            batches=lambda start: data.process_batches(config, start, rnd.index),
+            key=rng.phase_key(config.seed, rnd.index),
+            step_args=(teacher,),
+            metadata={"round": rnd.index, "sampling_steps": rnd.student_steps, "teacher_steps": rnd.teacher_steps},
+        ),
+        mesh,
+    )
+
+
+def check_teacher(config: ml_collections.ConfigDict, teacher_config: ml_collections.ConfigDict, where: str) -> None:
+    """Raises TeacherMismatchError (one sentence) when the teacher is not the network ``config`` builds."""
+    for key in SHARED_KEYS:
+        mine, theirs = _get(config, key), _get(teacher_config, key)
+        if mine != theirs:
+            raise TeacherMismatchError(
+                f"The teacher at {where} has {key}={theirs!r} but this config has {mine!r}; "
+                "distill with the config the teacher was trained with."
+            )
+    key = jax.random.key(0)
+    mine = jax.eval_shape(functools.partial(build.init_params, config), key)
+    theirs = jax.eval_shape(functools.partial(build.init_params, teacher_config), key)
+    if jax.tree.structure(mine) != jax.tree.structure(theirs) or jax.tree.leaves(mine) != jax.tree.leaves(theirs):
+        raise TeacherMismatchError(
+            f"The teacher at {where} is another architecture than config.model builds; "
+            "distill with the config the teacher was trained with."
+        )
+
+
+def _get(config, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+def _fixed_noise_samples(sampler: ImageSampler, config, params, num_steps: int) -> np.ndarray:
+    return sampler(
+        params,
+        config.distill.fidelity_samples,
+        method="ddim",
+        num_steps=num_steps,
+        seed=config.sample.seed,
+        clip_x=config.sample.clip_x,
+        batch_size=config.sample.batch_size,
+    )
+
+
+def _save_samples(path: str, x: np.ndarray) -> None:
+    if jax.process_index() == 0:
+        files.save_npz(path, samples=x)
+
+
+def write_summary(directory: str, rows: list[dict], rounds: list[Round], table: str, grid_samples: int = 16) -> None:
+    """summary.json, summary.md and rounds.png (the fixed noise's samples, teacher then every round so far)."""
+    if jax.process_index() > 0:
+        return
+    files.write_json(os.path.join(directory, f"{workdir.SUMMARY}.json"), rows)
+    files.write_text(os.path.join(directory, f"{workdir.SUMMARY}.md"), table)
+    panels = [np.load(workdir.teacher_samples(directory, rounds[0].teacher_steps))["samples"]]
+    for rnd in rounds[: len(rows)]:
+        path = os.path.join(workdir.round_dir(directory, rnd.index, rnd.student_steps), f"{workdir.SAMPLES}.npz")
+        panels.append(np.load(path)["samples"])
+    images.save_side_by_side(os.path.join(directory, workdir.ROUNDS_PNG), [p[:grid_samples] for p in panels])

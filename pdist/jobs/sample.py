@@ -1,0 +1,29 @@
+"""``--config.mode=sample``: ``config.sample`` images from a checkpoint, as a PNG grid and an npz."""
+
+from __future__ import annotations
+
+import logging
+
+import ml_collections
+
+from pdist import images
+from pdist.pretrained import load
+from pdist.runtime import workdir
+
+
+def run(config: ml_collections.ConfigDict, directory: str) -> tuple[str, str]:
+    """Samples ``config.sample.checkpoint`` (default: the newest in ``directory``); returns the PNG and npz paths."""
+    settings = config.sample
+    model = load(settings.checkpoint or directory)
+    x = model.sample(
+        settings.num_samples,
+        method=settings.method,
+        num_steps=settings.num_steps,
+        seed=settings.seed,
+        clip_x=settings.clip_x,
+        use_ema=settings.use_ema,
+    )
+    name = f"samples_{settings.method}_{settings.num_steps}_step{model.step}"
+    png, npz = images.save_samples(workdir.samples_dir(directory), name, x)
+    logging.info("Wrote %s and %s", png, npz)
+    return png, npz

@@ -1,0 +1,77 @@
+"""``--config.mode=train``: a teacher, from scratch or resumed from the workdir's newest checkpoint.
+
+One phase of the train step (:mod:`pdist.runtime.phase`) with the config's
+loss, to ``config.train.num_steps``; sample grids every
+``config.train.sample_every`` steps and at the end (PNG and TensorBoard);
+then ``samples.npz`` and its PNG grid from the EMA parameters.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+from clu import metric_writers
+
+from pdist import build, data, images, rng
+from pdist.pretrained import ImageSampler
+from pdist.runtime import mesh as mesh_lib
+from pdist.runtime import phase, workdir
+from pdist.runtime.step import TrainState
+
+
+def run(config: ml_collections.ConfigDict, directory: str) -> TrainState:
+    """Trains (or resumes) the teacher ``config`` describes in ``directory``; returns its final state."""
+    mesh = mesh_lib.data_mesh()
+    mesh_lib.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum_steps)
+    directory = os.path.abspath(directory)
+    init_fn, optimizer = build.state_init(config)
+    sampler = ImageSampler(config, mesh)
+    result = phase.run(
+        phase.Phase(
+            name="teacher",
+            directory=directory,
+            config=config,
+            loss=build.loss(config),
+            init_fn=init_fn,
+            optimizer=optimizer,
+            num_steps=config.train.num_steps,
+            batches=lambda start: data.process_batches(config, start, rng.TEACHER),
+            key=rng.phase_key(config.seed, rng.TEACHER),
+            importance=build.importance_sampler(config),
+            snapshot=lambda step, state, writer: _write_grid(sampler, state, config, directory, step, writer),
+            snapshot_every=config.train.sample_every,
+        ),
+        mesh,
+    )
+    settings = config.sample
+    x = sampler(
+        result.state.ema_params,
+        settings.num_samples,
+        method=settings.method,
+        num_steps=settings.num_steps,
+        seed=settings.seed,
+        clip_x=settings.clip_x,
+        batch_size=settings.batch_size,
+    )
+    if jax.process_index() == 0:
+        images.save_samples(directory, workdir.SAMPLES, x)
+    return result.state
+
+
+def _write_grid(sampler, state, config, directory: str, step: int, writer: metric_writers.MetricWriter) -> None:
+    settings = config.sample
+    x = sampler(
+        state.ema_params,
+        config.train.num_grid_samples,
+        method=settings.method,
+        num_steps=settings.num_steps,
+        seed=settings.seed,
+    )
+    grid = images.grid(x)
+    if jax.process_index() == 0:
+        path = workdir.grid(directory, step)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        images.save_png(path, grid, scale=max(1, 64 // x.shape[1]))
+    writer.write_images(step, {"samples": grid[None]})

@@ -1,0 +1,113 @@
+"""Helpers the tests share: configs, running the command line and scripts, comparing workdirs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(REPO, "tests", "scripts")
+JAX_CACHE = os.path.expanduser("~/.cache/pdist/jax")
+
+
+def config_file(name: str, variant: str | None = None):
+    """``get_config()`` of ``configs/<name>.py``."""
+    from pdist.config import from_file
+
+    return from_file(os.path.join(REPO, "configs", f"{name}.py"), variant)
+
+
+def small_config(tfds_dir=None, **train_overrides):
+    """The digits config at a width that trains in seconds."""
+    config = config_file("digits")
+    config.data.data_dir = tfds_dir
+    config.model.ch = 8
+    config.model.head_dim = 16
+    config.train.batch_size = 64
+    config.train.sample_every = 0
+    config.train.num_grid_samples = 4
+    config.sample.num_steps = 4
+    config.sample.num_samples = 8
+    for k, v in train_overrides.items():
+        config.train[k] = v
+    return config
+
+
+def tiny_config(tfds_dir=None):
+    """:func:`small_config` with 16-image batches and 6 steps: for runs over several devices or processes."""
+    config = small_config(tfds_dir, batch_size=16, num_steps=6, checkpoint_every=3, log_every=2)
+    config.optim.warmup_steps = 2
+    config.sample.num_steps, config.sample.num_samples = 2, 6
+    return config
+
+
+def main_env(devices: int = 1) -> dict:
+    """The environment a subprocess gets: CPU only, ``devices`` forced devices, the tests' JAX cache."""
+    return dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
+        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+
+
+def main_command(*args, config: str = "configs/digits.py") -> list[str]:
+    """``python -m pdist.main --config=CONFIG ARGS`` as an argument list."""
+    return [sys.executable, "-m", "pdist.main", f"--config={config}", *args]
+
+
+def run_main(*args, config: str = "configs/digits.py", devices: int = 1, timeout: int = 900):
+    """Runs the command line to completion; returns the CompletedProcess (text stdout/stderr)."""
+    return subprocess.run(
+        main_command(*args, config=config), cwd=REPO, env=main_env(devices), capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def run_script(name: str, *args: str, devices: int = 4) -> dict:
+    """Runs ``tests/scripts/<name>.py ARGS`` with ``devices`` forced CPU devices; returns its last stdout line (JSON)."""
+    out = subprocess.run(
+        [sys.executable, os.path.join(SCRIPTS, f"{name}.py"), *args], cwd=REPO, env=main_env(devices),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def snapshot(path) -> dict | None:
+    """Every file under ``path`` with a hash of its bytes (None if ``path`` does not exist)."""
+    if not os.path.exists(path):
+        return None
+    out = {}
+    for root, dirs, names in os.walk(path):
+        for d in dirs:
+            out[os.path.relpath(os.path.join(root, d), path)] = "dir"
+        for f in names:
+            with open(os.path.join(root, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(root, f), path)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def assert_same_state(workdir_a, workdir_b, step=None) -> None:
+    """The two workdirs' checkpoints (newest, or ``step``) hold bit-identical parameters and EMA parameters."""
+    import pdist
+
+    a, b = pdist.load(workdir_a, step), pdist.load(workdir_b, step)
+    assert a.step == b.step
+    assert_same_tree((a.params, a.ema_params), (b.params, b.ema_params))
+
+
+def assert_same_tree(a, b) -> None:
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def one_sentence(message: str) -> bool:
+    return "\n" not in message.strip() and message.strip().endswith((".", "?")) and "Traceback" not in message

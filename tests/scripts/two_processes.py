@@ -1,0 +1,70 @@
+"""One of two processes (launch/local.sh, 2 CPU devices each): train, distill, evaluate and sample together.
+
+``two_processes.py OUT TFDS_DIR`` plus the coordinator flags local.sh appends; each process writes what it
+saw under OUT for tests/test_scale.py to compare.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+parser = argparse.ArgumentParser()
+for name in ("out", "tfds", "--coordinator_address"):
+    parser.add_argument(name)
+parser.add_argument("--num_processes", type=int)
+parser.add_argument("--process_id", type=int)
+args = parser.parse_args()
+
+from pdist.runtime import multihost  # noqa: E402
+
+assert multihost.initialize(
+    "auto", coordinator_address=args.coordinator_address, num_processes=args.num_processes, process_id=args.process_id
+)
+import jax  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers import tiny_config  # noqa: E402
+
+from pdist import config as config_lib  # noqa: E402
+from pdist.data import pipeline  # noqa: E402
+from pdist.jobs import distill, evaluate, train  # noqa: E402
+from pdist.pretrained import load  # noqa: E402
+
+out, rank = args.out, jax.process_index()
+config = tiny_config(args.tfds)
+record = {"processes": jax.process_count(), "devices": jax.device_count(), "local_devices": jax.local_device_count()}
+
+shard = pipeline.load_split("digits", pipeline.process_split("train", rank, 2), args.tfds, 8, 1)["image"]
+first = next(pipeline.train_batches(config, local_batch_size=8, process_index=rank, process_count=2))["image"]
+np.savez(f"{out}/shard_{rank}.npz", shard=shard, first=first)
+
+state = train.run(config, f"{out}/teacher")
+np.savez(f"{out}/teacher_{rank}.npz", *[np.asarray(a) for a in jax.tree.leaves(state.params)])
+
+student = config_lib.for_distillation(
+    tiny_config(args.tfds), start_steps=4, batch_size=16, learning_rate=1e-4, updates_per_round=3,
+    updates_last_rounds=3,
+)  # fmt: skip
+student.distill.final_steps = 2
+student.distill.teacher = f"{out}/teacher"
+student.distill.fidelity_samples = 6
+student.distill.grid_samples = 4
+record["rounds"] = distill.run(student, f"{out}/distill")
+
+scoring = tiny_config(args.tfds)
+scoring.mode = "eval"
+scoring.eval.samplers = "ddim:2"
+scoring.eval.num_samples = 10
+scoring.eval.num_seeds = 1
+scoring.eval.pr_samples = 10
+scoring.eval.is_splits = 1
+scoring.eval.batch_size = 6  # batches of 6 and 4 images over 4 devices: padded to 8, and 4
+result = evaluate.run(scoring, f"{out}/teacher")
+record["fd"] = result["rows"][0]["fd"]["mean"]
+x = load(f"{out}/teacher").sample(10, num_steps=2, seed=3, batch_size=6)
+np.save(f"{out}/samples_{rank}.npy", x)
+with open(f"{out}/record_{rank}.json", "w") as f:
+    json.dump(record, f)
