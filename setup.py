@@ -31,6 +31,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3.5",  # the suite runs on every core
             "hypothesis>=6.100",
             "chex>=0.1.86",
             "ruff>=0.6",

@@ -98,36 +98,45 @@ def _parse_or_stop(argv: list[str]) -> list[str]:
     try:
         return parse(argv)
     except ConfigError as e:
-        _stop(2, f"error: {e}")
+        _stop(*outcome(e))
+
+
+def run(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """Joins the multi-process run the flags ask for, then runs the job ``fv.config.mode`` names."""
+    from pdist.runtime import multihost
+
+    multihost.initialize(
+        fv.distributed, coordinator_address=fv.coordinator_address, num_processes=fv.num_processes,
+        process_id=fv.process_id,
+    )  # fmt: skip
+    import jax
+
+    from pdist import jobs
+
+    logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices())
+    with preemption.guard():
+        jobs.run(fv.config, fv.workdir)
+
+
+def outcome(error: Exception) -> tuple[int, str]:
+    """The exit status and the message of a run that ``error`` ended (any other exception is re-raised)."""
+    if isinstance(error, InputError):
+        return 2, f"error: {error}"
+    if isinstance(error, NonFiniteError):
+        return 1, f"error: {error}"
+    if isinstance(error, Preempted):
+        return 128 + error.signum, str(error)
+    raise error
 
 
 def main(argv):
     logging.get_absl_handler().addFilter(_QuietOrbax())
     if len(argv) > 1:
         _stop(2, f"error: unexpected arguments {argv[1:]}; the options are --config, --workdir and --config.*.")
-    from pdist.runtime import multihost
-
-    FLAGS = flags.FLAGS
     try:
-        multihost.initialize(
-            FLAGS.distributed,
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-        )
-        import jax
-
-        from pdist import jobs
-
-        logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices())
-        with preemption.guard():
-            jobs.run(FLAGS.config, FLAGS.workdir)
-    except InputError as e:
-        _stop(2, f"error: {e}")
-    except NonFiniteError as e:
-        _stop(1, f"error: {e}")
-    except Preempted as e:
-        _stop(128 + e.signum, str(e))
+        run()
+    except (InputError, NonFiniteError, Preempted) as e:
+        _stop(*outcome(e))
 
 
 if __name__ == "__main__":

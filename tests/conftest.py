@@ -8,7 +8,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-from helpers import JAX_CACHE, REPO, run_main, small_config  # noqa: E402
+from helpers import JAX_CACHE, REPO, XLA_FLAGS, run_main, small_config  # noqa: E402
+
+os.environ["XLA_FLAGS"] = f"{XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()  # read when the backend starts
 
 jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
@@ -75,3 +77,15 @@ def legacy_teacher(tmp_path):
     path = tmp_path / "legacy_teacher"
     shutil.copytree(os.path.join(REPO, "tests", "fixtures", "legacy_teacher"), path)
     return str(path)
+
+
+def pytest_collection_modifyitems(items):
+    """Puts the files with tests marked ``heavy`` (or ``heavy(n)``, worth n) first, heaviest first: pytest-xdist hands whole files out
+    (``--dist loadfile``, so a file's trained fixtures are built once) in this order (``--no-loadscope-reorder``),
+    and the long ones start while the short ones fill in."""
+    weight = {}
+    for item in items:
+        heavy = item.get_closest_marker("heavy")
+        weight[item.path] = weight.get(item.path, 0) + (0 if heavy is None else heavy.args[0] if heavy.args else 1)
+    order = {item.nodeid: n for n, item in enumerate(items)}
+    items.sort(key=lambda item: (-weight[item.path], order[item.nodeid]))

@@ -14,6 +14,9 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO, "tests", "scripts")
 JAX_CACHE = os.path.expanduser("~/.cache/pdist/jax")
+# Compiling dominates the suite's time on a CPU, and LLVM's -O0 for XLA's CPU code halves it. Results differ from
+# -O3's in the last bits, so tests compare programs compiled under these same flags only.
+XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
 def config_file(name: str, variant: str | None = None):
@@ -23,12 +26,23 @@ def config_file(name: str, variant: str | None = None):
     return from_file(os.path.join(REPO, "configs", f"{name}.py"), variant)
 
 
+# The digits UNet at width 8 with one resolution level (attention included): it compiles in a third of the time
+# of the default's two levels. The full layout is exercised by the CLI runs, tests/scripts/four_devices.py and
+# tests/test_models.py.
+SMALL_MODEL = {"ch": 8, "head_dim": 16, "ch_mult": (1,), "attn_resolutions": (8,)}
+
+
+def small_model(config):
+    """``config`` with :data:`SMALL_MODEL` (returned for chaining)."""
+    for key, value in SMALL_MODEL.items():
+        config.model[key] = value
+    return config
+
+
 def small_config(tfds_dir=None, **train_overrides):
-    """The digits config at a width that trains in seconds."""
-    config = config_file("digits")
+    """The digits config with :data:`SMALL_MODEL`: it trains in seconds."""
+    config = small_model(config_file("digits"))
     config.data.data_dir = tfds_dir
-    config.model.ch = 8
-    config.model.head_dim = 16
     config.train.batch_size = 64
     config.train.sample_every = 0
     config.train.num_grid_samples = 4
@@ -47,12 +61,12 @@ def tiny_config(tfds_dir=None):
     return config
 
 
-def main_env(devices: int = 1) -> dict:
+def main_env(devices: int = 1, xla_flags: str = XLA_FLAGS) -> dict:
     """The environment a subprocess gets: CPU only, ``devices`` forced devices, the tests' JAX cache."""
     return dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {xla_flags}".strip(),
         JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
         PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
@@ -71,10 +85,10 @@ def run_main(*args, config: str = "configs/digits.py", devices: int = 1, timeout
     )  # fmt: skip
 
 
-def run_script(name: str, *args: str, devices: int = 4) -> dict:
+def run_script(name: str, *args: str, devices: int = 4, xla_flags: str = XLA_FLAGS) -> dict:
     """Runs ``tests/scripts/<name>.py ARGS`` with ``devices`` forced CPU devices; returns its last stdout line (JSON)."""
     out = subprocess.run(
-        [sys.executable, os.path.join(SCRIPTS, f"{name}.py"), *args], cwd=REPO, env=main_env(devices),
+        [sys.executable, os.path.join(SCRIPTS, f"{name}.py"), *args], cwd=REPO, env=main_env(devices, xla_flags),
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]

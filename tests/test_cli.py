@@ -9,6 +9,7 @@ import pytest
 from helpers import REPO, run_main, run_script
 
 
+@pytest.mark.heavy
 def test_short_main_run_leaves_checkpoints_grids_and_samples(cli_workdir):
     workdir = cli_workdir
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
@@ -36,6 +37,7 @@ def test_sample_mode_writes_grid_and_npz(cli_workdir, tmp_path):
     np.testing.assert_array_equal(npz["images"], np.clip(np.round((npz["samples"] + 1) * 127.5), 0, 255))
 
 
+@pytest.mark.heavy
 def test_eval_mode_scores_each_sampler_over_seeds_and_the_nll(cli_workdir, tfds_dir, evaluator_cache, tmp_path):
     workdir = str(tmp_path / "w")
     out = run_main(
@@ -85,6 +87,7 @@ def test_eval_mode_scores_each_sampler_over_seeds_and_the_nll(cli_workdir, tfds_
     assert fd == pytest.approx(result["rows"][0]["per_seed"][1]["fd"], rel=1e-4)
 
 
+@pytest.mark.heavy
 def test_distill_command_runs_its_round_and_a_rerun_resumes_without_training(cli_workdir, tfds_dir, tmp_path):
     args = [
         f"--workdir={tmp_path / 'distill'}",

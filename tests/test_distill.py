@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import assert_same_tree, config_file
+from helpers import assert_same_tree, config_file, small_model
 
 import pdist
 from pdist import build, diffusion, losses, oracles, samplers
@@ -43,6 +43,7 @@ class _MLP(nn.Module):
         return nn.Dense(2)(h)
 
 
+@pytest.mark.heavy
 def test_students_reproduce_their_teachers_two_steps_on_a_2d_mixture():
     net, schedule, data = _MLP(), sc.CosineLogSNR(), oracles.mixture_2d()
     apply_fn = lambda p, z, t, label, key: net.apply({"params": p}, z, t)  # noqa: E731
@@ -96,9 +97,8 @@ def test_students_reproduce_their_teachers_two_steps_on_a_2d_mixture():
 
 
 def _tiny(config, tfds_dir):
+    small_model(config)  # the architecture of the small_teacher fixture
     config.data.data_dir = tfds_dir
-    config.model.ch = 8
-    config.model.head_dim = 16
     config.train.batch_size = 32
     return config
 
@@ -128,6 +128,7 @@ def whole(tmp_path_factory, tfds_dir, teacher_dir):
     return path, rows
 
 
+@pytest.mark.heavy
 def test_rounds_halve_and_each_student_is_tagged_and_samples_with_its_steps(whole):
     path, rows = whole
     assert [(w["round"], w["teacher_steps"], w["steps"], w["updates"]) for w in rows] == [
@@ -183,6 +184,7 @@ def test_a_run_interrupted_in_round_2_resumes_to_identical_parameters(whole, tmp
     assert again == resumed
 
 
+@pytest.mark.heavy
 def test_sigterm_in_round_2_saves_and_the_rerun_is_bit_identical(whole, tmp_path, tfds_dir, teacher_dir):
     path, rows = whole
     cut = tmp_path / "cut"
@@ -312,8 +314,8 @@ def test_each_distill_config_fits_its_teacher_config_with_the_papers_settings(na
 
 
 def test_labels_reach_teacher_and_student_of_a_class_conditional_model():
-    config = config_file("digits_distill")
-    config.model.ch, config.model.head_dim, config.model.class_conditional = 8, 16, True
+    config = small_model(config_file("digits_distill"))
+    config.model.class_conditional = True
     params = build.init_params(config, jax.random.key(0))
     # Non-zero output layers, so that the class embedding shows in every output.
     params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)

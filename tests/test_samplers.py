@@ -95,6 +95,7 @@ def test_pndm_beats_ddim_twentyfold_at_20_steps_on_linear(grid):
 
 
 @pytest.mark.parametrize("setup", ["cosine", "linear"])
+@pytest.mark.heavy
 def test_every_method_stays_bounded_for_any_step_count(setup):
     schedule, _ = SETUPS[setup]
     data = oracles.mixture_2d()

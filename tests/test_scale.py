@@ -19,6 +19,7 @@ from pdist.runtime import multihost
 from pdist.runtime import step as step_lib
 
 
+@pytest.mark.heavy(3)  # three processes, each compiling training, distillation, evaluation
 def test_two_processes_train_distill_and_evaluate_like_one(tmp_path, tfds_dir, evaluator_cache):
     from pdist.evaluation import DigitsEvaluator
 
@@ -81,12 +82,16 @@ def test_two_processes_train_distill_and_evaluate_like_one(tmp_path, tfds_dir, e
     # and samples the 2-process checkpoints.
     single = run_script("one_process", str(out), tfds_dir, devices=4)
     assert (single["devices"], single["processes"]) == (4, 1)
-    assert single["err_vs_two_processes"] < 1e-5, single
+    # Gloo and the in-process all-reduce sum in different orders, and Adam scales the tiny (cancelling) gradients
+    # of the layers behind the zero-initialized output up to full-size updates: the two runs agree to a small
+    # fraction of how far the parameters moved (measured: 0.5%; an absolute bound holds for one model, not another).
+    assert single["err_vs_two_processes"] < 2e-2 * single["moved"], single
     assert single["restored_step"] == 6 and single["restored_err"] == 0.0
     assert (single["student_step"], single["student_sampling_steps"]) == (3, 2)
     assert single["samples_err"] < 1e-5, single
 
 
+@pytest.mark.heavy
 def test_gradient_accumulation_equals_the_big_batch_step():
     result = run_script("accumulation", devices=4)
     for loss, cases in result.items():
@@ -95,6 +100,7 @@ def test_gradient_accumulation_equals_the_big_batch_step():
             assert d["grad_norm"] > 1e-3, (loss, case, d)  # a real update was compared
 
 
+@pytest.mark.heavy
 def test_bfloat16_training_lowers_the_loss_with_float32_parameters_and_optimizer_state(tfds_dir):
     config = tiny_config(tfds_dir)
     config.model.dtype = "bfloat16"

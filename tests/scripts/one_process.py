@@ -22,6 +22,7 @@ config = tiny_config(tfds)
 mesh = mesh_lib.data_mesh()
 init_fn, optimizer = build.state_init(config)
 state = step_lib.create_state(init_fn, mesh)
+initial = [np.array(a) for a in jax.tree.leaves(state.params)]  # a copy: the step donates the state
 step = step_lib.compile_step(
     step_lib.make_train_step(
         build.loss(config), optimizer.tx, ema_decay=config.train.ema_decay, learning_rate=optimizer.learning_rate
@@ -43,6 +44,7 @@ leaves = jax.tree.leaves(restored.params)
 print(json.dumps({
     "devices": jax.device_count(), "processes": jax.process_count(),
     "err_vs_two_processes": max(float(np.abs(a - b).max()) for a, b in zip(mine, theirs, strict=True)),
+    "moved": max(float(np.abs(a - b).max()) for a, b in zip(mine, initial, strict=True)),
     "restored_step": restored.step,
     "restored_err": max(float(np.abs(np.asarray(a) - b).max()) for a, b in zip(leaves, theirs, strict=True)),
     "student_step": student.step, "student_sampling_steps": student.metadata["sampling_steps"],
