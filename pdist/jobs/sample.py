@@ -22,6 +22,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> tuple[str, str]:
         seed=settings.seed,
         clip_x=settings.clip_x,
         use_ema=settings.use_ema,
+        batch_size=settings.batch_size,
     )
     name = f"samples_{settings.method}_{settings.num_steps}_step{model.step}"
     png, npz = images.save_samples(workdir.samples_dir(directory), name, x)
