@@ -61,12 +61,12 @@ def tiny_config(tfds_dir=None):
     return config
 
 
-def main_env(devices: int = 1, xla_flags: str = XLA_FLAGS) -> dict:
+def main_env(devices: int = 1) -> dict:
     """The environment a subprocess gets: CPU only, ``devices`` forced devices, the tests' JAX cache."""
     return dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {xla_flags}".strip(),
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {XLA_FLAGS}",
         JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
         PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
@@ -85,10 +85,10 @@ def run_main(*args, config: str = "configs/digits.py", devices: int = 1, timeout
     )  # fmt: skip
 
 
-def run_script(name: str, *args: str, devices: int = 4, xla_flags: str = XLA_FLAGS) -> dict:
+def run_script(name: str, *args: str, devices: int = 4) -> dict:
     """Runs ``tests/scripts/<name>.py ARGS`` with ``devices`` forced CPU devices; returns its last stdout line (JSON)."""
     out = subprocess.run(
-        [sys.executable, os.path.join(SCRIPTS, f"{name}.py"), *args], cwd=REPO, env=main_env(devices, xla_flags),
+        [sys.executable, os.path.join(SCRIPTS, f"{name}.py"), *args], cwd=REPO, env=main_env(devices),
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
