@@ -2,6 +2,7 @@
 
     python bench/samplers.py            # full table and plot (docs/samplers_error_vs_nfe.png)
     python bench/samplers.py --quick    # a small table in a few seconds per method
+    python bench/samplers.py --options  # part 3 only: each method option against the reference's choice
 
 Part 1: for every deterministic method, RMS error of the final sample against
 the exact answer (Gaussian: closed-form flow; 2-D mixture: float64 SciPy
@@ -10,6 +11,8 @@ solve), on the PD cosine (uniform and logSNR grids) and Ho's linear betas
 Part 2: overhead ratio = wall time of ``sample(...)`` with a small MLP denoiser
 divided by NFE x the time of one compiled denoiser call on the same batch
 (measured as a compiled chain of calls, so dispatch is not counted either way).
+Part 3: the method options where pdist's default and the reference code differ
+(``plms`` warm-up, ``dpmpp_2m``'s first-order last step), same errors as part 1.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ SETUPS = {
     "linear/respaced": (sc.LinearBetas(1000), "respaced"),
 }
 ORACLES = {"gaussian": oracles.gaussian([0.3, -0.2, 0.1, 0.0], [0.5, 0.2, 0.5, 0.8]), "mixture": oracles.mixture_2d()}
+# (method, option, pdist's default, the reference's choice)
+OPTIONS = [
+    ("plms", "warmup", "ramp", "improved_euler"),  # LDM / diffusers PLMS: a pseudo improved-Euler first step
+    ("dpmpp_2m", "lower_order_final", "always", "below_15"),  # DPM-Solver / diffusers: first order last step < 15
+]
 
 
 def error_table(steps, batch):
@@ -51,6 +59,28 @@ def error_table(steps, batch):
                     err = np.linalg.norm(out - ref, axis=1)
                     rmse, med = float(np.sqrt(np.mean(err**2))), float(np.median(err))
                     rows.append((oname, sname, m, n, samplers.nfe(m, n, schedule), rmse, med))
+    return rows
+
+
+def options_table(steps, batch):
+    """RMS error against the exact answer of each option value, per oracle, schedule/grid and step count."""
+    rows = []
+    for oname, data in ORACLES.items():
+        noise = jax.random.normal(jax.random.key(0), (batch, data.dim))
+        for sname, (schedule, grid) in SETUPS.items():
+            den = oracles.Denoiser(data, schedule)
+            for n in steps:
+                ref = oracles.exact_sample(data, schedule, noise, n, grid)
+                for method, option, ours, theirs in OPTIONS:
+                    row = [oname, sname, method, n]
+                    for value in (ours, theirs):
+                        kw = {option: value}
+                        out = np.asarray(
+                            samplers.sample(den, schedule, noise, method=method, num_steps=n, grid=grid, **kw)
+                        )
+                        rms = float(np.sqrt(np.mean(np.linalg.norm(out - ref, axis=1) ** 2)))
+                        row += [samplers.nfe(method, n, schedule, **kw), rms]
+                    rows.append(row)
     return rows
 
 
@@ -136,10 +166,18 @@ def main():
     parser.add_argument("--quick", action="store_true", help="few step counts, small batches")
     default_plot = os.path.join(os.path.dirname(__file__), "..", "docs", "samplers_error_vs_nfe.png")
     parser.add_argument("--plot", default=default_plot)
+    parser.add_argument("--options", action="store_true", help="only part 3, the method options")
     args = parser.parse_args()
     steps = [5, 10, 20] if args.quick else [4, 8, 16, 32, 64, 128]
     machine = f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, {jax.devices()[0].platform}"
     print(f"# pdist sampler benchmark ({machine})\n")
+    if args.options:
+        print("## Method options: pdist's default against the reference code's choice (RMS error vs exact)\n")
+        print("| oracle | schedule/grid | method | steps | NFE | default | NFE | reference | reference / default |")
+        print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+        for o, s, m, n, nfe_a, a, nfe_b, b in options_table([5, 8, 10, 12, 14, 16, 20, 32, 64], 256):
+            print(f"| {o} | {s} | {m} | {n} | {nfe_a} | {a:.2e} | {nfe_b} | {b:.2e} | {b / a:.2f} |")
+        return
     print("## Error against the exact answer (RMS and median over samples)\n")
     print("| oracle | schedule/grid | method | steps | NFE | RMS error | median error |")
     print("|---|---|---|---:|---:|---:|---:|")

@@ -94,6 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample = ml_collections.ConfigDict()
     config.sample.method = "ddim"
     config.sample.num_steps = 128
+    config.sample.grid = "auto"  # pdist.schedules.GRIDS; auto: respaced on a discrete schedule, else uniform
     config.sample.num_samples = 64
     config.sample.checkpoint = ml_collections.FieldReference(None, field_type=str)  # None: newest in workdir
     config.sample.use_ema = True
@@ -119,7 +120,8 @@ def base_config() -> ml_collections.ConfigDict:
     # ``samplers`` over ``num_seeds`` seeds, scored against the reference split.
     config.eval = ml_collections.ConfigDict()
     config.eval.checkpoint = ml_collections.FieldReference(None, field_type=str)  # None: newest in workdir
-    config.eval.samplers = "ddim:128"  # comma-separated method:steps, e.g. "ddim:8,ddim:64,plms:16"
+    # comma-separated method:steps[:grid], e.g. "ddim:8,ddim:64,ddpm:50:respaced"; no grid: config.sample.grid's
+    config.eval.samplers = "ddim:128"
     config.eval.num_samples = 50_000  # per sampler and seed
     config.eval.num_seeds = 3
     config.eval.seed = 0  # seeds seed .. seed + num_seeds - 1
@@ -136,7 +138,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.nll = False  # also the bound in bits/dim on nll_split
     config.eval.nll_split = "test"
     config.eval.nll_examples = 1000  # 0: the whole split
-    config.eval.nll_timesteps = ml_collections.FieldReference(None, field_type=int)  # None: the model's T
+    # None: a discrete model's own T; for a continuous model the continuous-time limit (Monte Carlo over t,
+    # nll_draws times per image), or an integer T for the T-step bound with its decoder at the schedule's t_min
+    config.eval.nll_timesteps = ml_collections.FieldReference(None, field_type=int)
+    config.eval.nll_draws = 16
     config.eval.nll_variance = "small"  # small or large (pdist.diffusion.VARIANCES); learned ones use their own
     config.eval.nll_batch_size = 100
     return config
@@ -193,9 +198,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     sample = config.sample
     check_one_of(sample.method, samplers.METHODS, "sample.method")
+    check_one_of(sample.grid, schedules.GRIDS, "sample.grid")
     check_positive(sample.num_steps, "sample.num_steps")
     check_positive(sample.num_samples, "sample.num_samples")
     check_positive(sample.batch_size, "sample.batch_size")
+    if config.mode in ("train", "distill"):  # this config's model samples (sample and eval read a checkpoint's)
+        diffusion_settings = config.diffusion
+        T = diffusion_settings.num_timesteps
+        schedule = schedules.get_schedule(diffusion_settings.schedule, **({} if T is None else {"num_timesteps": T}))
+        try:
+            schedules.time_grid(schedule, sample.num_steps, sample.grid)
+        except ValueError as e:
+            _fail(f"config.sample.grid={sample.grid!r} with config.sample.num_steps={sample.num_steps}: {e}")
 
 
 def _validate_diffusion(settings: ml_collections.ConfigDict) -> None:
@@ -259,18 +273,27 @@ def _validate_distill(config: ml_collections.ConfigDict) -> None:
     check_positive(settings.grid_samples, "distill.grid_samples")
 
 
-def parse_samplers(spec: str) -> list[tuple[str, int]]:
-    """``"ddim:8,plms:16"`` -> ``[("ddim", 8), ("plms", 16)]``; one sentence on a malformed entry."""
-    pairs = []
+def parse_samplers(spec: str) -> list[tuple[str, int, str | None]]:
+    """``"ddim:8,ddpm:50:respaced"`` -> ``[("ddim", 8, None), ("ddpm", 50, "respaced")]`` (None: the model's
+    ``config.sample.grid``); one sentence on a malformed entry."""
+    entries = []
     for item in str(spec).split(","):
-        method, _, steps = item.strip().partition(":")
-        if method not in samplers.METHODS or not steps.isdigit() or int(steps) < 1:
+        parts = item.strip().split(":")
+        method, steps, grid = parts[0], parts[1] if len(parts) > 1 else "", parts[2:]
+        if (
+            method not in samplers.METHODS
+            or not steps.isdigit()
+            or int(steps) < 1
+            or len(grid) > 1
+            or (grid and grid[0] not in schedules.GRIDS)
+        ):
             _fail(
-                f"config.eval.samplers entry {item.strip()!r} is not method:steps with a method in "
-                f"{sorted(samplers.METHODS)} and a positive step count (e.g. 'ddim:8,plms:16')."
+                f"config.eval.samplers entry {item.strip()!r} is not method:steps or method:steps:grid with a method "
+                f"in {sorted(samplers.METHODS)}, a positive step count and a grid in {list(schedules.GRIDS)} "
+                "(e.g. 'ddim:8,ddpm:50:respaced')."
             )
-        pairs.append((method, int(steps)))
-    return pairs
+        entries.append((method, int(steps), grid[0] if grid else None))
+    return entries
 
 
 def _validate_eval(config: ml_collections.ConfigDict) -> None:
@@ -304,11 +327,9 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
                 f"config.eval.nll_timesteps={settings.nll_timesteps} differs from the discrete model's T={T}; the "
                 "bound of a discrete-time model is over its own levels, so leave config.eval.nll_timesteps at None."
             )
-        if T is None and settings.nll_timesteps is None:
-            _fail(
-                "The model is continuous-time; set config.eval.nll_timesteps (e.g. 1000) to choose the grid "
-                "the bound is evaluated on."
-            )
+        if settings.nll_timesteps is not None:
+            check_positive(settings.nll_timesteps, "eval.nll_timesteps")
+        check_positive(settings.nll_draws, "eval.nll_draws")
 
 
 def for_distillation(

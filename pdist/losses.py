@@ -63,21 +63,23 @@ def mean_flat(a: Array) -> Array:
     return jnp.mean(a.reshape(a.shape[0], -1), axis=1)
 
 
-def uniform_times(key: Array, n: int, num_timesteps: int | None) -> Array:
-    """t ~ U[0, 1], or t = i / T with i ~ U{1..T}."""
+def uniform_times(key: Array, n: int, num_timesteps: int | None, t_min: float = 0.0) -> Array:
+    """t ~ U[t_min, 1], or t = i / T with i ~ U{1..T}."""
     if num_timesteps is None:
-        return jax.random.uniform(key, (n,))
+        u = jax.random.uniform(key, (n,))
+        return u if t_min == 0 else t_min + (1.0 - t_min) * u
     return jax.random.randint(key, (n,), 1, num_timesteps + 1).astype(jnp.float32) / num_timesteps
 
 
-def drawer(num_timesteps: int | None) -> Callable:
-    """``draw(batch, key)``: ``t`` (from ``num_timesteps`` as in :func:`uniform_times`) and Gaussian
-    ``noise`` for every example, unless the batch holds them; the key's third part is left for the model."""
+def drawer(num_timesteps: int | None, t_min: float = 0.0) -> Callable:
+    """``draw(batch, key)``: ``t`` (from ``num_timesteps`` and ``t_min`` as in :func:`uniform_times`) and
+    Gaussian ``noise`` for every example, unless the batch holds them; the key's third part is left for the
+    model."""
 
     def draw(batch: dict, key: Array) -> dict:
         k_t, k_eps, _ = jax.random.split(key, 3)
         x = batch["image"]
-        t = batch["t"] if "t" in batch else uniform_times(k_t, x.shape[0], num_timesteps)
+        t = batch["t"] if "t" in batch else uniform_times(k_t, x.shape[0], num_timesteps, t_min)
         noise = batch["noise"] if "noise" in batch else jax.random.normal(k_eps, x.shape, x.dtype)
         return {**batch, "t": jnp.asarray(t, jnp.float32), "noise": noise}
 
@@ -109,8 +111,10 @@ def make_diffusion_loss(
 
     L_vlb is estimated per example as ``T * L_t`` (bits/dim), an unbiased
     estimate of the sum over levels; the prior term does not depend on the model
-    and is left out. ``num_timesteps=None`` trains in continuous time (t ~ U[0, 1]);
-    an integer T trains on levels ``t = i / T``, i ~ U{1..T}.
+    and is left out. ``num_timesteps=None`` trains in continuous time, t ~ U[t_min, 1]
+    with the schedule's ``t_min`` (times given in the batch are raised to it: on
+    ``linear_vp`` t = 0 is logSNR = +inf); an integer T trains on levels
+    ``t = i / T``, i ~ U{1..T}.
     """
     diffusion.check_parameterization(parameterization)
     diffusion.check_weighting(weighting)
@@ -121,11 +125,14 @@ def make_diffusion_loss(
     if loss_type != "mse" and num_timesteps is None:
         raise ValueError(f"loss {loss_type!r} is a discrete-time bound; set num_timesteps (T).")
 
-    draw = drawer(num_timesteps)
+    t_min = schedule.t_min if num_timesteps is None else 0.0
+    draw = drawer(num_timesteps, t_min)
 
     def loss_fn(params, batch: dict, key: Array):
         batch = draw(batch, key)
         x, t = batch["image"], batch["t"]
+        if t_min > 0:
+            t = jnp.maximum(t, t_min)
         logsnr = schedule.logsnr(t)
         z = diffusion.diffuse(x, batch["noise"], logsnr)
         out = apply_fn(params, z, t, batch.get("label"), model_key(key))

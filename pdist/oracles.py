@@ -98,7 +98,7 @@ class GaussianMixture:
         return self.reference_solution(z, float(np.arctan2(s0, a0)), float(np.arctan2(s1, a1)))
 
 
-def exact_sample(data: GaussianMixture, schedule: Schedule, noise, num_steps: int, grid: str = "uniform") -> np.ndarray:
+def exact_sample(data: GaussianMixture, schedule: Schedule, noise, num_steps: int, grid: str = "auto") -> np.ndarray:
     """What an exact solver on this grid returns for ``noise`` (float64 numpy).
 
     The probability-flow image of the noise from the grid's first time to its

@@ -2,6 +2,7 @@
 
 >>> model = pdist.load("runs/digits")          # a workdir, its checkpoints/ or one step's folder
 >>> x = model.sample(64, method="ddim", num_steps=32, seed=0)   # [64, H, W, C] numpy in [-1, 1]
+>>> x = model.sample(64, method="ddpm", num_steps=50, grid="respaced")  # the time grid (pdist.schedules.GRIDS)
 >>> student = pdist.load("runs/digits_distill")  # a distillation's newest round
 >>> x = student.sample(64)   # with its own number of DDIM steps (student.metadata["sampling_steps"])
 
@@ -12,7 +13,7 @@ parameters land on the first local device whatever mesh wrote them (in a
 multi-process run: replicated over every device, as the run's sampler needs
 them).
 
-:class:`ImageSampler` compiles one program per (method, steps, clip, batch)
+:class:`ImageSampler` compiles one program per (method, steps, grid, clip, batch)
 and takes the parameters as an argument, so the same compiled sampler serves
 every checkpoint and every EMA snapshot during training.
 """
@@ -32,8 +33,9 @@ import numpy as np
 from jax.sharding import SingleDeviceSharding
 from jax.tree_util import Partial
 
-from pdist import build, rng, samplers
+from pdist import build, rng, samplers, schedules
 from pdist import config as config_lib
+from pdist.errors import ConfigError
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime import preemption, workdir
 from pdist.runtime.checkpoint import Checkpointer
@@ -107,6 +109,11 @@ class Pretrained:
     def schedule(self):
         return self._sampler.schedule
 
+    def grid(self, grid: str | None = None) -> str:
+        """The time grid ``grid`` (default: the checkpoint's ``config.sample.grid``) names for this model:
+        ``auto`` is ``respaced`` on a discrete schedule and ``uniform`` on a continuous one."""
+        return schedules.resolve_grid(self.config.sample.grid if grid is None else grid, self.schedule)
+
     def denoiser(self, *, use_ema: bool = True, label=None) -> Partial:
         """``denoise_fn(z, t) -> Prediction`` for :func:`pdist.samplers.sample`, carrying the parameters.
 
@@ -122,6 +129,7 @@ class Pretrained:
         *,
         method: str = "ddim",
         num_steps: int | None = None,
+        grid: str | None = None,
         seed: int = 0,
         clip_x: bool = True,
         labels=None,
@@ -131,14 +139,16 @@ class Pretrained:
     ) -> np.ndarray:
         """``num_samples`` images [n, H, W, C] in [-1, 1] from ``method`` with ``num_steps`` steps.
 
-        ``num_steps`` defaults to the checkpoint's ``config.sample.num_steps``: a
-        distilled student's own step count.
+        ``num_steps`` and ``grid`` default to the checkpoint's ``config.sample``: a
+        distilled student's own step count and the uniform grid it was trained
+        on; a teacher's ``auto`` grid (:meth:`grid`).
         """
         return self._sampler(
             self.ema_params if use_ema else self.params,
             num_samples,
             method=method,
             num_steps=self.config.sample.num_steps if num_steps is None else num_steps,
+            grid=self.grid(grid),
             seed=seed,
             clip_x=clip_x,
             labels=labels,
@@ -167,8 +177,8 @@ class ImageSampler:
         self.mesh = mesh_lib.data_mesh() if mesh is None else mesh
         self._compiled = {}
 
-    def _program(self, method: str, num_steps: int, clip_x: bool, n: int):
-        k = (method, num_steps, clip_x, n)
+    def _program(self, method: str, num_steps: int, grid: str, clip_x: bool, n: int):
+        k = (method, num_steps, grid, clip_x, n)
         if k not in self._compiled:
             pad = -n % self.mesh.devices.size
 
@@ -184,6 +194,7 @@ class ImageSampler:
                     method=method,
                     num_steps=num_steps,
                     key=k_sample,
+                    grid=grid,
                     clip_x=clip_x,
                 )
                 return x[:n]
@@ -198,14 +209,21 @@ class ImageSampler:
         *,
         method: str = "ddim",
         num_steps: int = 128,
+        grid: str = "auto",
         seed: int = 0,
         clip_x: bool = True,
         labels=None,
         batch_size: int = 256,
         log_every_seconds: float | None = None,
     ) -> np.ndarray:
-        """``log_every_seconds``: log progress (images, images/s, ETA) at most this often."""
+        """``grid``: :data:`pdist.schedules.GRIDS`. ``log_every_seconds``: log progress (images, images/s, ETA)
+        at most this often."""
         samplers.nfe(method, num_steps, self.schedule)  # unknown method: one sentence, before compiling
+        try:  # a grid that does not fit this model: one sentence, before compiling
+            grid = schedules.resolve_grid(grid, self.schedule)
+            schedules.time_grid(self.schedule, num_steps, grid)
+        except ValueError as e:
+            raise ConfigError(f"Sampling with grid={grid!r} and {num_steps} steps: {e}") from None
         if labels is None and self.num_classes:
             labels = np.arange(num_samples) % self.num_classes
         params = mesh_lib.put_replicated(params, self.mesh)
@@ -218,7 +236,7 @@ class ImageSampler:
                 else mesh_lib.shard_rows(np.asarray(labels[start : start + n], np.int32), self.mesh)
             )
             seed_start = mesh_lib.replicate(np.asarray([seed, start], np.int32), self.mesh)
-            out.append(np.asarray(self._program(method, num_steps, clip_x, n)(params, seed_start, label)))
+            out.append(np.asarray(self._program(method, num_steps, grid, clip_x, n)(params, seed_start, label)))
             preemption.check("sampling")
             done = start + n
             if log_every_seconds is not None and (time.time() - logged >= log_every_seconds or done == num_samples):

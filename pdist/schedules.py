@@ -35,6 +35,9 @@ class Schedule(abc.ABC):
     """Base class: subclasses define ``logsnr(t)`` and ``num_timesteps``."""
 
     num_timesteps: int | None = None  # None: continuous time
+    # The lowest time a continuous-time model is trained and evaluated at (logSNR(t_min) is finite). 0 where
+    # logSNR(0) is finite already (a clipped schedule); discrete models train on levels i / T >= 1 / T anyway.
+    t_min: float = 0.0
 
     @abc.abstractmethod
     def logsnr(self, t) -> Array:
@@ -98,10 +101,14 @@ class LinearVP(Schedule):
     """Continuous-time linear VP schedule (Song et al. 2021, the limit of Ho's betas).
 
     ``log alphabar(t) = -(beta_min t + (beta_max - beta_min) t^2 / 2)``.
+    ``logsnr(0) = +inf``: training draws t from ``[t_min, 1]`` with Song et
+    al.'s ``t_min = 1e-5`` (logSNR 13.8 at the defaults), where U[0, 1] would
+    now and then draw t = 0 exactly and a NaN loss.
     """
 
     beta_min: float = 0.1
     beta_max: float = 20.0
+    t_min: float = 1e-5
 
     def logsnr(self, t) -> Array:
         t = jnp.asarray(t, jnp.float32)
@@ -213,13 +220,23 @@ def get_schedule(name: str, **kwargs) -> Schedule:
 # --------------------------------------------------------------------------
 # Time grids for N sampling steps.
 
-GRIDS = ("uniform", "logsnr", "respaced", "ddim_stride")
+GRIDS = ("auto", "uniform", "logsnr", "respaced", "ddim_stride")
 
 
-def time_grid(schedule: Schedule, num_steps: int, kind: str = "uniform") -> np.ndarray:
+def resolve_grid(kind: str, schedule: Schedule) -> str:
+    """The grid ``kind`` names on ``schedule``: ``auto`` is ``respaced`` on a discrete schedule (Improved DDPM's
+    protocol: every step on a trained level, down to level 1) and ``uniform`` on a continuous one."""
+    if kind not in GRIDS:
+        raise ValueError(f"Unknown time grid {kind!r}; choose one of {list(GRIDS)}.")
+    if kind == "auto":
+        return "uniform" if schedule.num_timesteps is None else "respaced"
+    return kind
+
+
+def time_grid(schedule: Schedule, num_steps: int, kind: str = "auto") -> np.ndarray:
     """The N + 1 times ``t_0 = start > ... > t_N = 0`` of an N-step sampler.
 
-    kinds:
+    kinds (:func:`resolve_grid`: ``auto`` is ``respaced`` on a discrete schedule, else ``uniform``):
       * ``uniform``: ``t_i = 1 - i / N`` (Progressive Distillation's student grid;
         on a discrete schedule it needs T divisible by N to land on its levels).
       * ``logsnr`` (continuous only): uniform in logSNR between the schedule's
@@ -236,8 +253,7 @@ def time_grid(schedule: Schedule, num_steps: int, kind: str = "uniform") -> np.n
     """
     if not (isinstance(num_steps, (int, np.integer)) and num_steps >= 1):
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
-    if kind not in GRIDS:
-        raise ValueError(f"Unknown time grid {kind!r}; choose one of {list(GRIDS)}.")
+    kind = resolve_grid(kind, schedule)
     if kind == "uniform":
         return 1.0 - np.arange(num_steps + 1, dtype=np.float64) / num_steps
     T = schedule.num_timesteps

@@ -31,7 +31,7 @@ def test_sample_mode_writes_grid_and_npz(cli_workdir, tmp_path):
         "--config.sample.num_samples=9",
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    npz = np.load(os.path.join(workdir, "samples", "samples_heun_4_step20.npz"))
+    npz = np.load(os.path.join(workdir, "samples", "samples_heun_4_uniform_step20.npz"))
     assert npz["samples"].shape == (9, 8, 8, 1)
     assert np.isfinite(npz["samples"]).all()
     np.testing.assert_array_equal(npz["images"], np.clip(np.round((npz["samples"] + 1) * 127.5), 0, 255))
@@ -44,7 +44,7 @@ def test_eval_mode_scores_each_sampler_over_seeds_and_the_nll(cli_workdir, tfds_
         f"--workdir={workdir}",
         f"--config.eval.checkpoint={cli_workdir}",
         "--config.mode=eval",
-        "--config.eval.samplers=ddim:4,ddpm:4",
+        "--config.eval.samplers=ddim:4,ddpm:4:logsnr",
         "--config.eval.num_samples=64",
         "--config.eval.pr_samples=64",
         "--config.eval.num_seeds=2",
@@ -59,7 +59,8 @@ def test_eval_mode_scores_each_sampler_over_seeds_and_the_nll(cli_workdir, tfds_
     folder = os.path.join(workdir, "eval", tag)
     with open(os.path.join(folder, "eval.json")) as f:
         result = json.load(f)
-    assert [(r["method"], r["steps"], r["nfe"]) for r in result["rows"]] == [("ddim", 4, 4), ("ddpm", 4, 4)]
+    rows = [(r["method"], r["steps"], r["grid"], r["nfe"]) for r in result["rows"]]
+    assert rows == [("ddim", 4, "uniform", 4), ("ddpm", 4, "logsnr", 4)]  # no grid given: the model's (auto)
     for row in result["rows"]:
         assert row["seeds"] == [0, 1] and len(row["per_seed"]) == 2
         for m in ("fd", "is", "precision", "recall"):
@@ -68,11 +69,12 @@ def test_eval_mode_scores_each_sampler_over_seeds_and_the_nll(cli_workdir, tfds_
         assert row["fd"]["mean"] > 0 and 1.0 <= row["is"]["mean"] <= 10.0
         assert sum(row["class_histogram"]) == pytest.approx(1.0)
     nll = result["nll"]
-    assert nll["examples"] == 20 and len(nll["terms"]) == 10
+    assert nll["examples"] == 20 and len(nll["terms"]) == 11  # the decoder at t_min, then 10 steps
+    assert (nll["bound"], nll["clip_x"]) == ("10 steps", True)
     assert nll["bits_per_dim"] == pytest.approx(nll["prior"] + sum(nll["terms"]), rel=1e-5)
     with open(os.path.join(folder, "eval.md")) as f:
         table = f.read()
-    assert "| ddim | 4 | 4 |" in table and "bits/dim" in table
+    assert "| ddim | 4 | uniform | 4 |" in table and "| ddpm | 4 | logsnr | 4 |" in table and "bits/dim" in table
     assert os.path.exists(os.path.join(folder, "eval.png"))
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(folder))
     # The same seed through pdist.load and the evaluator in this process gives the same Frechet distance.

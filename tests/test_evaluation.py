@@ -99,23 +99,31 @@ def test_seed_summary_and_resolved_differences():
         summarize([1.0, float("nan")])
 
 
-def test_nll_bound_upper_bounds_exact_discretized_nll_and_tightens_with_t():
-    """Gaussian data quantized to 256 levels; exact denoiser with the posterior variance (beta-tilde)."""
-    import jax
-    import jax.numpy as jnp
+def _quantized_gaussian(n=2000, dim=8, mu=0.1, std=0.4):
+    """Gaussian data quantized to 256 levels in [-1, 1], its exact NLL in bits/dim, and the Gaussian oracle."""
     from scipy.stats import norm
 
     from pdist import oracles
-    from pdist.evaluation.nll import vlb_terms
-    from pdist.schedules import get_schedule
 
-    dim, n, mu, std = 8, 2000, 0.1, 0.4
     k = np.clip(np.round((np.random.default_rng(0).normal(mu, std, (n, dim)) + 1) * 127.5), 0, 255)
     x = (k / 127.5 - 1).astype(np.float32)
     lo = np.where(k == 0, -np.inf, (x - 0.5 / 127.5 - mu) / std)
     hi = np.where(k == 255, np.inf, (x + 0.5 / 127.5 - mu) / std)
     exact = float(np.mean(-np.log(norm.cdf(hi) - norm.cdf(lo))) / np.log(2))
-    data = oracles.gaussian([mu] * dim, [std] * dim)
+    return x, exact, oracles.gaussian([mu] * dim, [std] * dim)
+
+
+def test_nll_bound_upper_bounds_exact_discretized_nll_and_tightens_with_t():
+    """Gaussian data quantized to 256 levels; exact denoiser with the posterior variance (beta-tilde)."""
+    import jax
+    import jax.numpy as jnp
+
+    from pdist import oracles
+    from pdist.evaluation.nll import vlb_terms
+    from pdist.schedules import get_schedule
+
+    x, exact, data = _quantized_gaussian()
+    n = len(x)
     gaps = {}
     for T in (1000, 4000):
         schedule = get_schedule("cosine", num_timesteps=T)
@@ -126,6 +134,63 @@ def test_nll_bound_upper_bounds_exact_discretized_nll_and_tightens_with_t():
         np.testing.assert_allclose(out["total"], out["prior"] + out["terms"].sum(0), rtol=1e-5)
         gaps[T] = float(out["total"].mean()) - exact
     assert 0 < gaps[4000] < 0.85 * gaps[1000], (exact, gaps)
+
+
+def test_continuous_nll_has_a_fixed_decoder_tightens_with_t_towards_its_monte_carlo_limit():
+    """A continuous-time model's bound on the quantized-Gaussian oracle: the decoder stays at t_min whatever T
+    is, so the T-step bound tightens as T grows (it grew before: 9.10, 9.22, 10.32 bits/dim at T = 125, 500,
+    2000), and the Monte-Carlo continuous-time limit lies below every T and above the exact NLL."""
+    import jax
+    import jax.numpy as jnp
+
+    from pdist import oracles
+    from pdist.evaluation.nll import continuous_bound, vlb_terms
+    from pdist.schedules import CosineLogSNR
+
+    x, exact, data = _quantized_gaussian(n=1000)
+    schedule = CosineLogSNR()
+    den = oracles.Denoiser(data, schedule)
+    bounds = {}
+    for T in (125, 500, 2000):
+        out = jax.jit(lambda x, key, T=T: vlb_terms(den, schedule, x, key, num_timesteps=T))(
+            jnp.asarray(x), jax.random.key(0)
+        )
+        assert out["terms"].shape == (T + 1, len(x))  # the decoder, then T steps
+        assert float(out["terms"][0].mean()) < 1e-3  # p(x | z) at logSNR 20: the bin holds all of it
+        bounds[T] = float(out["total"].mean())
+    limit = jax.jit(lambda x, key: continuous_bound(den, schedule, x, key, num_draws=64))(
+        jnp.asarray(x), jax.random.key(1)
+    )
+    total = np.asarray(limit["total"])
+    mc, se = float(total.mean()), float(total.std(ddof=1) / np.sqrt(len(total)))
+    np.testing.assert_allclose(total, limit["prior"] + limit["decoder"] + limit["diffusion"], rtol=1e-6)
+    assert exact < mc - 3 * se and bounds[2000] < bounds[500] < bounds[125], (exact, mc, se, bounds)
+    assert mc - 3 * se < bounds[2000] and bounds[2000] - mc < 0.2 * (bounds[125] - mc), (exact, mc, se, bounds)
+
+
+def test_nll_clips_x_hat_when_asked():
+    """clip_x=True is the bound of the same denoiser with its x-hat clipped to [-1, 1] (Improved DDPM's default)."""
+    import jax
+    import jax.numpy as jnp
+
+    from pdist import oracles
+    from pdist.evaluation.nll import vlb_terms
+    from pdist.schedules import CosineBetas
+
+    x, _, data = _quantized_gaussian(n=64)
+    schedule = CosineBetas(50)
+    den = oracles.Denoiser(data, schedule)
+
+    def wide(z, t):  # x-hat pushed outside [-1, 1] at high noise
+        return 3.0 * den(z, t)
+
+    def bound(fn, clip_x):
+        return vlb_terms(fn, schedule, jnp.asarray(x), jax.random.key(0), num_timesteps=50, clip_x=clip_x)["total"]
+
+    clipped, unclipped = bound(wide, True), bound(wide, False)
+    by_hand = bound(lambda z, t: jnp.clip(wide(z, t), -1.0, 1.0), False)
+    np.testing.assert_allclose(clipped, by_hand, rtol=1e-6)
+    assert float(jnp.abs(clipped - unclipped).max()) > 1e-2
 
 
 def test_sampling_splits_batches_over_devices_with_the_same_images():
@@ -143,6 +208,8 @@ def test_sampling_splits_batches_over_devices_with_the_same_images():
         ({"evaluator": "inception", "inception_weights": "/no/such.npz"}, "is not a file"),
         ({"num_samples": 5, "is_splits": 10}, "one per split"),
         ({"samplers": "ddim:8,warp:4"}, "entry 'warp:4' is not method:steps"),
+        ({"samplers": "ddpm:50:sparse"}, "entry 'ddpm:50:sparse' is not method:steps or method:steps:grid"),
+        ({"nll": True, "nll_draws": 0}, "config.eval.nll_draws=0 must be"),
     ],
 )
 def test_eval_settings_fail_with_one_sentence(overrides, message):
@@ -156,4 +223,4 @@ def test_eval_settings_fail_with_one_sentence(overrides, message):
     config.eval.update(overrides)
     with pytest.raises(ValueError, match=message):
         config_lib.validate(config)
-    assert config_lib.parse_samplers("ddim:8, plms:16") == [("ddim", 8), ("plms", 16)]
+    assert config_lib.parse_samplers("ddim:8, plms:16:respaced") == [("ddim", 8, None), ("plms", 16, "respaced")]

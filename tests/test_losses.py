@@ -185,3 +185,25 @@ def test_teacher_loss_decreases_under_training():
 def test_contradictory_loss_settings_fail_clearly(kwargs, match):
     with pytest.raises(ValueError, match=match):
         losses.make_diffusion_loss(lambda *a: None, sc.CosineLogSNR(), **kwargs)
+
+
+@pytest.mark.parametrize("parameterization", diffusion.PARAMETERIZATIONS)
+def test_continuous_linear_vp_gives_a_finite_loss_and_gradient_at_t_zero(parameterization):
+    """On linear_vp, t = 0 is logSNR = +inf; training raises t to the schedule's t_min (Song et al.'s 1e-5)
+    and draws t from [t_min, 1]."""
+    schedule = sc.LinearVP()
+    x = jax.random.uniform(jax.random.key(0), (4, 4, 4, 1), minval=-1, maxval=1)
+    heads = 2 if parameterization == "both" else 1
+
+    def apply_fn(params, z, t, label, key):
+        return params["w"] * jnp.concatenate([z] * heads, axis=-1) + params["b"] * t[:, None, None, None]
+
+    params = {"w": jnp.asarray(0.3), "b": jnp.asarray(0.1)}
+    batch = {"image": x, "t": jnp.asarray([0.0, 0.0, 0.5, 1.0])}
+    for weighting in diffusion.WEIGHTINGS:
+        loss = losses.make_diffusion_loss(apply_fn, schedule, parameterization=parameterization, weighting=weighting)
+        (value, _), grads = jax.value_and_grad(loss, has_aux=True)(params, batch, jax.random.key(1))
+        assert np.isfinite(float(value)) and all(np.isfinite(np.asarray(g)) for g in jax.tree.leaves(grads)), weighting
+    t = losses.uniform_times(jax.random.key(2), 100_000, None, schedule.t_min)
+    assert float(t.min()) >= schedule.t_min and np.isfinite(np.asarray(schedule.logsnr(t))).all()
+    assert np.isposinf(float(schedule.logsnr(0.0)))  # what the floor is for

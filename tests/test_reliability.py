@@ -213,7 +213,12 @@ def _error_cases(tfds_dir, empty_dir):
         (["--config.mode=sample"], None, 1, "No checkpoint in"),
         (["--config.mode=eval", "--config.eval.samplers=ddim:8,plms"], None, 1, "entry 'plms' is not method:steps"),
         (["--config.mode=eval", "--config.eval.evaluator=inception"], None, 1, "config.eval.inception_weights is not"),
-        (["--config.mode=eval", "--config.eval.nll=True"], None, 1, "set config.eval.nll_timesteps"),
+        (
+            ["--config.mode=eval", "--config.eval.nll=True", "--config.eval.nll_timesteps=0"],
+            None,
+            1,
+            "config.eval.nll_timesteps=0 must be a positive integer",
+        ),  # fmt: skip
     ]
 
 
@@ -323,6 +328,7 @@ OVERRIDES = {
     "optim.schedule": ["cosine", "rex", "step"],
     "sample.method": sorted(samplers.METHODS) + ["nope"],
     "sample.num_steps": ["2", "0"],
+    "sample.grid": ["auto", "respaced", "logsnr", "nope"],
     "mode": ["train", "sample", "eval", "distill", "fit"],
     "train.num_step": ["3"],  # typos
     "trian.batch_size": ["8"],
@@ -332,7 +338,7 @@ override = st.sampled_from(sorted(OVERRIDES)).flatmap(lambda k: st.sampled_from(
 
 
 @pytest.mark.heavy
-@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(overrides=st.lists(override, min_size=1, max_size=3))
 @example(overrides=[("train.num_steps", "3"), ("diffusion.parameterization", "eps")])  # a run, for sure
 @example(overrides=[("mode", "fit")])  # an error, for sure

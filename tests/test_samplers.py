@@ -131,6 +131,21 @@ def test_ancestral_ddpm_reproduces_data_moments(variance):
     assert np.all(np.abs(out.var(0) - std**2) < 4 * se_var + 1e-3 * std**2), out.var(0)
 
 
+@pytest.mark.parametrize("name", sorted(sc.SCHEDULES))
+def test_ddpm_returns_x_hat_on_its_last_step_with_either_variance(name):
+    """x-hat = 0 gives exactly 0: no noise is added on the last step, also where the schedule stops short of data
+    (cosine_logsnr's large variance added noise of std 1.2e-2 at 128 steps before)."""
+    schedule = sc.get_schedule(name, **({"num_timesteps": 1000} if sc.is_discrete(name) else {}))
+    noise = jax.random.normal(jax.random.key(10), (64, 3))
+    for variance in ("small", "large"):
+        for n in (1, 7, 128):
+            out = samplers.sample(
+                lambda z, t: jnp.zeros_like(z), schedule, noise, method="ddpm", num_steps=n, key=jax.random.key(11),
+                variance=variance,
+            )  # fmt: skip
+            assert np.array_equal(np.asarray(out), np.zeros_like(noise)), (variance, n, np.abs(out).max())
+
+
 def test_learned_variance_interpolates_between_small_and_large():
     schedule = sc.CosineBetas(1000)
     den = oracles.Denoiser(GAUSS, schedule)
@@ -173,14 +188,16 @@ def test_reported_nfe_equals_evaluations_run(schedule):
         return oracles.Denoiser(GAUSS, schedule)(z, t)
 
     noise = jnp.zeros((4, 2))
-    for method in samplers.METHODS:
+    variants = [(method, {}) for method in samplers.METHODS]
+    variants += [("plms", {"warmup": "improved_euler"}), ("dpmpp_2m", {"lower_order_final": "below_15"})]
+    for method, options in variants:
         for n in (1, 3, 5):
             count.clear()
             jax.block_until_ready(
-                samplers.sample(counting, schedule, noise, method=method, num_steps=n, key=jax.random.key(0))
+                samplers.sample(counting, schedule, noise, method=method, num_steps=n, key=jax.random.key(0), **options)
             )
             jax.effects_barrier()
-            assert len(count) == samplers.nfe(method, n, schedule), (method, n)
+            assert len(count) == samplers.nfe(method, n, schedule, **options), (method, options, n)
 
 
 def test_traces_once_per_shape_and_program_size_is_independent_of_steps(monkeypatch):

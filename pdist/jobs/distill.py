@@ -111,6 +111,7 @@ def student_config(config: ml_collections.ConfigDict, rnd: Round) -> ml_collecti
     student.mode = "train"
     student.sample.method = "ddim"
     student.sample.num_steps = rnd.student_steps
+    student.sample.grid = "uniform"  # the grid it was trained on (PD: t = i / N)
     student.diffusion.importance_sampling = False  # the student's state has no timestep sampler
     return student
 
@@ -167,6 +168,7 @@ def _fixed_noise_samples(sampler: ImageSampler, config, params, num_steps: int) 
         config.distill.fidelity_samples,
         method="ddim",
         num_steps=num_steps,
+        grid="uniform",  # the student grid, for the teacher too: the fixed noise's samples compare round by round
         seed=config.sample.seed,
         clip_x=config.sample.clip_x,
         batch_size=config.sample.batch_size,

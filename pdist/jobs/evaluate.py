@@ -1,6 +1,6 @@
 """``--config.mode=eval``: sample quality (and optionally NLL) of one checkpoint, with seed variance.
 
-For each (sampler, steps) pair of ``config.eval.samplers`` and each of
+For each ``method:steps[:grid]`` entry of ``config.eval.samplers`` and each of
 ``config.eval.num_seeds`` seeds: generate ``num_samples`` images (each batch
 split over every device of every process and gathered), score them against the reference split with the
 evaluator network (Frechet distance, Inception Score, precision/recall, class
@@ -20,6 +20,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -53,9 +54,10 @@ def reference(evaluator, model_config: ml_collections.ConfigDict, split: str, pr
 
 
 def evaluate_model(
-    model, evaluator, ref: Reference, pairs, settings: ml_collections.ConfigDict, progress: str | None = None
+    model, evaluator, ref: Reference, entries, settings: ml_collections.ConfigDict, progress: str | None = None
 ) -> list[dict]:
-    """One row per (method, steps): NFE, per-seed metrics and their summaries.
+    """One row per (method, steps) or (method, steps, grid) entry: the grid (None or left out: the model's
+    ``config.sample.grid``), NFE, per-seed metrics and their summaries.
 
     ``progress``: a JSON file of the finished (method, steps, seed) scores,
     written after each one and read back, so an interrupted evaluation
@@ -66,10 +68,11 @@ def evaluate_model(
         with open(progress) as f:
             done = json.load(f)
     rows = []
-    for method, steps in pairs:
+    for method, steps, *grid in entries:
+        grid = model.grid(grid[0] if grid else None)
         per_seed, began = [], time.time()
         for seed in range(settings.seed, settings.seed + settings.num_seeds):
-            name = f"{method}:{steps}:seed{seed}:n{settings.num_samples}"
+            name = f"{method}:{steps}:{grid}:seed{seed}:n{settings.num_samples}"
             if name in done:
                 per_seed.append(done[name])
                 continue
@@ -78,6 +81,7 @@ def evaluate_model(
                 settings.num_samples,
                 method=method,
                 num_steps=steps,
+                grid=grid,
                 seed=seed,
                 clip_x=settings.clip_x,
                 use_ema=settings.use_ema,
@@ -92,6 +96,7 @@ def evaluate_model(
         row = {
             "method": method,
             "steps": steps,
+            "grid": grid,
             "nfe": samplers.nfe(method, steps, model.schedule),
             "seeds": list(range(settings.seed, settings.seed + settings.num_seeds)),
             "per_seed": per_seed,
@@ -114,8 +119,8 @@ def markdown(rows: list[dict], title: str) -> str:
         "",
         "mean ± std [bootstrap 95% interval] over seeds; ≈: not resolved from the column's best at 95%.",
         "",
-        "| sampler | steps | NFE | " + " | ".join(LABELS[m] for m in METRICS) + " |",
-        "|---|---:|---:|" + "---:|" * len(METRICS),
+        "| sampler | steps | grid | NFE | " + " | ".join(LABELS[m] for m in METRICS) + " |",
+        "|---|---:|---|---:|" + "---:|" * len(METRICS),
     ]
     best = {}
     for m in METRICS:
@@ -130,7 +135,9 @@ def markdown(rows: list[dict], title: str) -> str:
             elif r[m]["n"] > 1 and not stats.resolved(r[m]["values"], best[m][m]["values"]):
                 cell += " ≈"
             cells.append(cell)
-        lines.append(f"| {r['method']} | {r['steps']} | {r['nfe']} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {r['method']} | {r['steps']} | {r.get('grid', '-')} | {r['nfe']} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -141,16 +148,18 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.6))
+    lines = dict.fromkeys((r["method"], r.get("grid")) for r in rows)  # one line per sampler and grid
+    several_grids = len({grid for _, grid in lines}) > 1
     for ax, m in zip(axes, METRICS, strict=True):
-        for method in dict.fromkeys(r["method"] for r in rows):
-            rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["nfe"])
+        for method, grid in lines:
+            rs = sorted((r for r in rows if (r["method"], r.get("grid")) == (method, grid)), key=lambda r: r["nfe"])
             ax.errorbar(
                 [r["nfe"] for r in rs],
                 [r[m]["mean"] for r in rs],
                 yerr=[r[m]["std"] for r in rs],
                 marker="o",
                 capsize=3,
-                label=method,
+                label=f"{method} ({grid})" if several_grids else method,
             )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("function evaluations")
@@ -166,12 +175,17 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 
 
 def nll(model, settings: ml_collections.ConfigDict) -> dict:
-    """The bound in bits/dim on ``settings.nll_examples`` images of ``settings.nll_split``, with its per-level terms."""
+    """The bound in bits/dim on ``settings.nll_examples`` images of ``settings.nll_split``, with its terms.
+
+    A discrete model's T-step bound over its own levels; for a continuous model the T-step bound of
+    ``settings.nll_timesteps`` or, when that is None, the continuous-time limit (``pdist.evaluation.nll``).
+    x-hat is clipped to [-1, 1] when ``settings.clip_x`` (Improved DDPM's default).
+    """
     from pdist.data import pipeline
-    from pdist.evaluation.nll import vlb_terms
+    from pdist.evaluation.nll import continuous_bound, vlb_terms
 
     model_config = model.config
-    T = int(settings.nll_timesteps or model_config.diffusion.num_timesteps)
+    T = settings.nll_timesteps or model_config.diffusion.num_timesteps
     kind = "learned" if model_config.diffusion.learned_variance else settings.nll_variance
     dataset = model_config.data
     split = pipeline.load_split(
@@ -188,7 +202,12 @@ def nll(model, settings: ml_collections.ConfigDict) -> dict:
     def bound(params, xb, seed_start, label):
         key = rng.sample_key(seed_start[0], seed_start[1])
         denoise_fn = build.denoiser(model_config, params, label)
-        return vlb_terms(denoise_fn, schedule, xb, key, num_timesteps=T, model_variance=kind)
+        if T is None:
+            out = continuous_bound(denoise_fn, schedule, xb, key, num_draws=settings.nll_draws, clip_x=settings.clip_x)
+            return {**out, "terms": jnp.stack([out["decoder"], out["diffusion"]])}
+        return vlb_terms(
+            denoise_fn, schedule, xb, key, num_timesteps=int(T), model_variance=kind, clip_x=settings.clip_x
+        )
 
     totals, priors, terms, began = [], [], 0.0, time.time()
     for start in range(0, len(x), settings.nll_batch_size):  # each batch split over every device of every process
@@ -202,16 +221,24 @@ def nll(model, settings: ml_collections.ConfigDict) -> dict:
         terms = terms + out["terms"].sum(axis=1)
         logging.info("NLL: %d/%d images, %.1fs", start + len(xb), len(x), time.time() - began)
     total = np.concatenate(totals)
-    return {
+    result = {
         "bits_per_dim": float(total.mean()),
+        # over images; in the continuous-time limit it includes the Monte-Carlo error of each image's estimate
         "stderr": float(total.std(ddof=1) / np.sqrt(len(total))) if len(total) > 1 else 0.0,
         "examples": len(total),
         "split": settings.nll_split,
+        "bound": "continuous" if T is None else f"{T} steps",
         "num_timesteps": T,
-        "model_variance": kind,
+        "model_variance": "small" if T is None else kind,
+        "clip_x": bool(settings.clip_x),
         "prior": float(np.concatenate(priors).mean()),
-        "terms": (terms / len(total)).tolist(),  # mean bits/dim of each level, level 1 (decoder) first
     }
+    if T is None:
+        result["draws_per_image"] = int(settings.nll_draws)
+        result["decoder"], result["diffusion"] = (terms / len(total)).tolist()
+    else:  # mean bits/dim of each term, the decoder first (a continuous model's at t_min, then T KLs)
+        result["terms"] = (terms / len(total)).tolist()
+    return result
 
 
 def run(config: ml_collections.ConfigDict, directory: str) -> dict:
@@ -219,7 +246,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> dict:
     from clu import metric_writers
 
     settings = config.eval
-    pairs = config_lib.parse_samplers(settings.samplers)
+    entries = config_lib.parse_samplers(settings.samplers)
     model = load(settings.checkpoint or directory)
     out_dir = workdir.eval_dir(directory, model.directory, model.step)
     tag = os.path.basename(out_dir)
@@ -233,7 +260,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> dict:
             pipeline.builder(dataset.name, dataset.data_dir), settings.nll_split, "config.eval.nll_split"
         )
     os.makedirs(out_dir, exist_ok=True)
-    rows = evaluate_model(model, evaluator, ref, pairs, settings, progress=os.path.join(out_dir, "progress.json"))
+    rows = evaluate_model(model, evaluator, ref, entries, settings, progress=os.path.join(out_dir, "progress.json"))
     result = {
         "checkpoint": model.directory,
         "step": model.step,
@@ -250,9 +277,10 @@ def run(config: ml_collections.ConfigDict, directory: str) -> dict:
     table = markdown(rows, title)
     if "nll" in result:
         n = result["nll"]
+        clip = "clipped" if n["clip_x"] else "unclipped"
         table += (
-            f"\nNLL on {n['split']} ({n['examples']} images, T = {n['num_timesteps']}, {n['model_variance']} "
-            f"variance): {n['bits_per_dim']:.4f} ± {n['stderr']:.4f} bits/dim\n"
+            f"\nNLL on {n['split']} ({n['examples']} images, {n['bound']} bound, {n['model_variance']} variance, "
+            f"{clip} x-hat): {n['bits_per_dim']:.4f} ± {n['stderr']:.4f} bits/dim\n"
         )
     if jax.process_index() == 0:  # every process holds the same results; one writes them
         files.write_json(os.path.join(out_dir, "eval.json"), result)

@@ -1,4 +1,5 @@
-"""``--config.mode=sample``: ``config.sample`` images from a checkpoint, as a PNG grid and an npz."""
+"""``--config.mode=sample``: ``config.sample`` images from a checkpoint, as a PNG grid and an npz named by the
+method, steps, time grid and checkpoint step."""
 
 from __future__ import annotations
 
@@ -15,16 +16,18 @@ def run(config: ml_collections.ConfigDict, directory: str) -> tuple[str, str]:
     """Samples ``config.sample.checkpoint`` (default: the newest in ``directory``); returns the PNG and npz paths."""
     settings = config.sample
     model = load(settings.checkpoint or directory)
+    grid = model.grid(settings.grid)
     x = model.sample(
         settings.num_samples,
         method=settings.method,
         num_steps=settings.num_steps,
+        grid=grid,
         seed=settings.seed,
         clip_x=settings.clip_x,
         use_ema=settings.use_ema,
         batch_size=settings.batch_size,
     )
-    name = f"samples_{settings.method}_{settings.num_steps}_step{model.step}"
+    name = f"samples_{settings.method}_{settings.num_steps}_{grid}_step{model.step}"
     png, npz = images.save_samples(workdir.samples_dir(directory), name, x)
     logging.info("Wrote %s and %s", png, npz)
     return png, npz

@@ -51,6 +51,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> TrainState:
         settings.num_samples,
         method=settings.method,
         num_steps=settings.num_steps,
+        grid=settings.grid,
         seed=settings.seed,
         clip_x=settings.clip_x,
         batch_size=settings.batch_size,
@@ -67,6 +68,7 @@ def _write_grid(sampler, state, config, directory: str, step: int, writer: metri
         config.train.num_grid_samples,
         method=settings.method,
         num_steps=settings.num_steps,
+        grid=settings.grid,
         seed=settings.seed,
     )
     grid = images.grid(x)

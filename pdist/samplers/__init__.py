@@ -18,10 +18,12 @@ the time grid is an argument of that program, so its size does not grow with
 ``num_steps`` and it traces once per (shape, num_steps). ``nfe(method,
 num_steps, schedule)`` reports the number of denoiser evaluations.
 
-Options common to all methods: ``grid`` (``uniform``, ``respaced``,
-``ddim_stride``; see :func:`pdist.schedules.time_grid`) and ``clip_x`` (clip
-x-hat to [-1, 1]). Method options: ``ddpm(variance='small'|'large'|'learned')``,
-``ddim(eta=0.0)``.
+Options common to all methods: ``grid`` (``auto``, ``uniform``, ``logsnr``,
+``respaced``, ``ddim_stride``; see :func:`pdist.schedules.time_grid`: ``auto``
+is ``respaced`` on a discrete schedule, ``uniform`` on a continuous one) and
+``clip_x`` (clip x-hat to [-1, 1]). Method options: ``ddpm(variance='small'|'large'|'learned')``,
+``ddim(eta=0.0)``, ``plms(warmup='ramp'|'improved_euler')``,
+``dpmpp_2m(lower_order_final='always'|'below_15')``.
 """
 
 from __future__ import annotations
@@ -46,38 +48,47 @@ Array = jax.Array
 class Method:
     """A sampler: its function, its options with defaults, when it needs a key, and its cost.
 
-    ``nfe(n, ends_at_data)``: evaluations for n steps of the method itself (the
+    ``nfe(n, ends_at_data, options)``: evaluations for n steps of the method itself (the
     final DDIM step onto clean data of a discrete schedule adds one;
-    ``samplers/core.py``).
+    ``samplers/core.py``). ``ends_on_x``: the method's last step returns x-hat
+    on every schedule, not only on one that ends at clean data (ancestral DDPM:
+    its ``large`` variance would otherwise add noise of the size of the last
+    step's beta onto the samples).
     """
 
     run: Callable
     options: tuple[tuple[str, object], ...]
     needs_key: Callable[[dict], bool]  # of the resolved options
-    nfe: Callable[[int, bool], int]
+    nfe: Callable[[int, bool, dict], int]
+    ends_on_x: bool = False
 
 
 def _never(options: dict) -> bool:
     return False
 
 
+def _plms_nfe(n: int, at_data: bool, options: dict) -> int:
+    return n + 1 if options["warmup"] == "improved_euler" and n else n
+
+
 METHODS: dict[str, Method] = {
-    "ddpm": Method(ancestral.ddpm, (("variance", "small"),), lambda o: True, lambda n, _: n),
-    "ddim": Method(ancestral.ddim, (("eta", 0.0),), lambda o: o["eta"] > 0, lambda n, _: n),
-    "euler": Method(ode.euler, (), _never, lambda n, _: n),
-    "heun": Method(ode.heun, (), _never, lambda n, at_data: 2 * n if at_data else max(2 * n - 1, 0)),
-    "dpmpp_2m": Method(ode.dpmpp_2m, (), _never, lambda n, _: n),
-    "prk": Method(pndm.prk, (), _never, lambda n, _: 4 * n),
-    "plms": Method(pndm.plms, (), _never, lambda n, _: n),
-    "spndm": Method(pndm.spndm, (), _never, lambda n, _: n + 1 if n else 0),
-    "fpndm": Method(pndm.fpndm, (), _never, lambda n, _: 4 * min(3, n) + max(n - 3, 0)),
+    "ddpm": Method(ancestral.ddpm, (("variance", "small"),), lambda o: True, lambda n, *_: n, ends_on_x=True),
+    "ddim": Method(ancestral.ddim, (("eta", 0.0),), lambda o: o["eta"] > 0, lambda n, *_: n),
+    "euler": Method(ode.euler, (), _never, lambda n, *_: n),
+    "heun": Method(ode.heun, (), _never, lambda n, at_data, _: 2 * n if at_data else max(2 * n - 1, 0)),
+    "dpmpp_2m": Method(ode.dpmpp_2m, (("lower_order_final", "always"),), _never, lambda n, *_: n),
+    "prk": Method(pndm.prk, (), _never, lambda n, *_: 4 * n),
+    "plms": Method(pndm.plms, (("warmup", "ramp"),), _never, _plms_nfe),
+    "spndm": Method(pndm.spndm, (), _never, lambda n, *_: n + 1 if n else 0),
+    "fpndm": Method(pndm.fpndm, (), _never, lambda n, *_: 4 * min(3, n) + max(n - 3, 0)),
 }
 
 
-def nfe(method: str, num_steps: int, schedule: Schedule) -> int:
-    """Number of denoiser evaluations of ``method`` with ``num_steps`` steps."""
+def nfe(method: str, num_steps: int, schedule: Schedule, **options) -> int:
+    """Number of denoiser evaluations of ``method`` with ``num_steps`` steps and ``options``."""
+    m = _method(method)
     data_step = int(schedule.ends_at_data)
-    return _method(method).nfe(num_steps - data_step, schedule.ends_at_data) + data_step
+    return m.nfe(num_steps - data_step, schedule.ends_at_data, _options(method, m, options)) + data_step
 
 
 def sample(
@@ -88,7 +99,7 @@ def sample(
     method: str,
     num_steps: int,
     key: Array | None = None,
-    grid: str = "uniform",
+    grid: str = "auto",
     clip_x: bool = False,
     **options,
 ) -> Array:
@@ -98,14 +109,7 @@ def sample(
     stochastic methods (``ddpm``, ``ddim`` with ``eta > 0``).
     """
     m = _method(method)
-    allowed = dict(m.options)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"Unknown option(s) {unknown} for sampler {method!r}; it accepts "
-            f"{sorted(allowed) or 'no options'} besides grid and clip_x."
-        )
-    allowed.update(options)
+    allowed = _options(method, m, options)
     if m.needs_key(allowed) and key is None:
         raise ValueError(f"Sampler {method!r} is stochastic here; pass key=jax.random.key(seed).")
     times = jnp.asarray(time_grid(schedule, num_steps, grid), jnp.float32)
@@ -127,10 +131,23 @@ def as_pytree(denoise_fn: Callable) -> Callable:
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
 def _run(denoise_fn, schedule, method, clip_x, options, times, noise, key):
     ev = Predictor(denoise_fn, schedule, clip_x)
-    if not ev.ends_at_data:
-        return METHODS[method].run(ev, times, noise, key, **dict(options))
-    z = METHODS[method].run(ev, times[:-1], noise, key, **dict(options))
-    return ev.ddim(ev(z, times[-2]), times[-1])
+    m = METHODS[method]
+    if not (ev.ends_at_data or m.ends_on_x):
+        return m.run(ev, times, noise, key, **dict(options))
+    z = m.run(ev, times[:-1], noise, key, **dict(options))
+    return ev(z, times[-2]).x  # the last step returns x-hat (on clean data: DDIM's step onto t = 0 is x-hat)
+
+
+def _options(method: str, m: Method, options: dict) -> dict:
+    """``m``'s options with their defaults, updated by ``options``; one sentence on an unknown one."""
+    allowed = dict(m.options)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {unknown} for sampler {method!r}; it accepts "
+            f"{sorted(allowed) or 'no options'} besides grid and clip_x."
+        )
+    return {**allowed, **options}
 
 
 def _method(method: str) -> Method:

@@ -2,9 +2,12 @@
 
 Both run on any decreasing time grid (respaced or strided), using the exact
 transition between consecutive grid times (``pdist.diffusion.transition``), so
-fixed and learned variances rescale automatically with the respacing. On a
-schedule ending at clean data, the last step is the mean x-hat (see
-``samplers/core.py``): no noise is added onto data.
+fixed and learned variances rescale automatically with the respacing. The
+last step of ``ddpm`` returns x-hat on every schedule, as Improved DDPM's and
+Progressive Distillation's samplers do (``samplers/core.py``): no noise is
+added onto the samples, also where the schedule stops short of clean data
+(``cosine_logsnr`` at logSNR 20), where the ``large`` variance's last step
+would add noise of standard deviation sqrt(beta) of that step.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ denoiser's x-hat there (Karras et al. 2022 end the same way). A denoiser that
 returns only x-hat says nothing about eps at t = 0, so no method can evaluate
 there, and that last step is usually much shorter than the others (level 1
 to 0 on a respaced grid), which multistep weights built for equal steps would
-get wrong.
+get wrong. Ancestral ``ddpm`` ends the same way on every schedule (its
+method's ``ends_on_x``): on one that stops short of data, its last step
+returns x-hat instead of drawing z at the lowest noise level.
 """
 
 from __future__ import annotations

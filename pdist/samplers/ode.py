@@ -69,19 +69,26 @@ def heun(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
     return euler(ev, times[-2:], z, None)
 
 
-def dpmpp_2m(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
+LOWER_ORDER_FINAL = ("always", "below_15")
+
+
+def dpmpp_2m(ev: Predictor, times: Array, z: Array, key: Array, *, lower_order_final: str = "always") -> Array:
     """DPM-Solver++(2M), data prediction in lambda = logsnr / 2 (Lu et al. 2022b, Alg. 2).
 
     ``z_s = (sigma_s / sigma_t) z_t - alpha_s expm1(-h) D`` with ``h = lambda_s - lambda_t``,
     ``D = (1 + 1/(2r)) x_i - 1/(2r) x_{i-1}``, ``r = h_{i-1} / h_i``; first order
-    (``D = x_i``) on the first and the last step: the last step of a uniform grid
-    on the clipped cosine jumps to logsnr = 20, where extrapolating x-hat in
-    lambda would be wrong by a large factor (``lower_order_final`` in Lu et al.'s code).
+    (``D = x_i``) on the first step, and on the last one: ``always`` (the last
+    step of a uniform grid on the clipped cosine jumps to logsnr = 20, where
+    extrapolating x-hat in lambda would be wrong by a large factor) or
+    ``below_15`` steps only, as Lu et al.'s and diffusers' ``lower_order_final``.
     """
     del key
+    if lower_order_final not in LOWER_ORDER_FINAL:
+        raise ValueError(f"Unknown lower_order_final {lower_order_final!r}; choose one of {list(LOWER_ORDER_FINAL)}.")
     ts, ss = step_pairs(times)
     first = jnp.arange(ts.shape[0]) == 0
-    last = jnp.arange(ts.shape[0]) == ts.shape[0] - 1
+    lower_last = lower_order_final == "always" or ts.shape[0] < 15
+    last = (jnp.arange(ts.shape[0]) == ts.shape[0] - 1) & lower_last
 
     def step(carry, inputs):
         z, x_prev, h_prev = carry

@@ -110,24 +110,41 @@ def prk(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
     return z
 
 
-def plms(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
-    """Pseudo linear multistep, orders 1, 2, 3 on the first steps, then 4; one evaluation per step."""
+PLMS_WARMUPS = ("ramp", "improved_euler")
+
+
+def plms(ev: Predictor, times: Array, z: Array, key: Array, *, warmup: str = "ramp") -> Array:
+    """Pseudo linear multistep to fourth order, one evaluation per step after the first.
+
+    ``warmup``: ``ramp`` takes orders 1, 2, 3 on the first three steps (N
+    evaluations); ``improved_euler`` takes a pseudo improved-Euler first step
+    (2 evaluations) and then orders 2, 3, 4, as Latent Diffusion's and
+    diffusers' PLMS do (N + 1 evaluations).
+    """
     del key
+    if warmup not in PLMS_WARMUPS:
+        raise ValueError(f"Unknown plms warmup {warmup!r}; choose one of {list(PLMS_WARMUPS)}.")
     ts, ss = step_pairs(times)
+    if warmup == "improved_euler":
+        return _improved_euler_then_multistep(ev, ts, ss, z, max_order=4)
     return _multistep_scan(ev, ts, ss, z, _history(z), start=0, max_order=4)
 
 
 def spndm(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
     """S-PNDM: a pseudo improved-Euler first step (2 evaluations), then second-order multistep."""
     del key
-    ts, ss = step_pairs(times)
+    return _improved_euler_then_multistep(ev, *step_pairs(times), z, max_order=2)
+
+
+def _improved_euler_then_multistep(ev: Predictor, ts: Array, ss: Array, z: Array, max_order: int) -> Array:
     if ts.shape[0] == 0:
         return z
     t, s = ts[0], ss[0]
     p1 = ev(z, t)
     p2 = ev(_transfer(ev, z, p1, t, s), s)
     z = _transfer(ev, z, _combine((0.5, 0.5), [p1, p2]), t, s)
-    return _multistep_scan(ev, ts[1:], ss[1:], z, _history(z, Prediction(p1.x, p1.eps)), start=1, max_order=2)
+    history = _history(z, Prediction(p1.x, p1.eps))
+    return _multistep_scan(ev, ts[1:], ss[1:], z, history, start=1, max_order=max_order)
 
 
 def fpndm(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
