@@ -1,6 +1,7 @@
 """Fixtures: CPU only, a persistent compilation cache, the digits dataset built once, one evaluator cache, and
 trained workdirs shared by the tests that only read them (helpers live in tests/helpers.py)."""
 
+import fcntl
 import os
 import shutil
 
@@ -27,20 +28,35 @@ SHORT = [
 ]
 
 
+def _once_per_run(tmp_path_factory, name: str, make) -> str:
+    """``make(path)`` once for the whole run, in a folder the pytest-xdist workers share: the first worker that
+    needs it makes it under a lock, the others wait and reuse it."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common folder
+    path = shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / f"{name}.done").exists():
+            make(str(path))
+            (shared / f"{name}.done").touch()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
-    """A TFDS data_dir holding the prepared digits dataset (built here, offline)."""
+    """A TFDS data_dir holding the prepared digits dataset (built here, offline, once per run)."""
     from pdist.data import builder
 
-    path = str(tmp_path_factory.mktemp("tfds"))
-    builder("digits", path)
-    return path
+    return _once_per_run(tmp_path_factory, "tfds", lambda path: builder("digits", path))
 
 
 @pytest.fixture(scope="session")
-def evaluator_cache(tmp_path_factory):
-    """One PDIST_CACHE for the whole session, so the digits evaluator is trained once (and not in ~/.cache)."""
-    path = str(tmp_path_factory.mktemp("pdist_cache"))
+def evaluator_cache(tmp_path_factory, tfds_dir):
+    """One PDIST_CACHE for the whole run holding the digits evaluator, trained once (and never in ~/.cache)."""
+    from pdist.evaluation import DigitsEvaluator
+
+    path = _once_per_run(tmp_path_factory, "pdist_cache", lambda path: DigitsEvaluator(tfds_dir, cache_dir=path))
     previous = os.environ.get("PDIST_CACHE")
     os.environ["PDIST_CACHE"] = path
     yield path

@@ -19,21 +19,22 @@ from pdist.runtime import step as step_lib
 
 @pytest.mark.heavy
 def test_loss_decreases_and_ema_moves(tfds_dir):
-    config = small_config(tfds_dir, num_steps=300)
+    config = small_config(tfds_dir, num_steps=120, batch_size=32)
+    config.optim.learning_rate, config.optim.warmup_steps = 2e-3, 10  # measured: the last 20 at 0.57 of the first
     mesh = mesh_lib.data_mesh()
     init_fn, optimizer = build.state_init(config)
     state = step_lib.create_state(init_fn, mesh)
     step = step_lib.compile_step(step_lib.make_train_step(build.loss(config), optimizer.tx, ema_decay=0.99), mesh)
-    batches = train_batches(config, local_batch_size=64)
+    batches = train_batches(config, local_batch_size=32)
     key = jax.random.key(0)
     losses = []
-    for _ in range(300):
+    for _ in range(120):
         state, metrics = step(state, mesh_lib.global_batch(next(batches), mesh), key)
         losses.append(metrics.scalars["loss"])
     losses = np.asarray(jax.device_get(losses))
     first, last = losses[:20].mean(), losses[-20:].mean()
-    assert last < 0.6 * first, (first, last)
-    assert int(state.step) == 300
+    assert last < 0.7 * first, (first, last)
+    assert int(state.step) == 120
     diff = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), state.params, state.ema_params)
     assert max(jax.tree.leaves(diff)) > 1e-4
 
