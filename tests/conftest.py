@@ -9,12 +9,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-from helpers import JAX_CACHE, REPO, XLA_FLAGS, run_main, small_config  # noqa: E402
+from helpers import JAX_CACHE, REPO, run_main, small_config, xla_flags  # noqa: E402
 
-os.environ["XLA_FLAGS"] = f"{XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()  # read when the backend starts
+os.environ["XLA_FLAGS"] = xla_flags(1)  # read when the backend starts; as a 1-device subprocess's (main_env)
 
 jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # every program, as main_env
 
 # The README's main command, shortened: what test_cli and test_reliability read.
 SHORT = [
@@ -88,8 +88,9 @@ def small_teacher(tmp_path_factory, tfds_dir):
 
 @pytest.fixture
 def legacy_teacher(tmp_path):
-    """A copy of a teacher workdir written by pdist before the run-layer refactor (commit 5c89b90): 4 steps of
-    helpers.small_config with num_res_blocks=1 and batch 16 (tests/fixtures/legacy_teacher)."""
+    """A copy of a teacher workdir written by pdist before the run-layer refactor (commit 5c89b90's command line):
+    4 steps of the digits config with helpers.SMALL_MODEL, num_res_blocks=1 and batch 16
+    (tests/fixtures/legacy_teacher)."""
     path = tmp_path / "legacy_teacher"
     shutil.copytree(os.path.join(REPO, "tests", "fixtures", "legacy_teacher"), path)
     return str(path)

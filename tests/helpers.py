@@ -61,13 +61,21 @@ def tiny_config(tfds_dir=None):
     return config
 
 
+def xla_flags(devices: int = 1) -> str:
+    """The XLA flags of a process with ``devices`` CPU devices: the same string in this process and in a
+    subprocess of as many devices, so that their programs share entries of the persistent compilation cache."""
+    return f"--xla_force_host_platform_device_count={devices} {XLA_FLAGS}"
+
+
 def main_env(devices: int = 1) -> dict:
-    """The environment a subprocess gets: CPU only, ``devices`` forced devices, the tests' JAX cache."""
+    """The environment a subprocess gets: CPU only, ``devices`` forced devices, the tests' JAX cache, which keeps
+    every program (a cold suite compiles each program once, whichever process needs it first)."""
     return dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {XLA_FLAGS}",
+        XLA_FLAGS=xla_flags(devices),
         JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
 
@@ -83,6 +91,24 @@ def run_main(*args, config: str = "configs/digits.py", devices: int = 1, timeout
         main_command(*args, config=config), cwd=REPO, env=main_env(devices), capture_output=True, text=True,
         timeout=timeout,
     )  # fmt: skip
+
+
+def run_in_process(*args, config: str = "configs/digits.py"):
+    """``python -m pdist.main --config=CONFIG ARGS`` through the same parse, run and outcome, in this process
+    (no interpreter to start, no imports to repeat): ``(exit status, its one-line message or "", the flags)``."""
+    from absl import flags
+
+    from pdist import main
+
+    argv = ["pdist", f"--config={os.path.join(REPO, config)}", *args]
+    fv = flags.FlagValues()
+    main.define_flags(fv, argv)
+    try:
+        main.parse(argv, fv)
+        main.run(fv)
+    except Exception as e:
+        return (*main.outcome(e), fv)
+    return 0, "", fv
 
 
 def run_script(name: str, *args: str, devices: int = 4) -> dict:

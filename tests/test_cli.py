@@ -1,12 +1,13 @@
-"""The README's main command (short), --config.mode=sample and eval, distillation from the command line,
-pdist.load and the notebook (bad input and interruptions: tests/test_reliability.py)."""
+"""The README's main command (short, from the shell); --config.mode=sample and eval and distillation through the
+command line's parse, run and outcome in this process; pdist.load in a fresh process and the notebook (bad input
+and interruptions: tests/test_reliability.py)."""
 
 import json
 import os
 
 import numpy as np
 import pytest
-from helpers import REPO, run_main, run_script
+from helpers import REPO, run_in_process, run_script
 
 
 @pytest.mark.heavy
@@ -22,7 +23,7 @@ def test_short_main_run_leaves_checkpoints_grids_and_samples(cli_workdir):
 
 def test_sample_mode_writes_grid_and_npz(cli_workdir, tmp_path):
     workdir = str(tmp_path / "w")  # the samples go to this workdir, the checkpoint is read from the shared one
-    out = run_main(
+    status, message, _ = run_in_process(
         f"--workdir={workdir}",
         f"--config.sample.checkpoint={cli_workdir}",
         "--config.mode=sample",
@@ -30,7 +31,7 @@ def test_sample_mode_writes_grid_and_npz(cli_workdir, tmp_path):
         "--config.sample.num_steps=4",
         "--config.sample.num_samples=9",
     )
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert status == 0, message
     npz = np.load(os.path.join(workdir, "samples", "samples_heun_4_uniform_step20.npz"))
     assert npz["samples"].shape == (9, 8, 8, 1)
     assert np.isfinite(npz["samples"]).all()
@@ -40,7 +41,7 @@ def test_sample_mode_writes_grid_and_npz(cli_workdir, tmp_path):
 @pytest.mark.heavy
 def test_eval_mode_scores_each_sampler_over_seeds_and_the_nll(cli_workdir, tfds_dir, evaluator_cache, tmp_path):
     workdir = str(tmp_path / "w")
-    out = run_main(
+    status, message, _ = run_in_process(
         f"--workdir={workdir}",
         f"--config.eval.checkpoint={cli_workdir}",
         "--config.mode=eval",
@@ -53,7 +54,7 @@ def test_eval_mode_scores_each_sampler_over_seeds_and_the_nll(cli_workdir, tfds_
         "--config.eval.nll_examples=20",
         "--config.eval.nll_batch_size=8",
     )
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert status == 0, message
     (tag,) = os.listdir(os.path.join(workdir, "eval"))
     assert tag.endswith("_step20")
     folder = os.path.join(workdir, "eval", tag)
@@ -104,16 +105,16 @@ def test_distill_command_runs_its_round_and_a_rerun_resumes_without_training(cli
         "--config.train.log_every=2",
         "--config.train.checkpoint_every=2",
     ]
-    out = run_main(*args, config="configs/digits_distill.py")
-    assert out.returncode == 0, out.stderr[-3000:]
+    status, message, _ = run_in_process(*args, config="configs/digits_distill.py")
+    assert status == 0, message
     round_dir = tmp_path / "distill" / "round_01_2steps"
     assert sorted(os.listdir(round_dir / "checkpoints")) == ["2", "4"]
     with open(tmp_path / "distill" / "summary.md") as f:
         table = f.read()
     assert "| 1 | 4 -> 2 | 4 |" in table
     listing = sorted(os.listdir(round_dir))
-    again = run_main(*args, config="configs/digits_distill.py")
-    assert again.returncode == 0, again.stderr[-3000:]
+    status, message, _ = run_in_process(*args, config="configs/digits_distill.py")
+    assert status == 0, message
     assert sorted(os.listdir(round_dir)) == listing  # no new events file: nothing was trained again
     with open(tmp_path / "distill" / "summary.md") as f:
         assert f.read() == table

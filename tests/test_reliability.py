@@ -2,6 +2,7 @@
 and resume bit-identically; a corrupt checkpoint is named (or skipped when allowed); NaNs stop or are skipped."""
 
 import glob
+import logging
 import os
 import re
 import shutil
@@ -12,7 +13,6 @@ import time
 import jax
 import numpy as np
 import pytest
-from absl import flags
 from helpers import (
     REPO,
     SMALL_MODEL,
@@ -21,6 +21,7 @@ from helpers import (
     main_command,
     main_env,
     one_sentence,
+    run_in_process,
     run_main,
     small_config,
     snapshot,
@@ -29,7 +30,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import pdist
-from pdist import main, samplers
+from pdist import samplers
 from pdist.errors import NonFiniteError
 from pdist.jobs import train
 from pdist.runtime import checkpoint
@@ -54,9 +55,10 @@ def run_args(tfds_dir):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, run_args):
+    """The run the interrupted ones must equal, bit for bit (in this process: the same parse and run)."""
     path = str(tmp_path_factory.mktemp("uninterrupted"))
-    out = run_main(f"--workdir={path}", *run_args, "--config.train.checkpoint_every=100")
-    assert out.returncode == 0, out.stderr[-3000:]
+    status, message, _ = run_in_process(f"--workdir={path}", *run_args, "--config.train.checkpoint_every=100")
+    assert status == 0, message
     return path
 
 
@@ -138,23 +140,25 @@ def _truncate_newest(workdir) -> str:
     return folder
 
 
-def test_a_truncated_checkpoint_is_named_and_with_fallback_the_previous_one_resumes(uninterrupted, run_args, tmp_path):
+def test_a_truncated_checkpoint_is_named_and_with_fallback_the_previous_one_resumes(
+    uninterrupted, run_args, tmp_path, caplog
+):
     workdir = str(tmp_path / "w")
     shutil.copytree(uninterrupted, workdir)
     damaged = _truncate_newest(workdir)
     assert damaged.endswith(os.path.join("checkpoints", "300"))
     before = snapshot(workdir)
     args = [f"--workdir={workdir}", *run_args, "--config.train.checkpoint_every=100"]
-    out = run_main(*args)
-    assert out.returncode == 2, out.stderr[-3000:]
-    message = out.stderr.strip().splitlines()[-1]
+    status, message, _ = run_in_process(*args)
+    assert status == 2, message
     assert message.startswith(f"error: The checkpoint {damaged} is corrupt or truncated")
     assert "use step 200 instead, or set config.train.fallback_checkpoint=True" in message and one_sentence(message)
     assert snapshot(workdir) == before
 
-    out = run_main(*args, "--config.train.fallback_checkpoint=True")
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "at step 200." in out.stderr
+    caplog.set_level(logging.INFO)
+    status, message, _ = run_in_process(*args, "--config.train.fallback_checkpoint=True")
+    assert status == 0, message
+    assert "at step 200." in caplog.text
     assert snapshot(damaged + ".corrupt") == {k[len("checkpoints/300/") :]: v for k, v in before.items()
                                               if k.startswith("checkpoints/300/")}  # fmt: skip
     assert_same_state(workdir, uninterrupted, 300)  # steps 201..300 again, bit for bit
@@ -223,20 +227,8 @@ def _error_cases(tfds_dir, empty_dir):
 
 
 # The cases run from the shell: a flag typo (absl's parser), 4 devices, a dataset to build, a missing checkpoint.
-# The others go through the same parse, run and outcome in this process (pdist.main), which is quicker.
+# The others go through the same parse, run and outcome in this process (helpers.run_in_process), which is quicker.
 FROM_THE_SHELL = (0, 6, 10, 12)
-
-
-def _in_process(argv: list[str]) -> tuple[int, str, flags.FlagValues]:
-    """``python -m pdist.main ARGV``'s exit status and last line in this process, and its flags."""
-    fv = flags.FlagValues()
-    main.define_flags(fv, argv)
-    try:
-        main.parse(argv, fv)
-        main.run(fv)
-    except Exception as e:
-        return (*main.outcome(e), fv)
-    return 0, "", fv
 
 
 @pytest.mark.parametrize("case", range(16))
@@ -256,7 +248,7 @@ def test_bad_input_stops_in_one_sentence_and_changes_nothing(case, tfds_dir, uni
         assert "Traceback" not in out.stderr, out.stderr[-3000:]
     else:
         assert devices == 1
-        status, message, _ = _in_process(["pdist", f"--config={os.path.join(REPO, config)}", *args])
+        status, message, _ = run_in_process(*args, config=config)
     assert status == 2, message
     assert message.startswith("error: ") and expected in message, message
     assert one_sentence(message) and "XLA" not in message
@@ -345,10 +337,9 @@ override = st.sampled_from(sorted(OVERRIDES)).flatmap(lambda k: st.sampled_from(
 @example(overrides=[("data.image_size", "0")])  # found by this test: once a TensorFlow error mid-run
 def test_random_overrides_end_in_a_run_or_one_sentence(overrides, tfds_dir, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("h"))
-    argv = ["pdist", f"--config={REPO}/configs/digits.py", f"--workdir={workdir}", f"--config.data.data_dir={tfds_dir}"]
-    argv += [*TINY, "--config.train.num_steps=2", "--config.train.log_every=1"]
-    argv += [f"--config.{k}={v}" for k, v in overrides]
-    status, message, fv = _in_process(argv)
+    args = [f"--workdir={workdir}", f"--config.data.data_dir={tfds_dir}", *TINY]
+    args += ["--config.train.num_steps=2", "--config.train.log_every=1", *(f"--config.{k}={v}" for k, v in overrides)]
+    status, message, fv = run_in_process(*args)
     if status:
         assert status == 2 and one_sentence(message), message
         assert os.listdir(workdir) == []  # nothing written

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REPO, SCRIPTS, run_script, tiny_config
+from helpers import REPO, SCRIPTS, XLA_FLAGS, run_script, tiny_config
 
 from pdist import build
 from pdist.data import train_batches
@@ -25,6 +25,7 @@ def test_two_processes_train_distill_and_evaluate_like_one(tmp_path, tfds_dir, e
     out.mkdir()
     launch = os.path.join(REPO, "launch", "local.sh")
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env["XLA_FLAGS"] = XLA_FLAGS  # local.sh adds the device count
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
     command = [launch, "-n", "2", "-d", "2", "-l", str(tmp_path / "logs"), "--"]
     run = subprocess.run(

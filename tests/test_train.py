@@ -7,7 +7,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from helpers import assert_same_tree, config_file, run_script, small_config
+from helpers import assert_same_tree, config_file, run_script, small_config, small_model
 
 import pdist
 from pdist import build, optim
@@ -100,7 +100,7 @@ def test_a_workdir_written_before_the_refactor_loads_resumes_and_teaches(legacy_
     assert x.shape == (4, 8, 8, 1) and np.isfinite(x).all()
     # It resumes: steps 5 and 6 train from its checkpoint.
     config = small_config(tfds_dir, num_steps=6, checkpoint_every=2, log_every=2, batch_size=16)
-    config.model.ch_mult, config.model.attn_resolutions = (1, 2), (4,)  # the layout it was written with
+    config.model.num_res_blocks = 1  # the layout it was written with: helpers.SMALL_MODEL and one block
     config.sample.num_steps, config.sample.num_samples = 2, 4
     state = train.run(config, legacy_teacher)
     assert int(state.step) == 6
@@ -108,9 +108,8 @@ def test_a_workdir_written_before_the_refactor_loads_resumes_and_teaches(legacy_
              zip(jax.tree.leaves(state.params), jax.tree.leaves(model.params), strict=True)]  # fmt: skip
     assert max(moved) > 0
     # ... and it teaches: one distillation round from its step-4 checkpoint.
-    student = config_file("digits_distill")
-    student.data.data_dir, student.model.ch, student.model.head_dim = tfds_dir, 8, 16
-    student.model.num_res_blocks, student.train.batch_size = 1, 16
+    student = small_model(config_file("digits_distill"))
+    student.data.data_dir, student.model.num_res_blocks, student.train.batch_size = tfds_dir, 1, 16
     student.distill.teacher = os.path.join(legacy_teacher, "checkpoints", "4")
     student.distill.start_steps, student.distill.final_steps = 4, 2
     student.distill.updates_per_round = student.distill.updates_last_rounds = 2
