@@ -136,8 +136,10 @@ class Pretrained:
         use_ema: bool = True,
         batch_size: int = 256,
         log_every_seconds: float | None = None,
+        **options,
     ) -> np.ndarray:
-        """``num_samples`` images [n, H, W, C] in [-1, 1] from ``method`` with ``num_steps`` steps.
+        """``num_samples`` images [n, H, W, C] in [-1, 1] from ``method`` with ``num_steps`` steps and the
+        method's ``options`` (``variance="large"`` of ``ddpm``, for example; see :class:`ImageSampler`).
 
         ``num_steps`` and ``grid`` default to the checkpoint's ``config.sample``: a
         distilled student's own step count and the uniform grid it was trained
@@ -154,6 +156,7 @@ class Pretrained:
             labels=labels,
             batch_size=batch_size,
             log_every_seconds=log_every_seconds,
+            **options,
         )
 
 
@@ -174,11 +177,12 @@ class ImageSampler:
         self.schedule = build.schedule(config)
         self.shape = build.image_shape(config)
         self.num_classes = config.data.num_classes if config.model.class_conditional else 0
+        self.learned_variance = bool(config.diffusion.learned_variance)
         self.mesh = mesh_lib.data_mesh() if mesh is None else mesh
         self._compiled = {}
 
-    def _program(self, method: str, num_steps: int, grid: str, clip_x: bool, n: int):
-        k = (method, num_steps, grid, clip_x, n)
+    def _program(self, method: str, num_steps: int, grid: str, clip_x: bool, n: int, options: tuple):
+        k = (method, num_steps, grid, clip_x, n, options)
         if k not in self._compiled:
             pad = -n % self.mesh.devices.size
 
@@ -196,6 +200,7 @@ class ImageSampler:
                     key=k_sample,
                     grid=grid,
                     clip_x=clip_x,
+                    **dict(options),
                 )
                 return x[:n]
 
@@ -215,10 +220,15 @@ class ImageSampler:
         labels=None,
         batch_size: int = 256,
         log_every_seconds: float | None = None,
+        **options,
     ) -> np.ndarray:
         """``grid``: :data:`pdist.schedules.GRIDS`. ``log_every_seconds``: log progress (images, images/s, ETA)
-        at most this often."""
-        samplers.nfe(method, num_steps, self.schedule)  # unknown method: one sentence, before compiling
+        at most this often. ``options``: the method's (:data:`pdist.samplers.METHODS`), such as ``variance``
+        of ``ddpm``, which is ``learned`` by default for a model that learned its variances."""
+        if method == "ddpm" and self.learned_variance:
+            options = {"variance": "learned", **options}
+        samplers.nfe(method, num_steps, self.schedule, **options)  # unknown method or option: one sentence
+        options = tuple(sorted(options.items()))
         try:  # a grid that does not fit this model: one sentence, before compiling
             grid = schedules.resolve_grid(grid, self.schedule)
             schedules.time_grid(self.schedule, num_steps, grid)
@@ -236,7 +246,8 @@ class ImageSampler:
                 else mesh_lib.shard_rows(np.asarray(labels[start : start + n], np.int32), self.mesh)
             )
             seed_start = mesh_lib.replicate(np.asarray([seed, start], np.int32), self.mesh)
-            out.append(np.asarray(self._program(method, num_steps, grid, clip_x, n)(params, seed_start, label)))
+            program = self._program(method, num_steps, grid, clip_x, n, options)
+            out.append(np.asarray(program(params, seed_start, label)))
             preemption.check("sampling")
             done = start + n
             if log_every_seconds is not None and (time.time() - logged >= log_every_seconds or done == num_samples):

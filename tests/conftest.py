@@ -9,15 +9,17 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-from helpers import JAX_CACHE, REPO, run_main, small_config, xla_flags  # noqa: E402
+from helpers import JAX_CACHE, REPO, SMALL_MODEL, run_main, small_config, xla_flags  # noqa: E402
 
 os.environ["XLA_FLAGS"] = xla_flags(1)  # read when the backend starts; as a 1-device subprocess's (main_env)
 
 jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # every program, as main_env
 
-# The README's main command, shortened: what test_cli and test_reliability read.
+# The README's main command, shortened and with helpers.SMALL_MODEL (the default's two-level layout compiles in
+# tests/test_models.py and tests/scripts/four_devices.py): what test_cli reads.
 SHORT = [
+    *(f"--config.model.{k}={v}" for k, v in SMALL_MODEL.items()),
     "--config.train.num_steps=20",
     "--config.train.log_every=10",
     "--config.train.checkpoint_every=10",

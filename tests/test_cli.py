@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import REPO, run_in_process, run_script
+from helpers import REPO, SMALL_MODEL, run_in_process, run_script
 
 
 @pytest.mark.heavy
@@ -96,6 +96,7 @@ def test_distill_command_runs_its_round_and_a_rerun_resumes_without_training(cli
         f"--workdir={tmp_path / 'distill'}",
         f"--config.distill.teacher={cli_workdir}",
         f"--config.data.data_dir={tfds_dir}",
+        *(f"--config.model.{k}={v}" for k, v in SMALL_MODEL.items()),  # the teacher's
         "--config.distill.start_steps=4",
         "--config.distill.final_steps=2",
         "--config.distill.updates_per_round=4",

@@ -50,7 +50,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def run_args(tfds_dir):
-    return [f"--config.data.data_dir={tfds_dir}", *TINY, "--config.train.num_steps=300"]
+    return [f"--config.data.data_dir={tfds_dir}", *TINY, "--config.train.num_steps=160"]
 
 
 @pytest.fixture(scope="module")
@@ -146,30 +146,30 @@ def test_a_truncated_checkpoint_is_named_and_with_fallback_the_previous_one_resu
     workdir = str(tmp_path / "w")
     shutil.copytree(uninterrupted, workdir)
     damaged = _truncate_newest(workdir)
-    assert damaged.endswith(os.path.join("checkpoints", "300"))
+    assert damaged.endswith(os.path.join("checkpoints", "160"))
     before = snapshot(workdir)
     args = [f"--workdir={workdir}", *run_args, "--config.train.checkpoint_every=100"]
     status, message, _ = run_in_process(*args)
     assert status == 2, message
     assert message.startswith(f"error: The checkpoint {damaged} is corrupt or truncated")
-    assert "use step 200 instead, or set config.train.fallback_checkpoint=True" in message and one_sentence(message)
+    assert "use step 100 instead, or set config.train.fallback_checkpoint=True" in message and one_sentence(message)
     assert snapshot(workdir) == before
 
     caplog.set_level(logging.INFO)
     status, message, _ = run_in_process(*args, "--config.train.fallback_checkpoint=True")
     assert status == 0, message
-    assert "at step 200." in caplog.text
-    assert snapshot(damaged + ".corrupt") == {k[len("checkpoints/300/") :]: v for k, v in before.items()
-                                              if k.startswith("checkpoints/300/")}  # fmt: skip
-    assert_same_state(workdir, uninterrupted, 300)  # steps 201..300 again, bit for bit
+    assert "at step 100." in caplog.text
+    assert snapshot(damaged + ".corrupt") == {k[len("checkpoints/160/") :]: v for k, v in before.items()
+                                              if k.startswith("checkpoints/160/")}  # fmt: skip
+    assert_same_state(workdir, uninterrupted, 160)  # steps 101..160 again, bit for bit
 
 
 def test_a_flipped_bit_fails_the_checksum(uninterrupted, tmp_path):
-    source = os.path.join(uninterrupted, "checkpoints", "200")
+    source = os.path.join(uninterrupted, "checkpoints", "100")
     clean = pdist.load(source)
     caught = []
     for n, data in enumerate(_data_files(source)):  # one bit in the middle of one file at a time
-        copy = str(tmp_path / str(n) / "200")
+        copy = str(tmp_path / str(n) / "100")
         shutil.copytree(source, copy)
         target = os.path.join(copy, os.path.relpath(data, source))
         raw = bytearray(open(target, "rb").read())
