@@ -18,6 +18,7 @@ Part 3: the method options where pdist's default and the reference code differ
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import sys
@@ -46,41 +47,35 @@ OPTIONS = [
 ]
 
 
-def error_table(steps, batch):
-    rows = []
+def _error(den, schedule, grid, noise, n, ref, method, **options):
+    """(NFE, RMS error, median error) of ``method``'s final samples against the exact answer ``ref``."""
+    out = samplers.sample(den, schedule, noise, method=method, num_steps=n, grid=grid, **options)
+    err = np.linalg.norm(np.asarray(out) - ref, axis=1)
+    return samplers.nfe(method, n, schedule, **options), float(np.sqrt(np.mean(err**2))), float(np.median(err))
+
+
+def _cases(steps, batch):
+    """Every (oracle, setup, step count) with its ``error(method, **options)`` (:func:`_error`)."""
     for oname, data in ORACLES.items():
         noise = jax.random.normal(jax.random.key(0), (batch, data.dim))
         for sname, (schedule, grid) in SETUPS.items():
             den = oracles.Denoiser(data, schedule)
             for n in steps:
                 ref = oracles.exact_sample(data, schedule, noise, n, grid)
-                for m in DETERMINISTIC:
-                    out = np.asarray(samplers.sample(den, schedule, noise, method=m, num_steps=n, grid=grid))
-                    err = np.linalg.norm(out - ref, axis=1)
-                    rmse, med = float(np.sqrt(np.mean(err**2))), float(np.median(err))
-                    rows.append((oname, sname, m, n, samplers.nfe(m, n, schedule), rmse, med))
-    return rows
+                yield oname, sname, n, functools.partial(_error, den, schedule, grid, noise, n, ref)
+
+
+def error_table(steps, batch):
+    return [(o, s, m, n, *error(m)) for o, s, n, error in _cases(steps, batch) for m in DETERMINISTIC]
 
 
 def options_table(steps, batch):
     """RMS error against the exact answer of each option value, per oracle, schedule/grid and step count."""
     rows = []
-    for oname, data in ORACLES.items():
-        noise = jax.random.normal(jax.random.key(0), (batch, data.dim))
-        for sname, (schedule, grid) in SETUPS.items():
-            den = oracles.Denoiser(data, schedule)
-            for n in steps:
-                ref = oracles.exact_sample(data, schedule, noise, n, grid)
-                for method, option, ours, theirs in OPTIONS:
-                    row = [oname, sname, method, n]
-                    for value in (ours, theirs):
-                        kw = {option: value}
-                        out = np.asarray(
-                            samplers.sample(den, schedule, noise, method=method, num_steps=n, grid=grid, **kw)
-                        )
-                        rms = float(np.sqrt(np.mean(np.linalg.norm(out - ref, axis=1) ** 2)))
-                        row += [samplers.nfe(method, n, schedule, **kw), rms]
-                    rows.append(row)
+    for oname, sname, n, error in _cases(steps, batch):
+        for method, option, ours, theirs in OPTIONS:
+            (nfe_a, a, _), (nfe_b, b, _) = (error(method, **{option: value}) for value in (ours, theirs))
+            rows.append((oname, sname, method, n, nfe_a, a, nfe_b, b))
     return rows
 
 

@@ -203,11 +203,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_positive(sample.num_samples, "sample.num_samples")
     check_positive(sample.batch_size, "sample.batch_size")
     if config.mode in ("train", "distill"):  # this config's model samples (sample and eval read a checkpoint's)
-        diffusion_settings = config.diffusion
-        T = diffusion_settings.num_timesteps
-        schedule = schedules.get_schedule(diffusion_settings.schedule, **({} if T is None else {"num_timesteps": T}))
+        from pdist import build  # build imports what config does; imported here, on use
+
         try:
-            schedules.time_grid(schedule, sample.num_steps, sample.grid)
+            schedules.time_grid(build.schedule(config), sample.num_steps, sample.grid)
         except ValueError as e:
             _fail(f"config.sample.grid={sample.grid!r} with config.sample.num_steps={sample.num_steps}: {e}")
 
