@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -9,11 +10,13 @@ import subprocess
 import sys
 
 import jax
+import jax.flatten_util
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO, "tests", "scripts")
-JAX_CACHE = os.path.expanduser("~/.cache/pdist/jax")
+# The tests' persistent compilation cache (PDIST_TEST_JAX_CACHE: another folder, e.g. an empty one to time a cold run).
+JAX_CACHE = os.environ.get("PDIST_TEST_JAX_CACHE") or os.path.expanduser("~/.cache/pdist/jax")
 # Compiling dominates the suite's time on a CPU, and LLVM's -O0 for XLA's CPU code halves it. Results differ from
 # -O3's in the last bits, so tests compare programs compiled under these same flags only.
 XLA_FLAGS = "--xla_backend_optimization_level=0"
@@ -51,6 +54,29 @@ def small_config(tfds_dir=None, **train_overrides):
     for k, v in train_overrides.items():
         config.train[k] = v
     return config
+
+
+def init_params(config, key):
+    """``build.init_params(config, key)``, compiled: run eagerly, every layer's operations compile one by one
+    (hundreds of small programs; one program is several times cheaper)."""
+    from pdist import build
+
+    return jax.jit(functools.partial(build.init_params, config))(key)
+
+
+def apply_fn(config):
+    """``build.apply_fn(config)``, compiled (see :func:`init_params`)."""
+    from pdist import build
+
+    return jax.jit(build.apply_fn(config))
+
+
+@jax.jit
+def perturb(params, key, scale: float = 0.1):
+    """``params`` plus ``scale`` times independent standard normal noise on every entry (one draw for all of them:
+    a draw per leaf compiles a generator per leaf)."""
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    return unravel(flat + scale * jax.random.normal(key, flat.shape))
 
 
 def tiny_config(tfds_dir=None):

@@ -14,14 +14,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from helpers import assert_same_tree, config_file, small_model
+from helpers import assert_same_tree, config_file, init_params, perturb, small_model
 
 import pdist
-from pdist import build, diffusion, losses, oracles, samplers
+from pdist import build, diffusion, losses, optim, oracles, samplers
 from pdist import schedules as sc
-from pdist.config import validate
+from pdist.config import base_config, validate
 from pdist.distillation import METHODS, Round, progressive
 from pdist.errors import ConfigError, Preempted
 from pdist.jobs import distill
@@ -49,20 +48,23 @@ def test_students_reproduce_their_teachers_two_steps_on_a_2d_mixture():
     apply_fn = lambda p, z, t, label, key: net.apply({"params": p}, z, t)  # noqa: E731
 
     def fit(loss_fn, params, steps, lr, batch, seed, *loss_args):
-        tx = optax.adam(optax.linear_schedule(lr, 0.0, steps))
-        step = step_lib.make_train_step(loss_fn, tx, ema_decay=0.0)
+        settings = base_config().optim  # Adam, linear decay from lr to 0 over the steps, no clipping
+        settings.learning_rate, settings.warmup_steps, settings.schedule, settings.grad_clip = lr, 0, "linear", 0.0
+        optimizer = optim.optimizer(settings, steps)
+        step = step_lib.make_train_step(loss_fn, optimizer, ema_decay=0.0)
 
         def body(state, i):
             x = data.sample(jax.random.fold_in(jax.random.key(seed), i), batch)
-            return step(state, {"image": x}, jax.random.key(seed + 1), *loss_args)[0], None
+            return step(state, {"image": x}, jax.random.key(seed + 1), optimizer.args, *loss_args)[0], None
 
         run = jax.jit(lambda s: jax.lax.scan(body, s, jnp.arange(steps))[0])
-        return run(step_lib.init_state(params, tx)).params
+        return run(step_lib.init_state(params, optimizer.tx)).params
 
-    def ddim(params, noise, n):
-        def den(z, t):
-            return diffusion.predict(apply_fn(params, z, t, None, None), z, schedule.logsnr(t), parameterization="v")
+    def denoise(params, z, t):
+        return diffusion.predict(apply_fn(params, z, t, None, None), z, schedule.logsnr(t), parameterization="v")
 
+    def ddim(params, noise, n):  # the parameters are an argument: one program per step count
+        den = jax.tree_util.Partial(denoise, params)
         return np.asarray(samplers.sample(den, schedule, noise, method="ddim", num_steps=n), np.float64)
 
     def rmse(a, b):
@@ -307,9 +309,8 @@ def test_each_distill_config_fits_its_teacher_config_with_the_papers_settings(na
 def test_labels_reach_teacher_and_student_of_a_class_conditional_model():
     config = small_model(config_file("digits_distill"))
     config.model.class_conditional = True
-    params = build.init_params(config, jax.random.key(0))
     # Non-zero output layers, so that the class embedding shows in every output.
-    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)
+    params = perturb(init_params(config, jax.random.key(0)), jax.random.key(1), 0.05)
     loss = jax.jit(build.distillation_loss(config, Round(index=1, student_steps=4, teacher_steps=8, updates=1)))
     x = jax.random.uniform(jax.random.key(2), (8, 8, 8, 1), minval=-1, maxval=1)
     key = jax.random.key(3)
@@ -332,9 +333,8 @@ def test_every_distillation_method_checks_schedules_and_trains(name):
     assert all(r.student_steps < r.teacher_steps and r.updates > 0 for r in rounds)
     assert all(a.student_steps > b.student_steps for a, b in zip(rounds, rounds[1:], strict=False))
     # The round's loss takes the teacher's parameters as an argument, and a gradient step on it lowers it.
-    params = build.init_params(config, jax.random.key(0))
-    teacher = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)
-    loss = build.distillation_loss(config, rounds[-1])
+    teacher = perturb(init_params(config, jax.random.key(0)), jax.random.key(1), 0.05)
+    loss = jax.jit(build.distillation_loss(config, rounds[-1]))
     batch = {"image": jax.random.uniform(jax.random.key(2), (16, 8, 8, 1), minval=-1, maxval=1)}
     key = jax.random.key(3)
     value, grads = jax.jit(jax.value_and_grad(lambda p: loss(p, batch, key, teacher)[0]))(teacher)

@@ -19,8 +19,9 @@ from pdist.evaluation.inception import BasicConv, FIDInceptionV3, InceptionE, pr
 
 
 def _conv_order(module, x) -> tuple[list[tuple[str, ...]], dict]:
-    """The BasicConv paths in call order (torchvision's and Keras' creation order), and the variables."""
-    variables = module.init(jax.random.key(0), x)
+    """The BasicConv paths in call order (torchvision's and Keras' creation order), and the variables' shapes
+    (traced, not run: every one of them is then set from Keras)."""
+    variables = jax.eval_shape(module.init, jax.random.key(0), x)
     order = []
 
     def record(next_fun, args, kwargs, context):
@@ -29,7 +30,7 @@ def _conv_order(module, x) -> tuple[list[tuple[str, ...]], dict]:
         return next_fun(*args, **kwargs)
 
     with __import__("flax").linen.intercept_methods(record):
-        module.apply(variables, x)
+        jax.eval_shape(module.apply, variables, x)
     return order, variables
 
 
@@ -92,13 +93,13 @@ def test_flax_inception_matches_keras_inception_v3_with_random_weights():
     variables["params"]["fc"] = {"kernel": dense.get_weights()[0], "bias": rng.normal(size=1008).astype(np.float32)}
     dense.set_weights([variables["params"]["fc"]["kernel"], variables["params"]["fc"]["bias"]])
     want_features, want_logits = (np.asarray(a) for a in model(x))
-    got_features, got_logits = net.apply(variables, jnp.asarray(x))
+    got_features, got_logits = jax.jit(net.apply)(variables, jnp.asarray(x))
     scale = np.abs(want_features).max()
     assert scale > 1e-3
     np.testing.assert_allclose(got_features, want_features, atol=1e-4 * scale)
     np.testing.assert_allclose(got_logits, want_logits, atol=1e-4 * np.abs(want_logits).max())
     # The FID network differs only in Mixed_7c's pool, and that changes the features.
-    fid_features, _ = FIDInceptionV3().apply(variables, jnp.asarray(x))
+    fid_features, _ = jax.jit(FIDInceptionV3().apply)(variables, jnp.asarray(x))
     assert np.abs(np.asarray(fid_features) - want_features).max() > 1e-3 * scale
 
 
@@ -136,7 +137,7 @@ def test_inception_e_block_matches_keras_with_either_pool(max_pool):
     _randomize_keras(pairs, rng)
     variables = _copy_to_flax(pairs, order, variables)
     want = np.asarray(model(x))
-    np.testing.assert_allclose(block.apply(variables, jnp.asarray(x)), want, atol=1e-4 * np.abs(want).max())
+    np.testing.assert_allclose(jax.jit(block.apply)(variables, jnp.asarray(x)), want, atol=1e-4 * np.abs(want).max())
 
 
 def test_preprocess_quantizes_and_resizes_like_tensorflow_half_pixel_bilinear():
@@ -259,10 +260,10 @@ def test_inception_evaluator_batches_grey_images_through_the_network(tmp_path):
     convert.save_npz(variables, str(tmp_path / "w.npz"))
     evaluator = InceptionEvaluator(str(tmp_path / "w.npz"), batch_size=2)
     x = rng.uniform(-1, 1, (3, 8, 8, 1)).astype(np.float32)
-    features, probs = evaluator.outputs(x)  # batches of 2 and 1
+    features, probs = evaluator.outputs(x)  # batches of 2 and 1 (padded to 2)
     assert features.shape == (3, 2048) and probs.shape == (3, 1008)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-    want, logits = FIDInceptionV3().apply(variables, preprocess(jnp.asarray(x)))
+    want, logits = jax.jit(FIDInceptionV3().apply)(variables, preprocess(jnp.asarray(x)))
     np.testing.assert_allclose(features, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
     np.testing.assert_allclose(probs, jax.nn.softmax(logits), rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="takes \\[N, H, W, 1 or 3\\] images"):

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import config_file
+from helpers import apply_fn, config_file, init_params, perturb, small_model
 
 from pdist import build
 from pdist.models import ARCHITECTURES
@@ -39,17 +39,11 @@ def test_output_shape_at_reduced_width(name, variant, out_channels):
     assert out.shape == (2, size, size, out_channels)
 
 
-def _random_params(params, key):
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(tree, [0.1 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)])
-
-
 def test_class_embedding_changes_the_output():
-    config = config_file("digits")
+    config = small_model(config_file("digits"))
     config.model.class_conditional = True
-    params = _random_params(build.init_params(config, jax.random.key(0)), jax.random.key(1))
-    apply = build.apply_fn(config)
+    params = perturb(init_params(config, jax.random.key(0)), jax.random.key(1))
+    apply = apply_fn(config)
     z = jax.random.normal(jax.random.key(2), (1, 8, 8, 1))
     t = jnp.full((1,), 0.5)
     a = apply(params, z, t, jnp.array([3]), None)
@@ -59,14 +53,14 @@ def test_class_embedding_changes_the_output():
 
 
 def test_output_layers_start_at_zero_and_dropout_needs_train():
-    config = config_file("digits")
+    config = small_model(config_file("digits"))
     config.model.dropout = 0.5
-    params = build.init_params(config, jax.random.key(0))
-    apply = build.apply_fn(config)
+    params = init_params(config, jax.random.key(0))
+    apply = apply_fn(config)
     z = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
     t = jnp.full((2,), 0.3)
     np.testing.assert_array_equal(apply(params, z, t, None, None), 0.0)  # zero-initialized output conv
-    params = _random_params(params, jax.random.key(1))
+    params = perturb(params, jax.random.key(1))
     det = apply(params, z, t, None, None)
     np.testing.assert_array_equal(det, apply(params, z, t, None, None))
     assert float(jnp.max(jnp.abs(det - apply(params, z, t, None, jax.random.key(3))))) > 1e-4
@@ -81,9 +75,9 @@ def test_every_architecture_builds_from_its_row_and_checks_its_settings(name):
     config.model.name = name
     validate(config)
     net = build.network(config)
-    params = build.init_params(config, jax.random.key(0))
+    params = init_params(config, jax.random.key(0))
     z = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
-    out = net.apply({"params": params}, z, jnp.array([-3.0, 5.0]), None, train=False)
+    out = apply_fn(config)(params, z, jnp.array([-3.0, 5.0]), None, None)
     assert out.shape == (2, 8, 8, net.out_channels) and net.out_channels == 1  # v-parameterization, grey
     # The row's validation sees its own settings: a model that cannot halve an 8x8 image 4 times is refused.
     config.model.ch_mult = (1, 2, 2, 2, 2)

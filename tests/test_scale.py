@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REPO, SCRIPTS, XLA_FLAGS, run_script, tiny_config
+from helpers import REPO, SCRIPTS, XLA_FLAGS, apply_fn, init_params, perturb, run_script, tiny_config
 
 from pdist import build
 from pdist.data import train_batches
@@ -108,11 +108,11 @@ def test_bfloat16_training_lowers_the_loss_with_float32_parameters_and_optimizer
     mesh = mesh_lib.data_mesh()
     init_fn, optimizer = build.state_init(config)
     state = step_lib.create_state(init_fn, mesh)
-    step = step_lib.compile_step(step_lib.make_train_step(build.loss(config), optimizer.tx, ema_decay=0.99), mesh)
+    step = step_lib.compile_step(step_lib.make_train_step(build.loss(config), optimizer, ema_decay=0.99), mesh)
     batches = train_batches(config, local_batch_size=32)
     losses = []
     for _ in range(120):
-        state, metrics = step(state, mesh_lib.global_batch(next(batches), mesh), jax.random.key(0))
+        state, metrics = step(state, mesh_lib.global_batch(next(batches), mesh), jax.random.key(0), optimizer.args)
         losses.append(metrics.scalars["loss"])
     losses = np.asarray(jax.device_get(losses))
     assert losses[-20:].mean() < 0.7 * losses[:20].mean(), (losses[:20].mean(), losses[-20:].mean())
@@ -123,8 +123,8 @@ def test_bfloat16_training_lowers_the_loss_with_float32_parameters_and_optimizer
     # The compute really is bfloat16: the same parameters in float32 give close but different outputs.
     f32 = tiny_config(tfds_dir)
     z, t = jax.random.normal(jax.random.key(1), (8, 8, 8, 1)), jnp.linspace(0.1, 0.9, 8)
-    out16 = build.apply_fn(config)(state.params, z, t, None, None)
-    out32 = build.apply_fn(f32)(state.params, z, t, None, None)
+    out16 = apply_fn(config)(state.params, z, t, None, None)
+    out32 = apply_fn(f32)(state.params, z, t, None, None)
     rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
     assert out16.dtype == jnp.float32 and 1e-4 < rel < 5e-2, rel
 
@@ -135,9 +135,11 @@ def test_remat_keeps_parameter_names_outputs_and_gradients():
     remat = tiny_config()
     remat.model.dropout = 0.1
     remat.model.remat = True
-    params = build.init_params(config, jax.random.key(0))
-    assert jax.tree.structure(params) == jax.tree.structure(build.init_params(remat, jax.random.key(0)))
-    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)
+    params = init_params(config, jax.random.key(0))
+    assert jax.tree.structure(params) == jax.tree.structure(
+        jax.eval_shape(lambda k: init_params(remat, k), jax.random.key(0))
+    )
+    params = perturb(params, jax.random.key(2))
     batch = {"image": jax.random.uniform(jax.random.key(3), (8, 8, 8, 1), minval=-1, maxval=1)}
     grads = {}
     for name, c in (("plain", config), ("remat", remat)):

@@ -1,16 +1,19 @@
 """Teacher training: the loss goes down, EMA moves, resume is exact, 4 devices equal 1, every learning-rate
-schedule gives the rates its formula says, and a workdir written before the run-layer refactor still serves."""
+schedule gives the rates its formula says (its numbers are data: runs of other lengths and rates share the
+compiled step, and SGD applies the rate to the gradient), and a workdir written before the run-layer refactor still serves."""
 
 import os
 import shutil
 
+import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import assert_same_tree, config_file, run_script, small_config, small_model
 
 import pdist
-from pdist import build, optim
+from pdist import build, losses, optim
 from pdist.data import train_batches
 from pdist.jobs import distill, train
 from pdist.runtime import mesh as mesh_lib
@@ -24,12 +27,12 @@ def test_loss_decreases_and_ema_moves(tfds_dir):
     mesh = mesh_lib.data_mesh()
     init_fn, optimizer = build.state_init(config)
     state = step_lib.create_state(init_fn, mesh)
-    step = step_lib.compile_step(step_lib.make_train_step(build.loss(config), optimizer.tx, ema_decay=0.99), mesh)
+    step = step_lib.compile_step(step_lib.make_train_step(build.loss(config), optimizer, ema_decay=0.99), mesh)
     batches = train_batches(config, local_batch_size=32)
     key = jax.random.key(0)
     losses = []
     for _ in range(120):
-        state, metrics = step(state, mesh_lib.global_batch(next(batches), mesh), key)
+        state, metrics = step(state, mesh_lib.global_batch(next(batches), mesh), key, optimizer.args)
         losses.append(metrics.scalars["loss"])
     losses = np.asarray(jax.device_get(losses))
     first, last = losses[:20].mean(), losses[-20:].mean()
@@ -90,6 +93,33 @@ def test_every_learning_rate_schedule_follows_its_formula(schedule):
         updates, state = tx.update(np.array([1.0, -2.0, 0.5], np.float32), state, params)
     # After 12 steps of a constant gradient Adam's normalized direction is ~sign(g) (bias-corrected): rate(11).
     np.testing.assert_allclose(np.asarray(updates), -got[11] * np.sign([1.0, -2.0, 0.5]), rtol=1e-4)
+
+
+def test_schedule_numbers_are_arguments_so_runs_of_any_length_and_rate_share_the_step():
+    # A quadratic loss: the gradient of 0.5 |p - target|^2 is p - target, so plain SGD's update is exact.
+    def fn(params, batch, key):
+        loss = 0.5 * jnp.sum((params - batch["image"]) ** 2)
+        return loss, losses.LossAux({"loss": loss})
+
+    counted = chex.assert_max_traces(fn, n=1)  # raises on a second trace
+    settings = config_file("digits").optim
+    settings.optimizer, settings.schedule, settings.grad_clip = "sgd", "cosine", 0.0
+    settings.learning_rate, settings.warmup_steps = 0.1, 3
+    first = optim.optimizer(settings, 20)
+    settings.learning_rate, settings.warmup_steps = 0.02, 0  # another run: other rate, no warm-up, 7 steps
+    second = optim.optimizer(settings, 7)
+    step = jax.jit(step_lib.make_train_step(losses.Loss(counted, lambda b, k: b), first, ema_decay=0.0))
+    target = np.array([1.0, -2.0, 0.5], np.float32)
+    for optimizer, total in ((first, 20), (second, 7)):
+        state = step_lib.init_state(jnp.zeros(3), optimizer.tx)
+        for s in range(total):
+            params = np.asarray(state.params)
+            state, metrics = step(state, {"image": target}, jax.random.key(0), optimizer.args)
+            rate = float(optimizer.learning_rate(s))
+            assert float(metrics.scalars["learning_rate"]) == rate
+            np.testing.assert_allclose(np.asarray(state.params), params - rate * (params - target), rtol=1e-6)
+    assert float(first.learning_rate(1)) == pytest.approx(0.1 / 3, rel=1e-6)  # warm-up, step 1 of 3
+    assert float(second.learning_rate(0)) == np.float32(0.02)  # no warm-up: the peak at once
 
 
 @pytest.mark.heavy

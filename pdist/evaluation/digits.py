@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from flax import serialization
 
+from pdist.evaluation import evaluators
 from pdist.runtime import files
 
 VERSION = 3
@@ -67,7 +68,7 @@ def _split(name: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
 
 def _train(x: np.ndarray, y: np.ndarray):
     net = DigitsCNN()
-    params = net.init(jax.random.key(SEED), x[:1])["params"]
+    params = jax.jit(net.init)(jax.random.key(SEED), x[:1])["params"]
     batches = len(x) // BATCH
     tx = optax.adam(optax.cosine_decay_schedule(LEARNING_RATE, EPOCHS * batches))
 
@@ -110,7 +111,7 @@ class DigitsEvaluator:
         x_train, y_train = _split("train", data_dir)
         self.x_test, self.y_test = _split("test", data_dir)
         self._net = DigitsCNN()
-        template = self._net.init(jax.random.key(SEED), x_train[:1])["params"]
+        template = jax.eval_shape(self._net.init, jax.random.key(SEED), x_train[:1])["params"]
         if os.path.exists(path):
             with open(path, "rb") as f:
                 self.params = serialization.from_bytes(template, f.read())
@@ -131,8 +132,7 @@ class DigitsEvaluator:
         x = np.asarray(x, np.float32)
         if x.ndim != 4 or x.shape[1:] != self.image_shape:
             raise ValueError(f"The digits evaluator takes [N, 8, 8, 1] images in [-1, 1]; got shape {x.shape}.")
-        out = [self._apply(self.params, x[i : i + batch]) for i in range(0, len(x), batch)]
-        return np.concatenate([np.asarray(f) for f, _ in out]), np.concatenate([np.asarray(p) for _, p in out])
+        return evaluators.batched(self._apply, self.params, x, batch)
 
     def features(self, x: np.ndarray) -> np.ndarray:
         return self.outputs(x)[0]

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pdist.evaluation import evaluators
+
 NUM_FEATURES, NUM_LOGITS, SIZE = 2048, 1008, 299
 
 
@@ -209,5 +211,4 @@ class InceptionEvaluator:
         x = np.asarray(x, np.float32)
         if x.ndim != 4 or x.shape[-1] not in (1, 3):
             raise ValueError(f"The Inception evaluator takes [N, H, W, 1 or 3] images in [-1, 1]; got {x.shape}.")
-        out = [self._apply(self.variables, x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
-        return np.concatenate([np.asarray(f) for f, _ in out]), np.concatenate([np.asarray(p) for _, p in out])
+        return evaluators.batched(self._apply, self.variables, x, self.batch_size)

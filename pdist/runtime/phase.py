@@ -76,7 +76,7 @@ class Phase:
     num_steps: int
     batches: Callable[[int], Iterator[dict]]  # first step -> this process's batches from that step on
     key: jax.Array  # every step folds its number into it
-    step_args: tuple = ()  # passed to the step after (state, batch, key): the frozen teacher
+    step_args: tuple = ()  # passed to the step after (state, batch, key, the schedule's numbers): the teacher
     importance: LossAwareSampler | None = None
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)  # more entries for every checkpoint
     snapshot: Callable[[int, TrainState, metric_writers.MetricWriter], None] | None = None  # sample grids
@@ -108,9 +108,8 @@ def run(phase: Phase, mesh) -> Result:
         step_fn = compile_step(
             make_train_step(
                 phase.loss,
-                phase.optimizer.tx,
+                phase.optimizer,
                 ema_decay=train.ema_decay,
-                learning_rate=phase.optimizer.learning_rate,
                 importance=phase.importance,
                 accum_steps=train.grad_accum_steps,
                 skip_nonfinite=train.skip_nonfinite > 0,
@@ -155,7 +154,9 @@ def _loop(phase: Phase, step_fn, state, batches, mesh, start, writer, ckpt, base
         health.saved(step)
 
     for step in range(start + 1, num_steps + 1):
-        state, metrics = step_fn(state, mesh_lib.global_batch(next(batches), mesh), phase.key, *phase.step_args)
+        state, metrics = step_fn(
+            state, mesh_lib.global_batch(next(batches), mesh), phase.key, phase.optimizer.args, *phase.step_args
+        )
         pending.append(metrics)
         progress(step)
         final = step == num_steps

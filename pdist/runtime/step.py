@@ -1,7 +1,9 @@
 """The train state and the one train step used by teacher training and distillation.
 
-``step(state, batch, key, *loss_args) -> (state, StepMetrics)`` where the loss is
-any :class:`pdist.losses.Loss` ``(params, batch, key, *loss_args) -> (loss, LossAux)``
+``step(state, batch, key, rates, *loss_args) -> (state, StepMetrics)`` where
+``rates`` are the learning-rate schedule's numbers (:class:`pdist.optim.Optimizer`'s
+``args``: data, so a run's length and peak rate are not compiled in) and the
+loss is any :class:`pdist.losses.Loss` ``(params, batch, key, *loss_args) -> (loss, LossAux)``
 (distillation passes the frozen teacher parameters as ``loss_args``). The
 step's RNG is ``fold_in(key, state.step)`` (:mod:`pdist.rng`), never stored.
 Compiled once with :func:`compile_step` over the data mesh, donating the state.
@@ -20,6 +22,7 @@ from jax.sharding import Mesh
 
 from pdist.importance import LossAwareSampler
 from pdist.losses import Loss, LossAux
+from pdist.optim import Optimizer
 from pdist.runtime import mesh as mesh_lib
 
 Array = jax.Array
@@ -53,10 +56,9 @@ def init_state(params, tx: optax.GradientTransformation, importance: LossAwareSa
 
 def make_train_step(
     loss_fn: Loss,
-    tx: optax.GradientTransformation,
+    optimizer: Optimizer,
     *,
     ema_decay: float,
-    learning_rate: optax.Schedule | None = None,
     importance: LossAwareSampler | None = None,
     accum_steps: int = 1,
     skip_nonfinite: bool = False,
@@ -97,14 +99,14 @@ def make_train_step(
         terms = None if aux.vlb_terms is None else aux.vlb_terms.swapaxes(0, 1).reshape(-1)
         return grads, LossAux(metrics, terms)
 
-    def step(state: TrainState, batch: dict, key: Array, *loss_args):
+    def step(state: TrainState, batch: dict, key: Array, rates, *loss_args):
         key = jax.random.fold_in(key, state.step)
         k_t, k_loss = jax.random.split(key)
         if importance is not None:
             levels, t_weight = importance.sample(state.importance, k_t, batch["image"].shape[0])
             batch = {**batch, "t": levels / importance.num_timesteps, "t_weight": t_weight}
         grads, aux = gradients(state.params, batch, k_loss, loss_args)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = optimizer.with_args(rates).update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
         imp = state.importance
@@ -114,8 +116,7 @@ def make_train_step(
             imp = importance.update(imp, levels, aux.vlb_terms)
         metrics = dict(aux.metrics)
         metrics["grad_norm"] = optax.tree.norm(grads)
-        if learning_rate is not None:
-            metrics["learning_rate"] = learning_rate(state.step)
+        metrics["learning_rate"] = optimizer.rate(rates, state.step)
         new_state = state.replace(params=params, ema_params=ema, opt_state=opt_state, importance=imp)
         skipped = jnp.zeros((), jnp.float32)
         if skip_nonfinite:

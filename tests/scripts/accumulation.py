@@ -6,12 +6,11 @@ import sys
 
 import jax
 import numpy as np
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from helpers import tiny_config  # noqa: E402
 
-from pdist import build  # noqa: E402
+from pdist import build, optim  # noqa: E402
 from pdist.config import for_distillation  # noqa: E402
 from pdist.distillation import Round  # noqa: E402
 from pdist.runtime import mesh as mesh_lib  # noqa: E402
@@ -21,11 +20,15 @@ from pdist.runtime import step as step_lib  # noqa: E402
 def run(config, loss, devices, accum, loss_args=(), lr=0.5):
     mesh = mesh_lib.data_mesh(jax.devices()[:devices])
     init_fn, _ = build.state_init(config)
-    tx = optax.sgd(lr)  # the update is the scaled gradient, so parameters compare gradients
+    # Plain SGD at a constant rate: the update is the scaled gradient, so parameters compare gradients.
+    settings = config.optim
+    settings.optimizer, settings.learning_rate, settings.warmup_steps = "sgd", lr, 0
+    settings.schedule, settings.grad_clip = "constant", 0.0
+    optimizer = optim.optimizer(settings, 2)
     importance = build.importance_sampler(config)
-    state = step_lib.create_state(lambda: step_lib.init_state(init_fn().params, tx, importance), mesh)
+    state = step_lib.create_state(lambda: step_lib.init_state(init_fn().params, optimizer.tx, importance), mesh)
     step = step_lib.compile_step(
-        step_lib.make_train_step(loss, tx, ema_decay=0.9, importance=importance, accum_steps=accum), mesh
+        step_lib.make_train_step(loss, optimizer, ema_decay=0.9, importance=importance, accum_steps=accum), mesh
     )
     rng = np.random.default_rng(0)
     for _ in range(2):
@@ -34,7 +37,7 @@ def run(config, loss, devices, accum, loss_args=(), lr=0.5):
             "label": rng.integers(0, 10, 16).astype(np.int32),
         }
         args = [mesh_lib.put_replicated(a, mesh) for a in loss_args]
-        state, metrics = step(state, mesh_lib.global_batch(batch, mesh), jax.random.key(3), *args)
+        state, metrics = step(state, mesh_lib.global_batch(batch, mesh), jax.random.key(3), optimizer.args, *args)
     return [np.asarray(a) for a in jax.tree.leaves(state)], jax.device_get(metrics.scalars)
 
 

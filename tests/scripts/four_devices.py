@@ -32,9 +32,9 @@ for n in (1, 4):
     state = step_lib.create_state(init_fn, mesh)
     loss = build.loss(config)
     traced = losses.Loss(chex.assert_max_traces(loss.fn, n=1), loss.draw)  # raises on a second trace
-    step = step_lib.compile_step(step_lib.make_train_step(traced, optimizer.tx, ema_decay=0.9), mesh)
+    step = step_lib.compile_step(step_lib.make_train_step(traced, optimizer, ema_decay=0.9), mesh)
     for _ in range(3):
-        state, _ = step(state, mesh_lib.global_batch(batch, mesh), jax.random.key(1))
+        state, _ = step(state, mesh_lib.global_batch(batch, mesh), jax.random.key(1), optimizer.args)
     results[n] = [np.asarray(a) for a in jax.tree.leaves(state.params)]
     assert len(state.params["Conv_0"]["kernel"].sharding.device_set) == n
 err = max(float(np.max(np.abs(a - b))) for a, b in zip(results[1], results[4], strict=True))

@@ -24,16 +24,13 @@ init_fn, optimizer = build.state_init(config)
 state = step_lib.create_state(init_fn, mesh)
 initial = [np.array(a) for a in jax.tree.leaves(state.params)]  # a copy: the step donates the state
 step = step_lib.compile_step(
-    step_lib.make_train_step(
-        build.loss(config), optimizer.tx, ema_decay=config.train.ema_decay, learning_rate=optimizer.learning_rate
-    ),
-    mesh,
+    step_lib.make_train_step(build.loss(config), optimizer, ema_decay=config.train.ema_decay), mesh
 )
 shards = [train_batches(config, local_batch_size=8, process_index=i, process_count=2) for i in range(2)]
 for _ in range(config.train.num_steps):
     local = [next(s) for s in shards]
     batch = {k: np.concatenate([b[k] for b in local]) for k in local[0]}
-    state, _ = step(state, mesh_lib.global_batch(batch, mesh), rng.phase_key(config.seed, rng.TEACHER))
+    state, _ = step(state, mesh_lib.global_batch(batch, mesh), rng.phase_key(config.seed, rng.TEACHER), optimizer.args)
 mine = [np.asarray(a) for a in jax.tree.leaves(state.params)]
 with np.load(f"{out}/teacher_0.npz") as f:
     theirs = [f[f"arr_{i}"] for i in range(len(f.files))]
