@@ -3,12 +3,14 @@ against sampling steps for fixed and learned variances.
 
     python bench/iddpm_digits.py --root runs/iddpm --data-dir DIR            # trains what is missing, then measures
     python bench/iddpm_digits.py --variants simple,hybrid --steps 25,50,100 --num-samples 500 --num-seeds 2
+    python bench/iddpm_digits.py --variants hybrid --reuse-nll     # samples only; NLL from the last iddpm.json
 
 For each variant: ``python -m pdist.main --config=configs/digits_iddpm.py:VARIANT`` (skipped when the workdir
 holds its last checkpoint), then the NLL bound over all T = 1000 levels on the test split with clipped x-hat
 (Improved DDPM's protocol, per-term breakdown), then ``ddpm`` on the respaced grid at each step count with the
 ``small``, ``large`` and (for models that learned them) ``learned`` variances, scored by the digits evaluator
-against the train split over sampling seeds. Writes ROOT/iddpm.json, ROOT/iddpm.md and ROOT/iddpm.png.
+against the train split over sampling seeds (Frechet distance, precision and recall). Writes ROOT/iddpm.json
+(variants measured earlier and not now are kept), ROOT/iddpm.md and ROOT/iddpm.png.
 """
 
 from __future__ import annotations
@@ -99,10 +101,17 @@ def main():
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--num-seeds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="the training seed")
+    parser.add_argument("--reuse-nll", action="store_true", help="take each variant's NLL from ROOT/iddpm.json")
     args = parser.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
     machine = f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, {jax.devices()[0].platform}"
-    results = {}
+    path = os.path.join(args.root, "iddpm.json")
+    earlier = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        earlier = {k: {"args": stored["args"], **r} for k, r in stored["results"].items()}
+    results = dict(earlier)
     for variant in args.variants.split(","):
         workdir = os.path.join(args.root, variant)
         seconds = train(variant, workdir, args.data_dir, args.seed)
@@ -110,16 +119,19 @@ def main():
         settings = model.config.eval
         settings.nll_examples = 0  # the whole test split
         began = time.time()
-        nll = evaluate.nll(model, settings)
+        if args.reuse_nll and variant in earlier:
+            nll = earlier[variant]["nll"]
+        else:
+            nll = evaluate.nll(model, settings)
+            nll["seconds"] = time.time() - began
         print(f"{variant}: NLL {nll['bits_per_dim']:.3f} ± {nll['stderr']:.3f} bits/dim", flush=True)
-        nll["seconds"] = time.time() - began
         evaluator = evaluators.make("auto", model.config.data, settings)
         ref = evaluate.reference(evaluator, model.config, "train", args.num_samples)
         variances = ["small", "large"] + (["learned"] if model.config.diffusion.learned_variance else [])
         samples = measure(model, evaluator, ref, steps, variances, args.num_samples, args.num_seeds)
-        results[variant] = {"train_seconds": seconds, "nll": nll, "samples": samples}
+        results[variant] = {"train_seconds": seconds, "nll": nll, "samples": samples, "args": vars(args)}
     os.makedirs(args.root, exist_ok=True)
-    with open(os.path.join(args.root, "iddpm.json"), "w") as f:
+    with open(path, "w") as f:
         json.dump({"machine": machine, "args": vars(args), "results": results}, f, indent=1)
     lines = [f"# Improved DDPM on the digits ({machine})", ""]
     lines += ["| variant | NLL bits/dim | prior | decoder (L_1) | L_2..L_10 | L_11..L_100 | L_101..L_T |"]
@@ -130,13 +142,17 @@ def main():
             f"| {variant} | {n['bits_per_dim']:.3f} ± {n['stderr']:.3f} | {n['prior']:.3f} | {terms[0]:.3f} | "
             f"{sum(terms[1:10]):.3f} | {sum(terms[10:100]):.3f} | {sum(terms[100:]):.3f} |"
         )
-    lines += ["", f"Frechet distance over {args.num_seeds} sampling seeds, {args.num_samples} samples each", ""]
-    lines += ["| variant | variance | " + " | ".join(f"{s} steps" for s in steps) + " |"]
-    lines += ["|---|---|" + "---:|" * len(steps)]
-    for variant, r in results.items():
-        for variance in dict.fromkeys(row["variance"] for row in r["samples"]):
-            cells = [stats.format_summary(row["fd"]) for row in r["samples"] if row["variance"] == variance]
-            lines.append(f"| {variant} | {variance} | " + " | ".join(cells) + " |")
+    for metric, name in (("fd", "Frechet distance"), ("precision", "Precision"), ("recall", "Recall")):
+        lines += ["", f"{name}: mean ± std over sampling seeds [bootstrap interval] (samples, seeds per row)", ""]
+        lines += ["| variant | variance | samples x seeds | " + " | ".join(f"{s} steps" for s in steps) + " |"]
+        lines += ["|---|---|---|" + "---:|" * len(steps)]
+        for variant, r in results.items():
+            run = r["args"]
+            for variance in dict.fromkeys(row["variance"] for row in r["samples"]):
+                by_steps = {row["steps"]: row[metric] for row in r["samples"] if row["variance"] == variance}
+                cells = [stats.format_summary(by_steps[n]) if n in by_steps else "" for n in steps]
+                size = f"{run['num_samples']} x {run['num_seeds']}"
+                lines.append(f"| {variant} | {variance} | {size} | " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
     with open(os.path.join(args.root, "iddpm.md"), "w") as f:
         f.write(table)

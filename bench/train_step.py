@@ -69,7 +69,7 @@ def measure(name: str, batch_size: int | None, steps: int, variant: str = "float
     step = step_lib.compile_step(
         step_lib.make_train_step(
             build.loss(config),
-            optimizer.tx,
+            optimizer,
             ema_decay=config.train.ema_decay,
             accum_steps=config.train.grad_accum_steps,
         ),
@@ -83,7 +83,7 @@ def measure(name: str, batch_size: int | None, steps: int, variant: str = "float
     batch = mesh_lib.global_batch(local, mesh)
     key = jax.random.key(0)
     t0 = time.perf_counter()
-    lowered = step.lower(state, batch, key)
+    lowered = step.lower(state, batch, key, optimizer.args)
     compiled = lowered.compile()
     memory = compiled.memory_analysis()
     temp_gib = memory.temp_size_in_bytes / 2**30 if memory is not None else float("nan")
@@ -93,11 +93,11 @@ def measure(name: str, batch_size: int | None, steps: int, variant: str = "float
     cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-    state, metrics = step(state, batch, key)
+    state, metrics = step(state, batch, key, optimizer.args)
     jax.block_until_ready(metrics)
     t0 = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step(state, batch, key)
+        state, metrics = step(state, batch, key, optimizer.args)
     jax.block_until_ready(metrics)
     sec = (time.perf_counter() - t0) / steps
     stats = jax.devices()[0].memory_stats() or {}
