@@ -13,7 +13,7 @@ import os
 
 import ml_collections
 
-from pdist import diffusion, losses, optim, samplers, schedules
+from pdist import diffusion, losses, optim, refine, samplers, schedules
 from pdist.distillation import METHODS
 from pdist.errors import ConfigError, check_one_of, check_positive
 from pdist.evaluation.evaluators import EVALUATORS, resolve
@@ -69,7 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim.optimizer = "adam"
     config.optim.learning_rate = 2e-4
     config.optim.warmup_steps = 1000
-    config.optim.schedule = "constant"  # after warm-up: constant, linear, cosine or rex, ending at num_steps
+    config.optim.schedule = "constant"  # after warm-up: constant, linear, cosine or rex (to num_steps); or refined
+    config.optim.refine_from = ""  # schedule "refined": the workdir of a run whose logged gradient norms it refines
     config.optim.b1 = 0.9
     config.optim.b2 = 0.999
     config.optim.eps = 1e-8
@@ -189,6 +190,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail(f"config.optim.learning_rate={settings.learning_rate} must be positive.")
     if settings.warmup_steps < 0 or settings.grad_clip < 0:
         _fail("config.optim.warmup_steps and config.optim.grad_clip must be >= 0.")
+    if settings.schedule == "refined" and config.mode in ("train", "distill"):
+        refine.check_source(settings.refine_from, settings.optimizer)  # one sentence when it cannot be read
 
     _validate_train(config.train)
     if config.mode == "distill":

@@ -7,7 +7,10 @@ rate follows ``schedule`` over the remaining steps:
 * ``linear``: down to 0 at the last step (also the per-round distillation schedule);
 * ``cosine``: half a cosine down to 0;
 * ``rex``: ``lr (1 - z) / (1 - z / 2)`` with ``z`` the fraction of decay done
-  (Chen et al. 2022, "REX: Revisiting Budgeted Training with an Improved Schedule").
+  (Chen et al. 2022, "REX: Revisiting Budgeted Training with an Improved Schedule");
+* ``refined``: refined from the gradient norms a previous run logged
+  (``optim.refine_from``, :mod:`pdist.refine`); it makes its own warm-up, and
+  ``warmup_steps`` is not used.
 
 A schedule's numbers (peak rate, warm-up and decay lengths) are data, not
 constants of the compiled step: :class:`Optimizer` holds the schedule's form
@@ -24,15 +27,19 @@ the global batch, i.e. the averaged gradient) before Adam(W), or plain SGD
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-SCHEDULES = ("constant", "linear", "cosine", "rex")
+from pdist import refine
+
+SCHEDULES = ("constant", "linear", "cosine", "rex", "refined")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 Array = jax.Array
@@ -65,20 +72,30 @@ def _after(kind: str, args: dict, step) -> Array:
 
 
 def _rate(kind: str, args: dict, step) -> Array:
-    """optax.join_schedules([warm-up, after], [warmup]) at ``step``."""
+    """optax.join_schedules([warm-up, after], [warmup]) at ``step``; a refined schedule's table entry."""
+    if kind == "refined":
+        table = args["table"]
+        return table[jnp.clip(step, 0, table.shape[0] - 1)]
     return jnp.where(step < args["warmup"], _warmup(args, step), _after(kind, args, step - args["warmup"]))
 
 
-class Optimizer(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
     """Adam(W) or SGD whose learning rate at each step is ``rate(args, step)``.
 
     The train step receives ``args`` as an argument and builds its
-    transformation with :meth:`with_args` from the traced values.
+    transformation with :meth:`with_args` from the traced values. ``args`` is
+    computed on first use (a refined schedule reads its source's logs then):
+    restoring a state only needs ``tx.init``.
     """
 
     make: Callable[[optax.Schedule], optax.GradientTransformation]  # the transformation, given its schedule
     rate: Callable[[Any, Array], Array]  # (args, step) -> learning rate; the schedule's form
-    args: Any  # the schedule's numbers: a pytree of arrays
+    numbers: Callable[[], Any]  # () -> the schedule's numbers: a pytree of arrays
+
+    @functools.cached_property
+    def args(self) -> Any:
+        return self.numbers()
 
     def with_args(self, args) -> optax.GradientTransformation:
         return self.make(lambda step: self.rate(args, step))
@@ -86,7 +103,7 @@ class Optimizer(NamedTuple):
     @property
     def tx(self) -> optax.GradientTransformation:
         """The transformation with this optimizer's own numbers (``init`` does not read them)."""
-        return self.with_args(self.args)
+        return self.make(lambda step: self.rate(self.args, step))
 
     def learning_rate(self, step) -> Array:
         """The rate the transformation applies at ``step`` (logged)."""
@@ -95,6 +112,9 @@ class Optimizer(NamedTuple):
 
 def schedule_args(optim: ml_collections.ConfigDict, total_steps: int) -> dict:
     """The numbers of ``config.optim``'s schedule over a run of ``total_steps`` steps."""
+    if optim.schedule == "refined":
+        multipliers = refine.schedule(optim.refine_from, optim.optimizer, total_steps)
+        return {"table": jnp.asarray(optim.learning_rate * multipliers, jnp.float32)}
     warmup = optim.warmup_steps
     return {
         "peak": jnp.asarray(optim.learning_rate, jnp.float32),
@@ -117,4 +137,5 @@ def optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> Optimizer:
             tx = (optax.adamw if name == "adamw" else optax.adam)(schedule, **moments)
         return optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
 
-    return Optimizer(make, lambda args, step: _rate(kind, args, step), schedule_args(optim, total_steps))
+    settings = ml_collections.ConfigDict(optim.to_dict())  # as it is now: the numbers are computed later
+    return Optimizer(make, functools.partial(_rate, kind), functools.partial(schedule_args, settings, total_steps))

@@ -115,7 +115,8 @@ def make_train_step(
                 raise ValueError("Importance-sampled timesteps need a loss that returns per-example L_vlb terms.")
             imp = importance.update(imp, levels, aux.vlb_terms)
         metrics = dict(aux.metrics)
-        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)  # l2, before clipping
+        metrics["grad_l1"] = optax.tree.norm(grads, ord=1)  # what a refined schedule for Adam weighs (pdist.refine)
         metrics["learning_rate"] = optimizer.rate(rates, state.step)
         new_state = state.replace(params=params, ema_params=ema, opt_state=opt_state, importance=imp)
         skipped = jnp.zeros((), jnp.float32)

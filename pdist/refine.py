@@ -1,0 +1,117 @@
+"""Learning-rate schedules refined from a previous run's gradient norms.
+
+Defazio, Cutkosky, Mehta, Mishchenko, "When, Why and How Much? Adaptive
+Learning Rate Scheduling by Refinement" (2023; later "Optimal Linear Decay
+Learning Rate Schedules and Further Refinements"), reference code
+facebookresearch/adaptive_scheduling. Linear decay is the worst-case optimal
+schedule; given the gradient norms ``G_t`` a previous run saw, the schedule
+
+    w_t = 1 / G_t          (Adam, Adam(W): G_t the l1 norm of the gradient)
+    w_t = 1 / G_t ** 2     (SGD: G_t the l2 norm)
+    eta_t ∝ w_t * sum_{s > t} w_s
+
+does better. With constant norms it is linear decay; norms that fall early
+make it warm up by itself. pdist's version (``config.optim.schedule =
+"refined"``, ``config.optim.refine_from = WORKDIR``):
+
+1. reads the norm from WORKDIR's TensorBoard events (the train step logs
+   ``grad_l1`` and ``grad_norm``, each the mean over a log window); a step
+   logged twice (a resumed run logs its windows again) keeps its last value;
+2. maps them onto the new run by fraction of the run (linear interpolation
+   over the ``T + 1`` optimizer counts 0..T of a ``T``-step run);
+3. median-filters them over 10% of the run, padded as the reference does;
+4. applies the formula above, normalized to a maximum of 1 (0 at count T),
+   times ``config.optim.learning_rate``. No separate warm-up.
+
+The schedule is a table of ``T + 1`` rates, the optimizer's ``args``
+(:mod:`pdist.optim`): data, not constants in the compiled step.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+
+from pdist.errors import ConfigError
+
+NORM_TAGS = {"adam": "grad_l1", "adamw": "grad_l1", "sgd": "grad_norm"}  # the norm each optimizer's weights use
+MIN_POINTS = 10  # logged values a run needs before it can be refined from
+FILTER_FRACTION = 0.1  # the median filter's width, as a fraction of the run
+
+
+def read_scalars(directory: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """Steps and values of the scalar ``tag`` in ``directory``'s TensorBoard event files (not its subfolders),
+    one value per step: files are read in the order they were written, so a step logged again by a resumed
+    run keeps its newest value."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    by_step = {}
+    for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*")), key=_written):
+        for event in EventFileLoader(path).Load():
+            for value in event.summary.value:
+                if value.tag == tag:
+                    array = tensor_util.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value
+                    by_step[event.step] = float(np.asarray(array))
+    steps = np.array(sorted(by_step), np.int64)
+    return steps, np.array([by_step[s] for s in steps], np.float64)
+
+
+def _written(path: str) -> tuple[float, str]:
+    """An event file's creation time, from its name (``events.out.tfevents.<seconds>.<host>...``)."""
+    try:
+        return float(os.path.basename(path).split(".")[3]), path
+    except (IndexError, ValueError):
+        return os.path.getmtime(path), path
+
+
+def median_filtered(values: np.ndarray, fraction: float = FILTER_FRACTION) -> np.ndarray:
+    """A median filter of odd width ``fraction`` of the length, the end padded by reflection (the reference's)."""
+    from scipy import ndimage
+
+    width = 2 * (int(fraction * len(values)) // 2) + 1
+    pad = 2 * width
+    padded = np.pad(values, (0, pad), mode="reflect")
+    return ndimage.median_filter(padded, size=width, mode="nearest")[:-pad]
+
+
+def refined(norms: np.ndarray, optimizer: str) -> np.ndarray:
+    """The refined schedule for ``norms`` (one per optimizer count), with a maximum of 1 and 0 at the end."""
+    norms = np.asarray(norms, np.float64)
+    weights = 1.0 / norms if NORM_TAGS[optimizer] == "grad_l1" else 1.0 / norms**2
+    after = np.concatenate([np.cumsum(weights[::-1])[::-1][1:], [0.0]])  # sum of the weights after each count
+    schedule = weights * after
+    return schedule / schedule.max()
+
+
+def on_run(steps: np.ndarray, norms: np.ndarray, total_steps: int) -> np.ndarray:
+    """Norms logged at ``steps`` of a previous run, interpolated at counts 0..total_steps of a new run by the
+    fraction of the run done."""
+    return np.interp(np.arange(total_steps + 1) / total_steps, steps / steps[-1], norms)
+
+
+def schedule(directory: str, optimizer: str, total_steps: int) -> np.ndarray:
+    """The refined multipliers of the learning rate at counts 0..total_steps, from ``directory``'s logs."""
+    steps, norms = check_source(directory, optimizer)
+    return refined(median_filtered(on_run(steps, norms, total_steps)), optimizer)
+
+
+def check_source(directory: str, optimizer: str) -> tuple[np.ndarray, np.ndarray]:
+    """The norms to refine from; ConfigError (one sentence) when there are none, too few or unusable ones."""
+    tag = NORM_TAGS[optimizer]
+    where = f"config.optim.refine_from={directory!r}"
+    if not directory or not os.path.isdir(directory):
+        raise ConfigError(
+            f"{where} is not a folder: schedule='refined' needs the workdir of a previous run to refine from."
+        )
+    steps, norms = read_scalars(directory, tag)
+    if len(steps) < MIN_POINTS:
+        raise ConfigError(
+            f"{where} holds {len(steps)} logged values of {tag} (at least {MIN_POINTS} needed): refine from a run "
+            f"logged more often (config.train.log_every) or for longer."
+        )
+    if not np.all(np.isfinite(norms) & (norms > 0)):
+        raise ConfigError(f"{where} logged {tag} values that are not positive and finite: refine from a healthy run.")
+    return steps, norms

@@ -1,0 +1,127 @@
+"""Schedules refined from gradient norms (pdist.refine): the paper's formula, linear decay from constant norms,
+invariance to the norms' scale, a warm-up from norms that fall early, logs read back across resumes, a refined
+run that resumes bit-identically, and one sentence for a source that cannot serve."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from clu import metric_writers
+from helpers import assert_same_tree, config_file, run_in_process, small_config
+
+import pdist
+from pdist import optim, refine
+from pdist.jobs import train
+
+
+def _log(directory, steps, **series):
+    """TensorBoard events as the train loop writes them (clu), one file per call (a process start)."""
+    writer = metric_writers.create_default_writer(str(directory))
+    for i, step in enumerate(steps):
+        writer.write_scalars(int(step), {name: float(values[i]) for name, values in series.items()})
+    writer.close()
+
+
+def _source(directory, norms, log_every=5):
+    """A workdir whose log holds ``norms`` (l1 and l2 alike) every ``log_every`` steps."""
+    steps = log_every * np.arange(1, len(norms) + 1)
+    _log(directory, steps, grad_l1=norms, grad_norm=norms)
+    return str(directory)
+
+
+def _by_definition(norms, optimizer):
+    """eta_t = w_t * sum_{s > t} w_s, w = 1/G (Adam, l1 norms) or 1/G^2 (SGD), scaled to a maximum of 1."""
+    w = [1 / g if optimizer == "adam" else 1 / g**2 for g in norms]
+    eta = np.array([w[t] * sum(w[t + 1 :]) for t in range(len(w))])
+    return eta / eta.max()
+
+
+def test_the_refined_schedule_is_the_papers_formula():
+    norms = np.random.default_rng(0).uniform(0.5, 3.0, 40)
+    for name in ("adam", "sgd"):
+        np.testing.assert_allclose(refine.refined(norms, name), _by_definition(norms, name), rtol=1e-12)
+        assert refine.refined(norms, name)[-1] == 0.0 and refine.refined(norms, name).max() == 1.0
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_constant_norms_give_exactly_the_linear_decay_and_scale_changes_nothing(tmp_path, name):
+    settings = config_file("digits").optim
+    settings.optimizer, settings.learning_rate, settings.warmup_steps = name, 3e-3, 0
+    settings.schedule = "linear"
+    for total in (10, 37, 200):
+        linear = np.array([float(optim.optimizer(settings, total).learning_rate(s)) for s in range(total + 1)])
+        refined = settings.copy_and_resolve_references()
+        refined.schedule, refined.refine_from = "refined", _source(tmp_path / f"c{total}", np.full(30, 0.7))
+        rates = np.asarray(optim.optimizer(refined, total).args["table"])
+        np.testing.assert_allclose(rates, linear, rtol=0, atol=1e-6 * 3e-3)  # the same numbers, both in float32
+    norms = np.random.default_rng(1).uniform(0.5, 3.0, 40)
+    a = refine.schedule(_source(tmp_path / "a", norms), name, 100)
+    b = refine.schedule(_source(tmp_path / "b", 7.3 * norms), name, 100)
+    np.testing.assert_allclose(a, b, rtol=1e-6)  # the events hold float32 values
+
+
+def test_norms_that_fall_early_give_a_warm_up_and_a_spike_is_filtered_out(tmp_path):
+    t = np.arange(50)
+    falling = 1.0 + 9.0 * np.exp(-t / 3.0)  # large over the first tenth of the run, then flat
+    s = refine.schedule(_source(tmp_path / "f", falling), "adam", 200)
+    peak = int(np.argmax(s))
+    assert s[0] < 0.3 and 5 < peak < 100, (s[0], peak)  # it rises over the first part of the run
+    assert np.all(np.diff(s[peak:]) <= 0) and s[-1] == 0.0
+    spiky = np.full(50, 0.7)
+    spiky[20] = 50.0  # one bad window: the median filter (10% of the run) removes it
+    flat = refine.schedule(_source(tmp_path / "flat", np.full(50, 0.7)), "adam", 100)
+    np.testing.assert_allclose(refine.schedule(_source(tmp_path / "s", spiky), "adam", 100), flat, rtol=1e-12)
+
+
+def test_a_log_written_across_resumes_keeps_the_newest_value_of_each_step(tmp_path):
+    _log(tmp_path, [5, 10, 15, 20], grad_l1=[1.0, 2.0, 3.0, 4.0])
+    _log(tmp_path, [15, 20, 25], grad_l1=[30.0, 40.0, 50.0])  # a resumed run logs its windows again
+    steps, values = refine.read_scalars(str(tmp_path), "grad_l1")
+    assert steps.tolist() == [5, 10, 15, 20, 25] and values.tolist() == [1.0, 2.0, 30.0, 40.0, 50.0]
+
+
+@pytest.mark.heavy
+def test_a_refined_run_uses_its_table_and_resumes_bit_identically(tfds_dir, tmp_path):
+    falling = 1.0 + 9.0 * np.exp(-np.arange(40) / 4.0)
+    config = small_config(tfds_dir, num_steps=12, checkpoint_every=6, log_every=3, batch_size=16)
+    config.optim.schedule, config.optim.refine_from = "refined", _source(tmp_path / "source", falling)
+    whole = train.run(config, str(tmp_path / "whole"))
+    cut = tmp_path / "cut" / "checkpoints"
+    os.makedirs(cut)
+    shutil.copytree(tmp_path / "whole" / "checkpoints" / "6", cut / "6")
+    assert_same_tree(whole, train.run(config, str(tmp_path / "cut")))
+    # The run applied its table's rates, warm-up included: the loop logs the mean over each window, a step late
+    # (it never waits on the running step), so its windows hold counts 0-1, 2-4, 5-7 and, at the end, 8-11.
+    table = np.float32(config.optim.learning_rate * refine.schedule(config.optim.refine_from, "adam", 12))
+    steps, logged = refine.read_scalars(str(tmp_path / "whole"), "learning_rate")
+    expected = [table[a:b].mean() for a, b in ((0, 2), (2, 5), (5, 8), (8, 12))]
+    assert steps.tolist() == [3, 6, 9, 12]
+    np.testing.assert_allclose(logged, expected, rtol=1e-6)
+    assert logged[0] < logged[1] and logged[-1] < logged[1]
+    # Its own log serves as the next run's source: it logged the l1 norm every window.
+    assert len(refine.read_scalars(str(tmp_path / "whole"), "grad_l1")[0]) == 4
+    assert pdist.load(str(tmp_path / "whole")).config.optim.schedule == "refined"
+
+
+@pytest.mark.parametrize(
+    "source,expected",
+    [
+        ("missing", "is not a folder"),
+        ("short", "holds 4 logged values of grad_l1 (at least 10 needed)"),
+        ("empty", "holds 0 logged values of grad_l1"),
+    ],
+)
+def test_a_source_that_cannot_serve_is_one_sentence_before_anything_runs(tmp_path, tfds_dir, source, expected):
+    path = tmp_path / source
+    if source == "short":
+        _source(path, np.ones(4))
+    elif source == "empty":
+        path.mkdir()
+    workdir = tmp_path / "w"
+    status, message, _ = run_in_process(
+        f"--workdir={workdir}", f"--config.data.data_dir={tfds_dir}", "--config.optim.schedule=refined",
+        f"--config.optim.refine_from={path}",
+    )  # fmt: skip
+    assert status == 2 and message.startswith("error: ") and expected in message, message
+    assert message.count(". ") == 0 and not workdir.exists()
