@@ -122,7 +122,7 @@ def test_nll_bound_upper_bounds_exact_discretized_nll_and_tightens_with_t():
     from pdist.evaluation.nll import vlb_terms
     from pdist.schedules import get_schedule
 
-    x, exact, data = _quantized_gaussian()
+    x, exact, data = _quantized_gaussian(n=500)  # measured: gap ratio 0.754 (0.762 with 2000 examples)
     n = len(x)
     gaps = {}
     for T in (1000, 4000):
