@@ -18,23 +18,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.util import tensor_util
 
 from pdist import images
-
-
-def scalars(workdir: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    steps, values = [], []
-    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
-        acc = EventAccumulator(path, size_guidance={"tensors": 0})
-        acc.Reload()
-        if tag in acc.Tags()["tensors"]:
-            for e in acc.Tensors(tag):
-                steps.append(e.step)
-                values.append(float(tensor_util.make_ndarray(e.tensor_proto)))
-    order = np.argsort(steps)
-    return np.asarray(steps)[order], np.asarray(values)[order]
+from pdist.runtime.workdir import scalars
 
 
 def main():

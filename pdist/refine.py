@@ -29,42 +29,16 @@ The schedule is a table of ``T + 1`` rates, the optimizer's ``args``
 
 from __future__ import annotations
 
-import glob
 import os
 
 import numpy as np
 
 from pdist.errors import ConfigError
+from pdist.runtime import workdir
 
 NORM_TAGS = {"adam": "grad_l1", "adamw": "grad_l1", "sgd": "grad_norm"}  # the norm each optimizer's weights use
 MIN_POINTS = 10  # logged values a run needs before it can be refined from
 FILTER_FRACTION = 0.1  # the median filter's width, as a fraction of the run
-
-
-def read_scalars(directory: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """Steps and values of the scalar ``tag`` in ``directory``'s TensorBoard event files (not its subfolders),
-    one value per step: files are read in the order they were written, so a step logged again by a resumed
-    run keeps its newest value."""
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-    from tensorboard.util import tensor_util
-
-    by_step = {}
-    for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*")), key=_written):
-        for event in EventFileLoader(path).Load():
-            for value in event.summary.value:
-                if value.tag == tag:
-                    array = tensor_util.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value
-                    by_step[event.step] = float(np.asarray(array))
-    steps = np.array(sorted(by_step), np.int64)
-    return steps, np.array([by_step[s] for s in steps], np.float64)
-
-
-def _written(path: str) -> tuple[float, str]:
-    """An event file's creation time, from its name (``events.out.tfevents.<seconds>.<host>...``)."""
-    try:
-        return float(os.path.basename(path).split(".")[3]), path
-    except (IndexError, ValueError):
-        return os.path.getmtime(path), path
 
 
 def median_filtered(values: np.ndarray, fraction: float = FILTER_FRACTION) -> np.ndarray:
@@ -106,7 +80,7 @@ def check_source(directory: str, optimizer: str) -> tuple[np.ndarray, np.ndarray
         raise ConfigError(
             f"{where} is not a folder: schedule='refined' needs the workdir of a previous run to refine from."
         )
-    steps, norms = read_scalars(directory, tag)
+    steps, norms = workdir.scalars(directory, tag)
     if len(steps) < MIN_POINTS:
         raise ConfigError(
             f"{where} holds {len(steps)} logged values of {tag} (at least {MIN_POINTS} needed): refine from a run "

@@ -135,6 +135,7 @@ def run(phase: Phase, mesh) -> Result:
 def _loop(phase: Phase, step_fn, state, batches, mesh, start, writer, ckpt, base, resumed):
     """Steps ``state`` from ``start`` to ``phase.num_steps``; returns it and its final checkpoint's metadata."""
     train, num_steps = phase.config.train, phase.num_steps
+    rates = mesh_lib.put_replicated(phase.optimizer.args, mesh)  # placed once, not copied at every step
     progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_steps=train.log_every)
     health = _Health(ckpt, start, resumed.get("skipped_updates", 0), train.skip_nonfinite)
     # Metrics of steps not logged yet; a checkpoint keeps them, so a resumed run logs the same windows.
@@ -154,9 +155,7 @@ def _loop(phase: Phase, step_fn, state, batches, mesh, start, writer, ckpt, base
         health.saved(step)
 
     for step in range(start + 1, num_steps + 1):
-        state, metrics = step_fn(
-            state, mesh_lib.global_batch(next(batches), mesh), phase.key, phase.optimizer.args, *phase.step_args
-        )
+        state, metrics = step_fn(state, mesh_lib.global_batch(next(batches), mesh), phase.key, rates, *phase.step_args)
         pending.append(metrics)
         progress(step)
         final = step == num_steps

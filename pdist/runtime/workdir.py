@@ -7,7 +7,7 @@ A teacher's workdir::
     samples.npz, samples.png         the final samples
     samples/<name>.npz|png           --config.mode=sample
     eval/<tag>/                      --config.mode=eval (tag: the checkpoint's run or round, and step)
-    events.out.tfevents.*            TensorBoard
+    events.out.tfevents.*            TensorBoard (read back by :func:`scalars`)
 
 A distillation's workdir::
 
@@ -23,8 +23,11 @@ checkpoints folder and a step.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
+
+import numpy as np
 
 from pdist.errors import InputError
 
@@ -34,6 +37,7 @@ SAMPLES = "samples"  # samples.npz and samples.png of a run; samples/ of the sam
 ROUND_REPORT = "round.json"
 SUMMARY = "summary"  # summary.json and summary.md
 ROUNDS_PNG = "rounds.png"
+EVENTS = "events.out.tfevents.*"  # TensorBoard event files, one per process start
 
 
 class CheckpointNotFoundError(InputError, FileNotFoundError):
@@ -97,3 +101,29 @@ def locate(path: str) -> tuple[str, int | None]:
 
 def _has_steps(folder: str) -> bool:
     return os.path.isdir(folder) and any(re.fullmatch(r"\d+", n) for n in os.listdir(folder))
+
+
+def scalars(directory: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """Steps and values of the scalar ``tag`` in ``directory``'s TensorBoard event files (not its subfolders),
+    one value per step: files are read in the order they were written, so a step logged again by a resumed
+    run keeps its newest value."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    by_step = {}
+    for path in sorted(glob.glob(os.path.join(directory, EVENTS)), key=_written):
+        for event in EventFileLoader(path).Load():
+            for value in event.summary.value:
+                if value.tag == tag:
+                    array = tensor_util.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value
+                    by_step[event.step] = float(np.asarray(array))
+    steps = np.array(sorted(by_step), np.int64)
+    return steps, np.array([by_step[s] for s in steps], np.float64)
+
+
+def _written(path: str) -> tuple[float, str]:
+    """An event file's creation time, from its name (``events.out.tfevents.<seconds>.<host>...``)."""
+    try:
+        return float(os.path.basename(path).split(".")[3]), path
+    except (IndexError, ValueError):
+        return os.path.getmtime(path), path
