@@ -1,4 +1,4 @@
-"""Teacher training: the loss goes down, EMA moves, resume is exact, 4 devices equal 1, every learning-rate
+"""Teacher training: the loss goes down, EMA moves (the debiased average of the iterates), resume is exact, 4 devices equal 1, every learning-rate
 schedule gives the rates its formula says (its numbers are data: runs of other lengths and rates share the
 compiled step, and SGD applies the rate to the gradient), and a workdir written before the run-layer refactor still serves."""
 
@@ -120,6 +120,30 @@ def test_schedule_numbers_are_arguments_so_runs_of_any_length_and_rate_share_the
             np.testing.assert_allclose(np.asarray(state.params), params - rate * (params - target), rtol=1e-6)
     assert float(first.learning_rate(1)) == pytest.approx(0.1 / 3, rel=1e-6)  # warm-up, step 1 of 3
     assert float(second.learning_rate(0)) == np.float32(0.02)  # no warm-up: the peak at once
+
+
+@pytest.mark.parametrize("decay", [0.9, 0.999])
+def test_the_ema_is_the_debiased_average_of_the_iterates_with_no_weight_on_the_initialization(decay):
+    # SGD on a quadratic: every iterate differs; the EMA after T steps must be sum_t (1-b) b^(T-t) p_t / (1-b^T).
+    def fn(params, batch, key):
+        loss = 0.5 * jnp.sum((params - batch["image"]) ** 2)
+        return loss, losses.LossAux({"loss": loss})
+
+    settings = config_file("digits").optim
+    settings.optimizer, settings.schedule, settings.grad_clip, settings.warmup_steps = "sgd", "constant", 0.0, 0
+    settings.learning_rate = 0.05
+    optimizer = optim.optimizer(settings, 30)
+    step = jax.jit(step_lib.make_train_step(losses.Loss(fn, lambda b, k: b), optimizer, ema_decay=decay))
+    state = step_lib.init_state(jnp.full(3, 100.0), optimizer.tx)  # a far-away start the average must forget
+    target = np.array([1.0, -2.0, 0.5], np.float32)
+    iterates = []
+    for t in range(1, 31):
+        state, _ = step(state, {"image": target}, jax.random.key(0), optimizer.args)
+        iterates.append(np.asarray(state.params, np.float64))
+        w = (1 - decay) * decay ** np.arange(t - 1, -1, -1)
+        want = (w[:, None] * np.array(iterates)).sum(0) / (1 - decay**t)
+        np.testing.assert_allclose(np.asarray(state.ema_params), want, rtol=2e-5, atol=2e-5)
+    assert np.allclose(iterates[0], [95.05, 94.9, 95.025])  # the first iterate, which the first EMA equals
 
 
 @pytest.mark.heavy

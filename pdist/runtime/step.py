@@ -11,6 +11,7 @@ Compiled once with :func:`compile_step` over the data mesh, donating the state.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -52,6 +53,21 @@ def init_state(params, tx: optax.GradientTransformation, importance: LossAwareSa
         opt_state=tx.init(params),
         importance=None if importance is None else importance.init(),
     )
+
+
+def ema_update(ema, params, decay: float, count: Array):
+    """The debiased exponential moving average after ``count`` updates (``optax.ema(decay, debias=True)``,
+    written as an update of the average itself so that the state holds it):
+    ``ema + w (params - ema)``, ``w = (1 - decay) / (1 - decay**count)``. After T updates it equals
+    ``sum_t (1 - decay) decay**(T - t) p_t / (1 - decay**T)``: the initialization has no weight (w = 1 at the
+    first update). The plain average, ``decay ema + (1 - decay) params`` from the initial parameters, keeps
+    ``decay**T`` of them: 14% after 2,000 steps at 0.999, which cost the digits teacher most of its quality
+    (docs/recipes.md); the two agree once ``decay**T`` is negligible."""
+    if decay == 0.0:
+        return params
+    # 1 - decay**count as -expm1(count log decay): accurate in float32 when decay**count is close to 1.
+    w = (1.0 - decay) / -jnp.expm1(count.astype(jnp.float32) * math.log(decay))
+    return jax.tree.map(lambda e, p: e + (w * (p - e)).astype(e.dtype), ema, params)
 
 
 def make_train_step(
@@ -108,7 +124,7 @@ def make_train_step(
         grads, aux = gradients(state.params, batch, k_loss, loss_args)
         updates, opt_state = optimizer.with_args(rates).update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+        ema = ema_update(state.ema_params, params, ema_decay, state.step + 1)
         imp = state.importance
         if importance is not None:
             if aux.vlb_terms is None:
