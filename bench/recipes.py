@@ -4,6 +4,12 @@ Distillation paper's Table 1 (network output against loss weighting).
     python bench/recipes.py --study schedules --root runs/recipes --data-dir DIR
     python bench/recipes.py --study table1 --root runs/recipes --seeds 0,1,2
     python bench/recipes.py --study schedules --num-steps 200 --lrs 1e-3 --seeds 0 --num-samples 200   # a smoke run
+    python bench/recipes.py --study schedules --worker 0/3 & ...   # three processes share the study
+
+Several processes (``--worker K/N``, K = 0 .. N-1) split a study's runs between them: the digits model is too
+small to keep two cores busy, so three processes on the 2-core CPU finish the study in about half the time of
+one. A refined run goes to the worker that trains its source. Workers write no report; run the command once
+more without ``--worker`` when they are done (it only reads the caches) for the tables and the plot.
 
 Every run trains ``configs/digits.py`` in this process (the compiled step is shared: a schedule's numbers and
 the seed are arguments of the step) into ROOT/STUDY/NAME, with four checkpoints kept, and is skipped when its
@@ -14,11 +20,13 @@ config they were made with), so a rerun only measures what is missing.
 * ``schedules``: cosine, linear, REX and refined-from-linear (the linear run of the same peak rate and seed is
   the source), each at every peak rate of ``--lrs``; Frechet distance of 64-step DDIM samples at every kept
   checkpoint (its monotonicity during training) and at the end; each schedule's best peak rate by mean FD.
+  Scored on the last iterate (``--use-ema 1`` for the EMA), which is what a schedule decides.
 * ``table1``: parameterization (eps, x, v, both) against weighting (constant = x-MSE, snr = eps-MSE,
   truncated_snr, snr_plus_one); Frechet distance of the undistilled teacher at 8 and 256 DDIM steps.
 
 Figures: mean, std (ddof 1) and a percentile bootstrap interval over training seeds (pdist.evaluation.stats),
-the sampling seed fixed per training seed. Writes ROOT/STUDY.json and ROOT/STUDY.md.
+the sampling seed equal to the training seed, so that runs of one seed are compared on the same noise (paired).
+Writes ROOT/STUDY.json, ROOT/STUDY.md and ROOT/STUDY.png.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -67,7 +76,8 @@ def runs(args) -> list[tuple[str, dict, object]]:
     seeds = [int(s) for s in args.seeds.split(",")]
     out = []
     if args.study == "schedules":
-        for schedule, lr, seed in itertools.product(SCHEDULES, [float(x) for x in args.lrs.split(",")], seeds):
+        # Peak rate by peak rate, all four schedules of a seed together: a study cut short leaves whole rows.
+        for lr, seed, schedule in itertools.product([float(x) for x in args.lrs.split(",")], seeds, SCHEDULES):
             config = base(args, seed)
             config.optim.schedule, config.optim.learning_rate = schedule, lr
             if schedule == "refined":
@@ -82,6 +92,18 @@ def runs(args) -> list[tuple[str, dict, object]]:
     return out
 
 
+def mine(args, runs_: list) -> list:
+    """The runs of worker K of N (``--worker K/N``): whole (peak rate, seed) groups for the schedules study, so
+    that a refined run follows its linear source in the same process."""
+    if not args.worker:
+        return runs_
+    k, n = (int(v) for v in args.worker.split("/"))
+    if args.study == "schedules":
+        groups = list(dict.fromkeys((s["lr"], s["seed"]) for _, s, _ in runs_))
+        return [r for r in runs_ if groups.index((r[1]["lr"], r[1]["seed"])) % n == k]
+    return runs_[k::n]
+
+
 def measure(workdir: str, config, evaluator, ref, args) -> dict:
     """FD (and precision/recall) of DDIM samples: every kept checkpoint at 64 steps, or the last at 8 and 256."""
     steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
@@ -89,7 +111,7 @@ def measure(workdir: str, config, evaluator, ref, args) -> dict:
     rows = []
     for step, n in plan:
         model = pdist.load(workdir, step)
-        x = model.sample(args.num_samples, method="ddim", num_steps=n, seed=config.seed)
+        x = model.sample(args.num_samples, method="ddim", num_steps=n, seed=config.seed, use_ema=args.use_ema)
         s = score(evaluator, ref, x, pr_samples=args.num_samples, is_splits=1)
         rows.append({"step": step, "ddim_steps": n, **{k: s[k] for k in ("fd", "precision", "recall")}})
     return {"rows": rows, "final_loss": pdist.load(workdir).metadata.get("loss")}
@@ -97,26 +119,28 @@ def measure(workdir: str, config, evaluator, ref, args) -> dict:
 
 def run_all(args) -> dict:
     results, evaluator, ref = {}, None, None
-    for name, settings, config in runs(args):
+    for name, settings, config in mine(args, runs(args)):
         workdir = os.path.join(args.root, args.study, name)
         cache = os.path.join(workdir, "recipes.json")
         stored = json.loads(config.to_json())
         if os.path.exists(cache):
             with open(cache) as f:
                 cached = json.load(f)
-            if cached["config"] == stored and cached["num_samples"] == args.num_samples:
+            measured = (cached["config"], cached["num_samples"], cached.get("use_ema"))
+            if measured == (stored, args.num_samples, args.use_ema):
                 results[name] = cached
                 continue
         began = time.time()
         if not os.path.isdir(os.path.join(workdir, "checkpoints", str(config.train.num_steps))):
             config_lib.validate(config)
             train.run(config, workdir)
+        trained = time.time() - began
         if evaluator is None:
             evaluator = evaluators.make("auto", config.data, config.eval)
             ref = evaluate.reference(evaluator, config, "train", args.num_samples)
-        result = {"settings": settings, "config": stored, "num_samples": args.num_samples}
+        result = {"settings": settings, "config": stored, "num_samples": args.num_samples, "use_ema": args.use_ema}
         result.update(measure(workdir, config, evaluator, ref, args))
-        result["seconds"] = time.time() - began
+        result["seconds"], result["train_seconds"] = time.time() - began, trained
         with open(cache, "w") as f:
             json.dump(result, f, indent=1)
         results[name] = result
@@ -128,28 +152,108 @@ def _group(results: dict, key) -> dict:
     groups = {}
     for r in results.values():
         groups.setdefault(key(r["settings"]), []).append(r)
+    for rs in groups.values():
+        rs.sort(key=lambda r: r["settings"]["seed"])
     return groups
+
+
+def _paired(a: list, b: list) -> str:
+    """Seed-by-seed difference ``a - b`` (same training and sampling seed): mean ± std and the count below 0."""
+    d = np.asarray(a) - np.asarray(b)
+    spread = f" ± {d.std(ddof=1):.2f}" if d.size > 1 else ""
+    return f"{d.mean():+.2f}{spread} ({int((d < 0).sum())} of {d.size} lower)"
+
+
+def best_rates(results: dict) -> dict:
+    """Each schedule's peak rate of lowest mean final FD: ``{schedule: (lr, [its runs by seed])}``."""
+    best = {}
+    for (schedule, lr), rs in _group(results, lambda s: (s["schedule"], s["lr"])).items():
+        fd = np.mean([r["rows"][-1]["fd"] for r in rs])
+        if schedule not in best or fd < best[schedule][2]:
+            best[schedule] = (lr, rs, fd)
+    return {k: v[:2] for k, v in sorted(best.items(), key=lambda kv: SCHEDULES.index(kv[0]))}
 
 
 def report(args, results: dict) -> str:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, {jax.devices()[0].platform}"
     lines = [f"# {args.study} ({machine})", "", f"`python bench/recipes.py {' '.join(sys.argv[1:])}`", ""]
+    summary = lambda values: stats.format_summary(stats.summarize(values))  # noqa: E731
     if args.study == "schedules":
-        lines += ["| schedule | peak lr | seeds | final FD (64 DDIM steps) | FD fell at every checkpoint |"]
-        lines += ["|---|---:|---:|---:|---:|"]
+        lines += ["Final FD (64 DDIM steps) over training seeds, mean ± std [bootstrap 95%]; how many runs' FD fell"]
+        lines += ["at every kept checkpoint.", ""]
+        lines += ["| schedule | peak lr | seeds | final FD | final loss | FD fell at every checkpoint |"]
+        lines += ["|---|---:|---:|---:|---:|---:|"]
         for (schedule, lr), rs in _group(results, lambda s: (s["schedule"], s["lr"])).items():
             finals = [r["rows"][-1]["fd"] for r in rs]
             falling = sum(all(np.diff([row["fd"] for row in r["rows"]]) < 0) for r in rs)
-            lines.append(
-                f"| {schedule} | {lr:g} | {len(rs)} | {stats.format_summary(stats.summarize(finals))} | "
-                f"{falling} of {len(rs)} |"
-            )
+            loss = np.mean([r["final_loss"] for r in rs])
+            cells = f"{summary(finals)} | {loss:.4f} | {falling} of {len(rs)}"
+            lines.append(f"| {schedule} | {lr:g} | {len(rs)} | {cells} |")
+        best = best_rates(results)
+        steps = [row["step"] for row in next(iter(best.values()))[1][0]["rows"]]
+        lines += ["", "Each schedule at its best peak rate: FD at every kept checkpoint (mean ± std over seeds), and"]
+        lines += ["the seed-by-seed difference of its final FD to linear decay's at its best rate.", ""]
+        lines += ["| schedule | peak lr | " + " | ".join(f"step {s}" for s in steps) + " | final - linear |"]
+        lines += ["|---|---:|" + "---:|" * len(steps) + "---:|"]
+        linear = [r["rows"][-1]["fd"] for r in best["linear"][1]] if "linear" in best else None
+        for schedule, (lr, rs) in best.items():
+            by_step = np.array([[row["fd"] for row in r["rows"]] for r in rs])
+            spread = by_step.std(0, ddof=1) if len(rs) > 1 else np.zeros(len(steps))
+            cells = [f"{m:.2f} ± {d:.2f}" for m, d in zip(by_step.mean(0), spread, strict=True)]
+            diff = "-" if schedule == "linear" or linear is None else _paired(by_step[:, -1], linear)
+            lines.append(f"| {schedule} | {lr:g} | " + " | ".join(cells) + f" | {diff} |")
     else:
-        lines += ["| output | weighting | seeds | FD, 8 DDIM steps | FD, 256 DDIM steps |", "|---|---|---:|---:|---:|"]
+        lines += ["FD of the undistilled teacher over training seeds, mean ± std [bootstrap 95%].", ""]
+        lines += ["| output | weighting | seeds | FD, 8 DDIM steps | FD, 256 DDIM steps | final loss |"]
+        lines += ["|---|---|---:|---:|---:|---:|"]
         for (output, weighting), rs in _group(results, lambda s: (s["output"], s["weighting"])).items():
-            cells = [stats.format_summary(stats.summarize([r["rows"][i]["fd"] for r in rs])) for i in (0, 1)]
-            lines.append(f"| {output} | {weighting} | {len(rs)} | {cells[0]} | {cells[1]} |")
+            cells = [summary([r["rows"][i]["fd"] for r in rs]) for i in (0, 1)]
+            loss = np.mean([r["final_loss"] for r in rs])
+            lines.append(f"| {output} | {weighting} | {len(rs)} | {cells[0]} | {cells[1]} | {loss:.4g} |")
     return "\n".join(lines) + "\n"
+
+
+def plot(args, results: dict, path: str) -> None:
+    """schedules: each schedule's learning rate at its best peak rate (seed 0; refined from its linear source)
+    and FD during training; table1: mean FD at 8 and 256 steps as two heat maps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pdist import optim
+
+    if args.study == "schedules":
+        fig, (ax_lr, ax_fd) = plt.subplots(1, 2, figsize=(11, 4))
+        for schedule, (lr, rs) in best_rates(results).items():
+            config = ml_collections.ConfigDict(rs[0]["config"])
+            total = config.train.num_steps
+            t = np.arange(total + 1)
+            rate = np.asarray(optim.optimizer(config.optim, total).learning_rate(t))
+            ax_lr.plot(t, rate, label=f"{schedule} (peak {lr:g})")
+            steps = [row["step"] for row in rs[0]["rows"]]
+            fd = np.array([[row["fd"] for row in r["rows"]] for r in rs])
+            ax_fd.errorbar(steps, fd.mean(0), yerr=fd.std(0), capsize=3, marker="o", label=schedule)
+        ax_lr.set(xlabel="step", ylabel="learning rate", title="schedules at their best peak rate")
+        ax_fd.set(xlabel="step", ylabel="FD (64 DDIM steps)", title="FD during training (mean ± std over seeds)")
+        ax_lr.legend()
+        ax_fd.legend()
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        groups = _group(results, lambda s: (s["output"], s["weighting"]))
+        for i, (ax, title) in enumerate(zip(axes, ("8 DDIM steps", "256 DDIM steps"), strict=True)):
+            table = np.full((len(OUTPUTS), len(WEIGHTINGS)), np.nan)
+            for (output, weighting), rs in groups.items():
+                table[OUTPUTS.index(output), WEIGHTINGS.index(weighting)] = np.mean([r["rows"][i]["fd"] for r in rs])
+            image = ax.imshow(table, cmap="viridis_r")
+            for (a, b), v in np.ndenumerate(table):
+                ax.text(b, a, f"{v:.1f}", ha="center", va="center", color="w")
+            ax.set(xticks=range(len(WEIGHTINGS)), yticks=range(len(OUTPUTS)), title=f"mean FD, {title}")
+            ax.set_xticklabels(WEIGHTINGS, rotation=20)
+            ax.set_yticklabels(OUTPUTS)
+            fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main():
@@ -158,16 +262,27 @@ def main():
     parser.add_argument("--root", default="runs/recipes")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seeds", default="0,1,2", help="training seeds")
-    parser.add_argument("--lrs", default="5e-4,1e-3,2e-3", help="peak learning rates (schedules)")
+    parser.add_argument("--lrs", default="4e-3,2e-3,1e-3", help="peak rates (schedules), in running order")
     parser.add_argument("--num-steps", type=int, default=0, help="training steps (0: the config's)")
     parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument(
+        "--use-ema",
+        type=int,
+        default=0,
+        help="score the EMA parameters (1) or the last iterate (0: the default, "
+        "what a schedule is about; an EMA of decay 0.999 averages over the whole of a 1,000-step run)",
+    )
+    parser.add_argument("--worker", default="", help="K/N: run only this worker's share, write no report")
     args = parser.parse_args()
     results = run_all(args)
+    if args.worker:
+        return
     with open(os.path.join(args.root, f"{args.study}.json"), "w") as f:
         json.dump({"args": vars(args), "results": results}, f, indent=1)
     table = report(args, results)
     with open(os.path.join(args.root, f"{args.study}.md"), "w") as f:
         f.write(table)
+    plot(args, results, os.path.join(args.root, f"{args.study}.png"))
     print(table)
 
 
