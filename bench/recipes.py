@@ -17,9 +17,10 @@ last checkpoint is there: the study resumes where it stopped, run by run, and th
 sessions or machines that share ROOT. Each run's measurements are cached beside it (``recipes.json``, with the
 config they were made with), so a rerun only measures what is missing.
 
-* ``schedules``: cosine, linear, REX and refined-from-linear (the linear run of the same peak rate and seed is
-  the source), each at every peak rate of ``--lrs``; Frechet distance of 64-step DDIM samples at every kept
-  checkpoint (its monotonicity during training) and at the end; each schedule's best peak rate by mean FD.
+* ``schedules``: cosine, linear, REX and refined-from-linear (the source: the linear run of the same seed at
+  ``--refine-source-lr``; the refined schedule has a peak rate of its own), each at every peak rate of
+  ``--lrs``; Frechet distance of 64-step DDIM samples at every kept checkpoint (its monotonicity during
+  training) and at the end; each schedule's best peak rate by mean FD.
   Scored on the last iterate (``--use-ema 1`` for the EMA), which is what a schedule decides.
 * ``table1``: parameterization (eps, x, v, both) against weighting (constant = x-MSE, snr = eps-MSE,
   truncated_snr, snr_plus_one); Frechet distance of the undistilled teacher at 8 and 256 DDIM steps.
@@ -76,15 +77,18 @@ def runs(args) -> list[tuple[str, dict, object]]:
     seeds = [int(s) for s in args.seeds.split(",")]
     out = []
     if args.study == "schedules":
-        # Peak rate by peak rate, all four schedules of a seed together: a study cut short leaves whole rows.
-        for lr, seed, schedule in itertools.product([float(x) for x in args.lrs.split(",")], seeds, SCHEDULES):
+        # Peak rate by peak rate, all the schedules of a seed together: a study cut short leaves whole rows.
+        schedules = args.schedules.split(",")
+        for lr, seed, schedule in itertools.product([float(x) for x in args.lrs.split(",")], seeds, schedules):
             config = base(args, seed)
             config.optim.schedule, config.optim.learning_rate = schedule, lr
             if schedule == "refined":
-                config.optim.refine_from = os.path.join(args.root, "schedules", f"linear_lr{lr:g}_s{seed}")
+                source = f"linear_lr{args.refine_source_lr:g}_s{seed}"
+                config.optim.refine_from = os.path.join(args.root, "schedules", source)
             out.append((f"{schedule}_lr{lr:g}_s{seed}", {"schedule": schedule, "lr": lr, "seed": seed}, config))
     else:
-        for output, weighting, seed in itertools.product(OUTPUTS, WEIGHTINGS, seeds):
+        # The paper's weightings first (SNR, truncated SNR, SNR+1), the constant weighting last.
+        for weighting, output, seed in itertools.product(WEIGHTINGS[1:] + WEIGHTINGS[:1], OUTPUTS, seeds):
             config = base(args, seed)
             config.diffusion.parameterization, config.diffusion.weighting = output, weighting
             settings = {"output": output, "weighting": weighting, "seed": seed}
@@ -93,14 +97,14 @@ def runs(args) -> list[tuple[str, dict, object]]:
 
 
 def mine(args, runs_: list) -> list:
-    """The runs of worker K of N (``--worker K/N``): whole (peak rate, seed) groups for the schedules study, so
-    that a refined run follows its linear source in the same process."""
+    """The runs of worker K of N (``--worker K/N``): whole training seeds for the schedules study, so that a
+    refined run follows its linear source in the same process."""
     if not args.worker:
         return runs_
     k, n = (int(v) for v in args.worker.split("/"))
     if args.study == "schedules":
-        groups = list(dict.fromkeys((s["lr"], s["seed"]) for _, s, _ in runs_))
-        return [r for r in runs_ if groups.index((r[1]["lr"], r[1]["seed"])) % n == k]
+        seeds = list(dict.fromkeys(s["seed"] for _, s, _ in runs_))
+        return [r for r in runs_ if seeds.index(r[1]["seed"]) % n == k]
     return runs_[k::n]
 
 
@@ -130,6 +134,8 @@ def run_all(args) -> dict:
             if measured == (stored, args.num_samples, args.use_ema):
                 results[name] = cached
                 continue
+        if args.report_only:
+            continue
         began = time.time()
         if not os.path.isdir(os.path.join(workdir, "checkpoints", str(config.train.num_steps))):
             config_lib.validate(config)
@@ -262,7 +268,7 @@ def main():
     parser.add_argument("--root", default="runs/recipes")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seeds", default="0,1,2", help="training seeds")
-    parser.add_argument("--lrs", default="4e-3,2e-3,1e-3", help="peak rates (schedules), in running order")
+    parser.add_argument("--lrs", default="4e-3,8e-3", help="peak rates (schedules), in running order")
     parser.add_argument("--num-steps", type=int, default=0, help="training steps (0: the config's)")
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument(
@@ -272,7 +278,15 @@ def main():
         help="score the EMA parameters (1) or the last iterate (0: the default, "
         "what a schedule is about; an EMA of decay 0.999 averages over the whole of a 1,000-step run)",
     )
+    parser.add_argument("--schedules", default=",".join(SCHEDULES), help="the schedules study's schedules")
+    parser.add_argument(
+        "--refine-source-lr",
+        type=float,
+        default=4e-3,
+        help="peak rate of the linear run (same seed) that a refined run is refined from, at any peak of its own",
+    )
     parser.add_argument("--worker", default="", help="K/N: run only this worker's share, write no report")
+    parser.add_argument("--report-only", action="store_true", help="tables and plot from the cached runs only")
     args = parser.parse_args()
     results = run_all(args)
     if args.worker:
