@@ -2,6 +2,7 @@
 and resume bit-identically; a corrupt checkpoint is named (or skipped when allowed); NaNs stop or are skipped."""
 
 import glob
+import json
 import logging
 import os
 import re
@@ -33,7 +34,7 @@ import pdist
 from pdist import samplers
 from pdist.errors import NonFiniteError
 from pdist.jobs import train
-from pdist.runtime import checkpoint
+from pdist.runtime import checkpoint, phase
 
 # A digits teacher small enough to train hundreds of steps in seconds from the command line.
 TINY = [
@@ -86,6 +87,7 @@ def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bit_identic
     again = run_main(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"Resumed from {os.path.join(workdir, 'checkpoints')} at step {step}" in again.stderr
+    assert "a config that differs" not in again.stderr  # the saved config read back equals the same command's
     assert_same_state(workdir, uninterrupted)
     np.testing.assert_array_equal(
         np.load(os.path.join(workdir, "samples.npz"))["samples"],
@@ -346,3 +348,14 @@ def test_random_overrides_end_in_a_run_or_one_sentence(overrides, tfds_dir, tmp_
     else:
         assert fv.config.mode == "train"  # the other modes need a checkpoint or teacher this workdir lacks
         assert pdist.load(workdir).step == fv.config.train.num_steps
+
+
+def test_a_resume_names_every_setting_that_differs_from_the_checkpoints_config():
+    config = small_config()
+    saved = json.loads(config.to_json())
+    assert phase.config_changes(saved, config) == ""
+    assert phase.config_changes(None, config) == ""
+    config.train.num_steps, config.optim.schedule = 2 * config.train.num_steps, "linear"
+    expected = f"optim.schedule: {saved['optim']['schedule']} -> linear, "
+    expected += f"train.num_steps: {saved['train']['num_steps']} -> {config.train.num_steps}"
+    assert phase.config_changes(saved, config) == expected

@@ -101,6 +101,14 @@ def run(phase: Phase, mesh) -> Result:
         batches = phase.batches(start)  # a dataset that is not there fails here, before anything is written
         if start:
             logging.info("Resumed from %s at step %d.", ckpt.directory, start)
+            changed = config_changes(resumed.get("config"), phase.config)
+            if changed:
+                logging.warning(
+                    "Resuming %s with a config that differs from the checkpoint's in %s; the run continues with "
+                    "the new values (a schedule over num_steps changes shape).",
+                    ckpt.directory,
+                    changed,
+                )
         else:
             state = create_state(phase.init_fn, mesh)
         logging.info("%s: steps %d..%d", phase.name, start + 1, phase.num_steps)
@@ -194,6 +202,16 @@ def _loop(phase: Phase, step_fn, state, batches, mesh, start, writer, ckpt, base
 def _from_saved(metrics: dict) -> StepMetrics:
     """A checkpoint's unlogged metrics (floats; the skipped flag among them) as the step reported them."""
     return StepMetrics({k: v for k, v in metrics.items() if k != SKIPPED}, metrics.get(SKIPPED, 0.0))
+
+
+def config_changes(saved: dict | None, config: ml_collections.ConfigDict) -> str:
+    """``key: old -> new`` for every setting of ``config`` that differs from the ``saved`` one (a checkpoint's
+    metadata), comma-separated; empty when they agree or nothing was saved."""
+    if not saved:
+        return ""
+    old, new = _flat(saved), _flat(json.loads(config.to_json()))
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in keys)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
