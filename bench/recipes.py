@@ -121,6 +121,12 @@ def measure(workdir: str, config, evaluator, ref, args) -> dict:
     return {"rows": rows, "final_loss": pdist.load(workdir).metadata.get("loss")}
 
 
+def _settings_of(config: dict, like: dict) -> dict:
+    """``config`` restricted to the keys of ``like`` (nested): a setting pdist added after a run was cached
+    (its default keeps the old behaviour) does not invalidate the run."""
+    return {k: _settings_of(config[k], v) if isinstance(v, dict) else config.get(k) for k, v in like.items()}
+
+
 def run_all(args) -> dict:
     results, evaluator, ref = {}, None, None
     for name, settings, config in mine(args, runs(args)):
@@ -130,8 +136,8 @@ def run_all(args) -> dict:
         if os.path.exists(cache):
             with open(cache) as f:
                 cached = json.load(f)
-            measured = (cached["config"], cached["num_samples"], cached.get("use_ema"))
-            if measured == (stored, args.num_samples, args.use_ema):
+            measured = (_settings_of(stored, cached["config"]), cached["num_samples"], cached.get("use_ema"))
+            if measured == (cached["config"], args.num_samples, args.use_ema):
                 results[name] = cached
                 continue
         if args.report_only:
@@ -164,8 +170,13 @@ def _group(results: dict, key) -> dict:
 
 
 def _paired(a: list, b: list) -> str:
-    """Seed-by-seed difference ``a - b`` (same training and sampling seed): mean ± std and the count below 0."""
-    d = np.asarray(a) - np.asarray(b)
+    """Seed-by-seed difference of the final FD of runs ``a`` and ``b`` (same training and sampling seed), over
+    the seeds both have: mean ± std and the count below 0."""
+    final = lambda runs: {r["settings"]["seed"]: r["rows"][-1]["fd"] for r in runs}  # noqa: E731
+    fa, fb = final(a), final(b)
+    d = np.asarray([fa[s] - fb[s] for s in sorted(fa.keys() & fb.keys())])
+    if not d.size:
+        return "-"
     spread = f" ± {d.std(ddof=1):.2f}" if d.size > 1 else ""
     return f"{d.mean():+.2f}{spread} ({int((d < 0).sum())} of {d.size} lower)"
 
@@ -201,12 +212,12 @@ def report(args, results: dict) -> str:
         lines += ["the seed-by-seed difference of its final FD to linear decay's at its best rate.", ""]
         lines += ["| schedule | peak lr | " + " | ".join(f"step {s}" for s in steps) + " | final - linear |"]
         lines += ["|---|---:|" + "---:|" * len(steps) + "---:|"]
-        linear = [r["rows"][-1]["fd"] for r in best["linear"][1]] if "linear" in best else None
+        linear = best["linear"][1] if "linear" in best else None
         for schedule, (lr, rs) in best.items():
             by_step = np.array([[row["fd"] for row in r["rows"]] for r in rs])
             spread = by_step.std(0, ddof=1) if len(rs) > 1 else np.zeros(len(steps))
             cells = [f"{m:.2f} ± {d:.2f}" for m, d in zip(by_step.mean(0), spread, strict=True)]
-            diff = "-" if schedule == "linear" or linear is None else _paired(by_step[:, -1], linear)
+            diff = "-" if schedule == "linear" or linear is None else _paired(rs, linear)
             lines.append(f"| {schedule} | {lr:g} | " + " | ".join(cells) + f" | {diff} |")
     else:
         lines += ["FD of the undistilled teacher over training seeds, mean ± std [bootstrap 95%].", ""]
