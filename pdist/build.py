@@ -20,8 +20,10 @@ import ml_collections
 from jax.tree_util import Partial
 
 from pdist import diffusion, losses, optim, rng
+from pdist import guidance as guidance_lib
 from pdist.diffusion import Prediction
 from pdist.distillation import METHODS, Round
+from pdist.errors import ConfigError
 from pdist.importance import LossAwareSampler
 from pdist.models import ARCHITECTURES
 from pdist.runtime.step import TrainState, init_state
@@ -69,41 +71,65 @@ def apply_fn(config: ml_collections.ConfigDict) -> Callable:
 
 @dataclasses.dataclass(frozen=True)
 class NetworkDenoiser:
-    """``(params, label, z, t) -> Prediction`` of a network: hashable, equal for equal configs.
+    """``(params, label, guidance, z, t) -> Prediction`` of a network: hashable, equal for equal configs.
 
-    The static half of :func:`denoiser`; parameters and labels are its arguments.
+    The static half of :func:`denoiser`; parameters, labels and the guidance weight are its arguments.
+    With a guidance weight (not None), the conditional and null-class predictions come from one network
+    call on a doubled batch and are blended (:mod:`pdist.guidance`).
     """
 
     network: nn.Module
     schedule: Schedule
     parameterization: str
     learned_variance: bool
-    conditional: bool
+    num_classes: int  # 0: unconditional
 
-    def __call__(self, params, label: Array | None, z: Array, t: Array) -> Prediction:
+    def __call__(self, params, label: Array | None, guidance: Array | None, z: Array, t: Array) -> Prediction:
+        if guidance is None:
+            return self._predict(params, label, z, t)
+        z2, t2, label2 = guidance_lib.doubled(z, t, label, self.num_classes)
+        cond, uncond = guidance_lib.split(self._predict(params, label2, z2, t2))
+        return guidance_lib.blend(cond, uncond, guidance)
+
+    def _predict(self, params, label, z, t) -> Prediction:
         logsnr = self.schedule.logsnr(t)
-        out = self.network.apply({"params": params}, z, logsnr, label if self.conditional else None, train=False)
+        out = self.network.apply({"params": params}, z, logsnr, label if self.num_classes else None, train=False)
         return diffusion.predict(
             out, z, logsnr, parameterization=self.parameterization, learned_variance=self.learned_variance
         )
 
 
-def denoiser(config: ml_collections.ConfigDict, params, label: Array | None = None) -> Partial:
-    """``denoise_fn(z, t) -> Prediction`` of the network with ``params`` (and class ``label`` [B]).
+def denoiser(config: ml_collections.ConfigDict, params, label: Array | None = None, guidance=None) -> Partial:
+    """``denoise_fn(z, t) -> Prediction`` of the network with ``params`` (and class ``label`` [B]); with a
+    classifier-free ``guidance`` weight (a scalar or [B]), the guided prediction (:mod:`pdist.guidance`).
 
-    A ``Partial`` pytree that carries ``params`` and ``label``: passed to
+    A ``Partial`` pytree that carries ``params``, ``label`` and ``guidance``: passed to
     :func:`pdist.samplers.sample`, they are arguments of the compiled program,
-    so one compilation serves every parameter set of the same shapes.
+    so one compilation serves every parameter set of the same shapes (and every weight).
     """
+    if guidance is not None:
+        check_guidance(config)
+        guidance = jnp.asarray(guidance, jnp.float32)
     settings = config.diffusion
     fn = NetworkDenoiser(
         network(config),
         schedule(config),
         settings.parameterization,
         settings.learned_variance,
-        config.model.class_conditional,
+        config.data.num_classes if config.model.class_conditional else 0,
     )
-    return Partial(fn, params, label)
+    return Partial(fn, params, label, guidance)
+
+
+def check_guidance(config: ml_collections.ConfigDict) -> None:
+    """One sentence unless the model ``config`` describes was trained for classifier-free guidance."""
+    if not config.model.class_conditional:
+        raise ConfigError("Guidance needs a class-conditional model; this one is unconditional (guidance=None).")
+    if not config.train.label_dropout > 0:
+        raise ConfigError(
+            "Guidance needs a model trained with its labels sometimes dropped (config.train.label_dropout > 0, "
+            "0.1 is usual); this one never saw the null class."
+        )
 
 
 def loss(config: ml_collections.ConfigDict) -> losses.Loss:
@@ -118,6 +144,8 @@ def loss(config: ml_collections.ConfigDict) -> losses.Loss:
         learned_variance=settings.learned_variance,
         num_timesteps=settings.num_timesteps,
         vlb_weight=settings.vlb_weight,
+        label_dropout=config.train.label_dropout,
+        num_classes=config.data.num_classes if config.model.class_conditional else 0,
     )
 
 

@@ -91,6 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.skip_nonfinite = 0  # updates with a NaN/inf loss or gradient norm to skip (and count) before stopping
     config.train.sample_every = 10_000  # sample grids to PNG and TensorBoard; 0 disables
     config.train.num_grid_samples = 64
+    # classifier-free guidance: the probability that an example's label is replaced by the learned null class
+    # (class-conditional models; 0.1 is usual); a model trained with it can be sampled with a guidance weight
+    config.train.label_dropout = 0.0
 
     config.sample = ml_collections.ConfigDict()
     config.sample.method = "ddim"
@@ -102,6 +105,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample.clip_x = True
     config.sample.seed = 0
     config.sample.batch_size = 256
+    # classifier-free guidance weight w: x = (1 + w) x(z, c) - w x(z, null); None: the conditional model alone
+    config.sample.guidance = ml_collections.FieldReference(None, field_type=float)
 
     # Progressive distillation (mode "distill"): config.optim, config.train.batch_size,
     # ema_decay, log/checkpoint periods and config.model.dropout apply to every round;
@@ -135,6 +140,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.is_splits = 10  # Inception Score: mean over this many equal parts of the samples
     config.eval.batch_size = 256
     config.eval.use_ema = True
+    # classifier-free guidance weights, comma-separated ("0,1,2,4"): every sampler at each; "": unguided
+    config.eval.guidance = ""
     config.eval.clip_x = True
     config.eval.nll = False  # also the bound in bits/dim on nll_split
     config.eval.nll_split = "test"
@@ -182,6 +189,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_one_of(model.dtype, DTYPES, "model.dtype")
     if model.class_conditional and config.data.num_classes <= 0:
         _fail("config.model.class_conditional=True needs config.data.num_classes > 0.")
+    if not 0 <= config.train.label_dropout < 1:
+        _fail(f"config.train.label_dropout={config.train.label_dropout} must be in [0, 1) (0.1 is usual).")
+    if config.train.label_dropout > 0 and not model.class_conditional:
+        _fail("config.train.label_dropout > 0 drops class labels; set config.model.class_conditional=True.")
 
     settings = config.optim
     check_one_of(settings.optimizer, optim.OPTIMIZERS, "optim.optimizer")
@@ -212,6 +223,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             schedules.time_grid(build.schedule(config), sample.num_steps, sample.grid)
         except ValueError as e:
             _fail(f"config.sample.grid={sample.grid!r} with config.sample.num_steps={sample.num_steps}: {e}")
+        if sample.guidance is not None:
+            build.check_guidance(config)
 
 
 def _validate_diffusion(settings: ml_collections.ConfigDict) -> None:
@@ -298,9 +311,20 @@ def parse_samplers(spec: str) -> list[tuple[str, int, str | None]]:
     return entries
 
 
+def parse_guidance(spec: str) -> list[float | None]:
+    """``"0,1,2.5"`` -> ``[0.0, 1.0, 2.5]``; ``""`` -> ``[None]`` (unguided); one sentence on a bad entry."""
+    if not str(spec).strip():
+        return [None]
+    try:
+        return [float(item) for item in str(spec).split(",")]
+    except ValueError:
+        _fail(f"config.eval.guidance={spec!r} is not a comma-separated list of guidance weights (e.g. '0,1,2,4').")
+
+
 def _validate_eval(config: ml_collections.ConfigDict) -> None:
     settings = config.eval
     parse_samplers(settings.samplers)
+    parse_guidance(settings.guidance)
     check_one_of(settings.evaluator, ("auto", *EVALUATORS), "eval.evaluator")
     for name in ("num_samples", "num_seeds", "pr_samples", "is_splits", "batch_size", "nll_batch_size"):
         check_positive(settings[name], f"eval.{name}")

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from pdist import diffusion, vlb
+from pdist import diffusion, guidance, vlb
 from pdist.diffusion import Prediction
 from pdist.schedules import Schedule
 
@@ -71,17 +71,23 @@ def uniform_times(key: Array, n: int, num_timesteps: int | None, t_min: float = 
     return jax.random.randint(key, (n,), 1, num_timesteps + 1).astype(jnp.float32) / num_timesteps
 
 
-def drawer(num_timesteps: int | None, t_min: float = 0.0) -> Callable:
+def drawer(num_timesteps: int | None, t_min: float = 0.0, label_dropout: float = 0.0, num_classes: int = 0):
     """``draw(batch, key)``: ``t`` (from ``num_timesteps`` and ``t_min`` as in :func:`uniform_times`) and
-    Gaussian ``noise`` for every example, unless the batch holds them; the key's third part is left for the
-    model."""
+    Gaussian ``noise`` for every example, unless the batch holds them; with ``label_dropout``, each ``label``
+    replaced by the null class with that probability (:func:`pdist.guidance.drop_labels`) and the mask of
+    the replaced ones added as ``label_dropped``: a batch that holds it was drawn already. The key's third
+    part is left for the model."""
 
     def draw(batch: dict, key: Array) -> dict:
         k_t, k_eps, _ = jax.random.split(key, 3)
         x = batch["image"]
         t = batch["t"] if "t" in batch else uniform_times(k_t, x.shape[0], num_timesteps, t_min)
         noise = batch["noise"] if "noise" in batch else jax.random.normal(k_eps, x.shape, x.dtype)
-        return {**batch, "t": jnp.asarray(t, jnp.float32), "noise": noise}
+        out = {**batch, "t": jnp.asarray(t, jnp.float32), "noise": noise}
+        if label_dropout > 0 and "label_dropped" not in batch:
+            label = guidance.drop_labels(batch["label"], jax.random.fold_in(key, 3), label_dropout, num_classes)
+            out.update(label=label, label_dropped=label == guidance.null_label(num_classes))
+        return out
 
     return draw
 
@@ -100,6 +106,8 @@ def make_diffusion_loss(
     learned_variance: bool = False,
     num_timesteps: int | None = None,
     vlb_weight: float = 0.001,
+    label_dropout: float = 0.0,
+    num_classes: int = 0,
 ) -> Loss:
     """The teacher's loss.
 
@@ -114,7 +122,9 @@ def make_diffusion_loss(
     and is left out. ``num_timesteps=None`` trains in continuous time, t ~ U[t_min, 1]
     with the schedule's ``t_min`` (times given in the batch are raised to it: on
     ``linear_vp`` t = 0 is logSNR = +inf); an integer T trains on levels
-    ``t = i / T``, i ~ U{1..T}.
+    ``t = i / T``, i ~ U{1..T}. ``label_dropout``: the probability that an
+    example's label is the null class instead (classifier-free guidance;
+    ``num_classes`` real classes).
     """
     diffusion.check_parameterization(parameterization)
     diffusion.check_weighting(weighting)
@@ -126,7 +136,7 @@ def make_diffusion_loss(
         raise ValueError(f"loss {loss_type!r} is a discrete-time bound; set num_timesteps (T).")
 
     t_min = schedule.t_min if num_timesteps is None else 0.0
-    draw = drawer(num_timesteps, t_min)
+    draw = drawer(num_timesteps, t_min, label_dropout, num_classes)
 
     def loss_fn(params, batch: dict, key: Array):
         batch = draw(batch, key)

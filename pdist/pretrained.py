@@ -114,14 +114,15 @@ class Pretrained:
         ``auto`` is ``respaced`` on a discrete schedule and ``uniform`` on a continuous one."""
         return schedules.resolve_grid(self.config.sample.grid if grid is None else grid, self.schedule)
 
-    def denoiser(self, *, use_ema: bool = True, label=None) -> Partial:
-        """``denoise_fn(z, t) -> Prediction`` for :func:`pdist.samplers.sample`, carrying the parameters.
+    def denoiser(self, *, use_ema: bool = True, label=None, guidance=None) -> Partial:
+        """``denoise_fn(z, t) -> Prediction`` for :func:`pdist.samplers.sample`, carrying the parameters (and
+        the class ``label`` [B]; with ``guidance`` w, the classifier-free guided prediction).
 
         The parameters are arguments of the compiled sampler, not constants:
         the EMA and raw parameters (or any other checkpoint of this network)
         share one compilation per shape and method.
         """
-        return build.denoiser(self.config, self.ema_params if use_ema else self.params, label)
+        return build.denoiser(self.config, self.ema_params if use_ema else self.params, label, guidance)
 
     def sample(
         self,
@@ -133,6 +134,7 @@ class Pretrained:
         seed: int = 0,
         clip_x: bool = True,
         labels=None,
+        guidance: float | None = None,
         use_ema: bool = True,
         batch_size: int = 256,
         log_every_seconds: float | None = None,
@@ -140,6 +142,9 @@ class Pretrained:
     ) -> np.ndarray:
         """``num_samples`` images [n, H, W, C] in [-1, 1] from ``method`` with ``num_steps`` steps and the
         method's ``options`` (``variance="large"`` of ``ddpm``, for example; see :class:`ImageSampler`).
+        ``labels``: the classes of a class-conditional model (default: 0, 1, 2, ... in turn); ``guidance``:
+        the classifier-free guidance weight w (:mod:`pdist.guidance`), for a model trained with label
+        dropout; each step is then one network call on twice the batch.
 
         ``num_steps`` and ``grid`` default to the checkpoint's ``config.sample``: a
         distilled student's own step count and the uniform grid it was trained
@@ -154,6 +159,7 @@ class Pretrained:
             seed=seed,
             clip_x=clip_x,
             labels=labels,
+            guidance=guidance,
             batch_size=batch_size,
             log_every_seconds=log_every_seconds,
             **options,
@@ -181,18 +187,18 @@ class ImageSampler:
         self.mesh = mesh_lib.data_mesh() if mesh is None else mesh
         self._compiled = {}
 
-    def _program(self, method: str, num_steps: int, grid: str, clip_x: bool, n: int, options: tuple):
-        k = (method, num_steps, grid, clip_x, n, options)
+    def _program(self, method: str, num_steps: int, grid: str, clip_x: bool, n: int, options: tuple, guided: bool):
+        k = (method, num_steps, grid, clip_x, n, options, guided)
         if k not in self._compiled:
             pad = -n % self.mesh.devices.size
 
-            def run(params, seed_start, label):
+            def run(params, seed_start, label, guidance):
                 k_noise, k_sample = jax.random.split(rng.sample_key(seed_start[0], seed_start[1]))
                 noise = jax.random.normal(k_noise, (n, *self.shape), jnp.float32)
                 noise = jnp.pad(noise, [(0, pad)] + [(0, 0)] * len(self.shape))
                 noise = jax.lax.with_sharding_constraint(noise, mesh_lib.batch_sharded(self.mesh))
                 x = samplers.sample(
-                    build.denoiser(self.config, params, label),
+                    build.denoiser(self.config, params, label, guidance),
                     self.schedule,
                     noise,
                     method=method,
@@ -218,6 +224,7 @@ class ImageSampler:
         seed: int = 0,
         clip_x: bool = True,
         labels=None,
+        guidance: float | None = None,
         batch_size: int = 256,
         log_every_seconds: float | None = None,
         **options,
@@ -234,6 +241,9 @@ class ImageSampler:
             schedules.time_grid(self.schedule, num_steps, grid)
         except ValueError as e:
             raise ConfigError(f"Sampling with grid={grid!r} and {num_steps} steps: {e}") from None
+        if guidance is not None:
+            build.check_guidance(self.config)  # one sentence for a model that never saw the null class
+            guidance = mesh_lib.replicate(np.asarray(guidance, np.float32), self.mesh)
         if labels is None and self.num_classes:
             labels = np.arange(num_samples) % self.num_classes
         params = mesh_lib.put_replicated(params, self.mesh)
@@ -246,8 +256,8 @@ class ImageSampler:
                 else mesh_lib.shard_rows(np.asarray(labels[start : start + n], np.int32), self.mesh)
             )
             seed_start = mesh_lib.replicate(np.asarray([seed, start], np.int32), self.mesh)
-            program = self._program(method, num_steps, grid, clip_x, n, options)
-            out.append(np.asarray(program(params, seed_start, label)))
+            program = self._program(method, num_steps, grid, clip_x, n, options, guidance is not None)
+            out.append(np.asarray(program(params, seed_start, label, guidance)))
             preemption.check("sampling")
             done = start + n
             if log_every_seconds is not None and (time.time() - logged >= log_every_seconds or done == num_samples):

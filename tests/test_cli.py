@@ -36,6 +36,13 @@ def test_sample_mode_writes_grid_and_npz(cli_workdir, tmp_path):
     assert npz["samples"].shape == (9, 8, 8, 1)
     assert np.isfinite(npz["samples"]).all()
     np.testing.assert_array_equal(npz["images"], np.clip(np.round((npz["samples"] + 1) * 127.5), 0, 255))
+    status, message, _ = run_in_process(  # this model is unconditional: no guidance, one sentence, status 2
+        f"--workdir={workdir}",
+        f"--config.sample.checkpoint={cli_workdir}",
+        "--config.mode=sample",
+        "--config.sample.guidance=2",
+    )
+    assert status == 2 and "Guidance needs a class-conditional model" in message, message
 
 
 @pytest.mark.heavy

@@ -212,6 +212,7 @@ def test_sampling_splits_batches_over_devices_with_the_same_images():
         ({"samplers": "ddim:8,warp:4"}, "entry 'warp:4' is not method:steps"),
         ({"samplers": "ddpm:50:sparse"}, "entry 'ddpm:50:sparse' is not method:steps or method:steps:grid"),
         ({"nll": True, "nll_draws": 0}, "config.eval.nll_draws=0 must be"),
+        ({"guidance": "1,strong"}, "is not a comma-separated list of guidance weights"),
     ],
 )
 def test_eval_settings_fail_with_one_sentence(overrides, message):

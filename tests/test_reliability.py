@@ -316,6 +316,8 @@ OVERRIDES = {
     "model.ch_mult": ["(1,2)", "(1,2,2)", "(1,2,2,2,2)", "abc", "()"],
     "model.dtype": ["float32", "bfloat16", "float16"],
     "model.class_conditional": ["True"],
+    "train.label_dropout": ["0.1", "1.5"],
+    "sample.guidance": ["2"],
     "data.image_size": ["8", "6", "0"],
     "data.split": ["train", "train[:50%]", "trian"],
     "optim.learning_rate": ["0", "-1", "1e-3", "x"],

@@ -51,9 +51,17 @@ class Reference:
 
 
 def score(
-    evaluator, reference: Reference, images: np.ndarray, *, pr_samples: int | None = None, is_splits: int = 1
+    evaluator,
+    reference: Reference,
+    images: np.ndarray,
+    *,
+    pr_samples: int | None = None,
+    is_splits: int = 1,
+    labels: np.ndarray | None = None,
 ) -> dict:
-    """``{fd, is, precision, recall, class_histogram}`` of ``images`` [N, H, W, C] in [-1, 1].
+    """``{fd, is, precision, recall, class_histogram}`` of ``images`` [N, H, W, C] in [-1, 1], and with the
+    requested classes ``labels`` [N] (of the evaluator's classes) ``accuracy``: the fraction of images its
+    classifier assigns to the requested class.
 
     The Inception Score is the mean over ``is_splits`` equal parts (10 in the usual protocol).
     Precision/recall use the first ``pr_samples`` images (all by default), as many
@@ -62,10 +70,13 @@ def score(
     features, probs = evaluator.outputs(images)
     pr = features if pr_samples is None else features[:pr_samples]
     precision, recall = precision_recall(reference.features, pr, real_radii=reference.radii)
-    return {
+    out = {
         "fd": frechet_distance(*gaussian_stats(features), reference.mu, reference.sigma),
         "is": inception_score(probs, is_splits),
         "precision": precision,
         "recall": recall,
         "class_histogram": (np.bincount(probs.argmax(1), minlength=probs.shape[1]) / len(probs)).tolist(),
     }
+    if labels is not None:
+        out["accuracy"] = float(np.mean(probs.argmax(1) == np.asarray(labels)))
+    return out

@@ -14,6 +14,7 @@ evaluations, one line per sampler) and TensorBoard scalars under
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import os
@@ -32,8 +33,14 @@ from pdist.pretrained import load
 from pdist.runtime import files, preemption, workdir
 from pdist.runtime import mesh as mesh_lib
 
-LOWER_IS_BETTER = {"fd": True, "is": False, "precision": False, "recall": False}
-LABELS = {"fd": "Frechet distance", "is": "Inception Score", "precision": "precision", "recall": "recall"}
+LOWER_IS_BETTER = {"fd": True, "is": False, "precision": False, "recall": False, "accuracy": False}
+LABELS = {
+    "fd": "Frechet distance",
+    "is": "Inception Score",
+    "precision": "precision",
+    "recall": "recall",
+    "accuracy": "class accuracy",
+}
 
 
 def reference(evaluator, model_config: ml_collections.ConfigDict, split: str, pr_samples: int) -> Reference:
@@ -54,10 +61,19 @@ def reference(evaluator, model_config: ml_collections.ConfigDict, split: str, pr
 
 
 def evaluate_model(
-    model, evaluator, ref: Reference, entries, settings: ml_collections.ConfigDict, progress: str | None = None
+    model,
+    evaluator,
+    ref: Reference,
+    entries,
+    settings: ml_collections.ConfigDict,
+    progress: str | None = None,
+    weights=(None,),
 ) -> list[dict]:
-    """One row per (method, steps) or (method, steps, grid) entry: the grid (None or left out: the model's
-    ``config.sample.grid``), NFE, per-seed metrics and their summaries.
+    """One row per (method, steps) or (method, steps, grid) entry and guidance weight of ``weights`` (None:
+    unguided): the grid (None or left out: the model's ``config.sample.grid``), NFE, per-seed metrics and
+    their summaries. A class-conditional model samples the classes 0, 1, 2, ... in turn; when the evaluator
+    classifies the same classes, ``accuracy`` is the fraction of samples it assigns to the requested class.
+    A guided step is one network call on twice the batch: ``nfe`` counts calls, ``call_batch`` says 2.
 
     ``progress``: a JSON file of the finished (method, steps, seed) scores,
     written after each one and read back, so an interrupted evaluation
@@ -68,11 +84,14 @@ def evaluate_model(
         with open(progress) as f:
             done = json.load(f)
     rows = []
-    for method, steps, *grid in entries:
+    classes = model.config.data.num_classes if model.config.model.class_conditional else 0
+    labels = np.arange(settings.num_samples) % classes if classes and evaluator.num_classes == classes else None
+    for (method, steps, *grid), w in itertools.product(entries, weights):
         grid = model.grid(grid[0] if grid else None)
         per_seed, began = [], time.time()
         for seed in range(settings.seed, settings.seed + settings.num_seeds):
-            name = f"{method}:{steps}:{grid}:seed{seed}:n{settings.num_samples}"
+            guided = "" if w is None else f":w{w:g}"
+            name = f"{method}:{steps}:{grid}{guided}:seed{seed}:n{settings.num_samples}"
             if name in done:
                 per_seed.append(done[name])
                 continue
@@ -87,9 +106,11 @@ def evaluate_model(
                 use_ema=settings.use_ema,
                 batch_size=settings.batch_size,
                 log_every_seconds=30.0,
+                guidance=w,
             )
-            per_seed.append(score(evaluator, ref, x, pr_samples=settings.pr_samples, is_splits=settings.is_splits))
-            logging.info("%s:%d seed %d: %s", method, steps, seed, _brief(per_seed[-1]))
+            kwargs = dict(pr_samples=settings.pr_samples, is_splits=settings.is_splits, labels=labels)
+            per_seed.append(score(evaluator, ref, x, **kwargs))
+            logging.info("%s:%d%s seed %d: %s", method, steps, guided, seed, _brief(per_seed[-1]))
             done[name] = per_seed[-1]
             if progress and jax.process_index() == 0:
                 files.write_json(progress, done)
@@ -97,38 +118,51 @@ def evaluate_model(
             "method": method,
             "steps": steps,
             "grid": grid,
+            "guidance": w,
             "nfe": samplers.nfe(method, steps, model.schedule),
+            "call_batch": 1 if w is None else 2,
             "seeds": list(range(settings.seed, settings.seed + settings.num_seeds)),
             "per_seed": per_seed,
             "seconds": time.time() - began,
         }
-        row.update({m: stats.summarize([s[m] for s in per_seed]) for m in METRICS})
+        row.update({m: stats.summarize([s[m] for s in per_seed]) for m in _metrics(per_seed)})
         row["class_histogram"] = np.mean([s["class_histogram"] for s in per_seed], axis=0).tolist()
         rows.append(row)
     return rows
 
 
+def _metrics(rows: list[dict]) -> list[str]:
+    """The metrics every row (a score, or a summarized row) holds: METRICS, and accuracy where measured."""
+    return [m for m in (*METRICS, "accuracy") if all(m in r for r in rows)]
+
+
+def _sampler(r: dict) -> str:
+    return r["method"] if r.get("guidance") is None else f"{r['method']} w={r['guidance']:g}"
+
+
 def _brief(s: dict) -> str:
-    return ", ".join(f"{m} {s[m]:.4g}" for m in METRICS)
+    return ", ".join(f"{m} {s[m]:.4g}" for m in _metrics([s]))
 
 
 def markdown(rows: list[dict], title: str) -> str:
     """The table; a cell within seed noise of its column's best is marked with ≈ (bootstrap 95%)."""
+    metrics = _metrics(rows)
     lines = [
         f"# {title}",
         "",
-        "mean ± std [bootstrap 95% interval] over seeds; ≈: not resolved from the column's best at 95%.",
+        "mean ± std [bootstrap 95% interval] over seeds; ≈: not resolved from the column's best at 95%. A guided",
+        "sampler (w: its guidance weight) calls the network NFE times on twice the batch.",
         "",
-        "| sampler | steps | grid | NFE | " + " | ".join(LABELS[m] for m in METRICS) + " |",
-        "|---|---:|---|---:|" + "---:|" * len(METRICS),
+        "| sampler | steps | grid | NFE | " + " | ".join(LABELS[m] for m in metrics) + " |",
+        "|---|---:|---|---:|" + "---:|" * len(metrics),
     ]
     best = {}
-    for m in METRICS:
+    for m in metrics:
         sign = 1 if LOWER_IS_BETTER[m] else -1
         best[m] = min(rows, key=lambda r: sign * r[m]["mean"])
     for r in rows:
         cells = []
-        for m in METRICS:
+        for m in metrics:
             cell = stats.format_summary(r[m], 2 if m in ("fd", "is") else 3)
             if r is best[m]:
                 cell = f"**{cell}**"
@@ -136,7 +170,7 @@ def markdown(rows: list[dict], title: str) -> str:
                 cell += " ≈"
             cells.append(cell)
         lines.append(
-            f"| {r['method']} | {r['steps']} | {r.get('grid', '-')} | {r['nfe']} | " + " | ".join(cells) + " |"
+            f"| {_sampler(r)} | {r['steps']} | {r.get('grid', '-')} | {r['nfe']} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -147,12 +181,13 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.6))
-    lines = dict.fromkeys((r["method"], r.get("grid")) for r in rows)  # one line per sampler and grid
+    metrics = _metrics(rows)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6))
+    lines = dict.fromkeys((_sampler(r), r.get("grid")) for r in rows)  # one line per sampler and grid
     several_grids = len({grid for _, grid in lines}) > 1
-    for ax, m in zip(axes, METRICS, strict=True):
+    for ax, m in zip(axes, metrics, strict=True):
         for method, grid in lines:
-            rs = sorted((r for r in rows if (r["method"], r.get("grid")) == (method, grid)), key=lambda r: r["nfe"])
+            rs = sorted((r for r in rows if (_sampler(r), r.get("grid")) == (method, grid)), key=lambda r: r["nfe"])
             ax.errorbar(
                 [r["nfe"] for r in rs],
                 [r[m]["mean"] for r in rs],
@@ -260,7 +295,9 @@ def run(config: ml_collections.ConfigDict, directory: str) -> dict:
             pipeline.builder(dataset.name, dataset.data_dir), settings.nll_split, "config.eval.nll_split"
         )
     os.makedirs(out_dir, exist_ok=True)
-    rows = evaluate_model(model, evaluator, ref, entries, settings, progress=os.path.join(out_dir, "progress.json"))
+    progress = os.path.join(out_dir, "progress.json")
+    weights = config_lib.parse_guidance(settings.guidance)
+    rows = evaluate_model(model, evaluator, ref, entries, settings, progress, weights)
     result = {
         "checkpoint": model.directory,
         "step": model.step,
@@ -288,7 +325,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> dict:
         plot(rows, os.path.join(out_dir, "eval.png"), title)
     writer = metric_writers.create_default_writer(out_dir, just_logging=jax.process_index() > 0)
     for r in rows:
-        writer.write_scalars(r["nfe"], {f"eval/{r['method']}/{m}": r[m]["mean"] for m in METRICS})
+        writer.write_scalars(r["nfe"], {f"eval/{_sampler(r)}/{m}": r[m]["mean"] for m in _metrics([r])})
     if "nll" in result:
         writer.write_scalars(model.step, {"eval/nll_bits_per_dim": result["nll"]["bits_per_dim"]})
     writer.close()

@@ -3,7 +3,8 @@
 One phase of the train step (:mod:`pdist.runtime.phase`) with the config's
 loss, to ``config.train.num_steps``; sample grids every
 ``config.train.sample_every`` steps and at the end (PNG and TensorBoard);
-then ``samples.npz`` and its PNG grid from the EMA parameters.
+then ``samples.npz`` and its PNG grid from the EMA parameters (guided by
+``config.sample.guidance`` when set, for a model trained with label dropout).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> TrainState:
         seed=settings.seed,
         clip_x=settings.clip_x,
         batch_size=settings.batch_size,
+        guidance=settings.guidance,
     )
     if jax.process_index() == 0:
         images.save_samples(directory, workdir.SAMPLES, x)
@@ -70,6 +72,7 @@ def _write_grid(sampler, state, config, directory: str, step: int, writer: metri
         num_steps=settings.num_steps,
         grid=settings.grid,
         seed=settings.seed,
+        guidance=settings.guidance,
     )
     grid = images.grid(x)
     if jax.process_index() == 0:

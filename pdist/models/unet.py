@@ -12,7 +12,8 @@
 * the noise level enters as a sinusoidal embedding of
   ``c = atan(exp(-logsnr / 2)) * 2 / pi`` in [0, 1] (1000 c, as a time step),
   which serves every schedule, discrete or continuous; a class embedding is
-  added to it when ``num_classes > 0``;
+  added to it when ``num_classes > 0``, with one more row for the null class
+  of classifier-free guidance (label ``num_classes``, :mod:`pdist.guidance`);
 * ``dtype`` is the compute dtype (``bfloat16`` for mixed precision): parameters
   stay float32, GroupNorm statistics and the attention softmax run in float32,
   the output is float32;
@@ -132,7 +133,7 @@ class UNet(nn.Module):
         if self.num_classes > 0:
             if label is None:
                 raise ValueError("This UNet is class-conditional (num_classes > 0); pass label=[B] ints.")
-            emb = emb + nn.Embed(self.num_classes, emb_dim, dtype=self.dtype)(label)
+            emb = emb + nn.Embed(self.num_classes + 1, emb_dim, dtype=self.dtype)(label)  # + the null class
 
         res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock  # train is static
         attn_block = nn.remat(AttnBlock) if self.remat else AttnBlock
