@@ -47,6 +47,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     check_positive(settings.updates_per_round, "distill.updates_per_round")
     check_positive(settings.updates_last_rounds, "distill.updates_last_rounds")
+    if config.train.label_dropout > 0:
+        raise ConfigError(
+            f"config.train.label_dropout={config.train.label_dropout} trains a null class, which progressive "
+            "distillation does not distill (its students sample unguided); set it to 0 for distillation."
+        )
 
 
 def rounds(settings: ml_collections.ConfigDict) -> list[Round]:
