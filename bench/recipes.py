@@ -51,6 +51,7 @@ from pdist import config as config_lib  # noqa: E402
 from pdist.evaluation import evaluators, stats  # noqa: E402
 from pdist.evaluation.score import score  # noqa: E402
 from pdist.jobs import evaluate, train  # noqa: E402
+from pdist.pretrained import ImageSampler  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 SCHEDULES = ("cosine", "linear", "rex", "refined")
@@ -112,13 +113,15 @@ def measure(workdir: str, config, evaluator, ref, args) -> dict:
     """FD (and precision/recall) of DDIM samples: every kept checkpoint at 64 steps, or the last at 8 and 256."""
     steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
     plan = [(s, 64) for s in steps] if args.study == "schedules" else [(steps[-1], 8), (steps[-1], 256)]
-    rows = []
+    rows, sampler = [], None
     for step, n in plan:
         model = pdist.load(workdir, step)
-        x = model.sample(args.num_samples, method="ddim", num_steps=n, seed=config.seed, use_ema=args.use_ema)
+        sampler = sampler or ImageSampler(model.config)  # one compilation per DDIM step count, for every checkpoint
+        params = model.ema_params if args.use_ema else model.params
+        x = sampler(params, args.num_samples, method="ddim", num_steps=n, grid=model.grid(), seed=config.seed)
         s = score(evaluator, ref, x, pr_samples=args.num_samples, is_splits=1)
         rows.append({"step": step, "ddim_steps": n, **{k: s[k] for k in ("fd", "precision", "recall")}})
-    return {"rows": rows, "final_loss": pdist.load(workdir).metadata.get("loss")}
+    return {"rows": rows, "final_loss": model.metadata.get("loss")}  # the plan ends at the last checkpoint
 
 
 def _settings_of(config: dict, like: dict) -> dict:

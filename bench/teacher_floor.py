@@ -26,7 +26,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pdist  # noqa: E402
 from pdist.data import pipeline  # noqa: E402
 from pdist.evaluation import evaluators, stats  # noqa: E402
-from pdist.evaluation.frechet import frechet_distance, gaussian_stats  # noqa: E402
 from pdist.evaluation.score import score  # noqa: E402
 from pdist.jobs import evaluate  # noqa: E402
 
@@ -53,7 +52,7 @@ def main():
     config = pdist.load(workdirs[0]).config
     evaluator = evaluators.make("auto", config.data, config.eval)
     ref = evaluate.reference(evaluator, config, "train", 1000)
-    floor = frechet_distance(*gaussian_stats(evaluator.features(evaluator.x_test)), ref.mu, ref.sigma)
+    floor = score(evaluator, ref, evaluator.x_test)["fd"]  # the test split, scored as the samples are
     data = config.data
     train = pipeline.load_split(data.name, "train", data.data_dir, data.image_size, data.channels)["image"]
     train = train.reshape(len(train), -1).astype(np.float32)

@@ -166,6 +166,14 @@ class Pretrained:
         )
 
 
+def requested_labels(config: ml_collections.ConfigDict, num_samples: int) -> np.ndarray | None:
+    """The classes a class-conditional model samples when none are given: 0, 1, 2, ... in turn (None for an
+    unconditional model)."""
+    if not config.model.class_conditional:
+        return None
+    return np.arange(num_samples) % config.data.num_classes
+
+
 class ImageSampler:
     """``sampler(params, n, method=..., num_steps=..., seed=...) -> [n, H, W, C]`` numpy in [-1, 1].
 
@@ -182,7 +190,6 @@ class ImageSampler:
         self.config = config
         self.schedule = build.schedule(config)
         self.shape = build.image_shape(config)
-        self.num_classes = config.data.num_classes if config.model.class_conditional else 0
         self.learned_variance = bool(config.diffusion.learned_variance)
         self.mesh = mesh_lib.data_mesh() if mesh is None else mesh
         self._compiled = {}
@@ -244,8 +251,8 @@ class ImageSampler:
         if guidance is not None:
             build.check_guidance(self.config)  # one sentence for a model that never saw the null class
             guidance = mesh_lib.replicate(np.asarray(guidance, np.float32), self.mesh)
-        if labels is None and self.num_classes:
-            labels = np.arange(num_samples) % self.num_classes
+        if labels is None:
+            labels = requested_labels(self.config, num_samples)
         params = mesh_lib.put_replicated(params, self.mesh)
         out, began, logged = [], time.time(), time.time()
         for start in range(0, num_samples, batch_size):

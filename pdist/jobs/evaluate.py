@@ -29,7 +29,7 @@ from pdist import build, rng, samplers
 from pdist import config as config_lib
 from pdist.evaluation import evaluators, stats
 from pdist.evaluation.score import METRICS, Reference, score
-from pdist.pretrained import load
+from pdist.pretrained import load, requested_labels
 from pdist.runtime import files, preemption, workdir
 from pdist.runtime import mesh as mesh_lib
 
@@ -84,8 +84,9 @@ def evaluate_model(
         with open(progress) as f:
             done = json.load(f)
     rows = []
-    classes = model.config.data.num_classes if model.config.model.class_conditional else 0
-    labels = np.arange(settings.num_samples) % classes if classes and evaluator.num_classes == classes else None
+    labels = requested_labels(model.config, settings.num_samples)  # the classes model.sample draws
+    if evaluator.num_classes != model.config.data.num_classes:
+        labels = None  # the evaluator's classifier does not know them: no accuracy
     for (method, steps, *grid), w in itertools.product(entries, weights):
         grid = model.grid(grid[0] if grid else None)
         per_seed, began = [], time.time()
