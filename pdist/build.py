@@ -11,12 +11,15 @@ The one place where the Flax network meets the pure math modules: losses see
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax.tree_util import Partial
 
 from pdist import diffusion, losses, optim, rng
@@ -53,18 +56,39 @@ def init_params(config: ml_collections.ConfigDict, key: Array):
     """The network's initial parameters (a plain nested dict)."""
     x = jnp.zeros((1, *image_shape(config)), jnp.float32)
     label = jnp.zeros((1,), jnp.int32) if config.model.class_conditional else None
-    return network(config).init({"params": key}, x, jnp.zeros((1,)), label)["params"]
+    w = jnp.zeros((1,)) if config.model.guidance_input else None
+    return network(config).init({"params": key}, x, jnp.zeros((1,)), label, w)["params"]
+
+
+def student_params(config: ml_collections.ConfigDict, teacher_params, key: Array):
+    """A student network's (``config``) initial parameters: the teacher's, and fresh ones (from ``key``) for
+    what the teacher's network lacks (a guided student's w layers, which start at zero: the student is the
+    teacher). One sentence if a shared parameter's shape differs."""
+    fresh = flax.traverse_util.flatten_dict(jax.eval_shape(functools.partial(init_params, config), key))
+    given = flax.traverse_util.flatten_dict(teacher_params)
+    for path, value in given.items():
+        if path not in fresh or fresh[path].shape != value.shape:
+            raise ConfigError(
+                f"The teacher's parameter {'/'.join(path)} has no counterpart of shape {value.shape} in the "
+                "student's network; distill with the config the teacher was trained with."
+            )
+    if len(given) == len(fresh):
+        return teacher_params
+    new = flax.traverse_util.flatten_dict(init_params(config, key))
+    return flax.traverse_util.unflatten_dict({path: given.get(path, new[path]) for path in fresh})
 
 
 def apply_fn(config: ml_collections.ConfigDict) -> Callable:
-    """``apply_fn(params, z, t, label, key)``; ``key`` None runs without dropout."""
+    """``apply_fn(params, z, t, label, key, guidance=None)``; ``key`` None runs without dropout; ``guidance``
+    [B]: the weight w a guided student (``config.model.guidance_input``) takes as input."""
     net, sched = network(config), schedule(config)
-    conditional = config.model.class_conditional
+    conditional, guided = config.model.class_conditional, config.model.guidance_input
 
-    def apply(params, z, t, label, key):
+    def apply(params, z, t, label, key, guidance=None):
         rngs = None if key is None else {"dropout": key}
         label = label if conditional else None
-        return net.apply({"params": params}, z, sched.logsnr(t), label, train=key is not None, rngs=rngs)
+        w = guidance if guided else None
+        return net.apply({"params": params}, z, sched.logsnr(t), label, w, train=key is not None, rngs=rngs)
 
     return apply
 
@@ -75,7 +99,8 @@ class NetworkDenoiser:
 
     The static half of :func:`denoiser`; parameters, labels and the guidance weight are its arguments.
     With a guidance weight (not None), the conditional and null-class predictions come from one network
-    call on a doubled batch and are blended (:mod:`pdist.guidance`).
+    call on a doubled batch and are blended (:mod:`pdist.guidance`). A guided student
+    (``guidance_input``) takes the weight as an input instead: one call on the batch (None: w = 0).
     """
 
     network: nn.Module
@@ -83,17 +108,21 @@ class NetworkDenoiser:
     parameterization: str
     learned_variance: bool
     num_classes: int  # 0: unconditional
+    guidance_input: bool = False
 
     def __call__(self, params, label: Array | None, guidance: Array | None, z: Array, t: Array) -> Prediction:
+        if self.guidance_input:
+            w = jnp.broadcast_to(jnp.asarray(0.0 if guidance is None else guidance, jnp.float32), z.shape[:1])
+            return self._predict(params, label, z, t, w)
         if guidance is None:
             return self._predict(params, label, z, t)
-        z2, t2, label2 = guidance_lib.doubled(z, t, label, self.num_classes)
-        cond, uncond = guidance_lib.split(self._predict(params, label2, z2, t2))
-        return guidance_lib.blend(cond, uncond, guidance)
+        predict = functools.partial(self._predict, params)
+        return guidance_lib.guided(lambda z_, t_, l_: predict(l_, z_, t_), z, t, label, guidance, self.num_classes)
 
-    def _predict(self, params, label, z, t) -> Prediction:
+    def _predict(self, params, label, z, t, w=None) -> Prediction:
         logsnr = self.schedule.logsnr(t)
-        out = self.network.apply({"params": params}, z, logsnr, label if self.num_classes else None, train=False)
+        label = label if self.num_classes else None
+        out = self.network.apply({"params": params}, z, logsnr, label, w, train=False)
         return diffusion.predict(
             out, z, logsnr, parameterization=self.parameterization, learned_variance=self.learned_variance
         )
@@ -101,14 +130,15 @@ class NetworkDenoiser:
 
 def denoiser(config: ml_collections.ConfigDict, params, label: Array | None = None, guidance=None) -> Partial:
     """``denoise_fn(z, t) -> Prediction`` of the network with ``params`` (and class ``label`` [B]); with a
-    classifier-free ``guidance`` weight (a scalar or [B]), the guided prediction (:mod:`pdist.guidance`).
+    classifier-free ``guidance`` weight (a scalar or [B]), the guided prediction (:mod:`pdist.guidance`), or
+    for a guided student (``config.model.guidance_input``) its prediction at that weight (None: 0).
 
     A ``Partial`` pytree that carries ``params``, ``label`` and ``guidance``: passed to
     :func:`pdist.samplers.sample`, they are arguments of the compiled program,
     so one compilation serves every parameter set of the same shapes (and every weight).
     """
     if guidance is not None:
-        check_guidance(config)
+        check_guidance(config, None if isinstance(guidance, jax.core.Tracer) else guidance)
         guidance = jnp.asarray(guidance, jnp.float32)
     settings = config.diffusion
     fn = NetworkDenoiser(
@@ -117,12 +147,29 @@ def denoiser(config: ml_collections.ConfigDict, params, label: Array | None = No
         settings.parameterization,
         settings.learned_variance,
         config.data.num_classes if config.model.class_conditional else 0,
+        bool(config.model.guidance_input),
     )
     return Partial(fn, params, label, guidance)
 
 
-def check_guidance(config: ml_collections.ConfigDict) -> None:
-    """One sentence unless the model ``config`` describes was trained for classifier-free guidance."""
+def check_guidance(config: ml_collections.ConfigDict, w=None) -> None:
+    """One sentence unless the model ``config`` describes can be sampled at guidance weight(s) ``w`` (None:
+    any): a negative weight, an unconditional model, one trained without label dropout (its null class
+    never learned), or a weight outside the range a guided student was distilled for."""
+    weights = None if w is None else np.asarray(w, np.float64)
+    if weights is not None and weights.size and weights.min() < 0:
+        raise ConfigError(
+            f"The guidance weight w={weights.min():g} is negative; use w >= 0 (w = 0 is the conditional model)."
+        )
+    if config.model.guidance_input:
+        low, high = config.distill.guidance_min, config.distill.guidance_max
+        if weights is not None and weights.size and (weights.min() < low or weights.max() > high):
+            bad = weights.min() if weights.min() < low else weights.max()
+            raise ConfigError(
+                f"This guided student was distilled for guidance weights in [{low:g}, {high:g}] and w={bad:g} is "
+                "outside; sample it at a weight in that range."
+            )
+        return
     if not config.model.class_conditional:
         raise ConfigError("Guidance needs a class-conditional model; this one is unconditional (guidance=None).")
     if not config.train.label_dropout > 0:
@@ -151,8 +198,9 @@ def loss(config: ml_collections.ConfigDict) -> losses.Loss:
 
 def distillation_loss(config: ml_collections.ConfigDict, rnd: Round) -> losses.Loss:
     """Round ``rnd``'s student loss ``(params, batch, key, teacher_params) -> (loss, aux)`` of
-    ``config.distill.method``."""
-    return METHODS[config.distill.method].loss(apply_fn(config), schedule(config), config.diffusion, rnd)
+    ``config.distill.method``, on the method's student network."""
+    method = METHODS[config.distill.method]
+    return method.loss(apply_fn(method.student(config)), schedule(config), config, rnd)
 
 
 def importance_sampler(config: ml_collections.ConfigDict) -> LossAwareSampler | None:

@@ -54,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
         "float32"  # compute dtype; "bfloat16": mixed precision (parameters, optimizer state stay float32)
     )
     config.model.remat = False  # recompute block activations in the backward pass (memory for compute)
+    # the network takes the guidance weight w as an input (a guided-distillation student; set by that method
+    # in its students' configs, never for a teacher): sampled at w in [distill.guidance_min, guidance_max]
+    config.model.guidance_input = False
 
     config.diffusion = ml_collections.ConfigDict()
     config.diffusion.schedule = "cosine_logsnr"  # a pdist.schedules.SCHEDULES name
@@ -108,7 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
     # classifier-free guidance weight w: x = (1 + w) x(z, c) - w x(z, null); None: the conditional model alone
     config.sample.guidance = ml_collections.FieldReference(None, field_type=float)
 
-    # Progressive distillation (mode "distill"): config.optim, config.train.batch_size,
+    # Distillation (mode "distill"): config.optim, config.train.batch_size,
     # ema_decay, log/checkpoint periods and config.model.dropout apply to every round;
     # each round gets a fresh optimizer whose schedule spans that round's updates.
     config.distill = ml_collections.ConfigDict()
@@ -121,6 +124,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.distill.updates_last_rounds = 100_000  # rounds whose students take 2 steps or 1
     config.distill.fidelity_samples = 256  # fixed noise: student N steps vs teacher 2N steps
     config.distill.grid_samples = 16  # per round in the side-by-side grid
+    # method "guided" (Meng et al. 2023): stage 1 matches the guided teacher for w ~ U[guidance_min, guidance_max]
+    # per example, on the teacher's own time grid, for stage1_updates; stage 2 is the progressive rounds with w
+    config.distill.guidance_min = 0.0
+    config.distill.guidance_max = 4.0
+    config.distill.stage1_updates = 50_000
 
     # Evaluation (mode "eval") of one checkpoint: every (sampler, steps) pair in
     # ``samplers`` over ``num_seeds`` seeds, scored against the reference split.
@@ -193,6 +201,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail(f"config.train.label_dropout={config.train.label_dropout} must be in [0, 1) (0.1 is usual).")
     if config.train.label_dropout > 0 and not model.class_conditional:
         _fail("config.train.label_dropout > 0 drops class labels; set config.model.class_conditional=True.")
+    if model.guidance_input and config.mode in ("train", "distill"):
+        _fail(
+            "config.model.guidance_input=True is set by guided distillation in its students' configs; leave it "
+            "False and distill with --config.distill.method=guided."
+        )
 
     settings = config.optim
     check_one_of(settings.optimizer, optim.OPTIMIZERS, "optim.optimizer")
@@ -224,7 +237,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         except ValueError as e:
             _fail(f"config.sample.grid={sample.grid!r} with config.sample.num_steps={sample.num_steps}: {e}")
         if sample.guidance is not None:
-            build.check_guidance(config)
+            build.check_guidance(config, sample.guidance)
 
 
 def _validate_diffusion(settings: ml_collections.ConfigDict) -> None:

@@ -18,6 +18,8 @@ samplers' ``clip_x``) happens after the blend; a learned variance is the conditi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -58,3 +60,10 @@ def split(pred: Prediction) -> tuple[Prediction, Prediction]:
     first = Prediction(*(None if a is None else a[:half] for a in pred))
     second = Prediction(*(None if a is None else a[half:] for a in pred))
     return first, second
+
+
+def guided(predict: Callable[[Array, Array, Array], Prediction], z: Array, t: Array, label: Array, w, num_classes: int):
+    """The guided prediction at weight ``w`` (a scalar or [B]) of ``predict(z, t, label) -> Prediction``: one
+    call on the :func:`doubled` batch, :func:`split` and :func:`blend`."""
+    cond, uncond = split(predict(*doubled(z, t, label, num_classes)))
+    return blend(cond, uncond, w)

@@ -71,12 +71,19 @@ def uniform_times(key: Array, n: int, num_timesteps: int | None, t_min: float = 
     return jax.random.randint(key, (n,), 1, num_timesteps + 1).astype(jnp.float32) / num_timesteps
 
 
-def drawer(num_timesteps: int | None, t_min: float = 0.0, label_dropout: float = 0.0, num_classes: int = 0):
+def drawer(
+    num_timesteps: int | None,
+    t_min: float = 0.0,
+    label_dropout: float = 0.0,
+    num_classes: int = 0,
+    guidance_range: tuple[float, float] | None = None,
+):
     """``draw(batch, key)``: ``t`` (from ``num_timesteps`` and ``t_min`` as in :func:`uniform_times`) and
     Gaussian ``noise`` for every example, unless the batch holds them; with ``label_dropout``, each ``label``
     replaced by the null class with that probability (:func:`pdist.guidance.drop_labels`) and the mask of
-    the replaced ones added as ``label_dropped``: a batch that holds it was drawn already. The key's third
-    part is left for the model."""
+    the replaced ones added as ``label_dropped``: a batch that holds it was drawn already; with
+    ``guidance_range`` (guided distillation), a guidance weight ``guidance`` ~ U[low, high] per example
+    unless the batch holds them. The key's third part is left for the model."""
 
     def draw(batch: dict, key: Array) -> dict:
         k_t, k_eps, _ = jax.random.split(key, 3)
@@ -87,6 +94,9 @@ def drawer(num_timesteps: int | None, t_min: float = 0.0, label_dropout: float =
         if label_dropout > 0 and "label_dropped" not in batch:
             label = guidance.drop_labels(batch["label"], jax.random.fold_in(key, 3), label_dropout, num_classes)
             out.update(label=label, label_dropped=label == guidance.null_label(num_classes))
+        if guidance_range is not None and "guidance" not in batch:
+            low, high = guidance_range
+            out["guidance"] = jax.random.uniform(jax.random.fold_in(key, 4), (x.shape[0],), minval=low, maxval=high)
         return out
 
     return draw

@@ -9,6 +9,11 @@ is solved in float64 by SciPy to tight tolerance. The ODE is written in the
 angle ``phi = atan2(sigma, alpha)``, ``dz/dphi = v-hat``, which makes the
 reference independent of the schedule except for its end points.
 
+Class-conditional data (:class:`ClassMixture`, one mixture per class) has the
+exact conditional denoiser of each class and the exact unconditional one, the
+null class of classifier-free guidance: the tests of guidance and guided
+distillation compare against them.
+
 The denoisers are frozen dataclasses (hashable), usable directly as
 ``denoise_fn`` in :func:`pdist.samplers.sample`; tests and ``bench/samplers.py``
 measure sampler errors against these exact answers.
@@ -23,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.integrate import solve_ivp
 
+from pdist.diffusion import Prediction
 from pdist.schedules import Schedule, time_grid
 
 Array = jax.Array
@@ -137,3 +143,65 @@ class Denoiser:
     def __call__(self, z: Array, t: Array) -> Array:
         alpha, sigma = self.schedule.alpha_sigma(t)
         return self.data.posterior(z, alpha, sigma)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassMixture:
+    """Class-conditional data: ``x | c ~ classes[c]`` with ``p(c) = class_weights[c]``.
+
+    Label ``num_classes`` is the null class: its posterior is the unconditional one, of the mixture of all
+    classes (:attr:`unconditional`).
+    """
+
+    classes: tuple[GaussianMixture, ...]
+    class_weights: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def unconditional(self) -> GaussianMixture:
+        """p(x) = sum_c p(c) p(x | c), as one mixture."""
+        weights, means, stds = [], [], []
+        for p_c, data in zip(self.class_weights, self.classes, strict=True):
+            weights += [p_c * w for w in data.weights]
+            means += list(data.means)
+            stds += list(data.stds)
+        return GaussianMixture(tuple(weights), tuple(means), tuple(stds))
+
+    def sample(self, key: Array, num: int) -> tuple[Array, Array]:
+        """(x [num, D], label [num])."""
+        k_class, k_x = jax.random.split(key)
+        label = jax.random.choice(k_class, self.num_classes, (num,), p=jnp.asarray(self.class_weights))
+        draws = jnp.stack([data.sample(jax.random.fold_in(k_x, c), num) for c, data in enumerate(self.classes)])
+        return draws[label, jnp.arange(num)], label
+
+    def posterior(self, z, alpha, sigma, label, xp=jnp):
+        """(E[x | z, c], E[eps | z, c]) per example, for ``label`` [B] in 0..num_classes (the last: unconditional)."""
+        parts = [data.posterior(z, alpha, sigma, xp=xp) for data in (*self.classes, self.unconditional)]
+        x_all, eps_all = xp.stack([p[0] for p in parts]), xp.stack([p[1] for p in parts])  # [K + 1, B, D]
+        rows = xp.arange(z.shape[0])
+        return x_all[label, rows], eps_all[label, rows]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassDenoiser:
+    """The exact class-conditional posterior of ``data`` under ``schedule``: ``(z, t, label) -> Prediction``
+    (label ``num_classes``: the unconditional one)."""
+
+    data: ClassMixture
+    schedule: Schedule
+
+    def __call__(self, z: Array, t: Array, label: Array) -> Prediction:
+        alpha, sigma = self.schedule.alpha_sigma(jnp.broadcast_to(t, z.shape[:1]))
+        x_hat, eps_hat = self.data.posterior(z, alpha, sigma, label)
+        return Prediction(x_hat, eps_hat, None)
+
+
+def class_mixture_2d() -> ClassMixture:
+    """Three overlapping 2-D classes (one of two components), unequal priors: guidance moves samples visibly."""
+    c0 = GaussianMixture((0.5, 0.5), ((-0.5, -0.3), (-0.1, 0.5)), ((0.15, 0.15), (0.12, 0.12)))
+    c1 = GaussianMixture((1.0,), ((0.45, -0.2),), ((0.2, 0.2),))
+    c2 = GaussianMixture((1.0,), ((0.2, 0.45),), ((0.1, 0.1),))
+    return ClassMixture((c0, c1, c2), (0.5, 0.3, 0.2))

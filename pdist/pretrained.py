@@ -143,8 +143,9 @@ class Pretrained:
         """``num_samples`` images [n, H, W, C] in [-1, 1] from ``method`` with ``num_steps`` steps and the
         method's ``options`` (``variance="large"`` of ``ddpm``, for example; see :class:`ImageSampler`).
         ``labels``: the classes of a class-conditional model (default: 0, 1, 2, ... in turn); ``guidance``:
-        the classifier-free guidance weight w (:mod:`pdist.guidance`), for a model trained with label
-        dropout; each step is then one network call on twice the batch.
+        the classifier-free guidance weight w (:mod:`pdist.guidance`; or one per sample), for a model trained
+        with label dropout, each step then one network call on twice the batch; or for a guided-distillation
+        student, its input w (one call on the batch; default 0) in the range it was distilled for.
 
         ``num_steps`` and ``grid`` default to the checkpoint's ``config.sample``: a
         distilled student's own step count and the uniform grid it was trained
@@ -231,12 +232,13 @@ class ImageSampler:
         seed: int = 0,
         clip_x: bool = True,
         labels=None,
-        guidance: float | None = None,
+        guidance=None,
         batch_size: int = 256,
         log_every_seconds: float | None = None,
         **options,
     ) -> np.ndarray:
-        """``grid``: :data:`pdist.schedules.GRIDS`. ``log_every_seconds``: log progress (images, images/s, ETA)
+        """``guidance``: a weight w, or one per sample [n] (:mod:`pdist.guidance`; a guided student's input).
+        ``grid``: :data:`pdist.schedules.GRIDS`. ``log_every_seconds``: log progress (images, images/s, ETA)
         at most this often. ``options``: the method's (:data:`pdist.samplers.METHODS`), such as ``variance``
         of ``ddpm``, which is ``learned`` by default for a model that learned its variances."""
         if method == "ddpm" and self.learned_variance:
@@ -248,8 +250,16 @@ class ImageSampler:
             schedules.time_grid(self.schedule, num_steps, grid)
         except ValueError as e:
             raise ConfigError(f"Sampling with grid={grid!r} and {num_steps} steps: {e}") from None
-        if guidance is not None:
-            build.check_guidance(self.config)  # one sentence for a model that never saw the null class
+        if self.config.model.guidance_input:  # a guided student: w is its input, 0 unless given
+            build.check_guidance(self.config, 0.0 if guidance is None else guidance)
+        elif guidance is not None:  # one sentence for a model that never saw the null class, or a negative w
+            build.check_guidance(self.config, guidance)
+        per_example = guidance is not None and np.ndim(guidance) > 0
+        if per_example and np.shape(guidance) != (num_samples,):
+            raise ConfigError(
+                f"guidance has shape {np.shape(guidance)}; give one weight, or one per sample ({num_samples},)."
+            )
+        if guidance is not None and not per_example:
             guidance = mesh_lib.replicate(np.asarray(guidance, np.float32), self.mesh)
         if labels is None:
             labels = requested_labels(self.config, num_samples)
@@ -263,8 +273,11 @@ class ImageSampler:
                 else mesh_lib.shard_rows(np.asarray(labels[start : start + n], np.int32), self.mesh)
             )
             seed_start = mesh_lib.replicate(np.asarray([seed, start], np.int32), self.mesh)
+            w = guidance
+            if per_example:
+                w = mesh_lib.shard_rows(np.asarray(guidance[start : start + n], np.float32), self.mesh)
             program = self._program(method, num_steps, grid, clip_x, n, options, guidance is not None)
-            out.append(np.asarray(program(params, seed_start, label, guidance)))
+            out.append(np.asarray(program(params, seed_start, label, w)))
             preemption.check("sampling")
             done = start + n
             if log_every_seconds is not None and (time.time() - logged >= log_every_seconds or done == num_samples):

@@ -2,8 +2,11 @@
 
 A method is everything that differs between ways of distilling a teacher
 (:class:`Method`): its config checks, its rounds (how many, the student's
-sampling steps and updates in each), the student loss of a round (the frozen
-teacher's parameters are its argument, never a constant), and its report.
+sampling steps and updates in each), the student's network (the teacher's, or
+one with more inputs whose new parameters start it as the teacher), the
+student loss of a round (the frozen teacher's parameters are its argument,
+never a constant), the guidance weights of its fixed-noise samples, and its
+report.
 Everything else is shared by ``pdist.jobs.distill``: loading and checking the
 teacher, running each round as a phase of the one train step
 (``pdist.runtime.phase``), the round folders (``pdist.runtime.workdir``), the
@@ -19,7 +22,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from pdist.distillation import progressive
+from pdist.distillation import guided, progressive
 from pdist.distillation.rounds import Round
 from pdist.losses import Loss
 from pdist.schedules import Schedule
@@ -31,8 +34,13 @@ class Method:
 
     validate: Callable[[ml_collections.ConfigDict], None]  # the method's settings; one sentence (ConfigError)
     rounds: Callable[[ml_collections.ConfigDict], list[Round]]  # of config.distill
-    # (apply_fn, schedule, config.diffusion, round) -> the round's student loss, taking the teacher's params
+    # the teacher's config -> the student's (its network, as pdist.build reads it)
+    student: Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]
+    # (apply_fn of the student's network, schedule, config, round) -> the round's student loss, taking the
+    # teacher's params (after round 1, the teacher is the previous student: the same network)
     loss: Callable[[Callable, Schedule, ml_collections.ConfigDict, Round], Loss]
+    # (config, n) -> the guidance weights [n] of the fixed-noise samples, or None (unguided)
+    fixed_guidance: Callable[[ml_collections.ConfigDict, int], object]
     # (round, student, teacher, target, final_loss, seconds) -> the round's row of summary.json, from the fixed
     # noise's samples: the student's and the teacher's at round.student_steps, the teacher's at round.teacher_steps
     report: Callable[..., dict]
@@ -43,7 +51,18 @@ METHODS: dict[str, Method] = {
     "progressive": Method(
         validate=progressive.validate,
         rounds=progressive.rounds,
+        student=progressive.student,
         loss=progressive.loss,
+        fixed_guidance=progressive.fixed_guidance,
+        report=progressive.report,
+        summary=progressive.summary,
+    ),
+    "guided": Method(
+        validate=guided.validate,
+        rounds=guided.rounds,
+        student=guided.student,
+        loss=guided.loss,
+        fixed_guidance=guided.fixed_guidance,
         report=progressive.report,
         summary=progressive.summary,
     ),

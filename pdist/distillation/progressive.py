@@ -28,6 +28,17 @@ Array = jax.Array
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
+    """:func:`validate_rounds`, and no null class (progressive students sample unguided)."""
+    validate_rounds(config)
+    if config.train.label_dropout > 0:
+        raise ConfigError(
+            f"config.train.label_dropout={config.train.label_dropout} trains a null class, which progressive "
+            "distillation does not distill (its students sample unguided); set it to 0 for distillation, or "
+            "distill the guided teacher with --config.distill.method=guided."
+        )
+
+
+def validate_rounds(config: ml_collections.ConfigDict) -> None:
     """The round schedule halves down to ``final_steps``, and a discrete teacher's grid holds every student time."""
     settings = config.distill
     check_positive(settings.start_steps, "distill.start_steps")
@@ -47,11 +58,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     check_positive(settings.updates_per_round, "distill.updates_per_round")
     check_positive(settings.updates_last_rounds, "distill.updates_last_rounds")
-    if config.train.label_dropout > 0:
-        raise ConfigError(
-            f"config.train.label_dropout={config.train.label_dropout} trains a null class, which progressive "
-            "distillation does not distill (its students sample unguided); set it to 0 for distillation."
-        )
 
 
 def rounds(settings: ml_collections.ConfigDict) -> list[Round]:
@@ -64,15 +70,25 @@ def rounds(settings: ml_collections.ConfigDict) -> list[Round]:
     return out
 
 
-def loss(apply_fn: Callable, schedule: Schedule, diffusion_config: ml_collections.ConfigDict, rnd: Round) -> Loss:
+def student(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The student's network is the teacher's."""
+    return config
+
+
+def fixed_guidance(config: ml_collections.ConfigDict, num_samples: int) -> None:
+    """Unguided reports."""
+    return None
+
+
+def loss(apply_fn: Callable, schedule: Schedule, config: ml_collections.ConfigDict, rnd: Round) -> Loss:
     """The round's student loss ``(params, batch, key, teacher_params) -> (loss, aux)``."""
     return make_loss(
         apply_fn,
         schedule,
-        parameterization=diffusion_config.parameterization,
-        weighting=diffusion_config.weighting,
+        parameterization=config.diffusion.parameterization,
+        weighting=config.diffusion.weighting,
         num_student_steps=rnd.student_steps,
-        learned_variance=diffusion_config.learned_variance,
+        learned_variance=config.diffusion.learned_variance,
     )
 
 
@@ -143,12 +159,16 @@ def make_loss(
     weighting: str,
     num_student_steps: int,
     learned_variance: bool = False,
+    guidance_range: tuple[float, float] | None = None,
 ) -> Loss:
     """Student loss ``w(logsnr_t) |x~ - x_hat_student(z_t)|^2`` (Salimans & Ho 2022, Alg. 2).
 
     Returns ``loss_fn(params, batch, key, teacher_params)``: the frozen teacher
     (same ``apply_fn``, deterministic) is an argument, never a closed-over
-    constant. Student times are ``t = i / N``, i ~ U{1..N}.
+    constant. Student times are ``t = i / N``, i ~ U{1..N}. With
+    ``guidance_range`` (guided distillation's stage 2, Meng et al. 2023), a
+    guidance weight drawn per example from it is the last argument of
+    ``apply_fn`` for teacher and student alike.
     """
     diffusion.check_parameterization(parameterization)
     diffusion.check_weighting(weighting)
@@ -158,19 +178,20 @@ def make_loss(
         out, z, logsnr, parameterization=parameterization, learned_variance=learned_variance
     )
 
-    draw = losses.drawer(num_student_steps)  # t on the student's grid
+    draw = losses.drawer(num_student_steps, guidance_range=guidance_range)  # t on the student's grid
 
     def loss_fn(params, batch: dict, key: Array, teacher_params):
         batch = draw(batch, key)
         x, label, t = batch["image"], batch.get("label"), batch["t"]
+        w = () if guidance_range is None else (batch["guidance"],)
         logsnr = schedule.logsnr(t)
         z = diffusion.diffuse(x, batch["noise"], logsnr)
 
         def teacher(z_, t_):
-            return predict(apply_fn(teacher_params, z_, t_, label, None), z_, schedule.logsnr(t_))
+            return predict(apply_fn(teacher_params, z_, t_, label, None, *w), z_, schedule.logsnr(t_))
 
         target = jax.lax.stop_gradient(distillation_target(teacher, schedule, z, t, num_student_steps))
-        pred = predict(apply_fn(params, z, t, label, losses.model_key(key)), z, logsnr)
+        pred = predict(apply_fn(params, z, t, label, losses.model_key(key), *w), z, logsnr)
         per_example = diffusion.loss_weight(logsnr, weighting) * losses.mean_flat((target - pred.x) ** 2)
         loss = jnp.mean(per_example)
         return loss, LossAux({"loss": loss})

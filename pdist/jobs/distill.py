@@ -64,12 +64,18 @@ def run(config: ml_collections.ConfigDict, directory: str) -> list[dict]:
     teacher = restored.state.ema_params if settings.teacher_use_ema else restored.state.params
     data.training_builder(config.data)  # a dataset that is not there fails here, before anything is written
     os.makedirs(directory, exist_ok=True)
-    sampler = ImageSampler(config, mesh)
-    fixed = functools.partial(_fixed_noise_samples, sampler, config)
+    network = method.student(config)  # the students' network: the teacher's, or one with more inputs
+    # The parameters round 1 starts from and trains against: the teacher's, plus the student's new ones, which
+    # start at the teacher's function (pdist.build.student_params).
+    start = mesh_lib.put_replicated(build.student_params(network, teacher, rng.init_key(config.seed)), mesh)
+    weights = method.fixed_guidance(config, settings.fidelity_samples)
+    fixed = functools.partial(_fixed_noise_samples, config=config, guidance=weights)
+    teacher_sampler = ImageSampler(config, mesh)
+    student_sampler = teacher_sampler if network is config else ImageSampler(network, mesh)
     rounds = method.rounds(settings)
     target = workdir.teacher_samples(directory, rounds[0].teacher_steps)
     if not os.path.exists(target):
-        _save_samples(target, fixed(teacher, rounds[0].teacher_steps))
+        _save_samples(target, fixed(teacher_sampler, teacher, rounds[0].teacher_steps))
     logging.info(
         "Teacher %s (step %d); students' steps: %s",
         settings.teacher,
@@ -77,20 +83,20 @@ def run(config: ml_collections.ConfigDict, directory: str) -> list[dict]:
         [r.student_steps for r in rounds],
     )
 
-    rows = []
+    rows, sampler = [], teacher_sampler  # the current teacher's
     for rnd in rounds:
         round_dir = workdir.round_dir(directory, rnd.index, rnd.student_steps)
-        student = run_round(config, round_dir, rnd, teacher, mesh)
+        student = run_round(network, round_dir, rnd, start, mesh)
         report = os.path.join(round_dir, workdir.ROUND_REPORT)
         if os.path.exists(report):
             with open(report) as f:
                 row = json.load(f)
         else:
-            x_student = fixed(student.state.ema_params, rnd.student_steps)
+            x_student = fixed(student_sampler, student.state.ema_params, rnd.student_steps)
             row = method.report(
                 rnd,
                 student=x_student,
-                teacher=fixed(teacher, rnd.student_steps),
+                teacher=fixed(sampler, teacher, rnd.student_steps),
                 target=np.load(target)["samples"],
                 final_loss=student.metadata.get("loss"),
                 seconds=student.metadata.get("seconds"),
@@ -102,11 +108,13 @@ def run(config: ml_collections.ConfigDict, directory: str) -> list[dict]:
         rows.append(row)
         write_summary(directory, rows, rounds, method.summary(rows), settings.grid_samples)
         teacher, target = student.state.ema_params, os.path.join(round_dir, f"{workdir.SAMPLES}.npz")
+        start, sampler = teacher, student_sampler
     return rows
 
 
 def student_config(config: ml_collections.ConfigDict, rnd: Round) -> ml_collections.ConfigDict:
-    """The config stored with a round's student: it samples with its own number of DDIM steps by default."""
+    """The config stored with a round's student (``config``: the method's student network's): it samples with
+    its own number of DDIM steps by default."""
     student = ml_collections.ConfigDict(config.to_dict())
     student.mode = "train"
     student.sample.method = "ddim"
@@ -117,7 +125,8 @@ def student_config(config: ml_collections.ConfigDict, rnd: Round) -> ml_collecti
 
 
 def run_round(config, round_dir: str, rnd: Round, teacher, mesh) -> phase.Result:
-    """Trains (or restores) round ``rnd``'s student, starting from a copy of ``teacher``."""
+    """Trains (or restores) round ``rnd``'s student (``config``: its network's), starting from a copy of
+    ``teacher``, the parameters its loss takes as the frozen teacher."""
     optimizer = optim.optimizer(config.optim, rnd.updates)
     return phase.run(
         phase.Phase(
@@ -162,10 +171,11 @@ def _get(config, dotted: str):
     return config
 
 
-def _fixed_noise_samples(sampler: ImageSampler, config, params, num_steps: int) -> np.ndarray:
+def _fixed_noise_samples(sampler: ImageSampler, params, num_steps: int, *, config, guidance) -> np.ndarray:
     return sampler(
         params,
         config.distill.fidelity_samples,
+        guidance=guidance,
         method="ddim",
         num_steps=num_steps,
         grid="uniform",  # the student grid, for the teacher too: the fixed noise's samples compare round by round

@@ -73,7 +73,8 @@ def evaluate_model(
     unguided): the grid (None or left out: the model's ``config.sample.grid``), NFE, per-seed metrics and
     their summaries. A class-conditional model samples the classes 0, 1, 2, ... in turn; when the evaluator
     classifies the same classes, ``accuracy`` is the fraction of samples it assigns to the requested class.
-    A guided step is one network call on twice the batch: ``nfe`` counts calls, ``call_batch`` says 2.
+    A guided step is one network call on twice the batch: ``nfe`` counts calls, ``call_batch`` says 2 (1 for
+    a guided-distillation student, which takes w as an input).
 
     ``progress``: a JSON file of the finished (method, steps, seed) scores,
     written after each one and read back, so an interrupted evaluation
@@ -121,7 +122,7 @@ def evaluate_model(
             "grid": grid,
             "guidance": w,
             "nfe": samplers.nfe(method, steps, model.schedule),
-            "call_batch": 1 if w is None else 2,
+            "call_batch": 2 if w is not None and not model.config.model.guidance_input else 1,
             "seeds": list(range(settings.seed, settings.seed + settings.num_seeds)),
             "per_seed": per_seed,
             "seconds": time.time() - began,
@@ -152,7 +153,8 @@ def markdown(rows: list[dict], title: str) -> str:
         f"# {title}",
         "",
         "mean ± std [bootstrap 95% interval] over seeds; ≈: not resolved from the column's best at 95%. A guided",
-        "sampler (w: its guidance weight) calls the network NFE times on twice the batch.",
+        "sampler (w: its guidance weight) calls the network NFE times on twice the batch (a guided-distillation",
+        "student: on the batch, with w as an input).",
         "",
         "| sampler | steps | grid | NFE | " + " | ".join(LABELS[m] for m in metrics) + " |",
         "|---|---:|---|---:|" + "---:|" * len(metrics),

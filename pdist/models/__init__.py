@@ -1,7 +1,8 @@
 """Network architectures (Flax), looked up by ``config.model.name`` in one table.
 
 An architecture is a function ``build(config, out_channels) -> nn.Module``
-whose module is called as ``module(z_BHWC, logsnr_B, label_B, train=...)`` and
+whose module is called as ``module(z_BHWC, logsnr_B, label_B, guidance_B, train=...)`` (``guidance_B``: the
+weight w of a guided student, ``config.model.guidance_input``; None otherwise) and
 returns ``out_channels`` channels per pixel (see
 :func:`pdist.diffusion.output_channels`), and a ``validate(config)`` that
 checks its settings in ``config.model`` with one sentence. Nothing outside

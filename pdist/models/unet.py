@@ -1,6 +1,6 @@
 """The UNet of the Improved-DDPM / ADM family (Nichol & Dhariwal 2021; Dhariwal & Nichol 2021).
 
-``UNet(...)(x_BHWC, logsnr_B, label_B=None, train=False) -> out_BHWK``:
+``UNet(...)(x_BHWC, logsnr_B, label_B=None, guidance_B=None, train=False) -> out_BHWK``:
 
 * residual blocks with GroupNorm, SiLU and scale-shift conditioning on the
   embedding (``h = norm(h) * (1 + scale) + shift``), dropout before the last
@@ -14,6 +14,11 @@
   which serves every schedule, discrete or continuous; a class embedding is
   added to it when ``num_classes > 0``, with one more row for the null class
   of classifier-free guidance (label ``num_classes``, :mod:`pdist.guidance`);
+* ``guidance_input``: the guidance weight w enters like the noise level, as
+  sinusoidal features (of ``250 w``: w = 4 spans the noise level's 1000)
+  through two dense layers added to the embedding (Meng et al. 2023, guided
+  distillation); the last layer starts at zero, so a network given a
+  teacher's parameters and fresh w layers is exactly the teacher at every w;
 * ``dtype`` is the compute dtype (``bfloat16`` for mixed precision): parameters
   stay float32, GroupNorm statistics and the attention softmax run in float32,
   the output is float32;
@@ -46,6 +51,14 @@ def noise_level_embedding(logsnr: Array, dim: int, max_period: float = 10_000.0)
     half = dim // 2
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
     args = 1000.0 * c[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def guidance_embedding(w: Array, dim: int) -> Array:
+    """[B] guidance weights -> [B, dim] sinusoidal features of ``250 w`` (the noise level's, on w's scale)."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = 250.0 * w.astype(jnp.float32)[:, None] * freqs[None, :]
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
@@ -116,6 +129,7 @@ class UNet(nn.Module):
     dropout: float = 0.0
     resblock_updown: bool = False
     num_classes: int = 0
+    guidance_input: bool = False
     dtype: Any = jnp.float32
     remat: bool = False
 
@@ -125,7 +139,9 @@ class UNet(nn.Module):
         return max(1, channels // self.head_dim)
 
     @nn.compact
-    def __call__(self, x: Array, logsnr: Array, label: Array | None = None, train: bool = False) -> Array:
+    def __call__(
+        self, x: Array, logsnr: Array, label: Array | None = None, guidance: Array | None = None, train: bool = False
+    ) -> Array:
         emb_dim = 4 * self.ch
         emb = noise_level_embedding(logsnr, self.ch)
         emb = nn.Dense(emb_dim, dtype=self.dtype)(emb)
@@ -134,6 +150,15 @@ class UNet(nn.Module):
             if label is None:
                 raise ValueError("This UNet is class-conditional (num_classes > 0); pass label=[B] ints.")
             emb = emb + nn.Embed(self.num_classes + 1, emb_dim, dtype=self.dtype)(label)  # + the null class
+        if self.guidance_input:
+            if guidance is None:
+                raise ValueError("This UNet takes the guidance weight (guidance_input); pass guidance=[B] floats.")
+            g = nn.Dense(emb_dim, dtype=self.dtype, name="guidance_dense_0")(guidance_embedding(guidance, self.ch))
+            zeros = nn.initializers.zeros
+            g = nn.Dense(emb_dim, kernel_init=zeros, bias_init=zeros, dtype=self.dtype, name="guidance_dense_1")(
+                nn.silu(g)
+            )
+            emb = emb + g
 
         res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock  # train is static
         attn_block = nn.remat(AttnBlock) if self.remat else AttnBlock
@@ -199,6 +224,7 @@ def from_config(config: ml_collections.ConfigDict, out_channels: int) -> UNet:
         dropout=model.dropout,
         resblock_updown=model.resblock_updown,
         num_classes=config.data.num_classes if model.class_conditional else 0,
+        guidance_input=model.guidance_input,
         dtype=jnp.dtype(model.dtype),
         remat=model.remat,
     )

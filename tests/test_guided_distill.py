@@ -1,0 +1,325 @@
+"""Guided distillation (Meng et al. 2023): the class-conditional oracle is Bayes-consistent and its guided
+denoiser is the analytic blend; a stage-1 student matches the guided teacher at weights it was never trained on;
+a fresh student is its teacher at every weight; unguided sampling never evaluates the null class; bad weights are
+one sentence before compiling; the command line runs every round, each loads and samples at any w in its range,
+and an interrupted stage 1 resumes to identical students."""
+
+import json
+import os
+import shutil
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import (
+    SMALL_MODEL,
+    assert_same_tree,
+    config_file,
+    init_params,
+    perturb,
+    run_in_process,
+    small_config,
+    small_model,
+)
+
+import pdist
+from pdist import build, diffusion, guidance, optim, oracles
+from pdist import schedules as sc
+from pdist.config import base_config, validate
+from pdist.distillation import guided
+from pdist.errors import ConfigError
+from pdist.jobs import distill
+from pdist.pretrained import ImageSampler
+from pdist.runtime import step as step_lib
+
+# --- the class-conditional 2-D oracle --------------------------------------------------------------------
+
+
+def _log_normal(z, mean, var):
+    """log N(z; mean, var I) in float64, with its constant (the oracle's own posterior drops it)."""
+    return -0.5 * np.sum((z - mean) ** 2 / var + np.log(2 * np.pi * var), axis=-1)
+
+
+def test_the_class_oracle_is_bayes_consistent_and_its_guided_denoiser_is_the_analytic_blend():
+    data, schedule = oracles.class_mixture_2d(), sc.CosineLogSNR()
+    den, n, K = oracles.ClassDenoiser(data, schedule), 64, data.num_classes
+    z = 0.8 * np.asarray(jax.random.normal(jax.random.key(0), (n, 2)), np.float64)
+    t = np.linspace(0.1, 0.9, n)
+    alpha, sigma = (np.asarray(a, np.float64) for a in schedule.alpha_sigma(jnp.asarray(t)))
+    # p(c | z) by Bayes, from every component's marginal N(alpha mu, alpha^2 s^2 + sigma^2) at z.
+    log_joint = np.stack(
+        [
+            np.log(p_c)
+            + np.logaddexp.reduce(
+                [
+                    np.log(w) + _log_normal(z, alpha[:, None] * np.asarray(m), alpha[:, None] ** 2 * np.square(s)[None]
+                                            + sigma[:, None] ** 2)
+                    for w, m, s in zip(cls.weights, cls.means, cls.stds, strict=True)
+                ],
+                axis=0,
+            )
+            for p_c, cls in zip(data.class_weights, data.classes, strict=True)
+        ]
+    )  # fmt: skip
+    p_class = np.exp(log_joint - np.logaddexp.reduce(log_joint, axis=0))  # [K, n]
+    x_class = np.stack([np.asarray(den(jnp.asarray(z), jnp.asarray(t), jnp.full((n,), c)).x) for c in range(K)])
+    x_null = np.asarray(den(jnp.asarray(z), jnp.asarray(t), jnp.full((n,), K)).x)
+    # The null class's posterior mean is the class posteriors' average under p(c | z).
+    np.testing.assert_allclose(x_null, np.sum(p_class[..., None] * x_class, axis=0), atol=2e-5)
+    assert np.max(np.abs(x_class - x_null)) > 0.1  # the classes differ: guidance has something to do
+    label, w = np.arange(n) % K, np.linspace(0.0, 4.0, n)
+    blended = guidance.guided(den, jnp.asarray(z), jnp.asarray(t), jnp.asarray(label), jnp.asarray(w), K)
+    expected = (1 + w[:, None]) * x_class[label, np.arange(n)] - w[:, None] * x_null
+    np.testing.assert_allclose(blended.x, expected, atol=5e-5)
+    np.testing.assert_allclose(alpha[:, None] * blended.x + sigma[:, None] * blended.eps, z, atol=5e-5)
+
+
+class _StudentMLP(nn.Module):
+    """(z, t, label, w) -> v; w enters as itself and two slow Fourier features (the weights' only inputs)."""
+
+    @nn.compact
+    def __call__(self, z, t, label, w):
+        k = jnp.arange(1, 9, dtype=jnp.float32)
+        u = w[:, None] / 4.0
+        features = [z, t[:, None], jnp.sin(jnp.pi * k * t[:, None]), jnp.cos(jnp.pi * k * t[:, None])]
+        features += [jax.nn.one_hot(label, 4), u, jnp.sin(jnp.pi * k[:2] * u), jnp.cos(jnp.pi * k[:2] * u)]
+        h = jnp.concatenate(features, -1)
+        for _ in range(3):
+            h = nn.silu(nn.Dense(128)(h))
+        return nn.Dense(2)(h)
+
+
+@pytest.mark.heavy
+def test_a_stage_one_student_matches_the_guided_teacher_at_weights_it_never_saw():
+    """The stage-1 loss with the exact oracle as teacher, weights drawn from [0, 1.5] and [2.5, 4] only.
+
+    Tolerance: the guided target is linear in w (x_w = x_c + w (x_c - x_null)), so a student that had not learned
+    how w acts would be off in the gap by about its distance to the nearest trained weight's target (0.12 RMSE
+    at w = 2). It must instead be about as close as at the weights it trained on (within 1.5 times the worst of
+    those, its fit's own error of about 0.04) and, at w = 2, within 0.4 of that distance (0.048; measured 0.039).
+    """
+    net, schedule, data = _StudentMLP(), sc.CosineLogSNR(), oracles.class_mixture_2d()
+    oracle, K = oracles.ClassDenoiser(data, schedule), data.num_classes
+    apply_fn = lambda p, z, t, label, key, w: net.apply({"params": p}, z, t, label, w)  # noqa: E731
+    loss = guided.make_stage_one_loss(
+        apply_fn, schedule, parameterization="v", weighting="snr_plus_one", num_timesteps=None, num_classes=K,
+        guidance_range=(0.0, 4.0), teacher=lambda params, z, t, label: oracle(z, t, label),
+    )  # fmt: skip
+    steps, batch_size = 1500, 512
+    settings = base_config().optim
+    settings.learning_rate, settings.warmup_steps, settings.schedule, settings.grad_clip = 2e-3, 0, "linear", 0.0
+    optimizer = optim.optimizer(settings, steps)
+    step = step_lib.make_train_step(loss, optimizer, ema_decay=0.0)
+
+    def body(state, i):
+        key = jax.random.fold_in(jax.random.key(0), i)
+        x, label = data.sample(key, batch_size)
+        u = jax.random.uniform(jax.random.fold_in(key, 1), (batch_size,), maxval=3.0)
+        batch = {"image": x, "label": label, "guidance": jnp.where(u < 1.5, u, u + 1.0)}  # never in (1.5, 2.5)
+        return step(state, batch, jax.random.key(1), optimizer.args, None)[0], None
+
+    init = net.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32), jnp.ones(1))
+    fit = jax.jit(lambda s: jax.lax.scan(body, s, jnp.arange(steps))[0])
+    params = fit(step_lib.init_state(init["params"], optimizer.tx)).params
+
+    n = 4000  # z from the forward process of fresh data, t spread over [0.05, 0.95]
+    x, label = data.sample(jax.random.key(7), n)
+    t = jnp.linspace(0.05, 0.95, n)
+    alpha, sigma = schedule.alpha_sigma(t)
+    z = alpha[:, None] * x + sigma[:, None] * jax.random.normal(jax.random.key(8), x.shape)
+
+    def teacher(w):
+        return guidance.guided(oracle, z, t, label, jnp.full((n,), w), K).x
+
+    def student(w):
+        out = apply_fn(params, z, t, label, None, jnp.full((n,), w))
+        return diffusion.predict(out, z, schedule.logsnr(t), parameterization="v").x
+
+    def rmse(a, b):
+        return float(jnp.sqrt(jnp.mean((a - b) ** 2)))
+
+    trained = max(rmse(student(w), teacher(w)) for w in (0.0, 0.75, 1.5, 2.5, 3.25, 4.0))
+    unseen = {w: rmse(student(w), teacher(w)) for w in (1.75, 2.0, 2.25)}
+    nearest = rmse(teacher(2.0), teacher(1.5))
+    assert max(unseen.values()) < 1.5 * trained and unseen[2.0] < 0.4 * nearest, (unseen, trained, nearest)
+    assert trained < 0.08  # and the fit itself is close (the targets move by 0.96 RMSE from w = 0 to 4)
+
+
+# --- the UNet student -------------------------------------------------------------------------------------
+
+
+def _teacher_config(label_dropout=0.1):
+    config = small_model(config_file("digits_cond"))
+    config.train.label_dropout = label_dropout
+    return config
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    config = _teacher_config()
+    return config, perturb(init_params(config, jax.random.key(0)), jax.random.key(1), 0.05)
+
+
+def test_a_fresh_student_is_its_teacher_at_every_weight_and_its_trained_w_layers_act(teacher):
+    config, params = teacher
+    network = guided.student(config)
+    start = build.student_params(network, params, jax.random.key(5))
+    flat, given = flax.traverse_util.flatten_dict(start), flax.traverse_util.flatten_dict(params)
+    assert {"/".join(p) for p in set(flat) - set(given)} == {
+        f"guidance_dense_{i}/{k}" for i in (0, 1) for k in ("kernel", "bias")
+    }
+    assert all(flat[p] is given[p] for p in given)  # the teacher's own arrays
+    z = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
+    t, label = jnp.array([0.9, 0.6, 0.3, 0.1]), jnp.array([1, 3, 5, 7])
+    cond = jax.jit(lambda p: build.denoiser(config, p, label)(z, t))(params)
+    at = jax.jit(lambda p, w: build.denoiser(network, p, label, w)(z, t))
+    for w in (0.0, 1.3, jnp.array([0.0, 1.0, 2.5, 4.0])):
+        np.testing.assert_array_equal(at(start, w).x, cond.x)  # exactly: the w layers' output starts at zero
+    moved = perturb(start, jax.random.key(6), 0.05)  # once trained, w changes the prediction
+    assert float(jnp.max(jnp.abs(at(moved, 0.0).x - at(moved, 3.0).x))) > 1e-3
+
+
+def test_an_unguided_sample_never_evaluates_the_null_class(teacher):
+    config, params = teacher
+    poisoned = jax.tree.map(lambda a: a, params)
+    table = poisoned["Embed_0"]["embedding"]
+    poisoned["Embed_0"]["embedding"] = table.at[guidance.null_label(10)].set(jnp.nan)  # the null class: NaN
+    sampler = ImageSampler(config)
+    assert np.isfinite(sampler(poisoned, 4, num_steps=2)).all()
+    assert np.isnan(sampler(poisoned, 4, num_steps=2, guidance=1.0)).all()  # guided: it does (the test can fail)
+    network = guided.student(config)
+    start = build.student_params(network, poisoned, jax.random.key(5))
+    assert np.isfinite(ImageSampler(network)(start, 4, num_steps=2, guidance=3.0)).all()  # one call, class only
+
+
+def test_bad_guidance_is_one_sentence_before_compiling(teacher):
+    config, params = teacher
+    sampler = ImageSampler(config)
+    with pytest.raises(ConfigError, match=r"The guidance weight w=-1 is negative; use w >= 0"):
+        sampler(params, 4, num_steps=2, guidance=-1.0)
+    student = ImageSampler(guided.student(config))
+    start = build.student_params(guided.student(config), params, jax.random.key(5))
+    with pytest.raises(ConfigError, match=r"distilled for guidance weights in \[0, 4\] and w=4.5 is outside"):
+        student(start, 4, num_steps=2, guidance=np.array([0.0, 1.0, 2.0, 4.5]))
+    with pytest.raises(ConfigError, match=r"give one weight, or one per sample \(4,\)"):
+        student(start, 4, num_steps=2, guidance=np.ones(3))
+    assert not sampler._compiled and not student._compiled  # nothing was compiled
+    distill_config = config_file("digits_cond_guided")
+    distill_config.distill.teacher = "anywhere"
+    for change, message in [
+        ({"train.label_dropout": 0.0}, "Guided distillation needs a teacher trained for classifier-free guidance"),
+        ({"distill.guidance_min": 4.0}, "must satisfy 0 <= min < max"),
+        ({"model.guidance_input": True}, "is set by guided distillation in its students' configs"),
+    ]:
+        bad = config_file("digits_cond_guided")
+        bad.distill.teacher = "anywhere"
+        for key, value in change.items():
+            section, name = key.split(".")
+            bad[section][name] = value
+        with pytest.raises(ConfigError, match=message):
+            validate(bad)
+    validate(distill_config)
+    status, message, _ = run_in_process("--config.sample.guidance=-2", "--workdir=/nonexistent/never_written")
+    assert status == 2 and "is negative" in message  # the command line: exit status 2, nothing written
+    assert not os.path.exists("/nonexistent/never_written")
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cond_teacher(tmp_path_factory, tfds_dir):
+    """A 20-step class-conditional teacher with label dropout (the small model), trained in-process."""
+    from pdist.jobs import train
+
+    config = small_config(tfds_dir, num_steps=20, batch_size=32)
+    config.model.class_conditional, config.train.label_dropout = True, 0.1
+    path = str(tmp_path_factory.mktemp("cond_teacher"))
+    train.run(config, path)
+    return path
+
+
+def _args(teacher_dir, tfds_dir):
+    return [
+        f"--config.distill.teacher={teacher_dir}",
+        f"--config.data.data_dir={tfds_dir}",
+        *(f"--config.model.{k}={v}" for k, v in SMALL_MODEL.items()),  # the teacher's
+        "--config.distill.start_steps=4",  # stage 1 at 4 steps, then 4 -> 2 and 2 -> 1
+        "--config.distill.stage1_updates=4",
+        "--config.distill.updates_per_round=4",
+        "--config.distill.updates_last_rounds=4",
+        "--config.distill.fidelity_samples=8",
+        "--config.distill.grid_samples=4",
+        "--config.train.batch_size=32",
+        "--config.train.log_every=2",
+        "--config.train.checkpoint_every=2",
+    ]
+
+
+@pytest.mark.heavy
+def test_guided_distillation_from_the_command_line_samples_every_round_at_any_weight_and_resumes(
+    cond_teacher, tfds_dir, tmp_path
+):
+    path = tmp_path / "guided"
+    args = [f"--workdir={path}", *_args(cond_teacher, tfds_dir)]
+    status, message, _ = run_in_process(*args, config="configs/digits_cond_guided.py")
+    assert status == 0, message
+    with open(path / "summary.json") as f:
+        rows = json.load(f)
+    assert [(r["round"], r["teacher_steps"], r["steps"], r["updates"]) for r in rows] == [
+        (1, 4, 4, 4),
+        (2, 4, 2, 4),
+        (3, 2, 1, 4),
+    ]
+    assert rows[0]["rmse_teacher"] == 0.0  # stage 1's teacher reference is the guided teacher at its own steps
+    weights = np.linspace(0.0, 4.0, 8)  # the reports' fixed noise, at weights spread over the range
+    for row in rows:
+        student = pdist.load(str(path / f"round_{row['round']:02d}_{row['steps']}steps"))
+        assert student.config.model.guidance_input and student.metadata["sampling_steps"] == row["steps"]
+        fixed = np.load(path / f"round_{row['round']:02d}_{row['steps']}steps" / "samples.npz")["samples"]
+        np.testing.assert_allclose(student.sample(8, guidance=weights, seed=student.config.sample.seed), fixed,
+                                   atol=1e-6)  # fmt: skip
+        low, high = student.sample(4, guidance=0.0), student.sample(4, guidance=4.0)
+        assert np.isfinite(low).all() and not np.array_equal(low, high)
+        with pytest.raises(ConfigError, match="outside"):
+            student.sample(4, guidance=4.5)
+    listing = sorted(os.listdir(path / "round_01_4steps"))
+    status, message, _ = run_in_process(*args, config="configs/digits_cond_guided.py")  # a rerun trains nothing
+    assert status == 0, message
+    assert sorted(os.listdir(path / "round_01_4steps")) == listing
+
+    # Stopped in stage 1 after its update 2: the rerun restores the student and rebuilds its teacher (the
+    # teacher's parameters with the fresh w layers) and ends with bit-identical students.
+    cut = tmp_path / "cut"
+    os.makedirs(cut / "round_01_4steps" / "checkpoints")
+    shutil.copy(path / "teacher_4steps.npz", cut)
+    shutil.copytree(path / "round_01_4steps" / "checkpoints" / "2", cut / "round_01_4steps" / "checkpoints" / "2")
+    status, message, _ = run_in_process(f"--workdir={cut}", *args[1:], config="configs/digits_cond_guided.py")
+    assert status == 0, message
+    for name in ("round_01_4steps", "round_03_1steps"):
+        a, b = pdist.load(str(path / name)), pdist.load(str(cut / name))
+        assert a.step == b.step
+        assert_same_tree(a.params, b.params)
+
+
+def test_the_imagenet64_config_is_the_papers_setting_and_fits_its_teacher():
+    config, teacher = config_file("imagenet64_guided"), config_file("imagenet64_guided", "teacher")
+    config.distill.teacher = "anywhere"
+    validate(config)
+    validate(teacher)
+    distill.check_teacher(config, teacher, "its config file")
+    assert (teacher.data.name, teacher.model.class_conditional, teacher.train.label_dropout) == (
+        "imagenet_resized/64x64",
+        True,
+        0.1,
+    )
+    settings = config.distill
+    assert (settings.method, settings.guidance_min, settings.guidance_max) == ("guided", 0.0, 4.0)
+    assert (settings.start_steps, config.train.batch_size, config.optim.learning_rate) == (1024, 2048, 1e-4)
+    rounds = guided.rounds(settings)
+    assert [r.student_steps for r in rounds] == [1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1]
+    assert [r.updates for r in rounds[:2]] + [rounds[-1].updates] == [50_000, 50_000, 100_000]
+    assert config_file("imagenet64_guided", "fast").distill.stage1_updates == 10_000
