@@ -2,6 +2,8 @@
 
 Stage 1 trains a student that takes the guidance weight w in [0, 4] as an input to match the guided teacher
 (two network calls a step, one student call); stage 2 halves its 64 DDIM steps down to 1, w drawn per example.
+The rest is configs/digits_distill.py's (batch 128, Adam 3e-4 annealed per round, 400 updates a round, 800 for
+the last two).
 
 python -m pdist.main --config=configs/digits_cond.py --workdir=runs/digits_cond               # the teacher
 python -m pdist.main --config=configs/digits_cond_guided.py --workdir=runs/digits_cond_guided
@@ -11,20 +13,13 @@ python -m pdist.main --config=configs/digits_cond.py --workdir=runs/digits_cond_
 
 import os
 
-from pdist.config import for_distillation, from_file
+from pdist.config import from_file
 
 
 def get_config():
-    config = from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_cond.py"))
-    config = for_distillation(
-        config, start_steps=64, batch_size=128, learning_rate=3e-4, updates_per_round=400, updates_last_rounds=800
-    )
+    config = from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_distill.py"), "digits_cond")
     config.distill.method = "guided"
+    config.distill.start_steps = 64
     config.distill.guidance_min, config.distill.guidance_max = 0.0, 4.0
     config.distill.stage1_updates = 800
-    config.distill.teacher = "runs/digits_cond"
-    config.distill.fidelity_samples = 500
-    config.distill.grid_samples = 36
-    config.train.log_every = 50
-    config.train.checkpoint_every = 200
     return config

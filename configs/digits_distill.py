@@ -2,6 +2,9 @@
 
 python -m pdist.main --config=configs/digits.py --workdir=runs/digits            # the teacher
 python -m pdist.main --config=configs/digits_distill.py --workdir=runs/digits_distill
+
+``configs/digits_distill.py:digits_cond`` is the same settings for the class-conditional teacher
+(configs/digits_cond.py), which configs/digits_cond_guided.py builds on.
 """
 
 import os
@@ -9,12 +12,12 @@ import os
 from pdist.config import for_distillation, from_file
 
 
-def get_config():
-    config = from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.py"))
+def get_config(teacher: str = "digits"):
+    config = from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{teacher}.py"))
     config = for_distillation(
         config, start_steps=256, batch_size=128, learning_rate=3e-4, updates_per_round=400, updates_last_rounds=800
     )
-    config.distill.teacher = "runs/digits"
+    config.distill.teacher = f"runs/{teacher}"
     config.distill.fidelity_samples = 500
     config.distill.grid_samples = 36
     config.train.log_every = 50

@@ -74,7 +74,7 @@ def student_params(config: ml_collections.ConfigDict, teacher_params, key: Array
             )
     if len(given) == len(fresh):
         return teacher_params
-    new = flax.traverse_util.flatten_dict(init_params(config, key))
+    new = flax.traverse_util.flatten_dict(jax.jit(functools.partial(init_params, config))(key))  # one program
     return flax.traverse_util.unflatten_dict({path: given.get(path, new[path]) for path in fresh})
 
 
@@ -116,8 +116,8 @@ class NetworkDenoiser:
             return self._predict(params, label, z, t, w)
         if guidance is None:
             return self._predict(params, label, z, t)
-        predict = functools.partial(self._predict, params)
-        return guidance_lib.guided(lambda z_, t_, l_: predict(l_, z_, t_), z, t, label, guidance, self.num_classes)
+        predict = lambda z_, t_, label_: self._predict(params, label_, z_, t_)  # noqa: E731
+        return guidance_lib.guided(predict, z, t, label, guidance, self.num_classes)
 
     def _predict(self, params, label, z, t, w=None) -> Prediction:
         logsnr = self.schedule.logsnr(t)
@@ -150,6 +150,12 @@ def denoiser(config: ml_collections.ConfigDict, params, label: Array | None = No
         bool(config.model.guidance_input),
     )
     return Partial(fn, params, label, guidance)
+
+
+def call_batch(config: ml_collections.ConfigDict, guidance) -> int:
+    """How many times the batch one network call of :class:`NetworkDenoiser` evaluates: 2 for classifier-free
+    guidance (the doubled batch), 1 unguided or for a guided student (w is its input)."""
+    return 2 if guidance is not None and not config.model.guidance_input else 1
 
 
 def check_guidance(config: ml_collections.ConfigDict, w=None) -> None:

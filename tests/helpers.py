@@ -81,6 +81,20 @@ def perturb(params, key, scale: float = 0.1):
     return unravel(flat + scale * jax.random.normal(key, flat.shape))
 
 
+def conditional_model(label_dropout: float = 0.1):
+    """configs/digits_cond.py (class-conditional, trained for guidance) with :data:`SMALL_MODEL` and this label
+    dropout."""
+    config = small_model(config_file("digits_cond"))
+    config.train.label_dropout = label_dropout
+    return config
+
+
+def nonzero_params(config):
+    """``config``'s initial parameters perturbed (0.05): non-zero output layers, so every input shows in every
+    output."""
+    return perturb(init_params(config, jax.random.key(0)), jax.random.key(1), 0.05)
+
+
 def tiny_config(tfds_dir=None):
     """:func:`small_config` with 16-image batches and 6 steps: for runs over several devices or processes."""
     config = small_config(tfds_dir, batch_size=16, num_steps=6, checkpoint_every=3, log_every=2)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_same_tree, config_file, init_params, perturb, small_model
+from helpers import assert_same_tree, config_file, nonzero_params, small_model
 
 import pdist
 from pdist import build, diffusion, losses, optim, oracles, samplers
@@ -312,7 +312,7 @@ def test_labels_reach_teacher_and_student_of_a_class_conditional_model():
     config = small_model(config_file("digits_distill"))
     config.model.class_conditional = True
     # Non-zero output layers, so that the class embedding shows in every output.
-    params = perturb(init_params(config, jax.random.key(0)), jax.random.key(1), 0.05)
+    params = nonzero_params(config)
     loss = jax.jit(build.distillation_loss(config, Round(index=1, student_steps=4, teacher_steps=8, updates=1)))
     x = jax.random.uniform(jax.random.key(2), (8, 8, 8, 1), minval=-1, maxval=1)
     key = jax.random.key(3)
@@ -342,7 +342,7 @@ def test_every_distillation_method_checks_schedules_and_trains(name):
     steps = [r.student_steps for r in rounds]
     assert steps == sorted(set(steps), reverse=True)  # fewer steps every round
     # The round's loss takes the teacher's parameters as an argument, and a gradient step on it lowers it.
-    teacher = perturb(init_params(config, jax.random.key(0)), jax.random.key(1), 0.05)
+    teacher = nonzero_params(config)
     teacher = build.student_params(method.student(config), teacher, jax.random.key(4))  # the student's network
     loss = jax.jit(build.distillation_loss(config, rounds[-1]))
     batch = {"image": jax.random.uniform(jax.random.key(2), (16, 8, 8, 1), minval=-1, maxval=1)}

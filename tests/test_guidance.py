@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import config_file, init_params, perturb, small_model
+from helpers import conditional_model, config_file, nonzero_params, small_model
 
 from pdist import build, diffusion, guidance, losses
 from pdist.config import validate
@@ -13,17 +13,10 @@ from pdist.errors import ConfigError
 from pdist.pretrained import ImageSampler
 
 
-def _conditional(label_dropout: float = 0.1):
-    config = small_model(config_file("digits_cond"))  # class-conditional, label dropout 0.1
-    config.train.label_dropout = label_dropout
-    return config
-
-
 @pytest.fixture(scope="module")
 def model():
-    config = _conditional()
-    # Non-zero output layers, so that the class embedding shows in every output.
-    return config, perturb(init_params(config, jax.random.key(0)), jax.random.key(1), 0.05)
+    config = conditional_model()
+    return config, nonzero_params(config)  # the class embedding shows in every output
 
 
 def test_the_guided_prediction_is_the_same_blend_of_x_eps_and_v_and_stays_consistent(model):
@@ -62,7 +55,7 @@ def test_label_dropout_replaces_labels_at_its_rate_once_per_batch():
 @pytest.mark.parametrize("label_dropout", [0.0, 0.5])
 def test_only_label_dropout_trains_the_null_class(model, label_dropout):
     config, params = model
-    config = _conditional(label_dropout)
+    config = conditional_model(label_dropout)
     loss = build.loss(config)
     batch = {"image": jax.random.uniform(jax.random.key(3), (32, 8, 8, 1), minval=-1), "label": jnp.arange(32) % 10}
     grads = jax.jit(jax.grad(lambda p: loss(p, batch, jax.random.key(4))[0]))(params)
@@ -74,7 +67,7 @@ def test_only_label_dropout_trains_the_null_class(model, label_dropout):
 
 def test_guidance_needs_a_conditional_model_trained_with_label_dropout(model):
     config, params = model
-    for bad in (_conditional(0.0), small_model(config_file("digits"))):
+    for bad in (conditional_model(0.0), small_model(config_file("digits"))):
         with pytest.raises(ConfigError, match="Guidance needs"):
             build.denoiser(bad, params, jnp.zeros((1,), jnp.int32), 1.0)
     unconditional = small_model(config_file("digits"))
@@ -82,7 +75,7 @@ def test_guidance_needs_a_conditional_model_trained_with_label_dropout(model):
     with pytest.raises(ConfigError, match="class_conditional=True"):
         validate(unconditional)
     validate(config_file("digits_cond"))
-    config = _conditional(1.0)
+    config = conditional_model(1.0)
     with pytest.raises(ConfigError, match=r"must be in \[0, 1\)"):
         validate(config)
 

@@ -17,12 +17,12 @@ import pytest
 from helpers import (
     SMALL_MODEL,
     assert_same_tree,
+    conditional_model,
     config_file,
-    init_params,
+    nonzero_params,
     perturb,
     run_in_process,
     small_config,
-    small_model,
 )
 
 import pdist
@@ -151,16 +151,10 @@ def test_a_stage_one_student_matches_the_guided_teacher_at_weights_it_never_saw(
 # --- the UNet student -------------------------------------------------------------------------------------
 
 
-def _teacher_config(label_dropout=0.1):
-    config = small_model(config_file("digits_cond"))
-    config.train.label_dropout = label_dropout
-    return config
-
-
 @pytest.fixture(scope="module")
 def teacher():
-    config = _teacher_config()
-    return config, perturb(init_params(config, jax.random.key(0)), jax.random.key(1), 0.05)
+    config = conditional_model()
+    return config, nonzero_params(config)
 
 
 def test_a_fresh_student_is_its_teacher_at_every_weight_and_its_trained_w_layers_act(teacher):

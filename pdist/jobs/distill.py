@@ -93,11 +93,13 @@ def run(config: ml_collections.ConfigDict, directory: str) -> list[dict]:
                 row = json.load(f)
         else:
             x_student = fixed(student_sampler, student.state.ema_params, rnd.student_steps)
+            x_target = np.load(target)["samples"]  # the teacher's samples at rnd.teacher_steps
+            same_steps = rnd.student_steps == rnd.teacher_steps  # guided stage 1: the target is the teacher's own
             row = method.report(
                 rnd,
                 student=x_student,
-                teacher=fixed(sampler, teacher, rnd.student_steps),
-                target=np.load(target)["samples"],
+                teacher=x_target if same_steps else fixed(sampler, teacher, rnd.student_steps),
+                target=x_target,
                 final_loss=student.metadata.get("loss"),
                 seconds=student.metadata.get("seconds"),
             )

@@ -122,7 +122,7 @@ def evaluate_model(
             "grid": grid,
             "guidance": w,
             "nfe": samplers.nfe(method, steps, model.schedule),
-            "call_batch": 2 if w is not None and not model.config.model.guidance_input else 1,
+            "call_batch": build.call_batch(model.config, w),
             "seeds": list(range(settings.seed, settings.seed + settings.num_seeds)),
             "per_seed": per_seed,
             "seconds": time.time() - began,
