@@ -110,19 +110,26 @@ class NetworkDenoiser:
     num_classes: int  # 0: unconditional
     guidance_input: bool = False
 
-    def __call__(self, params, label: Array | None, guidance: Array | None, z: Array, t: Array) -> Prediction:
+    def __call__(
+        self, params, label: Array | None, guidance: Array | None, z: Array, t: Array, attention_from=None
+    ) -> Prediction:
+        """``attention_from`` [B]: the rows whose attention queries and keys each row uses (:mod:`pdist.editing`);
+        with guidance's doubled batch each half keeps to its own half."""
         if self.guidance_input:
             w = jnp.broadcast_to(jnp.asarray(0.0 if guidance is None else guidance, jnp.float32), z.shape[:1])
-            return self._predict(params, label, z, t, w)
+            return self._predict(params, label, z, t, w, attention_from)
         if guidance is None:
-            return self._predict(params, label, z, t)
-        predict = lambda z_, t_, label_: self._predict(params, label_, z_, t_)  # noqa: E731
+            return self._predict(params, label, z, t, None, attention_from)
+        if attention_from is not None:
+            attention_from = jnp.concatenate([attention_from, attention_from + z.shape[0]])
+        predict = lambda z_, t_, label_: self._predict(params, label_, z_, t_, None, attention_from)  # noqa: E731
         return guidance_lib.guided(predict, z, t, label, guidance, self.num_classes)
 
-    def _predict(self, params, label, z, t, w=None) -> Prediction:
+    def _predict(self, params, label, z, t, w=None, attention_from=None) -> Prediction:
         logsnr = self.schedule.logsnr(t)
         label = label if self.num_classes else None
-        out = self.network.apply({"params": params}, z, logsnr, label, w, train=False)
+        control = {} if attention_from is None else {"attention_from": attention_from}
+        out = self.network.apply({"params": params}, z, logsnr, label, w, train=False, **control)
         return diffusion.predict(
             out, z, logsnr, parameterization=self.parameterization, learned_variance=self.learned_variance
         )

@@ -233,20 +233,35 @@ def resolve_grid(kind: str, schedule: Schedule) -> str:
     return kind
 
 
-def time_grid(schedule: Schedule, num_steps: int, kind: str = "auto") -> np.ndarray:
+def start_time(schedule: Schedule, t_start: float = 1.0) -> float:
+    """The time a sampler started at ``t_start`` begins from: ``t_start`` itself on a continuous schedule, the
+    nearest of a discrete schedule's levels ``i / T`` (at least level 1) on a discrete one. Noise an image to
+    this time (``alpha x + sigma eps``) to continue it with a sampler from ``t_start`` (SDEdit)."""
+    if not (isinstance(t_start, (int, float, np.floating)) and 0.0 < float(t_start) <= 1.0):
+        raise ValueError(f"t_start={t_start!r} must be a time in (0, 1] (1: pure noise).")
+    T = schedule.num_timesteps
+    if T is None:
+        return float(t_start)
+    return max(1, int(round(float(t_start) * T))) / T
+
+
+def time_grid(schedule: Schedule, num_steps: int, kind: str = "auto", t_start: float = 1.0) -> np.ndarray:
     """The N + 1 times ``t_0 = start > ... > t_N = 0`` of an N-step sampler.
 
+    ``t_start`` < 1 starts the grid at :func:`start_time` (SDEdit, editing, any sampler continued from a
+    noised image); every kind then spans ``[0, start]`` as it spans ``[0, 1]``.
+
     kinds (:func:`resolve_grid`: ``auto`` is ``respaced`` on a discrete schedule, else ``uniform``):
-      * ``uniform``: ``t_i = 1 - i / N`` (Progressive Distillation's student grid;
+      * ``uniform``: ``t_i = start (1 - i / N)`` (Progressive Distillation's student grid;
         on a discrete schedule it needs T divisible by N to land on its levels).
-      * ``logsnr`` (continuous only): uniform in logSNR between the schedule's
-        ends (DPM-Solver's time steps). Solvers whose error is measured in logSNR
+      * ``logsnr`` (continuous only): uniform in logSNR between logSNR(start) and
+        logSNR(0) (DPM-Solver's time steps). Solvers whose error is measured in logSNR
         need it: on the clipped cosine the uniform grid's k-th step from t = 1
         spans log((k+1)/k) in logSNR/2 whatever N is, which caps DPM-Solver++ 2M
         at first order (docs/benchmarks.md).
       * ``respaced`` (discrete only): Improved DDPM's respacing, N levels evenly
-        spaced over 1..T and rounded, largest first, then clean data.
-      * ``ddim_stride`` (discrete only): DDIM's constant stride c = T // N, levels
+        spaced over 1..L (L = start T, T at t_start = 1) and rounded, largest first, then clean data.
+      * ``ddim_stride`` (discrete only): DDIM's constant stride c = L // N, levels
         1, 1 + c, ..., 1 + (N - 1) c, largest first, then clean data.
 
     Returns float64 numpy [N + 1], decreasing, ending at 0.
@@ -254,8 +269,9 @@ def time_grid(schedule: Schedule, num_steps: int, kind: str = "auto") -> np.ndar
     if not (isinstance(num_steps, (int, np.integer)) and num_steps >= 1):
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
     kind = resolve_grid(kind, schedule)
+    start = start_time(schedule, t_start)
     if kind == "uniform":
-        return 1.0 - np.arange(num_steps + 1, dtype=np.float64) / num_steps
+        return start * (1.0 - np.arange(num_steps + 1, dtype=np.float64) / num_steps)
     T = schedule.num_timesteps
     if kind == "logsnr":
         if T is not None:
@@ -263,36 +279,39 @@ def time_grid(schedule: Schedule, num_steps: int, kind: str = "auto") -> np.ndar
                 "The 'logsnr' grid puts steps between a discrete model's levels; use 'respaced' for a discrete "
                 "schedule."
             )
-        return _invert_logsnr(schedule, num_steps).copy()
+        return _invert_logsnr(schedule, num_steps, start).copy()
     if T is None:
         raise ValueError(f"The {kind!r} grid needs a discrete schedule; use grid='uniform' with a continuous schedule.")
-    if num_steps > T:
-        raise ValueError(f"num_steps={num_steps} exceeds the schedule's T={T}; use at most T steps.")
+    top = int(round(start * T))
+    if num_steps > top:
+        what = f"the schedule's T={T}" if top == T else f"the {top} levels below t_start={t_start:g} (T={T})"
+        raise ValueError(f"num_steps={num_steps} exceeds {what}; use at most {top} steps.")
     if kind == "respaced":
-        stride = (T - 1) / (num_steps - 1) if num_steps > 1 else 0.0
+        stride = (top - 1) / (num_steps - 1) if num_steps > 1 else 0.0
         levels = np.round(np.arange(num_steps) * stride).astype(np.int64) + 1
         if num_steps == 1:
-            levels = np.array([T])
+            levels = np.array([top])
     else:
-        stride = T // num_steps
+        stride = top // num_steps
         levels = 1 + stride * np.arange(num_steps)
     return np.concatenate([levels[::-1] / T, [0.0]])
 
 
 @functools.lru_cache(maxsize=64)
-def _invert_logsnr(schedule: Schedule, num_steps: int) -> np.ndarray:
-    """Times whose logsnr is uniform between logsnr(1) and logsnr(0), by bisection (cached per schedule and N)."""
+def _invert_logsnr(schedule: Schedule, num_steps: int, start: float = 1.0) -> np.ndarray:
+    """Times whose logsnr is uniform between logsnr(start) and logsnr(0), by bisection (cached per schedule, N
+    and start)."""
     with jax.ensure_compile_time_eval():
-        ends = np.asarray(schedule.logsnr(jnp.array([1.0, 0.0])), np.float64)
+        ends = np.asarray(schedule.logsnr(jnp.array([start, 0.0])), np.float64)
         if not np.all(np.isfinite(ends)):
             raise ValueError(
                 "The 'logsnr' grid needs a schedule with finite logSNR at both ends (a clipped one such as "
                 "CosineLogSNR); use grid='uniform' here."
             )
         targets = np.linspace(ends[0], ends[1], num_steps + 1)[1:-1]
-        lo, hi = np.zeros_like(targets), np.ones_like(targets)
+        lo, hi = np.zeros_like(targets), np.full_like(targets, start)
         for _ in range(40):  # logsnr decreases in t
             mid = 0.5 * (lo + hi)
             above = np.asarray(schedule.logsnr(mid), np.float64) > targets
             lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-    return np.concatenate([[1.0], 0.5 * (lo + hi), [0.0]])
+    return np.concatenate([[start], 0.5 * (lo + hi), [0.0]])

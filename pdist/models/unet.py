@@ -1,12 +1,14 @@
 """The UNet of the Improved-DDPM / ADM family (Nichol & Dhariwal 2021; Dhariwal & Nichol 2021).
 
-``UNet(...)(x_BHWC, logsnr_B, label_B=None, guidance_B=None, train=False) -> out_BHWK``:
+``UNet(...)(x_BHWC, logsnr_B, label_B=None, guidance_B=None, train=False, attention_from=None) -> out_BHWK``:
 
 * residual blocks with GroupNorm, SiLU and scale-shift conditioning on the
   embedding (``h = norm(h) * (1 + scale) + shift``), dropout before the last
   conv, which starts at zero so that each block starts as the identity;
 * multi-head self-attention at the resolutions in ``attn_resolutions``
-  (``head_dim`` channels per head, or a fixed ``num_heads``);
+  (``head_dim`` channels per head, or a fixed ``num_heads``); ``attention_from`` [B] (row indices) makes
+  row i attend with row ``attention_from[i]``'s queries and keys and its own values, in every attention
+  block (the self-attention control of :mod:`pdist.editing`; the parameters are the same);
 * down/upsampling by strided/nearest convs, or by BigGAN-style residual blocks
   (``resblock_updown``);
 * the noise level enters as a sinusoidal embedding of
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -101,19 +104,38 @@ class ResBlock(nn.Module):
         return x + h
 
 
+def attention_from_rows(
+    query, key, value, mask=None, dtype=None, precision=None, force_fp32_for_softmax=False, *, rows: Array
+):
+    """Dot-product attention in which row i of the batch attends with the queries and keys of row ``rows[i]``
+    and its own values (InfEdit's self-attention control, :mod:`pdist.editing`)."""
+    return nn.dot_product_attention(
+        query[rows],
+        key[rows],
+        value,
+        mask=mask,
+        dtype=dtype,
+        precision=precision,
+        force_fp32_for_softmax=force_fp32_for_softmax,
+    )
+
+
 class AttnBlock(nn.Module):
     num_heads: int
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, attention_from: Array | None = None) -> Array:
         b, height, width, c = x.shape
         h = _norm(c, self.dtype)(x).reshape(b, height * width, c)
+        control = {} if attention_from is None else {"attention_fn": partial(attention_from_rows, rows=attention_from)}
         h = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads,
             dtype=self.dtype,
             out_kernel_init=nn.initializers.zeros,
             force_fp32_for_softmax=True,
+            name="MultiHeadDotProductAttention_0",
+            **control,
         )(h)
         return x + h.reshape(b, height, width, c)
 
@@ -140,7 +162,13 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: Array, logsnr: Array, label: Array | None = None, guidance: Array | None = None, train: bool = False
+        self,
+        x: Array,
+        logsnr: Array,
+        label: Array | None = None,
+        guidance: Array | None = None,
+        train: bool = False,
+        attention_from: Array | None = None,
     ) -> Array:
         emb_dim = 4 * self.ch
         emb = noise_level_embedding(logsnr, self.ch)
@@ -172,7 +200,7 @@ class UNet(nn.Module):
         def attn(h):
             name = f"AttnBlock_{counts['attn']}"
             counts["attn"] += 1
-            return attn_block(self._heads(h.shape[-1]), self.dtype, name=name)(h)
+            return attn_block(self._heads(h.shape[-1]), self.dtype, name=name)(h, attention_from)
 
         h = nn.Conv(self.ch, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
         skips = [h]

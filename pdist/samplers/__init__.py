@@ -22,7 +22,8 @@ Options common to all methods: ``grid`` (``auto``, ``uniform``, ``logsnr``,
 ``respaced``, ``ddim_stride``; see :func:`pdist.schedules.time_grid`: ``auto``
 is ``respaced`` on a discrete schedule, ``uniform`` on a continuous one) and
 ``clip_x`` (clip x-hat to [-1, 1]). Method options: ``ddpm(variance='small'|'large'|'learned')``,
-``ddim(eta=0.0)``, ``plms(warmup='ramp'|'improved_euler')``,
+``ddim(eta=0.0)``, ``consistency`` (multistep consistency sampling:
+``z_s = alpha_s x-hat + sigma_s xi``), ``plms(warmup='ramp'|'improved_euler')``,
 ``dpmpp_2m(lower_order_final='always'|'below_15')``.
 """
 
@@ -74,6 +75,7 @@ def _plms_nfe(n: int, at_data: bool, options: dict) -> int:
 METHODS: dict[str, Method] = {
     "ddpm": Method(ancestral.ddpm, (("variance", "small"),), lambda o: True, lambda n, *_: n, ends_on_x=True),
     "ddim": Method(ancestral.ddim, (("eta", 0.0),), lambda o: o["eta"] > 0, lambda n, *_: n),
+    "consistency": Method(ancestral.consistency, (), lambda o: True, lambda n, *_: n, ends_on_x=True),
     "euler": Method(ode.euler, (), _never, lambda n, *_: n),
     "heun": Method(ode.heun, (), _never, lambda n, at_data, _: 2 * n if at_data else max(2 * n - 1, 0)),
     "dpmpp_2m": Method(ode.dpmpp_2m, (("lower_order_final", "always"),), _never, lambda n, *_: n),
@@ -101,18 +103,23 @@ def sample(
     key: Array | None = None,
     grid: str = "auto",
     clip_x: bool = False,
+    t_start: float = 1.0,
     **options,
 ) -> Array:
     """Runs ``method`` for ``num_steps`` steps from ``noise`` (z at t = 1) to t = 0.
 
+    ``t_start`` < 1: ``noise`` is z at ``schedules.start_time(schedule, t_start)`` (t_start itself, or the
+    nearest level of a discrete schedule), such as ``alpha x + sigma eps`` of an image (SDEdit,
+    :mod:`pdist.editing`), and the ``num_steps`` steps span ``[0, start]`` on the same kind of grid.
+
     Returns the final sample, the shape of ``noise``. ``key`` is required by the
-    stochastic methods (``ddpm``, ``ddim`` with ``eta > 0``).
+    stochastic methods (``ddpm``, ``ddim`` with ``eta > 0``, ``consistency``).
     """
     m = _method(method)
     allowed = _options(method, m, options)
     if m.needs_key(allowed) and key is None:
         raise ValueError(f"Sampler {method!r} is stochastic here; pass key=jax.random.key(seed).")
-    times = jnp.asarray(time_grid(schedule, num_steps, grid), jnp.float32)
+    times = jnp.asarray(time_grid(schedule, num_steps, grid, t_start), jnp.float32)
     if key is None:
         key = jax.random.key(0)  # unused by deterministic methods
     options = tuple(sorted(allowed.items()))

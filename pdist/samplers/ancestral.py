@@ -1,4 +1,5 @@
-"""Ancestral DDPM and DDIM (Ho et al. 2020; Nichol & Dhariwal 2021; Song et al. 2021a).
+"""Ancestral DDPM and DDIM (Ho et al. 2020; Nichol & Dhariwal 2021; Song et al. 2021a), and multistep
+consistency sampling (Song et al. 2023), DDIM with its noise at the largest value.
 
 Both run on any decreasing time grid (respaced or strided), using the exact
 transition between consecutive grid times (``pdist.diffusion.transition``), so
@@ -69,6 +70,28 @@ def ddim(ev: Predictor, times: Array, z: Array, key: Array, *, eta: float = 0.0)
         noise = jax.random.normal(k, z.shape, z.dtype)
         z_s = diffusion.ddim_step(diffusion.Prediction(pred.x, pred.eps), tr.alpha_s, sigma_dir)
         return z_s + diffusion.bcast(c, z) * noise, None
+
+    z, _ = jax.lax.scan(step, z, (ts, ss, keys))
+    return z
+
+
+def consistency(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1): ``z_s = alpha_s x-hat(z_t) + sigma_s xi``
+    with fresh noise ``xi`` every step.
+
+    DDIM's step with its noise at the largest value (``sigma_t = sqrt(1 - alphabar_{t-1})``: no direction
+    term), the form InfEdit's DDCM editing builds on (:mod:`pdist.editing`). Made for few-step students,
+    whose x-hat is already a sample: every step re-noises it to the next level and denoises again. The last
+    step returns x-hat (the method's ``ends_on_x``).
+    """
+    ts, ss = step_pairs(times)
+    keys = jax.random.split(key, ts.shape[0])
+
+    def step(z, inputs):
+        t, s, k = inputs
+        pred = ev(z, t)
+        alpha_s, sigma_s = ev.alpha_sigma(s)
+        return alpha_s * pred.x + sigma_s * jax.random.normal(k, z.shape, z.dtype), None
 
     z, _ = jax.lax.scan(step, z, (ts, ss, keys))
     return z

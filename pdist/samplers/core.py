@@ -44,9 +44,11 @@ class Predictor:
     def alpha_sigma(self, t: Array) -> tuple[Array, Array]:
         return self.schedule.alpha_sigma(t)
 
-    def __call__(self, z: Array, t: Array) -> Prediction:
+    def __call__(self, z: Array, t: Array, **inputs) -> Prediction:
+        """The prediction at scalar time ``t``; ``inputs``: further keyword inputs of the denoiser (the
+        attention control of :mod:`pdist.editing`)."""
         lam = self.logsnr(t)
-        out = self.denoise_fn(z, jnp.full((z.shape[0],), t, dtype=jnp.float32))
+        out = self.denoise_fn(z, jnp.full((z.shape[0],), t, dtype=jnp.float32), **inputs)
         pred = out if isinstance(out, Prediction) else diffusion.from_x(out, z, lam)
         if self.clip_x:
             pred = diffusion.clip_prediction(pred, z, lam)
