@@ -160,6 +160,24 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.nll_draws = 16
     config.eval.nll_variance = "small"  # small or large (pdist.diffusion.VARIANCES); learned ones use their own
     config.eval.nll_batch_size = 100
+
+    # Editing (mode "edit", pdist.editing): the first num_images images of the data's `split` edited from their
+    # class into each of `targets`, as a grid (source row, one row per target class) and an npz
+    config.edit = ml_collections.ConfigDict()
+    config.edit.checkpoint = ml_collections.FieldReference(None, field_type=str)  # None: newest in workdir
+    config.edit.method = "ddcm"  # ddcm (InfEdit), sdedit, inversion (DDIM inversion, then DDIM)
+    config.edit.split = "test"
+    config.edit.num_images = 10
+    config.edit.targets = ""  # comma-separated classes ("3,8"); "": every class
+    config.edit.num_steps = 12  # ddcm: 2N evaluations (N calls on the doubled batch); inversion 2N; sdedit N
+    config.edit.noise_fraction = 1.0  # ddcm: the fresh fraction of each step's noise variance (InfEdit's eta)
+    config.edit.guidance = 1.0  # target branch's w (InfEdit's guidance scale 2 is w = 1)
+    config.edit.source_guidance = 0.0  # source branch's w (InfEdit's scale 1: w = 0)
+    config.edit.t_start = 1.0  # 1: from pure noise; < 1: from x0 noised to t_start (sdedit needs < 1)
+    config.edit.attention_steps = 0  # ddcm: the first steps whose target attends with the source's queries, keys
+    config.edit.seed = 0
+    config.edit.use_ema = True
+    config.edit.batch_size = 256
     return config
 
 
@@ -222,6 +240,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _validate_distill(config)
     if config.mode == "eval":
         _validate_eval(config)
+    if config.mode == "edit":
+        _validate_edit(config)
 
     sample = config.sample
     check_one_of(sample.method, samplers.METHODS, "sample.method")
@@ -238,6 +258,41 @@ def validate(config: ml_collections.ConfigDict) -> None:
             _fail(f"config.sample.grid={sample.grid!r} with config.sample.num_steps={sample.num_steps}: {e}")
         if sample.guidance is not None:
             build.check_guidance(config, sample.guidance)
+
+
+def edit_targets(config: ml_collections.ConfigDict) -> list[int]:
+    """The classes ``config.edit.targets`` names (every class when empty); one sentence on a bad entry."""
+    classes, text = config.data.num_classes, config.edit.targets.strip()
+    if not text:
+        return list(range(classes))
+    try:
+        targets = [int(part) for part in text.split(",")]
+    except ValueError:
+        _fail(f"config.edit.targets={text!r} must be comma-separated class indices, e.g. '3,8'.")
+    bad = [c for c in targets if not 0 <= c < classes]
+    if bad:
+        _fail(f"config.edit.targets names class {bad[0]}, outside [0, {classes}); give classes of the dataset.")
+    return targets
+
+
+def _validate_edit(config: ml_collections.ConfigDict) -> None:
+    from pdist import editing  # imported on use, like build
+
+    edit = config.edit
+    check_one_of(edit.method, editing.METHODS, "edit.method")
+    for key in ("num_images", "num_steps", "batch_size"):
+        check_positive(edit[key], f"edit.{key}")
+    if not 0.0 <= edit.noise_fraction <= 1.0:
+        _fail(f"config.edit.noise_fraction={edit.noise_fraction} must be in [0, 1] (1 is InfEdit's default).")
+    if edit.guidance < 0 or edit.source_guidance < 0:
+        _fail("config.edit.guidance and config.edit.source_guidance must be >= 0 (w = 0 is the conditional model).")
+    if not 0.0 < edit.t_start <= 1.0:
+        _fail(f"config.edit.t_start={edit.t_start} must be in (0, 1] (1: from pure noise).")
+    if edit.method == "sdedit" and edit.t_start == 1.0:
+        _fail("SDEdit starts from the image noised to config.edit.t_start; set it below 1 (e.g. 0.5).")
+    if not 0 <= edit.attention_steps <= edit.num_steps:
+        _fail(f"config.edit.attention_steps={edit.attention_steps} must be in [0, config.edit.num_steps].")
+    edit_targets(config)
 
 
 def _validate_diffusion(settings: ml_collections.ConfigDict) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 from jax.sharding import SingleDeviceSharding
 from jax.tree_util import Partial
 
-from pdist import build, rng, samplers, schedules
+from pdist import build, editing, rng, samplers, schedules
 from pdist import config as config_lib
 from pdist.errors import ConfigError
 from pdist.runtime import mesh as mesh_lib
@@ -165,6 +165,123 @@ class Pretrained:
             log_every_seconds=log_every_seconds,
             **options,
         )
+
+    def edit(
+        self,
+        x0,
+        source_labels,
+        target_labels,
+        *,
+        method: str = "ddcm",
+        num_steps: int = 12,
+        noise_fraction: float = 1.0,
+        guidance: float = 1.0,
+        source_guidance: float = 0.0,
+        t_start: float = 1.0,
+        attention_steps: int = 0,
+        grid: str | None = None,
+        seed: int = 0,
+        clip_x: bool = False,
+        use_ema: bool = True,
+        batch_size: int = 256,
+    ) -> np.ndarray:
+        """``x0`` [n, H, W, C] in [-1, 1] of classes ``source_labels`` [n] edited into ``target_labels`` [n];
+        returns the edits, [n, H, W, C] numpy in [-1, 1] (:mod:`pdist.editing`).
+
+        ``method``: ``ddcm`` (InfEdit's inversion-free edit: ``num_steps`` calls on the doubled batch, 2N
+        evaluations; ``noise_fraction`` the fresh fraction of each step's noise, ``attention_steps`` the
+        first steps whose target branch attends with the source's queries and keys), ``sdedit`` (x0 noised
+        to ``t_start``, then ``num_steps`` DDIM steps under the target class; ``t_start = 1`` samples the
+        target from scratch) or ``inversion`` (``num_steps`` of DDIM inversion under the source class, then
+        as many DDIM steps under the target: 2N evaluations). ``guidance``, ``source_guidance``: the
+        classifier-free weights w of the target and source branches (InfEdit's scales 2 and 1 are w = 1
+        and 0; a weight needs a model trained with label dropout, or a guided student's range).
+        """
+        x0, source_labels, target_labels, weights = self._check_edit(
+            x0, source_labels, target_labels, method, num_steps, noise_fraction, guidance, source_guidance
+        )
+        params = self.ema_params if use_ema else self.params
+        grid = self.grid(grid)
+        try:  # a grid or start that does not fit this model: one sentence, before compiling
+            schedules.time_grid(self.schedule, num_steps, grid, t_start)
+        except ValueError as e:
+            raise ConfigError(f"Editing with grid={grid!r}, {num_steps} steps and t_start={t_start}: {e}") from None
+        out = []
+        for start in range(0, len(x0), batch_size):
+            rows = slice(start, start + batch_size)
+            x, a, b = jnp.asarray(x0[rows]), jnp.asarray(source_labels[rows]), jnp.asarray(target_labels[rows])
+            key = rng.sample_key(seed, start)
+            ws, wt = (None if w is None else jnp.full(a.shape, w, jnp.float32) for w in weights)
+            if method == "ddcm":
+                w = None if ws is None else jnp.concatenate([ws, wt])
+                pair = build.denoiser(self.config, params, jnp.concatenate([a, b]), w)
+                y = editing.ddcm(
+                    pair,
+                    self.schedule,
+                    x,
+                    key,
+                    num_steps=num_steps,
+                    noise_fraction=noise_fraction,
+                    t_start=t_start,
+                    grid=grid,
+                    clip_x=clip_x,
+                    attention_steps=attention_steps,
+                )
+            elif method == "sdedit":
+                target = build.denoiser(self.config, params, b, wt)
+                y = editing.sdedit(
+                    target, self.schedule, x, key, t_start=t_start, num_steps=num_steps, grid=grid, clip_x=clip_x
+                )
+            else:
+                z = editing.invert(
+                    build.denoiser(self.config, params, a, ws), self.schedule, x, num_steps=num_steps, grid=grid,
+                    t_start=t_start,
+                )  # fmt: skip
+                target = build.denoiser(self.config, params, b, wt)
+                y = samplers.sample(
+                    target, self.schedule, z, method="ddim", num_steps=num_steps, grid=grid, clip_x=clip_x,
+                    t_start=t_start,
+                )  # fmt: skip
+            out.append(np.clip(np.asarray(y), -1.0, 1.0))
+            preemption.check("editing")
+        return np.concatenate(out)
+
+    def _check_edit(self, x0, source_labels, target_labels, method, num_steps, noise_fraction, w_target, w_source):
+        """The edit's inputs as arrays and its guidance weights (None: unguided), or one sentence (ConfigError)."""
+        config = self.config
+        if not config.model.class_conditional:
+            raise ConfigError(
+                "Editing moves an image from one class to another and needs a class-conditional model; this one "
+                "is unconditional (train one with config.model.class_conditional=True, configs/digits_cond.py)."
+            )
+        if method not in editing.METHODS:
+            raise ConfigError(f"Unknown editing method {method!r}; choose one of {list(editing.METHODS)}.")
+        x0 = np.asarray(x0, np.float32)
+        shape = tuple(build.image_shape(config))
+        if x0.ndim != len(shape) + 1 or x0.shape[1:] != shape:
+            raise ConfigError(
+                f"x0 has shape {x0.shape}; this model edits images of shape [n, {', '.join(map(str, shape))}]."
+            )
+        try:
+            editing.check(x0, source_labels, target_labels, num_steps, noise_fraction)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        labels = [np.asarray(v) for v in (source_labels, target_labels)]
+        classes = config.data.num_classes
+        for name, v in zip(("source_labels", "target_labels"), labels, strict=True):
+            if not np.issubdtype(v.dtype, np.integer) or v.min() < 0 or v.max() >= classes:
+                raise ConfigError(
+                    f"{name} must be class indices in [0, {classes}); got values from {v.min()} to {v.max()}."
+                )
+        if config.model.guidance_input:  # a guided student: w is its input, checked against its range
+            build.check_guidance(config, [w_source, w_target])
+            weights = (float(w_source), float(w_target))
+        elif w_source or w_target:
+            build.check_guidance(config, [w_source, w_target])
+            weights = (float(w_source), float(w_target))
+        else:
+            weights = (None, None)
+        return x0, labels[0].astype(np.int32), labels[1].astype(np.int32), weights
 
 
 def requested_labels(config: ml_collections.ConfigDict, num_samples: int) -> np.ndarray | None:

@@ -88,6 +88,19 @@ def small_teacher(tmp_path_factory, tfds_dir):
     return path
 
 
+@pytest.fixture(scope="session")
+def cond_teacher(tmp_path_factory, tfds_dir):
+    """A 20-step class-conditional teacher with label dropout (the small model), trained in-process (read, never
+    changed)."""
+    from pdist.jobs import train
+
+    config = small_config(tfds_dir, num_steps=20, batch_size=32)
+    config.model.class_conditional, config.train.label_dropout = True, 0.1
+    path = str(tmp_path_factory.mktemp("cond_teacher"))
+    train.run(config, path)
+    return path
+
+
 @pytest.fixture
 def legacy_teacher(tmp_path):
     """A copy of a teacher workdir written by pdist before the run-layer refactor (commit 5c89b90's command line):

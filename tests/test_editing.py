@@ -2,14 +2,20 @@
 translate of another moves x0 by the translation, two Gaussian classes give the closed form; samplers started
 at any time, multistep consistency sampling's moments, DDIM inversion's convergence, the attention control."""
 
+import os
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import conditional_model, nonzero_params
+from helpers import conditional_model, nonzero_params, one_sentence, run_in_process
+from PIL import Image
 
+import pdist
 from pdist import build, editing, oracles, samplers
 from pdist import schedules as sc
+from pdist.errors import ConfigError
 from pdist.models.unet import attention_from_rows
 
 COSINE = sc.CosineLogSNR()
@@ -226,3 +232,50 @@ def test_a_network_edits_a_class_into_itself_exactly_with_and_without_attention_
     z = jax.random.normal(jax.random.key(20), (6, 8, 8, 1))
     t = jnp.full((6,), 0.5)
     np.testing.assert_allclose(fn(z, t).x, fn(z, t, attention_from=jnp.arange(6)).x, atol=1e-6)
+
+
+# --- Pretrained.edit and the command line ------------------------------------
+
+
+def test_the_edit_command_writes_the_grid_and_a_class_into_itself_is_the_source(cond_teacher, tfds_dir):
+    args = [f"--workdir={cond_teacher}", f"--config.data.data_dir={tfds_dir}", "--config.edit.num_images=4"]
+    args += ["--config.edit.num_steps=3", "--config.edit.attention_steps=1"]
+    args += ["--config.edit.guidance=2", "--config.edit.source_guidance=2"]  # A -> A at equal weights: exact
+    status, message, _ = run_in_process("--config.mode=edit", *args, config="configs/digits_cond.py")
+    assert status == 0, message
+    name = os.path.join(cond_teacher, "edits", "edits_ddcm_3_w2_step20")
+    with np.load(name + ".npz") as f:
+        source, labels, targets, edits = f["source"], f["source_labels"], f["targets"], f["edits"]
+    assert edits.shape == (10, 4, 8, 8, 1) and list(targets) == list(range(10))
+    for i, label in enumerate(labels):
+        np.testing.assert_array_equal(edits[label, i], source[i])  # A -> A: the source, exactly
+        assert all(np.abs(edits[b, i] - source[i]).max() > 1e-4 for b in range(10) if b != label)  # (20 steps)
+    grid = np.asarray(Image.open(name + ".png"))
+    assert grid.shape[:2] == (8 * (11 * 9 + 1), 8 * (4 * 9 + 1))  # the sources and 10 targets, 4 columns, x8
+
+
+def test_editing_refuses_bad_input_in_one_sentence_before_compiling(cond_teacher, cli_workdir, tfds_dir):
+    data = f"--config.data.data_dir={tfds_dir}"
+    for workdir, extra, match in (
+        (cli_workdir, [], "needs a class-conditional model"),
+        (cond_teacher, ["--config.edit.num_steps=0"], "edit.num_steps"),
+        (cond_teacher, ["--config.edit.targets=3,12"], "class 12"),
+        (cond_teacher, ["--config.edit.method=sdedit"], "below 1"),
+        (cond_teacher, ["--config.edit.noise_fraction=2"], r"in \[0, 1\]"),
+    ):
+        status, message, _ = run_in_process(
+            "--config.mode=edit", f"--workdir={workdir}", data, *extra, config="configs/digits_cond.py"
+        )
+        assert status == 2 and re.search(match, message) and one_sentence(message), message
+    model = pdist.load(cond_teacher)
+    x = np.zeros((3, 8, 8, 1), np.float32)
+    for args, match in (
+        ((x, [0, 1], [1, 2, 3]), "one class per image"),
+        ((x[..., 0], [0, 1, 2], [1, 2, 3]), "shape"),
+        ((x, [0, 1, 2], [1, 2, 10]), r"in \[0, 10\)"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            model.edit(*args)
+    with pytest.raises(ConfigError, match="Unknown editing method"):
+        model.edit(x, [0, 1, 2], [1, 2, 3], method="p2p")
+    assert not os.path.exists(os.path.join(cli_workdir, "edits"))

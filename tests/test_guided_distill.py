@@ -22,7 +22,6 @@ from helpers import (
     nonzero_params,
     perturb,
     run_in_process,
-    small_config,
 )
 
 import pdist
@@ -222,18 +221,6 @@ def test_bad_guidance_is_one_sentence_before_compiling(teacher):
 
 
 # --- the command line ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cond_teacher(tmp_path_factory, tfds_dir):
-    """A 20-step class-conditional teacher with label dropout (the small model), trained in-process."""
-    from pdist.jobs import train
-
-    config = small_config(tfds_dir, num_steps=20, batch_size=32)
-    config.model.class_conditional, config.train.label_dropout = True, 0.1
-    path = str(tmp_path_factory.mktemp("cond_teacher"))
-    train.run(config, path)
-    return path
 
 
 def _args(teacher_dir, tfds_dir):

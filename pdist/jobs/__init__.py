@@ -2,9 +2,10 @@
 
 Each module's ``run(config, workdir)`` does one job: ``train`` (a teacher),
 ``distill`` (every round of ``config.distill.method``), ``sample`` (images
-from a checkpoint) and ``eval`` (``evaluate``: sample quality and NLL of a
-checkpoint). Modules are imported when their job runs, so that the math core
-and ``pdist.load`` stay light.
+from a checkpoint), ``eval`` (``evaluate``: sample quality and NLL of a
+checkpoint) and ``edit`` (images of one class edited into others). Modules
+are imported when their job runs, so that the math core and ``pdist.load``
+stay light.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import importlib
 
 import ml_collections
 
-JOBS = {"train": "train", "distill": "distill", "sample": "sample", "eval": "evaluate"}  # mode -> module
+# mode -> module
+JOBS = {"train": "train", "distill": "distill", "sample": "sample", "eval": "evaluate", "edit": "edit"}
 MODES = tuple(JOBS)
 
 

@@ -33,6 +33,7 @@ from pdist.errors import InputError
 
 CHECKPOINTS = "checkpoints"
 ROUND = re.compile(r"round_(\d+)_(\d+)steps")
+EDITS = "edits"  # --config.mode=edit's grids and npz files
 SAMPLES = "samples"  # samples.npz and samples.png of a run; samples/ of the sample command; a round's samples.npz
 ROUND_REPORT = "round.json"
 SUMMARY = "summary"  # summary.json and summary.md
@@ -58,6 +59,10 @@ def grid(root: str, step: int) -> str:
 
 def samples_dir(root: str) -> str:
     return os.path.join(root, SAMPLES)
+
+
+def edits_dir(root: str) -> str:
+    return os.path.join(root, EDITS)
 
 
 def eval_dir(root: str, checkpoints_dir: str, step: int) -> str:
