@@ -18,6 +18,8 @@ Stream: derivation (where it is used).
   ``data_seed + process``, flips keyed by ``(data_seed * 1000 + process, position)`` (``data.pipeline``).
 - A sampled batch: ``fold_in(key(seed), index of its first image)`` split into (noise, sampler)
   (:func:`sample_key`; ``pretrained.ImageSampler``).
+- An edited batch (``Pretrained.edit``): ``fold_in(key(seed), index of its first image)`` (:func:`sample_key`),
+  split into (start noise, steps' noise) by ``editing.ddcm``, (noise, sampler) by ``editing.sdedit``.
 - The NLL of a batch: ``fold_in(key(eval.seed), index of its first image)``; level i adds
   ``fold_in(that, i)`` (:func:`sample_key`; ``jobs.evaluate``, ``evaluation.nll``).
 - The digits evaluator: its own constants (``evaluation.digits.SEED``), trained once and cached.
