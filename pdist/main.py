@@ -2,8 +2,9 @@
 
 ``config.mode`` picks the job: ``train`` (resumes from the workdir's newest
 checkpoint), ``distill`` (progressive distillation of ``config.distill.teacher``,
-resuming likewise), ``sample`` (``config.sample.*`` from a checkpoint) or
-``eval`` (``config.eval.*``: sample quality, and optionally NLL, of a checkpoint).
+resuming likewise), ``sample`` (``config.sample.*`` from a checkpoint),
+``eval`` (``config.eval.*``: sample quality, and optionally NLL, of a checkpoint)
+or ``edit`` (``config.edit.*``: test images edited into other classes).
 
 The same command runs on every host of a multi-process run; ``--distributed``,
 ``--coordinator_address``, ``--num_processes`` and ``--process_id`` say how
