@@ -35,6 +35,7 @@ from jax.tree_util import Partial
 
 from pdist import build, editing, rng, samplers, schedules
 from pdist import config as config_lib
+from pdist import ot as ot_lib
 from pdist.errors import ConfigError
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime import preemption, workdir
@@ -138,6 +139,7 @@ class Pretrained:
         use_ema: bool = True,
         batch_size: int = 256,
         log_every_seconds: float | None = None,
+        ot=None,
         **options,
     ) -> np.ndarray:
         """``num_samples`` images [n, H, W, C] in [-1, 1] from ``method`` with ``num_steps`` steps and the
@@ -163,7 +165,30 @@ class Pretrained:
             guidance=guidance,
             batch_size=batch_size,
             log_every_seconds=log_every_seconds,
+            ot=ot,
             **options,
+        )
+
+    def expressway(self, x, t: float, *, seed: int = 0, **solver) -> ot_lib.Expressway:
+        """A DPM-OT expressway for this model (:mod:`pdist.ot`): targets ``alpha_t x + sigma_t eps`` of images
+        ``x`` [N, H, W, C] at time ``t``, potentials from :func:`pdist.ot.solve` (``solver``: its settings).
+        ``Expressway.save(path)`` writes it; ``sample(..., ot=path)`` uses it."""
+        try:
+            ot_lib.check_time(t)
+            if np.shape(x)[1:] != tuple(self._sampler.shape):
+                raise ValueError(f"x has shape {np.shape(x)}; this model's images are {tuple(self._sampler.shape)}.")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        k_targets, k_solve = jax.random.split(jax.random.key(seed))
+        targets = ot_lib.targets_from(self.schedule, x, k_targets, t)
+        solution = ot_lib.solve(targets, k_solve, **solver)
+        if not solution.converged:
+            logging.warning(
+                "The OT solver stopped at %d steps with gradient norm %.2e and %d empty cells (not converged).",
+                solution.steps, solution.grad_norm, solution.empty_cells,
+            )  # fmt: skip
+        return ot_lib.Expressway(
+            targets, solution.potentials, float(t), tuple(self._sampler.shape), expressway_model(self.config)
         )
 
     def edit(
@@ -292,6 +317,14 @@ def requested_labels(config: ml_collections.ConfigDict, num_samples: int) -> np.
     return np.arange(num_samples) % config.data.num_classes
 
 
+def expressway_model(config: ml_collections.ConfigDict) -> str:
+    """What an expressway's latents belong to: the dataset, the image shape and the noise schedule (any model
+    trained on these shares them)."""
+    d = config.data
+    T = config.diffusion.num_timesteps
+    return f"{d.name}:{d.image_size}x{d.image_size}x{d.channels}:{config.diffusion.schedule}" + (f":{T}" if T else "")
+
+
 class ImageSampler:
     """``sampler(params, n, method=..., num_steps=..., seed=...) -> [n, H, W, C]`` numpy in [-1, 1].
 
@@ -312,16 +345,22 @@ class ImageSampler:
         self.mesh = mesh_lib.data_mesh() if mesh is None else mesh
         self._compiled = {}
 
-    def _program(self, method: str, num_steps: int, grid: str, clip_x: bool, n: int, options: tuple, guided: bool):
-        k = (method, num_steps, grid, clip_x, n, options, guided)
+    def _program(
+        self, method: str, num_steps: int, grid: str, clip_x: bool, n: int, options: tuple, guided: bool, t_ot
+    ):
+        k = (method, num_steps, grid, clip_x, n, options, guided, t_ot)
         if k not in self._compiled:
             pad = -n % self.mesh.devices.size
 
-            def run(params, seed_start, label, guidance):
+            def run(params, seed_start, label, guidance, way):
                 k_noise, k_sample = jax.random.split(rng.sample_key(seed_start[0], seed_start[1]))
                 noise = jax.random.normal(k_noise, (n, *self.shape), jnp.float32)
                 noise = jnp.pad(noise, [(0, pad)] + [(0, 0)] * len(self.shape))
                 noise = jax.lax.with_sharding_constraint(noise, mesh_lib.batch_sharded(self.mesh))
+                if t_ot is not None:  # DPM-OT: the noise's target on the expressway, sampled from t' on
+                    targets, potentials = way
+                    flat = noise.reshape(noise.shape[0], -1)
+                    noise = targets[ot_lib.assign(flat, targets, potentials)].reshape(noise.shape)
                 x = samplers.sample(
                     build.denoiser(self.config, params, label, guidance),
                     self.schedule,
@@ -331,12 +370,30 @@ class ImageSampler:
                     key=k_sample,
                     grid=grid,
                     clip_x=clip_x,
+                    t_start=1.0 if t_ot is None else t_ot,
                     **dict(options),
                 )
                 return x[:n]
 
             self._compiled[k] = jax.jit(run, out_shardings=mesh_lib.replicated(self.mesh))
         return self._compiled[k]
+
+    def check_expressway(self, ot) -> ot_lib.Expressway:
+        """``ot`` (an Expressway or its file) as an Expressway for this model, or one sentence."""
+        try:
+            way = ot if isinstance(ot, ot_lib.Expressway) else ot_lib.load(ot)
+            ot_lib.check_time(way.t)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+        mine = expressway_model(self.config)
+        if way.model != mine or tuple(way.shape) != tuple(self.shape):
+            raise ConfigError(
+                f"The expressway was built for {way.model} (images {tuple(way.shape)}) and this model is {mine} "
+                f"(images {tuple(self.shape)}); build one for this model (Pretrained.expressway, bench/ot.py)."
+            )
+        if self.config.model.class_conditional:
+            raise ConfigError("The expressway's targets carry no class; sample a class-conditional model without ot.")
+        return way
 
     def __call__(
         self,
@@ -352,9 +409,12 @@ class ImageSampler:
         guidance=None,
         batch_size: int = 256,
         log_every_seconds: float | None = None,
+        ot=None,
         **options,
     ) -> np.ndarray:
-        """``guidance``: a weight w, or one per sample [n] (:mod:`pdist.guidance`; a guided student's input).
+        """``ot``: a DPM-OT expressway (:mod:`pdist.ot`; an ``Expressway`` or its file): the noise goes to its
+        target at the expressway's time t', and ``num_steps`` steps run from there.
+        ``guidance``: a weight w, or one per sample [n] (:mod:`pdist.guidance`; a guided student's input).
         ``grid``: :data:`pdist.schedules.GRIDS`. ``log_every_seconds``: log progress (images, images/s, ETA)
         at most this often. ``options``: the method's (:data:`pdist.samplers.METHODS`), such as ``variance``
         of ``ddpm``, which is ``learned`` by default for a model that learned its variances."""
@@ -380,6 +440,16 @@ class ImageSampler:
             guidance = mesh_lib.replicate(np.asarray(guidance, np.float32), self.mesh)
         if labels is None:
             labels = requested_labels(self.config, num_samples)
+        way, t_ot = None, None
+        if ot is not None:
+            expressway = self.check_expressway(ot)
+            grid_start = schedules.start_time(self.schedule, expressway.t)
+            try:
+                schedules.time_grid(self.schedule, num_steps, grid, grid_start)
+            except ValueError as e:
+                raise ConfigError(f"Sampling from the expressway at t'={expressway.t:g}: {e}") from None
+            way = mesh_lib.put_replicated((expressway.targets, expressway.potentials), self.mesh)
+            t_ot = expressway.t
         params = mesh_lib.put_replicated(params, self.mesh)
         out, began, logged = [], time.time(), time.time()
         for start in range(0, num_samples, batch_size):
@@ -393,8 +463,8 @@ class ImageSampler:
             w = guidance
             if per_example:
                 w = mesh_lib.shard_rows(np.asarray(guidance[start : start + n], np.float32), self.mesh)
-            program = self._program(method, num_steps, grid, clip_x, n, options, guidance is not None)
-            out.append(np.asarray(program(params, seed_start, label, w)))
+            program = self._program(method, num_steps, grid, clip_x, n, options, guidance is not None, t_ot)
+            out.append(np.asarray(program(params, seed_start, label, w, way)))
             preemption.check("sampling")
             done = start + n
             if log_every_seconds is not None and (time.time() - logged >= log_every_seconds or done == num_samples):

@@ -90,15 +90,13 @@ def small_teacher(tmp_path_factory, tfds_dir):
 
 @pytest.fixture(scope="session")
 def cond_teacher(tmp_path_factory, tfds_dir):
-    """A 20-step class-conditional teacher with label dropout (the small model), trained in-process (read, never
-    changed)."""
+    """A 20-step class-conditional teacher with label dropout (the small model), trained in-process once for the
+    whole run (read, never changed)."""
     from pdist.jobs import train
 
     config = small_config(tfds_dir, num_steps=20, batch_size=32)
     config.model.class_conditional, config.train.label_dropout = True, 0.1
-    path = str(tmp_path_factory.mktemp("cond_teacher"))
-    train.run(config, path)
-    return path
+    return _once_per_run(tmp_path_factory, "cond_teacher", lambda path: train.run(config, path))
 
 
 @pytest.fixture

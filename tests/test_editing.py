@@ -237,13 +237,14 @@ def test_a_network_edits_a_class_into_itself_exactly_with_and_without_attention_
 # --- Pretrained.edit and the command line ------------------------------------
 
 
-def test_the_edit_command_writes_the_grid_and_a_class_into_itself_is_the_source(cond_teacher, tfds_dir):
-    args = [f"--workdir={cond_teacher}", f"--config.data.data_dir={tfds_dir}", "--config.edit.num_images=4"]
+def test_the_edit_command_writes_the_grid_and_a_class_into_itself_is_the_source(cond_teacher, tfds_dir, tmp_path):
+    args = [f"--workdir={tmp_path}", f"--config.edit.checkpoint={cond_teacher}", "--config.edit.num_images=4"]
+    args += [f"--config.data.data_dir={tfds_dir}"]
     args += ["--config.edit.num_steps=3", "--config.edit.attention_steps=1"]
     args += ["--config.edit.guidance=2", "--config.edit.source_guidance=2"]  # A -> A at equal weights: exact
     status, message, _ = run_in_process("--config.mode=edit", *args, config="configs/digits_cond.py")
     assert status == 0, message
-    name = os.path.join(cond_teacher, "edits", "edits_ddcm_3_w2_step20")
+    name = os.path.join(tmp_path, "edits", "edits_ddcm_3_w2_step20")
     with np.load(name + ".npz") as f:
         source, labels, targets, edits = f["source"], f["source_labels"], f["targets"], f["edits"]
     assert edits.shape == (10, 4, 8, 8, 1) and list(targets) == list(range(10))
@@ -254,10 +255,10 @@ def test_the_edit_command_writes_the_grid_and_a_class_into_itself_is_the_source(
     assert grid.shape[:2] == (8 * (11 * 9 + 1), 8 * (4 * 9 + 1))  # the sources and 10 targets, 4 columns, x8
 
 
-def test_editing_refuses_bad_input_in_one_sentence_before_compiling(cond_teacher, cli_workdir, tfds_dir):
+def test_editing_refuses_bad_input_in_one_sentence_before_compiling(cond_teacher, legacy_teacher, tfds_dir):
     data = f"--config.data.data_dir={tfds_dir}"
     for workdir, extra, match in (
-        (cli_workdir, [], "needs a class-conditional model"),
+        (legacy_teacher, [], "needs a class-conditional model"),
         (cond_teacher, ["--config.edit.num_steps=0"], "edit.num_steps"),
         (cond_teacher, ["--config.edit.targets=3,12"], "class 12"),
         (cond_teacher, ["--config.edit.method=sdedit"], "below 1"),
@@ -278,4 +279,4 @@ def test_editing_refuses_bad_input_in_one_sentence_before_compiling(cond_teacher
             model.edit(*args)
     with pytest.raises(ConfigError, match="Unknown editing method"):
         model.edit(x, [0, 1, 2], [1, 2, 3], method="p2p")
-    assert not os.path.exists(os.path.join(cli_workdir, "edits"))
+    assert not os.path.exists(os.path.join(legacy_teacher, "edits"))

@@ -1,0 +1,220 @@
+"""The optimal-transport expressway (DPM-OT; Li et al., ICCV 2023, code cognaclee/DPM-OT).
+
+A semi-discrete optimal-transport map from the prior N(0, I) onto N targets ``y_i = alpha_t' x_i + sigma_t'
+eps_i``, latents of data (or of the model's own samples) at an intermediate time t'. For the squared-distance
+cost the map is the gradient of the convex Brenier potential ``u_h(x) = max_i <x, y_i> + h_i``:
+
+    T(x) = y_{argmax_i <x, y_i> + h_i}
+
+and the potentials h minimize the convex energy ``E(h) = E_x[u_h(x)] - mean(h)``, whose gradient is each
+cell's mass under the prior minus 1/N. :func:`solve` runs the reference's stochastic descent on it (Adam on
+Monte-Carlo cell masses from batches of about 10 N prior samples, the potentials kept at mean zero, the
+batch doubled and the rate cut by 0.8 when the gradient norm stops improving, stop at a gradient norm below
+8e-4 with no empty cell). Sampling maps the noise to ``T(noise)`` at t' and continues with any sampler from
+t' (``samplers.sample(..., t_start=t')``): about 10 evaluations instead of the whole reverse process.
+
+What the expressway does and does not buy: ``T`` sends every noise vector to one of the N stored targets
+exactly, so once every cell holds mass 1/N the samples at t' are the uniform mixture over the stored
+targets, whatever the partition. The transport plan decides which noise reaches which target, not the
+distribution of the samples; a uniformly random assignment gives the same distribution
+(:func:`random_assignment`, the benchmark's ablation). The samples are the stored latents denoised from
+t': close to the data they were made from when t' is small (a memorization check belongs in every
+comparison).
+
+The reference's own solver draws its Monte-Carlo points from the uniform cube [0, 1)^D (``torch.rand``),
+not from the normal prior its sampler then maps; pdist draws from the prior.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pdist.runtime import files
+from pdist.schedules import Schedule
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Expressway:
+    """The saved map: ``targets`` [N, D] (latents at time ``t``), ``potentials`` [N], the image ``shape`` the
+    rows flatten, and ``model`` (what the targets' latents belong to: schedule and dataset, checked when
+    sampling)."""
+
+    targets: np.ndarray
+    potentials: np.ndarray
+    t: float
+    shape: tuple[int, ...]
+    model: str
+
+    def save(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        files.save_npz(
+            path,
+            targets=self.targets,
+            potentials=self.potentials,
+            t=np.float64(self.t),
+            shape=np.asarray(self.shape),
+            model=np.asarray(self.model),
+        )
+
+
+def load(path: str) -> Expressway:
+    """The expressway saved at ``path`` (``Expressway.save``)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No expressway at {path}; build one with Pretrained.expressway (bench/ot.py).")
+    with np.load(path) as f:
+        return Expressway(
+            f["targets"], f["potentials"], float(f["t"]), tuple(int(v) for v in f["shape"]), str(f["model"])
+        )
+
+
+def check_time(t: float) -> None:
+    if not 0.0 < t < 1.0:
+        raise ValueError(f"The expressway's time t'={t} must be in (0, 1): 1 is pure noise, 0 the data.")
+
+
+def targets_from(schedule: Schedule, x, key: Array, t: float) -> np.ndarray:
+    """``alpha_t x + sigma_t eps`` of images ``x`` [N, ...], flattened to [N, D] (float32 numpy)."""
+    check_time(t)
+    x = jnp.asarray(x, jnp.float32).reshape(len(x), -1)
+    alpha, sigma = schedule.alpha_sigma(jnp.float32(t))
+    return np.asarray(alpha * x + sigma * jax.random.normal(key, x.shape, jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnames=("chunk",))
+def assign(x: Array, targets: Array, potentials: Array, chunk: int = 4096) -> Array:
+    """``argmax_i <x, y_i> + h_i`` for each row of ``x`` [B, D]: the targets in chunks of ``chunk`` rows (one
+    [B, chunk] score block at a time, so N is bounded by the targets' memory, not N times B)."""
+    n = targets.shape[0]
+    chunk = min(chunk, n)
+    pad = -n % chunk
+    y = jnp.pad(targets, ((0, pad), (0, 0))).reshape(-1, chunk, targets.shape[1])
+    h = jnp.pad(potentials, (0, pad), constant_values=-jnp.inf).reshape(-1, chunk)
+
+    def block(best, inputs):
+        y_c, h_c, start = inputs
+        scores = x @ y_c.T + h_c[None, :]
+        idx = jnp.argmax(scores, axis=1)
+        val = jnp.take_along_axis(scores, idx[:, None], axis=1)[:, 0]
+        better = val > best[0]  # ties keep the lower index, as one argmax over all N would
+        return (jnp.where(better, val, best[0]), jnp.where(better, idx + start, best[1])), None
+
+    init = (jnp.full((x.shape[0],), -jnp.inf, x.dtype), jnp.zeros((x.shape[0],), jnp.int32))
+    starts = jnp.arange(y.shape[0], dtype=jnp.int32) * chunk
+    (_, index), _ = jax.lax.scan(block, init, (y, h, starts))
+    return index
+
+
+def normal_source(key: Array, n: int, dim: int) -> Array:
+    """The prior: ``n`` standard-normal points in ``dim`` dimensions."""
+    return jax.random.normal(key, (n, dim), jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("source", "batch", "num_batches", "chunk"))
+def cell_masses(key, targets, potentials, *, source, batch: int, num_batches: int, chunk: int = 4096) -> Array:
+    """Each cell's Monte-Carlo mass under ``source(key, n, dim)``: ``num_batches`` batches of ``batch``."""
+    n, dim = targets.shape
+
+    def one(counts, k):
+        index = assign(source(k, batch, dim), targets, potentials, chunk=chunk)
+        return counts + jnp.bincount(index, length=n), None
+
+    counts, _ = jax.lax.scan(one, jnp.zeros((n,), jnp.int32), jax.random.split(key, num_batches))
+    return counts / (batch * num_batches)
+
+
+@dataclasses.dataclass
+class Solution:
+    potentials: np.ndarray
+    steps: int
+    grad_norm: float  # of the last step: ||masses - 1/N||
+    empty_cells: int
+    converged: bool
+    history: list[float]  # the gradient norm at every step
+
+
+def solve(
+    targets,
+    key: Array,
+    *,
+    lr: float = 0.1,
+    samples: int | None = None,
+    batch: int = 10_000,
+    tol: float = 8e-4,
+    max_steps: int = 10_000,
+    patience: int = 50,
+    source: Callable = normal_source,
+    chunk: int = 4096,
+) -> Solution:
+    """Potentials h of the semi-discrete OT from ``source`` (the prior) to the uniform measure on ``targets``
+    [N, D], by the reference's stochastic descent: Adam (rate ``lr``) on the gradient ``masses - 1/N``,
+    ``samples`` (default 10 N) Monte-Carlo points a step in batches of ``batch``, h kept at mean zero;
+    after ``patience`` steps without a better gradient norm the samples double and the rate is cut by 0.8
+    (three times at most). Stops at a gradient norm below ``tol`` with no empty cell, or ``max_steps``."""
+    targets = jnp.asarray(targets, jnp.float32)
+    n = targets.shape[0]
+    batch = min(batch, max(samples or 10 * n, 1))
+    num_batches = max(1, -(-(samples or 10 * n) // batch))
+    h = jnp.zeros((n,), jnp.float32)
+    rate = lr
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=rate)
+    state = opt.init(h)
+
+    @jax.jit
+    def update(h, state, masses):
+        grad = masses - 1.0 / n
+        step, state = opt.update(grad, state, h)
+        h = optax.apply_updates(h, step)
+        return h - jnp.mean(h), state, jnp.linalg.norm(grad), jnp.sum(masses == 0)
+
+    best, bad, doublings, history = np.inf, 0, 0, []
+    for step in range(1, max_steps + 1):
+        masses = cell_masses(
+            jax.random.fold_in(key, step), targets, h, source=source, batch=batch, num_batches=num_batches,
+            chunk=chunk,
+        )  # fmt: skip
+        h_next, state, norm, empty = update(h, state, masses)
+        norm, empty = float(norm), int(empty)
+        history.append(norm)
+        if norm < tol and empty == 0:
+            return Solution(np.asarray(h), step, norm, empty, True, history)
+        h = h_next
+        if norm < best:
+            best, bad = norm, 0
+        else:
+            bad += 1
+        if bad > patience and doublings < 3:
+            num_batches, rate, bad, best, doublings = 2 * num_batches, 0.8 * rate, 0, np.inf, doublings + 1
+            state.hyperparams["learning_rate"] = jnp.asarray(rate, jnp.float32)
+    return Solution(np.asarray(h), max_steps, norm, empty, False, history)
+
+
+def random_assignment(key: Array, n: int, num: int) -> Array:
+    """The ablation: each of ``num`` samples gets a target drawn uniformly from the N, whatever its noise."""
+    return jax.random.randint(key, (num,), 0, n)
+
+
+def on_expressway(way: Expressway, noise: Array, chunk: int = 4096) -> Array:
+    """``T(noise)``: each noise image's target, [B, *shape] at the expressway's time."""
+    flat = jnp.asarray(noise, jnp.float32).reshape(noise.shape[0], -1)
+    index = assign(flat, jnp.asarray(way.targets), jnp.asarray(way.potentials), chunk=chunk)
+    return jnp.asarray(way.targets)[index].reshape(noise.shape)
+
+
+def sample(denoise_fn: Callable, schedule: Schedule, way: Expressway, noise: Array, **sampler) -> Array:
+    """DPM-OT sampling: ``noise`` [B, ...] mapped to ``T(noise)`` at ``way.t``, then ``samplers.sample`` from
+    there (``sampler``: its ``method``, ``num_steps``, ``key``, options)."""
+    from pdist import samplers
+
+    if tuple(noise.shape[1:]) != tuple(way.shape):
+        raise ValueError(f"The expressway maps images of shape {way.shape}; the noise has shape {noise.shape[1:]}.")
+    return samplers.sample(denoise_fn, schedule, on_expressway(way, noise), t_start=way.t, **sampler)

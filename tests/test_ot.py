@@ -1,0 +1,90 @@
+"""The DPM-OT expressway (pdist.ot) against exact answers: 1-D cells at the normal quantiles, a 2-D product
+grid's map is the product of the 1-D maps, equal cell masses, the Brenier map's monotonicity for any
+potentials, the chunked assignment, and sampling from t' that reproduces the oracle's exact flow."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.scipy.special import ndtri
+from scipy.stats import norm
+
+from pdist import oracles, ot
+from pdist import schedules as sc
+
+
+def quantile_grid(m: int, dim: int):
+    """The prior as a deterministic source: the product grid of the normal's quantiles (i + 1/2) / m, m**dim
+    points. The solver's gradient is then exact up to the grid's resolution, with no Monte-Carlo noise, so the
+    test measures the dual solution's geometry rather than sampling error."""
+    q = ndtri((jnp.arange(m) + 0.5) / m)
+    grid = jnp.stack(jnp.meshgrid(*[q] * dim, indexing="ij"), -1).reshape(-1, dim)
+    return lambda key, n, d: grid
+
+
+def test_the_chunked_assignment_is_the_argmax_over_all_targets():
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    x, y, h = jax.random.normal(k1, (300, 6)), jax.random.normal(k2, (50, 6)), jax.random.normal(k3, (50,))
+    expected = np.argmax(np.asarray(x) @ np.asarray(y).T + np.asarray(h), axis=1)
+    for chunk in (7, 50, 64):
+        np.testing.assert_array_equal(np.asarray(ot.assign(x, y, h, chunk=chunk)), expected)
+
+
+def test_the_map_is_monotone_for_any_potentials():
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(1), 4)
+    y, h = jax.random.normal(k1, (40, 3)), 3 * jax.random.normal(k2, (40,))
+    x, x2 = jax.random.normal(k3, (5000, 3)), jax.random.normal(k4, (5000, 3))
+    t, t2 = y[ot.assign(x, y, h)], y[ot.assign(x2, y, h)]
+    assert float(jnp.min(jnp.sum((x - x2) * (t - t2), axis=1))) >= -1e-5
+
+
+def test_one_dimensional_cells_end_at_the_normal_quantiles():
+    n = 8
+    y = np.linspace(-1.4, 1.4, n)[:, None] + np.array([[0.0], [0.1], [0.0], [-0.05], [0.0], [0.2], [0.0], [0.0]])
+    sol = ot.solve(y, jax.random.key(2), lr=0.05, samples=20_000, batch=20_000, tol=2e-4, max_steps=1000,
+                   source=quantile_grid(20_000, 1))  # fmt: skip
+    assert sol.converged and sol.empty_cells == 0, (sol.steps, sol.grad_norm)
+    h, yy = sol.potentials, y[:, 0]
+    bounds = (h[:-1] - h[1:]) / (yy[1:] - yy[:-1])  # <x, y_i> + h_i = <x, y_i+1> + h_i+1
+    np.testing.assert_allclose(bounds, norm.ppf(np.arange(1, n) / n), atol=1e-3)
+
+
+def test_a_product_grid_is_mapped_by_the_product_of_the_one_dimensional_maps():
+    g = np.linspace(-1.2, 1.2, 5)
+    y = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)  # target (a, b) is row 5 a + b
+    sol = ot.solve(y, jax.random.key(3), lr=0.05, samples=360_000, batch=360_000, tol=1e-3, max_steps=1000,
+                   source=quantile_grid(600, 2))  # fmt: skip
+    assert sol.converged, (sol.steps, sol.grad_norm)
+    x = jax.random.normal(jax.random.key(4), (1_000_000, 2))
+    index = np.asarray(ot.assign(x, jnp.asarray(y, jnp.float32), jnp.asarray(sol.potentials)))
+    quantile = np.searchsorted(norm.ppf(np.arange(1, 5) / 5), np.asarray(x))  # each axis's 1-D map
+    agree = np.mean(index == 5 * quantile[:, 0] + quantile[:, 1])
+    masses = np.bincount(index, minlength=25) / len(index)
+    assert agree > 0.995, agree
+    np.testing.assert_allclose(masses, 1 / 25, rtol=0.02)
+
+
+def test_sampling_from_the_expressway_is_the_exact_flow_from_the_targets():
+    schedule, data, t = sc.CosineLogSNR(), oracles.mixture_2d(), 0.4
+    y = ot.targets_from(schedule, data.sample(jax.random.key(5), 64), jax.random.key(6), t)
+    potentials = np.asarray(jax.random.normal(jax.random.key(7), (64,)))  # any potentials: the claim is the flow
+    way = ot.Expressway(y, potentials, t, (2,), "mixture_2d")
+    noise = jax.random.normal(jax.random.key(8), (256, 2))
+    x = ot.sample(oracles.Denoiser(data, schedule), schedule, way, noise, method="heun", num_steps=64)
+    start = np.asarray(ot.on_expressway(way, noise))
+    assert {tuple(r) for r in start} <= {tuple(r) for r in np.asarray(y)}  # every start is a stored target
+    exact = data.exact_solution(start, schedule, t_start=t, t_end=0.0)
+    np.testing.assert_allclose(np.asarray(x), exact, atol=1e-3)
+
+
+def test_bad_expressway_input_is_one_sentence(tmp_path):
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\)"):
+        ot.targets_from(sc.CosineLogSNR(), np.zeros((3, 2)), jax.random.key(0), 1.0)
+    way = ot.Expressway(np.zeros((3, 4), np.float32), np.zeros(3, np.float32), 0.3, (2, 2, 1), "m")
+    way.save(str(tmp_path / "way.npz"))
+    again = ot.load(str(tmp_path / "way.npz"))
+    assert again.shape == (2, 2, 1) and again.t == pytest.approx(0.3) and again.model == "m"
+    with pytest.raises(ValueError, match="maps images of shape"):
+        ot.sample(lambda z, t: z, sc.CosineLogSNR(), way, jnp.zeros((2, 3, 3, 1)), method="ddim", num_steps=2)
+    with pytest.raises(FileNotFoundError, match="No expressway"):
+        ot.load(str(tmp_path / "missing.npz"))
