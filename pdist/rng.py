@@ -20,6 +20,8 @@ Stream: derivation (where it is used).
   (:func:`sample_key`; ``pretrained.ImageSampler``).
 - An edited batch (``Pretrained.edit``): ``fold_in(key(seed), index of its first image)`` (:func:`sample_key`),
   split into (start noise, steps' noise) by ``editing.ddcm``, (noise, sampler) by ``editing.sdedit``.
+- A DPM-OT expressway (``Pretrained.expressway(seed=)``): ``key(seed)`` split into (the targets' noise, the
+  solver); solver step k draws its Monte-Carlo points from ``fold_in(solver key, k)`` (``ot.solve``).
 - The NLL of a batch: ``fold_in(key(eval.seed), index of its first image)``; level i adds
   ``fold_in(that, i)`` (:func:`sample_key`; ``jobs.evaluate``, ``evaluation.nll``).
 - The digits evaluator: its own constants (``evaluation.digits.SEED``), trained once and cached.
