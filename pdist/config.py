@@ -110,6 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample.batch_size = 256
     # classifier-free guidance weight w: x = (1 + w) x(z, c) - w x(z, null); None: the conditional model alone
     config.sample.guidance = ml_collections.FieldReference(None, field_type=float)
+    # a DPM-OT expressway file (pdist.ot, Pretrained.expressway): noise goes to its target at t', the
+    # sampler's num_steps run from there; None: from t = 1
+    config.sample.ot = ml_collections.FieldReference(None, field_type=str)
 
     # Distillation (mode "distill"): config.optim, config.train.batch_size,
     # ema_decay, log/checkpoint periods and config.model.dropout apply to every round;
@@ -150,6 +153,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.use_ema = True
     # classifier-free guidance weights, comma-separated ("0,1,2,4"): every sampler at each; "": unguided
     config.eval.guidance = ""
+    config.eval.ot = ml_collections.FieldReference(None, field_type=str)  # every sampler from this expressway
     config.eval.clip_x = True
     config.eval.nll = False  # also the bound in bits/dim on nll_split
     config.eval.nll_split = "test"

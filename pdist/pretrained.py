@@ -169,6 +169,10 @@ class Pretrained:
             **options,
         )
 
+    def check_expressway(self, ot) -> ot_lib.Expressway:
+        """``ot`` (an Expressway or its file) if this model can sample from it, else one sentence."""
+        return self._sampler.check_expressway(ot)
+
     def expressway(self, x, t: float, *, seed: int = 0, **solver) -> ot_lib.Expressway:
         """A DPM-OT expressway for this model (:mod:`pdist.ot`): targets ``alpha_t x + sigma_t eps`` of images
         ``x`` [N, H, W, C] at time ``t``, potentials from :func:`pdist.ot.solve` (``solver``: its settings).

@@ -2,15 +2,19 @@
 grid's map is the product of the 1-D maps, equal cell masses, the Brenier map's monotonicity for any
 potentials, the chunked assignment, and sampling from t' that reproduces the oracle's exact flow."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import one_sentence, run_in_process
 from jax.scipy.special import ndtri
 from scipy.stats import norm
 
 from pdist import oracles, ot
 from pdist import schedules as sc
+from pdist.errors import ConfigError
 
 
 def quantile_grid(m: int, dim: int):
@@ -88,3 +92,31 @@ def test_bad_expressway_input_is_one_sentence(tmp_path):
         ot.sample(lambda z, t: z, sc.CosineLogSNR(), way, jnp.zeros((2, 3, 3, 1)), method="ddim", num_steps=2)
     with pytest.raises(FileNotFoundError, match="No expressway"):
         ot.load(str(tmp_path / "missing.npz"))
+
+
+def test_the_sample_command_samples_from_an_expressway_and_refuses_one_of_another_model(
+    legacy_teacher, tfds_dir, tmp_path
+):
+    import pdist
+    from pdist.data import pipeline
+
+    model = pdist.load(legacy_teacher)
+    train = pipeline.load_split("digits", "train", tfds_dir, 8, 1)["image"][:64]
+    way = model.expressway(train, 0.4, seed=0, samples=640, max_steps=20)
+    assert way.targets.shape == (64, 64) and way.model == "digits:8x8x1:cosine_logsnr"
+    way.save(str(tmp_path / "way.npz"))
+    args = [f"--workdir={legacy_teacher}", f"--config.data.data_dir={tfds_dir}", "--config.mode=sample"]
+    args += ["--config.sample.num_samples=8", "--config.sample.num_steps=2", f"--config.sample.ot={tmp_path}/way.npz"]
+    status, message, _ = run_in_process(*args)
+    assert status == 0, message
+    with np.load(os.path.join(legacy_teacher, "samples", "samples_ddim_2_uniform_ot_step4.npz")) as f:
+        assert f["samples"].shape == (8, 8, 8, 1)
+    other = ot.Expressway(way.targets, way.potentials, 0.4, (8, 8, 1), "cifar10:32x32x3:cosine_logsnr")
+    other.save(str(tmp_path / "other.npz"))
+    for mode, key in (("sample", "sample.ot"), ("eval", "eval.ot")):
+        status, message, _ = run_in_process(
+            f"--workdir={legacy_teacher}", f"--config.mode={mode}", f"--config.{key}={tmp_path}/other.npz"
+        )
+        assert status == 2 and "was built for cifar10" in message and one_sentence(message), message
+    with pytest.raises(ConfigError, match="must be in"):
+        model.expressway(train, 1.0)

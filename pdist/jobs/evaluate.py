@@ -93,7 +93,8 @@ def evaluate_model(
         per_seed, began = [], time.time()
         for seed in range(settings.seed, settings.seed + settings.num_seeds):
             guided = "" if w is None else f":w{w:g}"
-            name = f"{method}:{steps}:{grid}{guided}:seed{seed}:n{settings.num_samples}"
+            expressway = "" if settings.ot is None else f":ot={settings.ot}"
+            name = f"{method}:{steps}:{grid}{guided}{expressway}:seed{seed}:n{settings.num_samples}"
             if name in done:
                 per_seed.append(done[name])
                 continue
@@ -109,6 +110,7 @@ def evaluate_model(
                 batch_size=settings.batch_size,
                 log_every_seconds=30.0,
                 guidance=w,
+                ot=settings.ot,
             )
             kwargs = dict(pr_samples=settings.pr_samples, is_splits=settings.is_splits, labels=labels)
             per_seed.append(score(evaluator, ref, x, **kwargs))
@@ -121,6 +123,7 @@ def evaluate_model(
             "steps": steps,
             "grid": grid,
             "guidance": w,
+            "ot": settings.ot,
             "nfe": samplers.nfe(method, steps, model.schedule),
             "call_batch": build.call_batch(model.config, w),
             "seeds": list(range(settings.seed, settings.seed + settings.num_seeds)),
@@ -286,6 +289,8 @@ def run(config: ml_collections.ConfigDict, directory: str) -> dict:
     settings = config.eval
     entries = config_lib.parse_samplers(settings.samplers)
     model = load(settings.checkpoint or directory)
+    if settings.ot is not None:  # a wrong expressway: one sentence before the evaluator is built
+        model.check_expressway(settings.ot)
     out_dir = workdir.eval_dir(directory, model.directory, model.step)
     tag = os.path.basename(out_dir)
     evaluator = evaluators.make(settings.evaluator, model.config.data, settings)

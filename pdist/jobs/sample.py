@@ -27,9 +27,11 @@ def run(config: ml_collections.ConfigDict, directory: str) -> tuple[str, str]:
         use_ema=settings.use_ema,
         batch_size=settings.batch_size,
         guidance=settings.guidance,
+        ot=settings.ot,
     )
     guided = "" if settings.guidance is None else f"_w{settings.guidance:g}"
-    name = f"samples_{settings.method}_{settings.num_steps}_{grid}{guided}_step{model.step}"
+    expressway = "" if settings.ot is None else "_ot"
+    name = f"samples_{settings.method}_{settings.num_steps}_{grid}{guided}{expressway}_step{model.step}"
     png, npz = images.save_samples(workdir.samples_dir(directory), name, x)
     logging.info("Wrote %s and %s", png, npz)
     return png, npz
