@@ -85,6 +85,7 @@ def evaluate_model(
         with open(progress) as f:
             done = json.load(f)
     rows = []
+    expressway = settings.get("ot")  # a DPM-OT expressway file, or None
     labels = requested_labels(model.config, settings.num_samples)  # the classes model.sample draws
     if evaluator.num_classes != model.config.data.num_classes:
         labels = None  # the evaluator's classifier does not know them: no accuracy
@@ -93,8 +94,8 @@ def evaluate_model(
         per_seed, began = [], time.time()
         for seed in range(settings.seed, settings.seed + settings.num_seeds):
             guided = "" if w is None else f":w{w:g}"
-            expressway = "" if settings.ot is None else f":ot={settings.ot}"
-            name = f"{method}:{steps}:{grid}{guided}{expressway}:seed{seed}:n{settings.num_samples}"
+            on_ot = "" if expressway is None else f":ot={expressway}"
+            name = f"{method}:{steps}:{grid}{guided}{on_ot}:seed{seed}:n{settings.num_samples}"
             if name in done:
                 per_seed.append(done[name])
                 continue
@@ -110,7 +111,7 @@ def evaluate_model(
                 batch_size=settings.batch_size,
                 log_every_seconds=30.0,
                 guidance=w,
-                ot=settings.ot,
+                ot=expressway,
             )
             kwargs = dict(pr_samples=settings.pr_samples, is_splits=settings.is_splits, labels=labels)
             per_seed.append(score(evaluator, ref, x, **kwargs))
@@ -123,7 +124,7 @@ def evaluate_model(
             "steps": steps,
             "grid": grid,
             "guidance": w,
-            "ot": settings.ot,
+            "ot": expressway,
             "nfe": samplers.nfe(method, steps, model.schedule),
             "call_batch": build.call_batch(model.config, w),
             "seeds": list(range(settings.seed, settings.seed + settings.num_seeds)),
