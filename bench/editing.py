@@ -65,8 +65,13 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 10 * np.log10(4.0 / np.maximum(mse, 1e-12))
 
 
+def edit_options(row: dict) -> dict:
+    """The row's keyword arguments of ``Pretrained.edit`` (besides method)."""
+    return {k: v for k, v in row.items() if k not in ("nfe", "scratch", "method")}
+
+
 def run_row(model, row: dict, x, a, b, evaluator, src_features, ref, seed: int) -> dict:
-    options = {k: v for k, v in row.items() if k not in ("nfe", "scratch", "method")}
+    options = edit_options(row)
     began = time.time()
     y = model.edit(x, a, b, method=row["method"], seed=seed, batch_size=900, **options)
     seconds = time.time() - began
@@ -82,7 +87,7 @@ def run_row(model, row: dict, x, a, b, evaluator, src_features, ref, seed: int) 
 
 def reconstruction(model, row: dict, x, a, seed: int) -> float:
     """RMSE of the A -> A edit (the source guidance equal to the target's for DDCM: exactly 0)."""
-    options = {k: v for k, v in row.items() if k not in ("nfe", "scratch", "method")}
+    options = edit_options(row)
     if row["method"] == "ddcm":
         options["source_guidance"] = options.get("guidance", 0.0)
     y = model.edit(x, a, a, method=row["method"], seed=seed, batch_size=900, **options)

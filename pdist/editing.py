@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdist import samplers
+from pdist import diffusion, samplers
 from pdist.samplers.core import Predictor
 from pdist.schedules import Schedule, start_time, time_grid
 
@@ -109,8 +109,7 @@ def _ddcm(pair_fn, schedule, clip_x, noised, attention_steps, times, x0, key, no
     k_start, k_steps = jax.random.split(key)
     xi = jax.random.normal(k_start, x0.shape, x0.dtype)
     if noised:
-        alpha, sigma = schedule.alpha_sigma(times[0])
-        xi = alpha * x0 + sigma * xi
+        xi = diffusion.diffuse(x0, xi, schedule.logsnr(times[0]))
     rows = jnp.arange(2 * b)
     shared = jnp.concatenate([jnp.arange(b), jnp.arange(b)])  # the target rows use the source rows' q and k
     fresh, kept = jnp.sqrt(noise_fraction), jnp.sqrt(1.0 - noise_fraction)
@@ -135,8 +134,8 @@ def _ddcm(pair_fn, schedule, clip_x, noised, attention_steps, times, x0, key, no
 
 def noised(schedule: Schedule, x0: Array, key: Array, t_start: float) -> Array:
     """``alpha x0 + sigma eps`` at ``schedules.start_time(schedule, t_start)``: where SDEdit starts."""
-    alpha, sigma = schedule.alpha_sigma(jnp.float32(start_time(schedule, t_start)))
-    return alpha * x0 + sigma * jax.random.normal(key, jnp.shape(x0), jnp.float32)
+    eps = jax.random.normal(key, jnp.shape(x0), jnp.float32)
+    return diffusion.diffuse(x0, eps, schedule.logsnr(jnp.float32(start_time(schedule, t_start))))
 
 
 def sdedit(

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from pdist import diffusion
 from pdist.runtime import files
 from pdist.schedules import Schedule
 
@@ -86,8 +87,9 @@ def targets_from(schedule: Schedule, x, key: Array, t: float) -> np.ndarray:
     """``alpha_t x + sigma_t eps`` of images ``x`` [N, ...], flattened to [N, D] (float32 numpy)."""
     check_time(t)
     x = jnp.asarray(x, jnp.float32).reshape(len(x), -1)
-    alpha, sigma = schedule.alpha_sigma(jnp.float32(t))
-    return np.asarray(alpha * x + sigma * jax.random.normal(key, x.shape, jnp.float32))
+    return np.asarray(
+        diffusion.diffuse(x, jax.random.normal(key, x.shape, jnp.float32), schedule.logsnr(jnp.float32(t)))
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("chunk",))
@@ -142,6 +144,18 @@ class Solution:
     history: list[float]  # the gradient norm at every step
 
 
+_ADAM = optax.inject_hyperparams(optax.adam)(learning_rate=0.1)  # the rate lives in the state
+
+
+@jax.jit
+def _update(h, state, masses):
+    """One Adam step on the dual's gradient ``masses - 1/N``, h kept at mean zero; (h, state, norm, empty)."""
+    grad = masses - 1.0 / h.shape[0]
+    step, state = _ADAM.update(grad, state, h)
+    h = optax.apply_updates(h, step)
+    return h - jnp.mean(h), state, jnp.linalg.norm(grad), jnp.sum(masses == 0)
+
+
 def solve(
     targets,
     key: Array,
@@ -166,15 +180,8 @@ def solve(
     num_batches = max(1, -(-(samples or 10 * n) // batch))
     h = jnp.zeros((n,), jnp.float32)
     rate = lr
-    opt = optax.inject_hyperparams(optax.adam)(learning_rate=rate)
-    state = opt.init(h)
-
-    @jax.jit
-    def update(h, state, masses):
-        grad = masses - 1.0 / n
-        step, state = opt.update(grad, state, h)
-        h = optax.apply_updates(h, step)
-        return h - jnp.mean(h), state, jnp.linalg.norm(grad), jnp.sum(masses == 0)
+    state = _ADAM.init(h)
+    state.hyperparams["learning_rate"] = jnp.asarray(rate, jnp.float32)
 
     best, bad, doublings, history = np.inf, 0, 0, []
     for step in range(1, max_steps + 1):
@@ -182,7 +189,7 @@ def solve(
             jax.random.fold_in(key, step), targets, h, source=source, batch=batch, num_batches=num_batches,
             chunk=chunk,
         )  # fmt: skip
-        h_next, state, norm, empty = update(h, state, masses)
+        h_next, state, norm, empty = _update(h, state, masses)
         norm, empty = float(norm), int(empty)
         history.append(norm)
         if norm < tol and empty == 0:
