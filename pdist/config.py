@@ -492,6 +492,8 @@ def from_file(path: str, variant: str | None = None) -> ml_collections.ConfigDic
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("pdist_config_file", path)
+    if spec is None:
+        raise ImportError(f"{path} is not a Python file")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config() if variant is None else module.get_config(variant)

@@ -56,9 +56,33 @@ define_flags(flags.FLAGS)
 def parse(argv: list[str], fv: flags.FlagValues = flags.FLAGS) -> list[str]:
     """Parses the command line into ``fv``; a bad flag or config override raises ConfigError (one sentence)."""
     try:
-        return fv(argv)
-    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+        rest = fv(argv)
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError, SyntaxError, ImportError) as e:
         raise ConfigError(_flag_sentence(argv, e)) from None
+    _check_loaded(fv)
+    return rest
+
+
+def _check_loaded(fv: flags.FlagValues) -> None:
+    """ml_collections defers a config file's load errors until the config is first used; this uses it now."""
+    file = config_flags.get_config_filename(fv["config"])
+    try:
+        fv.config.mode  # noqa: B018 (a config that failed to load raises here)
+    except Exception as e:
+        raise ConfigError(_load_sentence(file, e)) from None
+
+
+def _load_sentence(file: str, error: Exception) -> str:
+    """What is wrong with the config file ``file`` (``path[:variant]``) that raised ``error`` when loaded."""
+    path = file.split(":", 1)[0]
+    if not os.path.isfile(path):
+        what = "is a folder" if os.path.isdir(path) else "does not exist"
+        return f"--config={file}: {path} {what}; pass a config file such as configs/digits.py."
+    cause = " ".join(str(error).split())[:200] or "no message"
+    return (
+        f"--config={file} could not be loaded ({type(error).__name__}: {cause.rstrip('.')}); fix the file or pass "
+        "another, such as configs/digits.py."
+    )
 
 
 def _flag_sentence(argv: list[str], error: Exception) -> str:
@@ -68,8 +92,8 @@ def _flag_sentence(argv: list[str], error: Exception) -> str:
     if file is not None:
         try:
             config = config_lib.from_file(*file.split(":", 1))
-        except Exception:
-            return f"--config={file} could not be loaded; pass a file in configs/, such as configs/digits.py."
+        except Exception as e:
+            return _load_sentence(file, e)
         for arg in argv:
             m = re.fullmatch(r"--config\.([\w.]+)(=.*)?", arg)
             if m:

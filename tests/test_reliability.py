@@ -333,21 +333,57 @@ OVERRIDES = {
 override = st.sampled_from(sorted(OVERRIDES)).flatmap(lambda k: st.sampled_from(OVERRIDES[k]).map(lambda v: (k, v)))
 
 
+# Config files and workdirs of every kind; the first config and the first two workdirs are good.
+CONFIG_FILES = ["configs/digits.py", "configs/no_such_config.py", "configs", "configs/digits.py:no_variant", "BROKEN"]
+WORKDIRS = ["fresh", "nested/run", "FILE", "FILE/run", "UNWRITABLE/run", "gs://pdist-bucket/run"]
+
+
+def _workdir(kind: str, root) -> str:
+    """A workdir of ``kind`` under ``root`` (a file, below a file, unwritable, another filesystem)."""
+    if kind.startswith("FILE"):
+        (root / "FILE").write_text("a file, not a folder")
+    if kind.startswith("UNWRITABLE"):
+        os.makedirs(root / "UNWRITABLE")
+        os.chmod(root / "UNWRITABLE", 0o500)
+        if os.access(root / "UNWRITABLE", os.W_OK):  # root ignores permissions: a folder no one may write
+            return "/proc/1/run"
+    return kind if "://" in kind else str(root / kind)
+
+
 @pytest.mark.heavy
 @settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(overrides=st.lists(override, min_size=1, max_size=3))
-@example(overrides=[("train.num_steps", "3"), ("diffusion.parameterization", "eps")])  # a run, for sure
-@example(overrides=[("mode", "fit")])  # an error, for sure
-@example(overrides=[("data.image_size", "0")])  # found by this test: once a TensorFlow error mid-run
-def test_random_overrides_end_in_a_run_or_one_sentence(overrides, tfds_dir, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("h"))
+@given(
+    overrides=st.lists(override, min_size=1, max_size=3),
+    config=st.sampled_from(CONFIG_FILES),
+    where=st.sampled_from(WORKDIRS),
+)
+@example(overrides=[("train.num_steps", "3"), ("diffusion.parameterization", "eps")], config=CONFIG_FILES[0],
+         where="fresh")  # a run, for sure  # fmt: skip
+@example(overrides=[("mode", "fit")], config=CONFIG_FILES[0], where="fresh")  # an error, for sure
+@example(overrides=[("data.image_size", "0")], config=CONFIG_FILES[0], where="fresh")  # once a TF error mid-run
+@example(overrides=[("train.num_steps", "3")], config="BROKEN", where="fresh")
+@example(overrides=[("train.num_steps", "3")], config=CONFIG_FILES[1], where="FILE")
+@example(overrides=[("train.num_steps", "3")], config=CONFIG_FILES[0], where="FILE/run")
+@example(overrides=[("train.num_steps", "3")], config=CONFIG_FILES[0], where="UNWRITABLE/run")
+@example(overrides=[("train.num_steps", "3")], config=CONFIG_FILES[0], where="gs://pdist-bucket/run")
+def test_random_overrides_end_in_a_run_or_one_sentence(overrides, config, where, tfds_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("h")
+    if config == "BROKEN":
+        config = str(root / "broken_config.py")
+        with open(config, "w") as f:
+            f.write("def get_config():\n    return {'mode': 'train'\n")  # a syntax error
+    workdir = _workdir(where, root)
     args = [f"--workdir={workdir}", f"--config.data.data_dir={tfds_dir}", *TINY]
     args += ["--config.train.num_steps=2", "--config.train.log_every=1", *(f"--config.{k}={v}" for k, v in overrides)]
-    status, message, fv = run_in_process(*args)
+    before = snapshot(root)
+    status, message, fv = run_in_process(*args, config=config)
     if status:
         assert status == 2 and one_sentence(message), message
-        assert os.listdir(workdir) == []  # nothing written
+        assert snapshot(root) == before  # nothing written
+        if where not in WORKDIRS[:2] or config != CONFIG_FILES[0]:
+            assert "--workdir=" in message or "--config=" in message or "config." in message, message
     else:
+        assert where in WORKDIRS[:2] and config == CONFIG_FILES[0], message
         assert fv.config.mode == "train"  # the other modes need a checkpoint or teacher this workdir lacks
         assert pdist.load(workdir).step == fv.config.train.num_steps
 

@@ -22,6 +22,8 @@ MODES = tuple(JOBS)
 def run(config: ml_collections.ConfigDict, workdir: str):
     """Checks ``config``, then runs the job ``config.mode`` names in this process (which has joined the run)."""
     from pdist import config as config_lib
+    from pdist.runtime import workdir as workdir_lib
 
     config_lib.validate(config)
+    workdir_lib.check(workdir)
     return importlib.import_module(f"pdist.jobs.{JOBS[config.mode]}").run(config, workdir)

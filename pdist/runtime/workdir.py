@@ -45,6 +45,27 @@ class CheckpointNotFoundError(InputError, FileNotFoundError):
     pass
 
 
+def check(path: str) -> None:
+    """One sentence (InputError) unless ``path`` is a folder this process can write, or can create."""
+    if re.match(r"[a-zA-Z][\w+.-]*://", path):
+        raise InputError(
+            f"--workdir={path} is on another filesystem, which pdist cannot write yet; pass a local folder (a "
+            "bucket mounted with gcsfuse works)."
+        )
+    absolute = os.path.abspath(os.path.expanduser(path))
+    existing = absolute
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == absolute else f"is below {existing}, which is a file"
+        raise InputError(f"--workdir={path} {where}; pass a folder (it is created if missing).")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(
+            f"--workdir={path} cannot be written ({existing} is read-only to this user); pass a folder "
+            "you can write to."
+        )
+
+
 def checkpoints(root: str) -> str:
     return os.path.join(root, CHECKPOINTS)
 
