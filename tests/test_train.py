@@ -1,7 +1,9 @@
 """Teacher training: the loss goes down, EMA moves (the debiased average of the iterates), resume is exact, 4 devices equal 1, every learning-rate
 schedule gives the rates its formula says (its numbers are data: runs of other lengths and rates share the
-compiled step, and SGD applies the rate to the gradient), and a workdir written before the run-layer refactor still serves."""
+compiled step, and SGD applies the rate to the gradient), a workdir written before the run-layer refactor still serves,
+and a checkpoint written by another release series of the stack loads with one warning line."""
 
+import json
 import os
 import shutil
 
@@ -16,6 +18,7 @@ import pdist
 from pdist import build, losses, optim
 from pdist.data import train_batches
 from pdist.jobs import distill, train
+from pdist.runtime import checkpoint
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime import step as step_lib
 
@@ -158,6 +161,9 @@ def test_a_workdir_written_before_the_refactor_loads_resumes_and_teaches(legacy_
     config.sample.num_steps, config.sample.num_samples = 2, 4
     state = train.run(config, legacy_teacher)
     assert int(state.step) == 6
+    versions = pdist.load(legacy_teacher).metadata["versions"]  # the new checkpoints record their stack
+    assert versions["jax"] == jax.__version__ and versions["pdist"] == pdist.__version__
+    assert set(versions) == {*checkpoint.STACK, "pdist"} and "not installed" not in versions.values()
     moved = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
              zip(jax.tree.leaves(state.params), jax.tree.leaves(model.params), strict=True)]  # fmt: skip
     assert max(moved) > 0
@@ -170,3 +176,27 @@ def test_a_workdir_written_before_the_refactor_loads_resumes_and_teaches(legacy_
     student.distill.fidelity_samples, student.train.log_every, student.train.checkpoint_every = 4, 1, 2
     (row,) = distill.run(student, str(tmp_path / "distill"))
     assert (row["round"], row["steps"], row["updates"]) == (1, 2, 2) and np.isfinite(row["final_loss"])
+
+
+def test_release_series_and_a_checkpoint_from_another_stack_loads_with_one_warning_line(legacy_teacher, caplog):
+    assert [checkpoint.series(v) for v in ("0.10.2", "0.11.0", "2.21.0", "2.3", "0.0.12", "1.0.0rc1")] == [
+        (0, 10), (0, 11), (2,), (2,), (0, 0, 12), (1,)]  # fmt: skip
+    installed = {"jax": "0.10.2", "flax": "0.12.8", "optax": "0.2.8", "pdist": "0.1.0"}
+    saved = {"jax": "0.10.0", "flax": "0.11.2", "optax": "0.2.1", "pdist": "0.1.0", "gone": "1.0"}
+    assert checkpoint.version_mismatch(saved, installed) == "flax 0.11.2 -> 0.12.8"
+    assert checkpoint.version_mismatch(None, installed) == ""
+    with caplog.at_level("WARNING"):
+        pdist.load(legacy_teacher)  # written before versions were recorded: nothing to compare
+    assert not caplog.records
+    path = os.path.join(legacy_teacher, "checkpoints", "4", "metadata", "metadata")
+    with open(path) as f:
+        metadata = json.load(f)
+    metadata["versions"] = {**checkpoint.versions(), "jax": "0.4.30", "flax": "0.8.5"}
+    with open(path, "w") as f:
+        json.dump(metadata, f)
+    with caplog.at_level("WARNING"):
+        model = pdist.load(legacy_teacher)
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "\n" not in message and f"jax 0.4.30 -> {jax.__version__}" in message and "flax 0.8.5 -> " in message
+    assert model.step == 4

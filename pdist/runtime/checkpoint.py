@@ -7,6 +7,12 @@ distillation round and the student's sampling steps; see
 :mod:`pdist.runtime.phase`). Saves are asynchronous; the newest ``keep`` are
 kept. Where checkpoints live is :mod:`pdist.runtime.workdir`'s business.
 
+The metadata also records the versions of the stack that wrote it
+(:func:`versions`: jax, jaxlib, flax, optax, orbax-checkpoint, pdist);
+restoring a checkpoint written by another release series of any of them
+(:func:`series`: the first non-zero version number and those before it, so
+0.10.x and 0.11.x differ, 2.x and 3.x differ) logs one warning line.
+
 Integrity: Orbax writes each step into a temporary folder and renames it when
 complete, so a save cut short (``kill -9``) leaves no step folder: it is
 ignored, and removed when the run starts again. The metadata also holds a checksum of every array of the state
@@ -19,8 +25,10 @@ file raises :class:`CheckpointCorruptError` naming the folder. With
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import logging
 import os
+import re
 import sys
 
 import jax
@@ -34,6 +42,44 @@ from pdist.runtime.workdir import CheckpointNotFoundError
 
 class CheckpointCorruptError(InputError):
     pass
+
+
+STACK = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint")  # the packages whose versions a checkpoint records
+_warned: set[str] = set()  # folders whose version warning was logged
+
+
+def versions() -> dict[str, str]:
+    """The installed versions of :data:`STACK` and pdist."""
+    import pdist
+
+    out = {}
+    for name in STACK:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return {**out, "pdist": pdist.__version__}
+
+
+def series(version: str) -> tuple[int, ...]:
+    """The part of ``version`` whose change may break compatibility: up to its first non-zero number."""
+    numbers = [int(n) for n in re.findall(r"\d+", version)[:3]]
+    for i, n in enumerate(numbers):
+        if n:
+            return tuple(numbers[: i + 1])
+    return tuple(numbers)
+
+
+def version_mismatch(saved: dict | None, installed: dict[str, str] | None = None) -> str:
+    """``name saved -> installed`` for every package in another release series than the one that wrote the
+    checkpoint (``saved``: its metadata's ``versions``); empty when they agree or nothing was recorded."""
+    installed = versions() if installed is None else installed
+    changed = [
+        f"{name} {old} -> {installed[name]}"
+        for name, old in sorted((saved or {}).items())
+        if name in installed and series(old) != series(installed[name])
+    ]
+    return ", ".join(changed)
 
 
 def _words(x: jax.Array) -> jax.Array:
@@ -99,7 +145,7 @@ class Checkpointer:
 
     def save(self, step: int, state, metadata: dict) -> None:
         os.makedirs(self.directory, exist_ok=True)
-        metadata = {**metadata, "checksum": fingerprint(state)}
+        metadata = {**metadata, "versions": versions(), "checksum": fingerprint(state)}
         self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata)),
@@ -134,6 +180,15 @@ class Checkpointer:
         expected = out["metadata"].get("checksum")
         if expected is not None and fingerprint(out["state"]) != expected:
             raise self._corrupt(step, None)
+        changed = version_mismatch(out["metadata"].get("versions"))
+        if changed and self.directory not in _warned:
+            _warned.add(self.directory)
+            logging.warning(
+                "%s was written by another release series of %s; if it misbehaves, install the versions it "
+                "records (its metadata's 'versions') or see README's tested stack.",
+                self.directory,
+                changed,
+            )
         return out["state"], out["metadata"]
 
     def resume(self, abstract_state, *, fallback: bool):

@@ -129,7 +129,6 @@ def run(phase: Phase, mesh) -> Result:
             writer.write_hparams(_flat(phase.config.to_dict()))
         base = {
             "config": json.loads(phase.config.to_json()),
-            "pdist_version": pdist.__version__,
             **phase.metadata,
         }
         with metric_writers.ensure_flushes(writer):
