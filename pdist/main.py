@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from pdist.errors import ConfigError, InputError, NonFiniteError, Preempted
-from pdist.runtime import preemption
+from pdist.runtime import console, preemption
 
 
 def define_flags(fv: flags.FlagValues, argv: list[str] | None = None) -> None:
@@ -130,17 +132,101 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> None:
     """Joins the multi-process run the flags ask for, then runs the job ``fv.config.mode`` names."""
     from pdist.runtime import multihost
 
+    began = time.time()
     multihost.initialize(
         fv.distributed, coordinator_address=fv.coordinator_address, num_processes=fv.num_processes,
         process_id=fv.process_id,
     )  # fmt: skip
     import jax
 
+    from pdist import config as config_lib
     from pdist import jobs
+    from pdist.runtime import workdir
 
-    logging.info("JAX %s, %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices())
+    config, where = fv.config, fv.workdir
+    config_lib.validate(config)
+    workdir.check(where)
+    console.enable(jax.process_index() == 0)
+    console.say(summary(config, where))
     with preemption.guard():
-        jobs.run(fv.config, fv.workdir)
+        jobs.run(config, where)
+    console.finish(time.time() - began, next_commands(config, config_flags.get_config_filename(fv["config"]), where))
+
+
+def summary(config, where: str) -> str:
+    """The job's first lines: what it does, on what, where it writes."""
+    import jax
+
+    import pdist
+
+    data = config.data
+    shape = f"{data.image_size}x{data.image_size}x{data.channels}"
+    mode = config.mode
+    if mode == "train":
+        what = (
+            f"train a teacher ({config.model.name}, {config.diffusion.parameterization}-parameterization) on "
+            f"{data.name} {shape}, {config.train.num_steps:,} steps of batch {config.train.batch_size}"
+        )
+    elif mode == "distill":
+        d = config.distill
+        what = f"distill {d.teacher} ({d.method}) from {d.start_steps} sampling steps to {d.final_steps}"
+    elif mode == "sample":
+        s = config.sample
+        what = f"sample {s.num_samples} images from {s.checkpoint or where} ({s.method}, {s.num_steps} steps)"
+    elif mode == "eval":
+        e = config.eval
+        what = f"evaluate {e.checkpoint or where} ({e.samplers}; {e.num_samples} samples x {e.num_seeds} seeds)"
+    else:
+        what = f"edit {config.edit.num_images} {data.name} images into classes {config.edit.targets or 'all'}"
+    devices = jax.devices()
+    return (
+        f"pdist {pdist.__version__}: {what}\n"
+        f"on {len(devices)} {devices[0].platform} device(s) in {jax.process_count()} process(es); "
+        f"writing to {where}"
+    )
+
+
+def next_commands(config, config_file: str, where: str) -> list[str]:
+    """What to run after this job: more samples, distillation, evaluation, ``pdist.load``."""
+    q = shlex.quote
+    main = f"python -m pdist.main --config={q(config_file)} --workdir={q(where)}"
+    load = f"python -c \"import pdist; print(pdist.load('{where}').sample(16).shape)\""
+    if config.mode == "train":
+        out = [f"{main} --config.mode=sample --config.sample.num_steps=16"]
+        distill = _distill_config(config_file)
+        if distill:
+            out.append(
+                f"python -m pdist.main --config={q(distill)} --workdir={q(where.rstrip('/') + '_distill')} "
+                f"--config.distill.teacher={q(where)}"
+            )
+        out.append(f"{main} --config.mode=eval")
+        return [*out, load]
+    if config.mode == "distill":
+        steps = config.distill.final_steps
+        return [f"{main} --config.mode=sample --config.sample.num_steps={steps}", load]
+    return [load] if config.mode == "sample" else []
+
+
+def _distill_config(config_file: str) -> str | None:
+    """The distillation config beside a teacher's: ``X_distill.py`` for ``X.py``, or ``P_distill.py:X`` (the
+    teacher as its variant, as ``configs/digits_distill.py:digits_cond``); None if there is none."""
+    path, _, variant = config_file.partition(":")
+    folder, name = os.path.split(path)
+    stem = name[:-3] if name.endswith(".py") else name
+    if variant:
+        return None
+    if os.path.isfile(os.path.join(folder, f"{stem}_distill.py")):
+        return os.path.join(folder, f"{stem}_distill.py")
+    prefix = os.path.join(folder, stem.split("_")[0])
+    if prefix.endswith(stem) or not os.path.isfile(f"{prefix}_distill.py"):
+        return None
+    from pdist import config as config_lib
+
+    try:  # a distillation config that takes its teacher as the variant
+        config_lib.from_file(f"{prefix}_distill.py", stem)
+    except Exception:
+        return None
+    return f"{prefix}_distill.py:{stem}"
 
 
 def outcome(error: Exception) -> tuple[int, str]:
@@ -156,6 +242,8 @@ def outcome(error: Exception) -> tuple[int, str]:
 
 def main(argv):
     logging.get_absl_handler().addFilter(_QuietOrbax())
+    if not flags.FLAGS["verbosity"].present:  # -v / --verbosity brings the libraries' logs back
+        console.quiet()
     if len(argv) > 1:
         _stop(2, f"error: unexpected arguments {argv[1:]}; the options are --config, --workdir and --config.*.")
     try:

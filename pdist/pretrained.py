@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +36,8 @@ from pdist import build, editing, rng, samplers, schedules
 from pdist import config as config_lib
 from pdist import ot as ot_lib
 from pdist.errors import ConfigError
+from pdist.runtime import console, preemption, workdir
 from pdist.runtime import mesh as mesh_lib
-from pdist.runtime import preemption, workdir
 from pdist.runtime.checkpoint import Checkpointer
 from pdist.runtime.step import TrainState
 
@@ -138,7 +137,7 @@ class Pretrained:
         guidance: float | None = None,
         use_ema: bool = True,
         batch_size: int = 256,
-        log_every_seconds: float | None = None,
+        progress: str | None = None,
         ot=None,
         **options,
     ) -> np.ndarray:
@@ -164,7 +163,7 @@ class Pretrained:
             labels=labels,
             guidance=guidance,
             batch_size=batch_size,
-            log_every_seconds=log_every_seconds,
+            progress=progress,
             ot=ot,
             **options,
         )
@@ -412,15 +411,16 @@ class ImageSampler:
         labels=None,
         guidance=None,
         batch_size: int = 256,
-        log_every_seconds: float | None = None,
+        progress: str | None = None,
         ot=None,
         **options,
     ) -> np.ndarray:
         """``ot``: a DPM-OT expressway (:mod:`pdist.ot`; an ``Expressway`` or its file): the noise goes to its
         target at the expressway's time t', and ``num_steps`` steps run from there.
         ``guidance``: a weight w, or one per sample [n] (:mod:`pdist.guidance`; a guided student's input).
-        ``grid``: :data:`pdist.schedules.GRIDS`. ``log_every_seconds``: log progress (images, images/s, ETA)
-        at most this often. ``options``: the method's (:data:`pdist.samplers.METHODS`), such as ``variance``
+        ``grid``: :data:`pdist.schedules.GRIDS`. ``progress``: show a progress line (images, images/s, ETA)
+        with this label (:class:`pdist.runtime.console.Progress`). ``options``: the method's
+        (:data:`pdist.samplers.METHODS`), such as ``variance``
         of ``ddpm``, which is ``learned`` by default for a model that learned its variances."""
         if method == "ddpm" and self.learned_variance:
             options = {"variance": "learned", **options}
@@ -455,7 +455,8 @@ class ImageSampler:
             way = mesh_lib.put_replicated((expressway.targets, expressway.potentials), self.mesh)
             t_ot = expressway.t
         params = mesh_lib.put_replicated(params, self.mesh)
-        out, began, logged = [], time.time(), time.time()
+        out = []
+        shown = console.Progress(progress, num_samples, unit="images") if progress else None
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
             label = (
@@ -470,16 +471,8 @@ class ImageSampler:
             program = self._program(method, num_steps, grid, clip_x, n, options, guidance is not None, t_ot)
             out.append(np.asarray(program(params, seed_start, label, w, way)))
             preemption.check("sampling")
-            done = start + n
-            if log_every_seconds is not None and (time.time() - logged >= log_every_seconds or done == num_samples):
-                logged, rate = time.time(), done / max(time.time() - began, 1e-9)
-                logging.info(
-                    "%s:%d generated %d/%d (%.1f images/s, ETA %.0fs)",
-                    method,
-                    num_steps,
-                    done,
-                    num_samples,
-                    rate,
-                    (num_samples - done) / rate,
-                )
+            if shown is not None:
+                shown.update(start + n)
+        if shown is not None:
+            shown.close()
         return np.concatenate(out)

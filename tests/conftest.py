@@ -70,10 +70,16 @@ def evaluator_cache(tmp_path_factory, tfds_dir):
 
 @pytest.fixture(scope="session")
 def cli_workdir(tmp_path_factory, tfds_dir):
-    """The README's main command, 20 steps: a teacher workdir written from the shell (read, never changed)."""
+    """The README's main command, 20 steps: a teacher workdir written from the shell (read, never changed), with
+    a data folder of its own (the digits dataset is prepared in it). Its terminal output is beside it, in
+    ``<path>.stdout`` and ``<path>.stderr``."""
     path = str(tmp_path_factory.mktemp("digits_run"))
-    out = run_main(f"--workdir={path}", f"--config.data.data_dir={tfds_dir}", *SHORT)
+    data_dir = str(tmp_path_factory.mktemp("digits_run_tfds"))
+    out = run_main(f"--workdir={path}", f"--config.data.data_dir={data_dir}", *SHORT)
     assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("stdout", "stderr"):
+        with open(f"{path}.{name}", "w") as f:
+            f.write(getattr(out, name))
     return path
 
 

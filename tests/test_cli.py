@@ -2,12 +2,20 @@
 command line's parse, run and outcome in this process; pdist.load in a fresh process and the notebook (bad input
 and interruptions: tests/test_reliability.py)."""
 
+import io
 import json
 import os
+import re
+import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from helpers import REPO, SMALL_MODEL, run_in_process, run_script
+from helpers import REPO, SMALL_MODEL, main_env, run_in_process, run_script
+
+import pdist
+from pdist.runtime import console
 
 
 @pytest.mark.heavy
@@ -19,6 +27,66 @@ def test_short_main_run_leaves_checkpoints_grids_and_samples(cli_workdir):
     samples = np.load(os.path.join(workdir, "samples.npz"))
     assert samples["images"].shape == (16, 8, 8, 1) and samples["images"].dtype == np.uint8
     assert os.path.exists(os.path.join(workdir, "samples.png"))
+
+
+# What the libraries print unless asked (--verbosity): JAX's TPU probe, TensorFlow's C++ notices, TFDS's warnings,
+# lines and bars, matplotlib's font cache, clu's hyperparameters and scalars.
+NOISE = ("libtpu", "oneDNN", "InitializeLog", "dataset_info.json", "Downloading and preparing", "Generating splits",
+         "Shuffling", "font cache", "Hyperparameters", "steps_per_sec", "Setting work unit notes", "Traceback")  # fmt: skip
+
+
+def test_the_console_opens_with_a_summary_and_ends_with_what_it_made_and_what_to_run_next(cli_workdir):
+    with open(f"{cli_workdir}.stdout") as f:
+        out = f.read()
+    with open(f"{cli_workdir}.stderr") as f:
+        err = f.read()
+    lines = out.splitlines()
+    assert lines[0] == (
+        f"pdist {pdist.__version__}: train a teacher (unet, v-parameterization) on digits 8x8x1, 20 steps of batch 128"
+    ), out
+    assert lines[1] == f"on 1 cpu device(s) in 1 process(es); writing to {cli_workdir}", out
+    assert lines[2].startswith("preparing the digits dataset in ") and lines[3].startswith("prepared digits in ")
+    (final,) = [line for line in lines if re.fullmatch(r"teacher  20/20 steps .*loss [0-9.]+  in \d+s", line)]
+    done = next(i for i, line in enumerate(lines) if line.startswith("done in "))
+    loss = pdist.load(cli_workdir).metadata["loss"]
+    assert re.fullmatch(rf"done in \d+s: final loss {loss:.4g}", lines[done]), lines[done]
+    assert lines[done + 1].split() == ["checkpoint", f"{cli_workdir}/checkpoints/20"], lines[done + 1]
+    assert any(line.split()[:2] == ["samples", f"{cli_workdir}/samples.npz,"] for line in lines[done:])
+    nexts = lines[lines.index("next:") + 1 :]
+    assert [c.split()[:3] for c in nexts] == [["python", "-m", "pdist.main"]] * 3 + [["python", "-c", '"import']]
+    assert "--config=configs/digits_distill.py" in nexts[1] and f"--config.distill.teacher={cli_workdir}" in nexts[1]
+    for noise in NOISE:
+        assert noise not in out and noise not in err, noise
+    assert err.strip() == "", err
+    # The last line runs as printed: the checkpoint loads and samples in a fresh process.
+    command = shlex.quote(sys.executable) + nexts[-1].strip().removeprefix("python")  # this Python, as `python`
+    ran = subprocess.run(command, shell=True, cwd=REPO, env=main_env(), capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0 and ran.stdout.strip() == "(16, 8, 8, 1)", ran.stderr[-2000:]
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_progress_line_is_redrawn_in_a_terminal_and_printed_every_tenth_elsewhere(terminal, monkeypatch):
+    class Stream(io.StringIO):
+        def isatty(self):
+            return terminal
+
+    clock = iter(range(0, 10_000, 1))  # one second per call of time.time()
+    monkeypatch.setattr(console.time, "time", lambda: float(next(clock)))
+    stream = Stream()
+    shown = console.Progress("teacher", 200, stream=stream)
+    for step in range(1, 201):
+        shown.update(step, **({"loss": 1.0 / step} if step % 50 == 0 else {}))
+    shown.close()
+    text = stream.getvalue()
+    if terminal:  # one line, redrawn in place: carriage returns, one newline at the very end
+        assert text.count("\n") == 1 and text.endswith("\n") and text.count("\r\x1b[K") >= 200
+    else:  # a line every tenth (steps 20, 40, ..., 180) and the final one; no control characters
+        assert "\r" not in text and "\x1b" not in text
+        assert [line.split()[1] for line in text.splitlines()] == [f"{s}/200" for s in range(20, 200, 20)] + ["200/200"]
+    last = text.rstrip("\n").split("\r\x1b[K")[-1].splitlines()[-1]
+    assert last == "teacher  200/200 steps  0.995 steps/s  loss 0.005  in 3m21s", last  # 199 steps in 200 s
+    line = [x for x in text.replace("\r\x1b[K", "\n").splitlines() if x.startswith("teacher  100/200")][-1:]
+    assert not line or "ETA 1m" in line[0], line  # 1 step/s after the first: 100 steps left
 
 
 def test_sample_mode_writes_grid_and_npz(cli_workdir, tmp_path):

@@ -13,6 +13,9 @@ accelerators so it never takes memory from JAX.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import time
 from collections.abc import Iterator
 
 import jax
@@ -25,6 +28,7 @@ from jax.experimental import multihost_utils
 from pdist import rng
 from pdist.data import digits  # noqa: F401  (registers the "digits" builder)
 from pdist.errors import InputError
+from pdist.runtime import console
 
 tf.config.set_visible_devices([], "GPU")
 
@@ -60,14 +64,18 @@ def builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
 
 
 def _prepare(b: tfds.core.DatasetBuilder, name: str) -> None:
+    began = time.time()
+    console.say(f"preparing the {name} dataset in {b.data_dir} (once) ...")
     try:
-        b.download_and_prepare()
+        with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its own lines; this function says them
+            b.download_and_prepare()
     except Exception as e:  # TFDS raises many types here (network, manual_dir, checksum)
         raise DatasetUnavailableError(
             f"Dataset {name!r} is not prepared in {b.data_dir!r} and could not be prepared here "
             f"({type(e).__name__}); run `tfds build {name} --data_dir=DIR` on a machine with network "
             "(placing manual downloads as its docs say), then pass --config.data.data_dir=DIR."
         ) from e
+    console.say(f"prepared {name} in {console.duration(time.time() - began)}")
 
 
 def check_split(b: tfds.core.DatasetBuilder, split: str, name: str = "config.data.split") -> None:

@@ -32,7 +32,7 @@ from pdist import build, data, images, optim, rng
 from pdist.distillation import METHODS, Round
 from pdist.errors import InputError
 from pdist.pretrained import ImageSampler, restore
-from pdist.runtime import files, phase, workdir
+from pdist.runtime import console, files, phase, workdir
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime.step import init_state
 
@@ -106,11 +106,18 @@ def run(config: ml_collections.ConfigDict, directory: str) -> list[dict]:
             _save_samples(os.path.join(round_dir, f"{workdir.SAMPLES}.npz"), x_student)
             if jax.process_index() == 0:
                 files.write_json(report, row)
-            logging.info("Round %d: %s", rnd.index, row)
+            console.say(f"round {rnd.index}: {_brief(row)}")
         rows.append(row)
         write_summary(directory, rows, rounds, method.summary(rows), settings.grid_samples)
         teacher, target = student.state.ema_params, os.path.join(round_dir, f"{workdir.SAMPLES}.npz")
         start, sampler = teacher, student_sampler
+    if jax.process_index() == 0 and rows:
+        last = rounds[len(rows) - 1]
+        console.produced("summary", os.path.join(directory, f"{workdir.SUMMARY}.md"))
+        console.produced("fixed-noise grid", os.path.join(directory, workdir.ROUNDS_PNG))
+        final = workdir.round_dir(directory, last.index, last.student_steps)
+        console.produced(f"{last.student_steps}-step student", workdir.checkpoints(final))
+        console.say(method.summary(rows).rstrip())
     return rows
 
 
@@ -185,6 +192,11 @@ def _fixed_noise_samples(sampler: ImageSampler, params, num_steps: int, *, confi
         clip_x=config.sample.clip_x,
         batch_size=config.sample.batch_size,
     )
+
+
+def _brief(row: dict) -> str:
+    """A round's report in a line: its numbers, rounded."""
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
 
 
 def _save_samples(path: str, x: np.ndarray) -> None:

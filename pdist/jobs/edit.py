@@ -16,7 +16,7 @@ from pdist.config import edit_targets
 from pdist.data import pipeline
 from pdist.errors import ConfigError
 from pdist.pretrained import load
-from pdist.runtime import files, workdir
+from pdist.runtime import console, files, workdir
 
 
 def run(config: ml_collections.ConfigDict, directory: str) -> tuple[str, str]:
@@ -57,5 +57,5 @@ def run(config: ml_collections.ConfigDict, directory: str) -> tuple[str, str]:
     rows = np.concatenate([source[None], edits]).reshape(-1, *source.shape[1:])
     images.save_png(png, images.grid(rows, columns=n), scale=max(1, 256 // source.shape[1] // 4))
     files.save_npz(npz, source=source, source_labels=labels, targets=np.asarray(targets), edits=edits)
-    logging.info("Wrote %s and %s", png, npz)
+    console.produced("edits", f"{png}, {os.path.basename(npz)}")
     return png, npz

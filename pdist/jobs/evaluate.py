@@ -30,7 +30,7 @@ from pdist import config as config_lib
 from pdist.evaluation import evaluators, stats
 from pdist.evaluation.score import METRICS, Reference, score
 from pdist.pretrained import load, requested_labels
-from pdist.runtime import files, preemption, workdir
+from pdist.runtime import console, files, preemption, workdir
 from pdist.runtime import mesh as mesh_lib
 
 LOWER_IS_BETTER = {"fd": True, "is": False, "precision": False, "recall": False, "accuracy": False}
@@ -109,7 +109,7 @@ def evaluate_model(
                 clip_x=settings.clip_x,
                 use_ema=settings.use_ema,
                 batch_size=settings.batch_size,
-                log_every_seconds=30.0,
+                progress=f"sampling {name}",
                 guidance=w,
                 ot=expressway,
             )
@@ -338,5 +338,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> dict:
     if "nll" in result:
         writer.write_scalars(model.step, {"eval/nll_bits_per_dim": result["nll"]["bits_per_dim"]})
     writer.close()
-    logging.info("Wrote %s\n%s", out_dir, table)
+    console.say(table.rstrip())
+    console.produced("report", os.path.join(out_dir, "eval.md"))
+    console.produced("table, plot", f"{os.path.join(out_dir, 'eval.json')}, eval.png")
     return result

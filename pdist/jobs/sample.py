@@ -3,13 +3,13 @@ method, steps, time grid and checkpoint step."""
 
 from __future__ import annotations
 
-import logging
+import os
 
 import ml_collections
 
 from pdist import images
 from pdist.pretrained import load
-from pdist.runtime import workdir
+from pdist.runtime import console, workdir
 
 
 def run(config: ml_collections.ConfigDict, directory: str) -> tuple[str, str]:
@@ -28,10 +28,11 @@ def run(config: ml_collections.ConfigDict, directory: str) -> tuple[str, str]:
         batch_size=settings.batch_size,
         guidance=settings.guidance,
         ot=settings.ot,
+        progress=f"sampling {settings.method}:{settings.num_steps}",
     )
     guided = "" if settings.guidance is None else f"_w{settings.guidance:g}"
     expressway = "" if settings.ot is None else "_ot"
     name = f"samples_{settings.method}_{settings.num_steps}_{grid}{guided}{expressway}_step{model.step}"
     png, npz = images.save_samples(workdir.samples_dir(directory), name, x)
-    logging.info("Wrote %s and %s", png, npz)
+    console.produced("samples", f"{npz}, {os.path.basename(png)}")
     return png, npz

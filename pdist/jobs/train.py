@@ -17,8 +17,8 @@ from clu import metric_writers
 
 from pdist import build, data, images, rng
 from pdist.pretrained import ImageSampler
+from pdist.runtime import console, phase, workdir
 from pdist.runtime import mesh as mesh_lib
-from pdist.runtime import phase, workdir
 from pdist.runtime.step import TrainState
 
 
@@ -57,9 +57,18 @@ def run(config: ml_collections.ConfigDict, directory: str) -> TrainState:
         clip_x=settings.clip_x,
         batch_size=settings.batch_size,
         guidance=settings.guidance,
+        progress=f"sampling {settings.method}:{settings.num_steps}",
     )
     if jax.process_index() == 0:
-        images.save_samples(directory, workdir.SAMPLES, x)
+        png, npz = images.save_samples(directory, workdir.SAMPLES, x)
+        steps = result.metadata.get("step", config.train.num_steps)
+        console.produced("checkpoint", workdir.step_folder(workdir.checkpoints(directory), steps))
+        if os.path.isdir(os.path.dirname(workdir.grid(directory, 0))):
+            console.produced("grids", os.path.dirname(workdir.grid(directory, 0)))
+        console.produced("samples", f"{npz}, {os.path.basename(png)}")
+        console.produced("TensorBoard", f"tensorboard --logdir {directory}")
+        if result.metadata.get("loss") is not None:
+            console.fact(f"final loss {result.metadata['loss']:.4g}")
     return result.state
 
 

@@ -50,13 +50,12 @@ import ml_collections
 import numpy as np
 from clu import metric_writers, periodic_actions
 
-import pdist
 from pdist.errors import NonFiniteError, Preempted
 from pdist.importance import LossAwareSampler
 from pdist.losses import Loss
 from pdist.optim import Optimizer
+from pdist.runtime import console, preemption, workdir
 from pdist.runtime import mesh as mesh_lib
-from pdist.runtime import preemption, workdir
 from pdist.runtime.checkpoint import Checkpointer
 from pdist.runtime.step import StepMetrics, TrainState, abstract_state, compile_step, create_state, make_train_step
 
@@ -100,7 +99,7 @@ def run(phase: Phase, mesh) -> Result:
             return Result(state, resumed)
         batches = phase.batches(start)  # a dataset that is not there fails here, before anything is written
         if start:
-            logging.info("Resumed from %s at step %d.", ckpt.directory, start)
+            console.say(f"{phase.name}: resuming at step {start} from {workdir.step_folder(ckpt.directory, start)}")
             changed = config_changes(resumed.get("config"), phase.config)
             if changed:
                 logging.warning(
@@ -111,7 +110,6 @@ def run(phase: Phase, mesh) -> Result:
                 )
         else:
             state = create_state(phase.init_fn, mesh)
-        logging.info("%s: steps %d..%d", phase.name, start + 1, phase.num_steps)
         os.makedirs(phase.directory, exist_ok=True)
         step_fn = compile_step(
             make_train_step(
@@ -127,19 +125,20 @@ def run(phase: Phase, mesh) -> Result:
         writer = metric_writers.create_default_writer(phase.directory, just_logging=jax.process_index() > 0)
         if start == 0:
             writer.write_hparams(_flat(phase.config.to_dict()))
-        base = {
-            "config": json.loads(phase.config.to_json()),
-            **phase.metadata,
-        }
-        with metric_writers.ensure_flushes(writer):
-            state, metadata = _loop(phase, step_fn, state, batches, mesh, start, writer, ckpt, base, resumed)
+        base = {"config": json.loads(phase.config.to_json()), **phase.metadata}
+        shown = console.Progress(phase.name, phase.num_steps, done=start)
+        try:
+            with metric_writers.ensure_flushes(writer):
+                state, metadata = _loop(phase, step_fn, state, batches, mesh, start, writer, ckpt, base, resumed, shown)
+        finally:
+            shown.close()
         ckpt.wait()
     finally:
         ckpt.close()
     return Result(state, metadata)
 
 
-def _loop(phase: Phase, step_fn, state, batches, mesh, start, writer, ckpt, base, resumed):
+def _loop(phase: Phase, step_fn, state, batches, mesh, start, writer, ckpt, base, resumed, shown):
     """Steps ``state`` from ``start`` to ``phase.num_steps``; returns it and its final checkpoint's metadata."""
     train, num_steps = phase.config.train, phase.num_steps
     rates = mesh_lib.put_replicated(phase.optimizer.args, mesh)  # placed once, not copied at every step
@@ -165,6 +164,7 @@ def _loop(phase: Phase, step_fn, state, batches, mesh, start, writer, ckpt, base
         state, metrics = step_fn(state, mesh_lib.global_batch(next(batches), mesh), phase.key, rates, *phase.step_args)
         pending.append(metrics)
         progress(step)
+        shown.update(step)
         final = step == num_steps
         at_log = step % train.log_every == 0 or final
         if at_log:
@@ -178,6 +178,7 @@ def _loop(phase: Phase, step_fn, state, batches, mesh, start, writer, ckpt, base
                 scalars["steps_per_sec"] = steps_per_sec
                 scalars["eta_hours"] = (num_steps - step) / max(steps_per_sec, 1e-9) / 3600.0
                 writer.write_scalars(step, scalars)
+                shown.update(step, **{k: scalars[k] for k in ("loss",) if k in scalars})
         if step % train.checkpoint_every == 0 or final:
             save(step)
         if phase.snapshot is not None and (final or phase.snapshot_every and step % phase.snapshot_every == 0):
