@@ -6,7 +6,7 @@ import tensorflow_datasets as tfds
 from helpers import config_file
 from sklearn.datasets import load_digits
 
-from pdist.data import DatasetUnavailableError, builder, process_split, train_batches
+from pdist.data import DatasetUnavailableError, builder, train_batches
 
 
 def _all(b, split):
@@ -27,14 +27,21 @@ def test_digits_builder_split_and_pixels(tfds_dir):
     assert {r["image"][..., 0].tobytes() for r in test} <= tail
 
 
-def test_two_processes_get_disjoint_shards_covering_the_split(tfds_dir):
-    b = builder("digits", tfds_dir)
-    shards = [_all(b, process_split("train", i, 2)) for i in range(2)]
-    ids = [{(r["image"].tobytes(), int(r["label"])) for r in s} for s in shards]
-    whole = {(r["image"].tobytes(), int(r["label"])) for r in _all(b, "train")}
-    assert sum(len(s) for s in shards) == 1497
-    assert not ids[0] & ids[1]
-    assert ids[0] | ids[1] == whole
+@pytest.mark.parametrize("start", [0, 7])
+def test_the_global_batches_are_the_same_on_any_number_of_processes(tfds_dir, start):
+    """Elastic input: process i's rows of step s are rows i*L.. of the one-process batch of step s, flips included,
+    from the start and when resumed at another step on another process count."""
+    config = config_file("digits")
+    config.data.data_dir, config.data.random_flip = tfds_dir, True
+    one = train_batches(config, local_batch_size=48, start_step=start)
+    reference = [next(one) for _ in range(35)]  # past one epoch (1497 / 48)
+    for count in (2, 3, 4):
+        streams = [train_batches(config, local_batch_size=48 // count, process_index=i, process_count=count,
+                                 start_step=start) for i in range(count)]  # fmt: skip
+        for batch in reference:
+            rows = [next(s) for s in streams]
+            for key in ("image", "label"):
+                np.testing.assert_array_equal(np.concatenate([r[key] for r in rows]), batch[key])
 
 
 def test_batches_are_scaled_and_resume_exactly(tfds_dir):

@@ -4,7 +4,6 @@ from pdist.data.pipeline import (
     DatasetUnavailableError,
     builder,
     process_batches,
-    process_split,
     train_batches,
     training_builder,
 )
@@ -13,7 +12,6 @@ __all__ = [
     "DatasetUnavailableError",
     "builder",
     "process_batches",
-    "process_split",
     "train_batches",
     "training_builder",
 ]

@@ -196,7 +196,7 @@ def _fixed_noise_samples(sampler: ImageSampler, params, num_steps: int, *, confi
 
 def _brief(row: dict) -> str:
     """A round's report in a line: its numbers, rounded."""
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "round")
 
 
 def _save_samples(path: str, x: np.ndarray) -> None:

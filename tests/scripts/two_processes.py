@@ -1,4 +1,5 @@
-"""One of two processes (launch/local.sh, 2 CPU devices each): train, distill, evaluate and sample together.
+"""One of two processes (launch/local.sh, 2 CPU devices each): train, distill, evaluate and sample together, and
+resume a run that one process with one device checkpointed at step 3 (OUT/elastic, written by the test).
 
 ``two_processes.py OUT TFDS_DIR`` plus the coordinator flags local.sh appends; each process writes what it
 saw under OUT for tests/test_scale.py to compare.
@@ -37,12 +38,13 @@ out, rank = args.out, jax.process_index()
 config = tiny_config(args.tfds)
 record = {"processes": jax.process_count(), "devices": jax.device_count(), "local_devices": jax.local_device_count()}
 
-shard = pipeline.load_split("digits", pipeline.process_split("train", rank, 2), args.tfds, 8, 1)["image"]
-first = next(pipeline.train_batches(config, local_batch_size=8, process_index=rank, process_count=2))["image"]
-np.savez(f"{out}/shard_{rank}.npz", shard=shard, first=first)
+first = next(pipeline.train_batches(config, local_batch_size=8, process_index=rank, process_count=2))
+np.savez(f"{out}/first_{rank}.npz", **first)
 
 state = train.run(config, f"{out}/teacher")
 np.savez(f"{out}/teacher_{rank}.npz", *[np.asarray(a) for a in jax.tree.leaves(state.params)])
+elastic = train.run(config, f"{out}/elastic")  # steps 4 to 6 here, 1 to 3 on one process and device
+np.savez(f"{out}/elastic_{rank}.npz", *[np.asarray(a) for a in jax.tree.leaves(elastic.params)])
 
 student = config_lib.for_distillation(
     tiny_config(args.tfds), start_steps=4, batch_size=16, learning_rate=1e-4, updates_per_round=3,
