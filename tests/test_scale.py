@@ -1,5 +1,6 @@
 """Scaling out: two processes over gloo equal one, a run resumes on another number of processes and devices
-(elastic resume), gradient accumulation equals the big batch,
+(elastic resume), SIGTERM to one of two processes stops both at one step and resumes bit-identically, gradient
+accumulation equals the big batch,
 bfloat16 compute still trains, rematerialization changes nothing but memory."""
 
 import json
@@ -61,6 +62,14 @@ def test_two_processes_train_distill_and_evaluate_like_one(tmp_path, tfds_dir, e
     assert os.listdir(out / "distill" / "round_01_2steps" / "checkpoints") == ["3"]
     assert np.load(out / "distill" / "round_01_2steps" / "samples.npz")["samples"].shape == (6, 8, 8, 1)
 
+    # SIGTERM to process 1 alone: both stopped at the next log step (4) with status 143 and a complete checkpoint
+    # there, and the resumed run ends bit-identical to the uninterrupted one.
+    for r in records:
+        assert r["preempted"]["status"] == 143 and "Stopped by SIGTERM at step 4" in r["preempted"]["message"], r
+        assert r["preempted_checkpoints"] == ["3", "4"], r
+    resumed = np.load(out / "preempted_0.npz")
+    assert all(np.array_equal(resumed[k], a[k]) for k in a.files)
+
     # Evaluation gathered all samples on both processes and wrote one report.
     assert records[0]["fd"] == records[1]["fd"] and np.isfinite(records[0]["fd"])
     (tag,) = os.listdir(teacher / "eval")
@@ -79,10 +88,13 @@ def test_two_processes_train_distill_and_evaluate_like_one(tmp_path, tfds_dir, e
     assert single["err_vs_two_processes"] < 2e-2 * single["moved"], single
     assert single["same_first_batch"]  # process 0's rows, then process 1's, are the one-process batch
     # Elastic resume, both ways: 1 process x 1 device -> 2 x 2 (steps 1-3, then 4-6), and 2 x 2 -> 1 x 4; each
-    # ends where the uninterrupted 2 x 2 run ends, within the same reduction-order tolerance.
+    # ends where the uninterrupted 2 x 2 run ends up to reduction order. Measured: 1.5% and 0.7% of how far the
+    # parameters moved (1 device sums in yet another order); other batches would differ by about 100%, so 5%.
     elastic = np.load(out / "elastic_0.npz")
-    assert max(float(np.abs(elastic[k] - a[k]).max()) for k in a.files) < 2e-2 * single["moved"]
-    assert single["elastic_back_step"] == 6 and single["elastic_back_err"] < 2e-2 * single["moved"], single
+    forward = max(float(np.abs(elastic[k] - a[k]).max()) for k in a.files)
+    print(json.dumps({"elastic_1x1_to_2x2_err": forward, **single}))  # the figures docs/results.md quotes
+    assert forward < 5e-2 * single["moved"]
+    assert single["elastic_back_step"] == 6 and single["elastic_back_err"] < 5e-2 * single["moved"], single
     assert single["restored_step"] == 6 and single["restored_err"] == 0.0
     assert (single["student_step"], single["student_sampling_steps"]) == (3, 2)
     assert single["samples_err"] < 1e-5, single

@@ -8,6 +8,7 @@ saw under OUT for tests/test_scale.py to compare.
 import argparse
 import json
 import os
+import signal
 import sys
 
 import numpy as np
@@ -68,5 +69,34 @@ result = evaluate.run(scoring, f"{out}/teacher")
 record["fd"] = result["rows"][0]["fd"]["mean"]
 x = load(f"{out}/teacher").sample(10, num_steps=2, seed=3, batch_size=6)
 np.save(f"{out}/samples_{rank}.npy", x)
+
+# Preemption: SIGTERM to process 1 alone as it fetches step 4's batch. Both processes must stop at the same step
+# (they agree at log steps) with a complete checkpoint there, and the resumed run must end bit-identical to the
+# uninterrupted one (OUT/teacher).
+from pdist import data, main  # noqa: E402
+from pdist.errors import Preempted  # noqa: E402
+from pdist.runtime import preemption  # noqa: E402
+
+real_batches = data.process_batches
+
+
+def signalled_batches(config_, start, phase):
+    for step, batch in enumerate(real_batches(config_, start, phase), start=start + 1):
+        if rank == 1 and step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        yield batch
+
+
+data.process_batches = signalled_batches
+try:
+    with preemption.guard():
+        train.run(config, f"{out}/preempted")
+    record["preempted"] = None
+except Preempted as e:
+    record["preempted"] = {"status": main.outcome(e)[0], "message": str(e)}
+data.process_batches = real_batches
+record["preempted_checkpoints"] = sorted(os.listdir(f"{out}/preempted/checkpoints"), key=int)
+resumed = train.run(config, f"{out}/preempted")
+np.savez(f"{out}/preempted_{rank}.npz", *[np.asarray(a) for a in jax.tree.leaves(resumed.params)])
 with open(f"{out}/record_{rank}.json", "w") as f:
     json.dump(record, f)
