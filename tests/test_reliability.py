@@ -3,7 +3,6 @@ and resume bit-identically; a corrupt checkpoint is named (or skipped when allow
 
 import glob
 import json
-import logging
 import os
 import re
 import shutil
@@ -68,13 +67,13 @@ def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bit_identic
     workdir = str(tmp_path / "w")
     args = [f"--workdir={workdir}", *run_args, "--config.train.checkpoint_every=100"]
     proc = subprocess.Popen(
-        main_command(*args), cwd=REPO, env=main_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+        main_command(*args), cwd=REPO, env=main_env(), stderr=subprocess.STDOUT, stdout=subprocess.PIPE, text=True
     )
-    for line in proc.stderr:  # the first logged scalars: training is under way
-        if re.search(r"\] \[10\] .*loss=", line):
+    for line in proc.stdout:  # the first progress line with a loss: training is under way
+        if re.match(r"teacher  \d+/160 steps .*loss ", line):
             proc.send_signal(signal.SIGTERM)
             break
-    _, err = proc.communicate(timeout=300)
+    err, _ = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     stopped = re.search(r"Stopped by SIGTERM at step (\d+); its checkpoint is in (\S+): rerun", err)
     assert stopped, err[-3000:]
@@ -86,7 +85,7 @@ def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bit_identic
 
     again = run_main(*args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"Resumed from {os.path.join(workdir, 'checkpoints')} at step {step}" in again.stderr
+    assert f"teacher: resuming at step {step} from {os.path.join(workdir, 'checkpoints', str(step))}" in again.stdout
     assert "a config that differs" not in again.stderr  # the saved config read back equals the same command's
     assert_same_state(workdir, uninterrupted)
     np.testing.assert_array_equal(
@@ -143,7 +142,7 @@ def _truncate_newest(workdir) -> str:
 
 
 def test_a_truncated_checkpoint_is_named_and_with_fallback_the_previous_one_resumes(
-    uninterrupted, run_args, tmp_path, caplog
+    uninterrupted, run_args, tmp_path, capsys
 ):
     workdir = str(tmp_path / "w")
     shutil.copytree(uninterrupted, workdir)
@@ -157,10 +156,11 @@ def test_a_truncated_checkpoint_is_named_and_with_fallback_the_previous_one_resu
     assert "use step 100 instead, or set config.train.fallback_checkpoint=True" in message and one_sentence(message)
     assert snapshot(workdir) == before
 
-    caplog.set_level(logging.INFO)
     status, message, _ = run_in_process(*args, "--config.train.fallback_checkpoint=True")
     assert status == 0, message
-    assert "at step 100." in caplog.text
+    assert (
+        f"teacher: resuming at step 100 from {os.path.join(workdir, 'checkpoints', '100')}" in capsys.readouterr().out
+    )
     assert snapshot(damaged + ".corrupt") == {k[len("checkpoints/160/") :]: v for k, v in before.items()
                                               if k.startswith("checkpoints/160/")}  # fmt: skip
     assert_same_state(workdir, uninterrupted, 160)  # steps 101..160 again, bit for bit
