@@ -66,7 +66,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> TrainState:
         if os.path.isdir(os.path.dirname(workdir.grid(directory, 0))):
             console.produced("grids", os.path.dirname(workdir.grid(directory, 0)))
         console.produced("samples", f"{npz}, {os.path.basename(png)}")
-        console.produced("TensorBoard", f"tensorboard --logdir {directory}")
+        console.produced("TensorBoard", f"tensorboard --logdir {console.short(directory)}")
         if result.metadata.get("loss") is not None:
             console.fact(f"final loss {result.metadata['loss']:.4g}")
     return result.state

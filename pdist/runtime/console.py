@@ -106,7 +106,7 @@ def finish(seconds: float, next_commands: list[str]) -> None:
     if _state["produced"]:
         width = max(len(label) for label, _ in _state["produced"])
         for label, path in _state["produced"]:
-            say(f"  {label:<{width}}  {_short(path)}")
+            say(f"  {label:<{width}}  {short(path)}")
     if next_commands:
         say("next:")
         for command in next_commands:
@@ -114,7 +114,7 @@ def finish(seconds: float, next_commands: list[str]) -> None:
     _state["produced"], _state["facts"] = [], []
 
 
-def _short(path: str) -> str:
+def short(path: str) -> str:
     """``path`` relative to the working directory when it is below it."""
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
