@@ -121,7 +121,7 @@ def test_kill_9_during_a_save_resumes_from_the_last_complete_checkpoint_bit_iden
     assert again.returncode == 0, again.stderr[-3000:]
     if complete:
         newest = max(map(int, complete))
-        assert f"at step {newest}." in again.stderr  # resumed from the newest complete checkpoint
+        assert f"teacher: resuming at step {newest} from" in again.stdout  # the newest complete checkpoint
     assert not [n for n in os.listdir(folder) if "tmp" in n]  # the partial save was cleared away
     assert_same_state(workdir, uninterrupted)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 
 import jax
@@ -76,11 +75,9 @@ def run(config: ml_collections.ConfigDict, directory: str) -> list[dict]:
     target = workdir.teacher_samples(directory, rounds[0].teacher_steps)
     if not os.path.exists(target):
         _save_samples(target, fixed(teacher_sampler, teacher, rounds[0].teacher_steps))
-    logging.info(
-        "Teacher %s (step %d); students' steps: %s",
-        settings.teacher,
-        restored.metadata["step"],
-        [r.student_steps for r in rounds],
+    console.say(
+        f"teacher {settings.teacher} (step {restored.metadata['step']}); students' steps: "
+        f"{', '.join(str(r.student_steps) for r in rounds)}"
     )
 
     rows, sampler = [], teacher_sampler  # the current teacher's

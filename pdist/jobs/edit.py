@@ -5,7 +5,6 @@ npz (``source``, ``source_labels``, ``targets``, ``edits`` [targets, images, H, 
 
 from __future__ import annotations
 
-import logging
 import os
 
 import ml_collections
@@ -48,7 +47,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> tuple[str, str]:
                 batch_size=settings.batch_size,
             )
         )
-        logging.info("edited %d images into class %d", n, target)
+        console.say(f"edited {n} images into class {target}")
     edits = np.stack(edits)
     name = f"edits_{settings.method}_{settings.num_steps}_w{settings.guidance:g}_step{model.step}"
     out = workdir.edits_dir(directory)

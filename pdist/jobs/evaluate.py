@@ -115,7 +115,7 @@ def evaluate_model(
             )
             kwargs = dict(pr_samples=settings.pr_samples, is_splits=settings.is_splits, labels=labels)
             per_seed.append(score(evaluator, ref, x, **kwargs))
-            logging.info("%s:%d%s seed %d: %s", method, steps, guided, seed, _brief(per_seed[-1]))
+            console.say(f"{method}:{steps}{guided} seed {seed}: {_brief(per_seed[-1])}")
             done[name] = per_seed[-1]
             if progress and jax.process_index() == 0:
                 files.write_json(progress, done)
@@ -251,7 +251,8 @@ def nll(model, settings: ml_collections.ConfigDict) -> dict:
             denoise_fn, schedule, xb, key, num_timesteps=int(T), model_variance=kind, clip_x=settings.clip_x
         )
 
-    totals, priors, terms, began = [], [], 0.0, time.time()
+    totals, priors, terms = [], [], 0.0
+    shown = console.Progress("NLL", len(x), unit="images")
     for start in range(0, len(x), settings.nll_batch_size):  # each batch split over every device of every process
         xb = x[start : start + settings.nll_batch_size]
         lb = None if labels is None else mesh_lib.shard_rows(labels[start : start + len(xb)], mesh)
@@ -261,7 +262,8 @@ def nll(model, settings: ml_collections.ConfigDict) -> dict:
         totals.append(out["total"])
         priors.append(out["prior"])
         terms = terms + out["terms"].sum(axis=1)
-        logging.info("NLL: %d/%d images, %.1fs", start + len(xb), len(x), time.time() - began)
+        shown.update(start + len(xb))
+    shown.close()
     total = np.concatenate(totals)
     result = {
         "bits_per_dim": float(total.mean()),

@@ -28,6 +28,8 @@ assert multihost.initialize(
 import jax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import time  # noqa: E402
+
 from helpers import tiny_config  # noqa: E402
 
 from pdist import config as config_lib  # noqa: E402
@@ -36,16 +38,26 @@ from pdist.jobs import distill, evaluate, train  # noqa: E402
 from pdist.pretrained import load  # noqa: E402
 
 out, rank = args.out, jax.process_index()
+began, seconds = time.time(), {}
+
+
+def lap(name):
+    seconds[name] = round(time.time() - began - sum(seconds.values()), 1)
+
+
 config = tiny_config(args.tfds)
 record = {"processes": jax.process_count(), "devices": jax.device_count(), "local_devices": jax.local_device_count()}
 
 first = next(pipeline.train_batches(config, local_batch_size=8, process_index=rank, process_count=2))
 np.savez(f"{out}/first_{rank}.npz", **first)
 
+lap("setup")
 state = train.run(config, f"{out}/teacher")
+lap("teacher")
 np.savez(f"{out}/teacher_{rank}.npz", *[np.asarray(a) for a in jax.tree.leaves(state.params)])
 elastic = train.run(config, f"{out}/elastic")  # steps 4 to 6 here, 1 to 3 on one process and device
 np.savez(f"{out}/elastic_{rank}.npz", *[np.asarray(a) for a in jax.tree.leaves(elastic.params)])
+lap("elastic")
 
 student = config_lib.for_distillation(
     tiny_config(args.tfds), start_steps=4, batch_size=16, learning_rate=1e-4, updates_per_round=3,
@@ -56,6 +68,7 @@ student.distill.teacher = f"{out}/teacher"
 student.distill.fidelity_samples = 6
 student.distill.grid_samples = 4
 record["rounds"] = distill.run(student, f"{out}/distill")
+lap("distill")
 
 scoring = tiny_config(args.tfds)
 scoring.mode = "eval"
@@ -66,9 +79,11 @@ scoring.eval.pr_samples = 10
 scoring.eval.is_splits = 1
 scoring.eval.batch_size = 6  # batches of 6 and 4 images over 4 devices: padded to 8, and 4
 result = evaluate.run(scoring, f"{out}/teacher")
+lap("eval")
 record["fd"] = result["rows"][0]["fd"]["mean"]
 x = load(f"{out}/teacher").sample(10, num_steps=2, seed=3, batch_size=6)
 np.save(f"{out}/samples_{rank}.npy", x)
+lap("sample")
 
 # Preemption: SIGTERM to process 1 alone as it fetches step 4's batch. Both processes must stop at the same step
 # (they agree at log steps) with a complete checkpoint there, and the resumed run must end bit-identical to the
@@ -98,5 +113,7 @@ data.process_batches = real_batches
 record["preempted_checkpoints"] = sorted(os.listdir(f"{out}/preempted/checkpoints"), key=int)
 resumed = train.run(config, f"{out}/preempted")
 np.savez(f"{out}/preempted_{rank}.npz", *[np.asarray(a) for a in jax.tree.leaves(resumed.params)])
+lap("preempted")
+record["seconds"] = seconds
 with open(f"{out}/record_{rank}.json", "w") as f:
     json.dump(record, f)
