@@ -139,51 +139,13 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> None:
     )  # fmt: skip
     import jax
 
-    from pdist import config as config_lib
     from pdist import jobs
-    from pdist.runtime import workdir
 
     config, where = fv.config, fv.workdir
-    config_lib.validate(config)
-    workdir.check(where)
     console.enable(jax.process_index() == 0)
-    console.say(summary(config, where))
     with preemption.guard():
         jobs.run(config, where)
     console.finish(time.time() - began, next_commands(config, config_flags.get_config_filename(fv["config"]), where))
-
-
-def summary(config, where: str) -> str:
-    """The job's first lines: what it does, on what, where it writes."""
-    import jax
-
-    import pdist
-
-    data = config.data
-    shape = f"{data.image_size}x{data.image_size}x{data.channels}"
-    mode = config.mode
-    if mode == "train":
-        what = (
-            f"train a teacher ({config.model.name}, {config.diffusion.parameterization}-parameterization) on "
-            f"{data.name} {shape}, {config.train.num_steps:,} steps of batch {config.train.batch_size}"
-        )
-    elif mode == "distill":
-        d = config.distill
-        what = f"distill {d.teacher} ({d.method}) from {d.start_steps} sampling steps to {d.final_steps}"
-    elif mode == "sample":
-        s = config.sample
-        what = f"sample {s.num_samples} images from {s.checkpoint or where} ({s.method}, {s.num_steps} steps)"
-    elif mode == "eval":
-        e = config.eval
-        what = f"evaluate {e.checkpoint or where} ({e.samplers}; {e.num_samples} samples x {e.num_seeds} seeds)"
-    else:
-        what = f"edit {config.edit.num_images} {data.name} images into classes {config.edit.targets or 'all'}"
-    devices = jax.devices()
-    return (
-        f"pdist {pdist.__version__}: {what}\n"
-        f"on {len(devices)} {devices[0].platform} device(s) in {jax.process_count()} process(es); "
-        f"writing to {where}"
-    )
 
 
 def next_commands(config, config_file: str, where: str) -> list[str]:

@@ -456,7 +456,7 @@ class ImageSampler:
             t_ot = expressway.t
         params = mesh_lib.put_replicated(params, self.mesh)
         out = []
-        shown = console.Progress(progress, num_samples, unit="images") if progress else None
+        shown = console.Progress(progress, num_samples, unit="images")
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
             label = (
@@ -471,8 +471,6 @@ class ImageSampler:
             program = self._program(method, num_steps, grid, clip_x, n, options, guidance is not None, t_ot)
             out.append(np.asarray(program(params, seed_start, label, w, way)))
             preemption.check("sampling")
-            if shown is not None:
-                shown.update(start + n)
-        if shown is not None:
-            shown.close()
+            shown.update(start + n)
+        shown.close()
         return np.concatenate(out)

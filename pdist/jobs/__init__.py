@@ -20,10 +20,46 @@ MODES = tuple(JOBS)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str):
-    """Checks ``config``, then runs the job ``config.mode`` names in this process (which has joined the run)."""
+    """Checks ``config`` and the workdir, says what the job will do (:func:`summary`), then runs the job
+    ``config.mode`` names in this process (which has joined the run)."""
     from pdist import config as config_lib
+    from pdist.runtime import console
     from pdist.runtime import workdir as workdir_lib
 
     config_lib.validate(config)
     workdir_lib.check(workdir)
+    console.say(summary(config, workdir))
     return importlib.import_module(f"pdist.jobs.{JOBS[config.mode]}").run(config, workdir)
+
+
+def summary(config, where: str) -> str:
+    """The job's first lines: what it does, on what, where it writes."""
+    import jax
+
+    import pdist
+
+    data = config.data
+    shape = f"{data.image_size}x{data.image_size}x{data.channels}"
+    mode = config.mode
+    if mode == "train":
+        what = (
+            f"train a teacher ({config.model.name}, {config.diffusion.parameterization}-parameterization) on "
+            f"{data.name} {shape}, {config.train.num_steps:,} steps of batch {config.train.batch_size}"
+        )
+    elif mode == "distill":
+        d = config.distill
+        what = f"distill {d.teacher} ({d.method}) from {d.start_steps} sampling steps to {d.final_steps}"
+    elif mode == "sample":
+        s = config.sample
+        what = f"sample {s.num_samples} images from {s.checkpoint or where} ({s.method}, {s.num_steps} steps)"
+    elif mode == "eval":
+        e = config.eval
+        what = f"evaluate {e.checkpoint or where} ({e.samplers}; {e.num_samples} samples x {e.num_seeds} seeds)"
+    else:
+        what = f"edit {config.edit.num_images} {data.name} images into classes {config.edit.targets or 'all'}"
+    devices = jax.devices()
+    return (
+        f"pdist {pdist.__version__}: {what}\n"
+        f"on {len(devices)} {devices[0].platform} device(s) in {jax.process_count()} process(es); "
+        f"writing to {where}"
+    )

@@ -63,8 +63,8 @@ def run(config: ml_collections.ConfigDict, directory: str) -> TrainState:
         png, npz = images.save_samples(directory, workdir.SAMPLES, x)
         steps = result.metadata.get("step", config.train.num_steps)
         console.produced("checkpoint", workdir.step_folder(workdir.checkpoints(directory), steps))
-        if os.path.isdir(os.path.dirname(workdir.grid(directory, 0))):
-            console.produced("grids", os.path.dirname(workdir.grid(directory, 0)))
+        if os.path.isdir(workdir.grids(directory)):
+            console.produced("grids", workdir.grids(directory))
         console.produced("samples", f"{npz}, {os.path.basename(png)}")
         console.produced("TensorBoard", f"tensorboard --logdir {console.short(directory)}")
         if result.metadata.get("loss") is not None:

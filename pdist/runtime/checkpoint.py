@@ -24,6 +24,7 @@ file raises :class:`CheckpointCorruptError` naming the folder. With
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import logging
@@ -48,6 +49,7 @@ STACK = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint")  # the packages w
 _warned: set[str] = set()  # folders whose version warning was logged
 
 
+@functools.cache
 def versions() -> dict[str, str]:
     """The installed versions of :data:`STACK` and pdist."""
     import pdist

@@ -121,13 +121,14 @@ def short(path: str) -> str:
 
 
 class Progress:
-    """One long task's progress: ``update(done, loss=...)`` as it goes, ``close()`` at the end."""
+    """One long task's progress: ``update(done, loss=...)`` as it goes, ``close()`` at the end. With no label it
+    shows nothing."""
 
-    def __init__(self, label: str, total: int, *, unit: str = "steps", done: int = 0, stream=None):
+    def __init__(self, label: str | None, total: int, *, unit: str = "steps", done: int = 0, stream=None):
         self.label, self.total, self.unit = label, total, unit
         self.stream = stream or sys.stdout
-        self.live = _state["enabled"] and self.stream.isatty()
-        self.shown = _state["enabled"]
+        self.shown = _state["enabled"] and label is not None
+        self.live = self.shown and self.stream.isatty()
         self.began = time.time()
         self.first = None  # (done, time) at the first update: the rate leaves compilation out
         self.done = self.printed = done

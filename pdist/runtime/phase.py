@@ -48,7 +48,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 
 from pdist.errors import NonFiniteError, Preempted
 from pdist.importance import LossAwareSampler
@@ -142,7 +142,6 @@ def _loop(phase: Phase, step_fn, state, batches, mesh, start, writer, ckpt, base
     """Steps ``state`` from ``start`` to ``phase.num_steps``; returns it and its final checkpoint's metadata."""
     train, num_steps = phase.config.train, phase.num_steps
     rates = mesh_lib.put_replicated(phase.optimizer.args, mesh)  # placed once, not copied at every step
-    progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_steps=train.log_every)
     health = _Health(ckpt, start, resumed.get("skipped_updates", 0), train.skip_nonfinite)
     # Metrics of steps not logged yet; a checkpoint keeps them, so a resumed run logs the same windows.
     pending = [_from_saved(m) for m in resumed.get("unlogged", [])]
@@ -163,7 +162,6 @@ def _loop(phase: Phase, step_fn, state, batches, mesh, start, writer, ckpt, base
     for step in range(start + 1, num_steps + 1):
         state, metrics = step_fn(state, mesh_lib.global_batch(next(batches), mesh), phase.key, rates, *phase.step_args)
         pending.append(metrics)
-        progress(step)
         shown.update(step)
         final = step == num_steps
         at_log = step % train.log_every == 0 or final
@@ -178,7 +176,8 @@ def _loop(phase: Phase, step_fn, state, batches, mesh, start, writer, ckpt, base
                 scalars["steps_per_sec"] = steps_per_sec
                 scalars["eta_hours"] = (num_steps - step) / max(steps_per_sec, 1e-9) / 3600.0
                 writer.write_scalars(step, scalars)
-                shown.update(step, **{k: scalars[k] for k in ("loss",) if k in scalars})
+                if "loss" in scalars:
+                    shown.update(step, loss=scalars["loss"])
         if step % train.checkpoint_every == 0 or final:
             save(step)
         if phase.snapshot is not None and (final or phase.snapshot_every and step % phase.snapshot_every == 0):

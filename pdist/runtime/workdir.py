@@ -74,8 +74,12 @@ def step_folder(checkpoints_dir: str, step: int) -> str:
     return os.path.join(checkpoints_dir, str(step))
 
 
+def grids(root: str) -> str:
+    return os.path.join(root, "grids")
+
+
 def grid(root: str, step: int) -> str:
-    return os.path.join(root, "grids", f"step_{step:08d}.png")
+    return os.path.join(grids(root), f"step_{step:08d}.png")
 
 
 def samples_dir(root: str) -> str:
