@@ -42,12 +42,9 @@ def quiet() -> None:
     absl_logging.get_absl_handler().addFilter(_drop_library_warnings)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds
 
-        tfds.disable_progress_bar()
-    except ImportError:  # pragma: no cover - TFDS is a dependency
-        pass
+    tfds.disable_progress_bar()
     import warnings
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -68,10 +65,13 @@ def _no_stderr():
         os.close(null)
 
 
+_PDIST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the pdist package, wherever installed
+
+
 def _drop_library_warnings(record) -> bool:
     """Keeps pdist's warnings and every library's errors; drops the libraries' warnings (TFDS's missing
     dataset_info.json in a folder it is about to fill, Orbax's notes)."""
-    return record.levelno >= logging.ERROR or "/site-packages/" not in record.pathname
+    return record.levelno >= logging.ERROR or os.path.abspath(record.pathname).startswith(_PDIST + os.sep)
 
 
 def enable(on: bool) -> None:
