@@ -38,6 +38,8 @@ setup(
             "nbclient>=0.10",
             "nbformat>=5.10",
             "ipykernel>=6",
+            "gcsfs>=2024.2",  # tests/test_cloud.py: epath's client for gs:// against a local server
+            "gcp-storage-emulator>=2024.8",  # that server (tests/gcs_server.py)
         ],
     },
 )

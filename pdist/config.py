@@ -9,7 +9,6 @@ sentence naming the bad value and how to fix it.
 from __future__ import annotations
 
 import difflib
-import os
 
 import ml_collections
 
@@ -19,6 +18,7 @@ from pdist.errors import ConfigError, check_one_of, check_positive
 from pdist.evaluation.evaluators import EVALUATORS, resolve
 from pdist.jobs import MODES
 from pdist.models import ARCHITECTURES
+from pdist.runtime import files
 
 DTYPES = ("float32", "bfloat16")
 
@@ -412,7 +412,7 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
                 "`python -m pdist.evaluation.convert pt_inception-2015-12-05-6726825d.pth inception.npz` "
                 "and pass --config.eval.inception_weights=inception.npz."
             )
-        if not os.path.isfile(settings.inception_weights):
+        if not files.isfile(settings.inception_weights):
             _fail(
                 f"config.eval.inception_weights={settings.inception_weights!r} is not a file; pass the converted .npz."
             )

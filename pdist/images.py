@@ -38,7 +38,7 @@ def save_png(path: str, image_uint8: np.ndarray, scale: int = 1) -> None:
 
 def save_samples(directory: str, name: str, x: np.ndarray, labels=None) -> tuple[str, str]:
     """Writes ``name.png`` (a grid) and ``name.npz`` (uint8 images, float samples, labels); returns the paths."""
-    os.makedirs(directory, exist_ok=True)
+    files.makedirs(directory)
     png, npz = os.path.join(directory, f"{name}.png"), os.path.join(directory, f"{name}.npz")
     scale = max(1, 256 // x.shape[1] // 4)
     save_png(png, grid(x[:256]), scale=scale)

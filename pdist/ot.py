@@ -57,7 +57,7 @@ class Expressway:
     model: str
 
     def save(self, path: str) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        files.makedirs(os.path.dirname(files.absolute(path)))
         files.save_npz(
             path,
             targets=self.targets,
@@ -70,12 +70,10 @@ class Expressway:
 
 def load(path: str) -> Expressway:
     """The expressway saved at ``path`` (``Expressway.save``)."""
-    if not os.path.exists(path):
+    if not files.exists(path):
         raise FileNotFoundError(f"No expressway at {path}; build one with Pretrained.expressway (bench/ot.py).")
-    with np.load(path) as f:
-        return Expressway(
-            f["targets"], f["potentials"], float(f["t"]), tuple(int(v) for v in f["shape"]), str(f["model"])
-        )
+    f = files.load_npz(path)
+    return Expressway(f["targets"], f["potentials"], float(f["t"]), tuple(int(v) for v in f["shape"]), str(f["model"]))
 
 
 def check_time(t: float) -> None:

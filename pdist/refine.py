@@ -29,12 +29,10 @@ The schedule is a table of ``T + 1`` rates, the optimizer's ``args``
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from pdist.errors import ConfigError
-from pdist.runtime import workdir
+from pdist.runtime import files
 
 NORM_TAGS = {"adam": "grad_l1", "adamw": "grad_l1", "sgd": "grad_norm"}  # the norm each optimizer's weights use
 MIN_POINTS = 10  # logged values a run needs before it can be refined from
@@ -76,11 +74,13 @@ def check_source(directory: str, optimizer: str) -> tuple[np.ndarray, np.ndarray
     """The norms to refine from; ConfigError (one sentence) when there are none, too few or unusable ones."""
     tag = NORM_TAGS[optimizer]
     where = f"config.optim.refine_from={directory!r}"
-    if not directory or not os.path.isdir(directory):
+    if not directory or not files.isdir(directory):
         raise ConfigError(
             f"{where} is not a folder: schedule='refined' needs the workdir of a previous run to refine from."
         )
-    steps, norms = workdir.scalars(directory, tag)
+    from pdist.runtime import events  # clu's writers import TensorFlow: not on pdist.load's path
+
+    steps, norms = events.scalars(directory, tag)
     if len(steps) < MIN_POINTS:
         raise ConfigError(
             f"{where} holds {len(steps)} logged values of {tag} (at least {MIN_POINTS} needed): refine from a run "

@@ -13,7 +13,7 @@ from helpers import assert_same_tree, config_file, run_in_process, small_config
 import pdist
 from pdist import optim, refine
 from pdist.jobs import train
-from pdist.runtime import workdir
+from pdist.runtime import events
 
 
 def _log(directory, steps, **series):
@@ -78,7 +78,7 @@ def test_norms_that_fall_early_give_a_warm_up_and_a_spike_is_filtered_out(tmp_pa
 def test_a_log_written_across_resumes_keeps_the_newest_value_of_each_step(tmp_path):
     _log(tmp_path, [5, 10, 15, 20], grad_l1=[1.0, 2.0, 3.0, 4.0])
     _log(tmp_path, [15, 20, 25], grad_l1=[30.0, 40.0, 50.0])  # a resumed run logs its windows again
-    steps, values = workdir.scalars(str(tmp_path), "grad_l1")
+    steps, values = events.scalars(str(tmp_path), "grad_l1")
     assert steps.tolist() == [5, 10, 15, 20, 25] and values.tolist() == [1.0, 2.0, 30.0, 40.0, 50.0]
 
 
@@ -95,13 +95,13 @@ def test_a_refined_run_uses_its_table_and_resumes_bit_identically(tfds_dir, tmp_
     # The run applied its table's rates, warm-up included: the loop logs the mean over each window, a step late
     # (it never waits on the running step), so its windows hold counts 0-1, 2-4, 5-7 and, at the end, 8-11.
     table = np.float32(config.optim.learning_rate * refine.schedule(config.optim.refine_from, "adam", 12))
-    steps, logged = workdir.scalars(str(tmp_path / "whole"), "learning_rate")
+    steps, logged = events.scalars(str(tmp_path / "whole"), "learning_rate")
     expected = [table[a:b].mean() for a, b in ((0, 2), (2, 5), (5, 8), (8, 12))]
     assert steps.tolist() == [3, 6, 9, 12]
     np.testing.assert_allclose(logged, expected, rtol=1e-6)
     assert logged[0] < logged[1] and logged[-1] < logged[1]
     # Its own log serves as the next run's source: it logged the l1 norm every window.
-    assert len(workdir.scalars(str(tmp_path / "whole"), "grad_l1")[0]) == 4
+    assert len(events.scalars(str(tmp_path / "whole"), "grad_l1")[0]) == 4
     assert pdist.load(str(tmp_path / "whole")).config.optim.schedule == "refined"
 
 

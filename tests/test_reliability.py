@@ -335,7 +335,7 @@ override = st.sampled_from(sorted(OVERRIDES)).flatmap(lambda k: st.sampled_from(
 
 # Config files and workdirs of every kind; the first config and the first two workdirs are good.
 CONFIG_FILES = ["configs/digits.py", "configs/no_such_config.py", "configs", "configs/digits.py:no_variant", "BROKEN"]
-WORKDIRS = ["fresh", "nested/run", "FILE", "FILE/run", "UNWRITABLE/run", "gs://pdist-bucket/run"]
+WORKDIRS = ["fresh", "nested/run", "FILE", "FILE/run", "UNWRITABLE/run", "s3://pdist-bucket/run"]
 
 
 def _workdir(kind: str, root) -> str:
@@ -365,7 +365,7 @@ def _workdir(kind: str, root) -> str:
 @example(overrides=[("train.num_steps", "3")], config=CONFIG_FILES[1], where="FILE")
 @example(overrides=[("train.num_steps", "3")], config=CONFIG_FILES[0], where="FILE/run")
 @example(overrides=[("train.num_steps", "3")], config=CONFIG_FILES[0], where="UNWRITABLE/run")
-@example(overrides=[("train.num_steps", "3")], config=CONFIG_FILES[0], where="gs://pdist-bucket/run")
+@example(overrides=[("train.num_steps", "3")], config=CONFIG_FILES[0], where="s3://pdist-bucket/run")
 def test_random_overrides_end_in_a_run_or_one_sentence(overrides, config, where, tfds_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("h")
     if config == "BROKEN":

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdist.evaluation import evaluators
+from pdist.runtime import files
 
 NUM_FEATURES, NUM_LOGITS, SIZE = 2048, 1008, 299
 
@@ -172,8 +173,7 @@ def load_variables(path: str) -> dict:
     """Flax variables ``{"params", "batch_stats"}`` from an .npz written by :mod:`pdist.evaluation.convert`."""
     from flax import traverse_util
 
-    with np.load(path) as f:
-        flat = {tuple(k.split("/")): np.asarray(f[k]) for k in f.files}
+    flat = {tuple(k.split("/")): v for k, v in files.load_npz(path).items()}
     return traverse_util.unflatten_dict(flat)
 
 
@@ -182,7 +182,7 @@ def hash_file(path: str) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with files.open_file(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:12]

@@ -41,13 +41,13 @@ class Reference:
         return cls(mu, sigma, np.asarray(features, np.float32), knn_radii(features, k))
 
     def save(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        files.makedirs(os.path.dirname(path) or ".")
         files.save_npz(path, **dataclasses.asdict(self))
 
     @classmethod
     def load(cls, path: str) -> Reference:
-        with np.load(path) as f:
-            return cls(**{k.name: f[k.name] for k in dataclasses.fields(cls)})
+        arrays = files.load_npz(path)
+        return cls(**{k.name: arrays[k.name] for k in dataclasses.fields(cls)})
 
 
 def score(

@@ -20,7 +20,6 @@ newest checkpoint at the same update, with the same data order and step keys.
 from __future__ import annotations
 
 import functools
-import json
 import os
 
 import jax
@@ -58,11 +57,11 @@ def run(config: ml_collections.ConfigDict, directory: str) -> list[dict]:
     method = METHODS[settings.method]
     mesh = mesh_lib.data_mesh()
     mesh_lib.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum_steps)
-    directory = os.path.abspath(directory)
+    directory = files.absolute(directory)
     restored = restore(settings.teacher, mesh=mesh, check=functools.partial(check_teacher, config))
     teacher = restored.state.ema_params if settings.teacher_use_ema else restored.state.params
     data.training_builder(config.data)  # a dataset that is not there fails here, before anything is written
-    os.makedirs(directory, exist_ok=True)
+    files.makedirs(directory)
     network = method.student(config)  # the students' network: the teacher's, or one with more inputs
     # The parameters round 1 starts from and trains against: the teacher's, plus the student's new ones, which
     # start at the teacher's function (pdist.build.student_params).
@@ -73,7 +72,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> list[dict]:
     student_sampler = teacher_sampler if network is config else ImageSampler(network, mesh)
     rounds = method.rounds(settings)
     target = workdir.teacher_samples(directory, rounds[0].teacher_steps)
-    if not os.path.exists(target):
+    if not files.exists(target):
         _save_samples(target, fixed(teacher_sampler, teacher, rounds[0].teacher_steps))
     console.say(
         f"teacher {settings.teacher} (step {restored.metadata['step']}); students' steps: "
@@ -85,12 +84,11 @@ def run(config: ml_collections.ConfigDict, directory: str) -> list[dict]:
         round_dir = workdir.round_dir(directory, rnd.index, rnd.student_steps)
         student = run_round(network, round_dir, rnd, start, mesh)
         report = os.path.join(round_dir, workdir.ROUND_REPORT)
-        if os.path.exists(report):
-            with open(report) as f:
-                row = json.load(f)
+        if files.exists(report):
+            row = files.read_json(report)
         else:
             x_student = fixed(student_sampler, student.state.ema_params, rnd.student_steps)
-            x_target = np.load(target)["samples"]  # the teacher's samples at rnd.teacher_steps
+            x_target = files.load_npz(target)["samples"]  # the teacher's samples at rnd.teacher_steps
             same_steps = rnd.student_steps == rnd.teacher_steps  # guided stage 1: the target is the teacher's own
             row = method.report(
                 rnd,
@@ -207,8 +205,8 @@ def write_summary(directory: str, rows: list[dict], rounds: list[Round], table: 
         return
     files.write_json(os.path.join(directory, f"{workdir.SUMMARY}.json"), rows)
     files.write_text(os.path.join(directory, f"{workdir.SUMMARY}.md"), table)
-    panels = [np.load(workdir.teacher_samples(directory, rounds[0].teacher_steps))["samples"]]
+    panels = [files.load_npz(workdir.teacher_samples(directory, rounds[0].teacher_steps))["samples"]]
     for rnd in rounds[: len(rows)]:
         path = os.path.join(workdir.round_dir(directory, rnd.index, rnd.student_steps), f"{workdir.SAMPLES}.npz")
-        panels.append(np.load(path)["samples"])
+        panels.append(files.load_npz(path)["samples"])
     images.save_side_by_side(os.path.join(directory, workdir.ROUNDS_PNG), [p[:grid_samples] for p in panels])

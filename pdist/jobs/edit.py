@@ -51,7 +51,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> tuple[str, str]:
     edits = np.stack(edits)
     name = f"edits_{settings.method}_{settings.num_steps}_w{settings.guidance:g}_step{model.step}"
     out = workdir.edits_dir(directory)
-    os.makedirs(out, exist_ok=True)
+    files.makedirs(out)
     png, npz = os.path.join(out, f"{name}.png"), os.path.join(out, f"{name}.npz")
     rows = np.concatenate([source[None], edits]).reshape(-1, *source.shape[1:])
     images.save_png(png, images.grid(rows, columns=n), scale=max(1, 256 // source.shape[1] // 4))

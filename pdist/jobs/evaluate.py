@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import logging
 import os
 import time
@@ -30,7 +29,7 @@ from pdist import config as config_lib
 from pdist.evaluation import evaluators, stats
 from pdist.evaluation.score import METRICS, Reference, score
 from pdist.pretrained import load, requested_labels
-from pdist.runtime import console, files, preemption, workdir
+from pdist.runtime import console, events, files, preemption, workdir
 from pdist.runtime import mesh as mesh_lib
 
 LOWER_IS_BETTER = {"fd": True, "is": False, "precision": False, "recall": False, "accuracy": False}
@@ -49,7 +48,7 @@ def reference(evaluator, model_config: ml_collections.ConfigDict, split: str, pr
     dataset = f"{data.name}_{split}_{data.image_size}".replace("/", "_").replace(":", "_")
     key = f"{evaluator.cache_key}_{dataset}_pr{pr_samples}"
     path = files.cache_dir("reference", f"{key}.npz")
-    if os.path.exists(path):
+    if files.exists(path):
         return Reference.load(path)
     from pdist.data import pipeline
 
@@ -81,9 +80,8 @@ def evaluate_model(
     resumes at the seed it was on.
     """
     done = {}
-    if progress and os.path.exists(progress):
-        with open(progress) as f:
-            done = json.load(f)
+    if progress and files.exists(progress):
+        done = files.read_json(progress)
     rows = []
     expressway = settings.get("ot")  # a DPM-OT expressway file, or None
     labels = requested_labels(model.config, settings.num_samples)  # the classes model.sample draws
@@ -287,8 +285,6 @@ def nll(model, settings: ml_collections.ConfigDict) -> dict:
 
 def run(config: ml_collections.ConfigDict, directory: str) -> dict:
     """Evaluates ``config.eval.checkpoint`` (default: the newest in ``directory``); returns the results."""
-    from clu import metric_writers
-
     settings = config.eval
     entries = config_lib.parse_samplers(settings.samplers)
     model = load(settings.checkpoint or directory)
@@ -305,7 +301,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> dict:
         pipeline.check_split(
             pipeline.builder(dataset.name, dataset.data_dir), settings.nll_split, "config.eval.nll_split"
         )
-    os.makedirs(out_dir, exist_ok=True)
+    files.makedirs(out_dir)
     progress = os.path.join(out_dir, "progress.json")
     weights = config_lib.parse_guidance(settings.guidance)
     rows = evaluate_model(model, evaluator, ref, entries, settings, progress, weights)
@@ -334,7 +330,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> dict:
         files.write_json(os.path.join(out_dir, "eval.json"), result)
         files.write_text(os.path.join(out_dir, "eval.md"), table)
         plot(rows, os.path.join(out_dir, "eval.png"), title)
-    writer = metric_writers.create_default_writer(out_dir, just_logging=jax.process_index() > 0)
+    writer = events.writer(out_dir, just_logging=jax.process_index() > 0)
     for r in rows:
         writer.write_scalars(r["nfe"], {f"eval/{_sampler(r)}/{m}": r[m]["mean"] for m in _metrics([r])})
     if "nll" in result:

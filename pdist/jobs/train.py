@@ -17,7 +17,7 @@ from clu import metric_writers
 
 from pdist import build, data, images, rng
 from pdist.pretrained import ImageSampler
-from pdist.runtime import console, phase, workdir
+from pdist.runtime import console, files, phase, workdir
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime.step import TrainState
 
@@ -26,7 +26,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> TrainState:
     """Trains (or resumes) the teacher ``config`` describes in ``directory``; returns its final state."""
     mesh = mesh_lib.data_mesh()
     mesh_lib.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum_steps)
-    directory = os.path.abspath(directory)
+    directory = files.absolute(directory)
     init_fn, optimizer = build.state_init(config)
     sampler = ImageSampler(config, mesh)
     result = phase.run(
@@ -63,7 +63,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> TrainState:
         png, npz = images.save_samples(directory, workdir.SAMPLES, x)
         steps = result.metadata.get("step", config.train.num_steps)
         console.produced("checkpoint", workdir.step_folder(workdir.checkpoints(directory), steps))
-        if os.path.isdir(workdir.grids(directory)):
+        if files.isdir(workdir.grids(directory)):
             console.produced("grids", workdir.grids(directory))
         console.produced("samples", f"{npz}, {os.path.basename(png)}")
         console.produced("TensorBoard", f"tensorboard --logdir {console.short(directory)}")
@@ -86,6 +86,6 @@ def _write_grid(sampler, state, config, directory: str, step: int, writer: metri
     grid = images.grid(x)
     if jax.process_index() == 0:
         path = workdir.grid(directory, step)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        files.makedirs(os.path.dirname(path))
         images.save_png(path, grid, scale=max(1, 64 // x.shape[1]))
     writer.write_images(step, {"samples": grid[None]})

@@ -38,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from pdist.errors import InputError
+from pdist.runtime import files
 from pdist.runtime.workdir import CheckpointNotFoundError
 
 
@@ -130,7 +131,7 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str, *, keep: int = 3, asynchronous: bool = True, writer: bool = False):
-        self.directory = os.path.abspath(directory)
+        self.directory = files.absolute(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             enable_async_checkpointing=asynchronous,
@@ -146,7 +147,7 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state, metadata: dict) -> None:
-        os.makedirs(self.directory, exist_ok=True)
+        files.makedirs(self.directory)
         metadata = {**metadata, "versions": versions(), "checksum": fingerprint(state)}
         self._manager.save(
             step,
@@ -208,7 +209,7 @@ class Checkpointer:
                         f"{str(e)[:-1]}, or set config.train.fallback_checkpoint=True to do that automatically."
                     ) from e
                 folder = os.path.join(self.directory, str(step))
-                os.replace(folder, f"{folder}.corrupt")
+                files.rename(folder, f"{folder}.corrupt")
                 logging.warning("%s; moved it to %s.corrupt and trying the checkpoint before it.", e, folder)
                 self._manager.reload()
         return None, {}

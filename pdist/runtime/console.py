@@ -115,7 +115,9 @@ def finish(seconds: float, next_commands: list[str]) -> None:
 
 
 def short(path: str) -> str:
-    """``path`` relative to the working directory when it is below it."""
+    """``path`` relative to the working directory when it is below it (a URI, or a line holding one, as it is)."""
+    if "://" in path:
+        return path
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
 

@@ -39,7 +39,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -54,7 +53,7 @@ from pdist.errors import NonFiniteError, Preempted
 from pdist.importance import LossAwareSampler
 from pdist.losses import Loss
 from pdist.optim import Optimizer
-from pdist.runtime import console, preemption, workdir
+from pdist.runtime import console, events, files, preemption, workdir
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime.checkpoint import Checkpointer
 from pdist.runtime.step import StepMetrics, TrainState, abstract_state, compile_step, create_state, make_train_step
@@ -110,7 +109,7 @@ def run(phase: Phase, mesh) -> Result:
                 )
         else:
             state = create_state(phase.init_fn, mesh)
-        os.makedirs(phase.directory, exist_ok=True)
+        files.makedirs(phase.directory)
         step_fn = compile_step(
             make_train_step(
                 phase.loss,
@@ -122,7 +121,7 @@ def run(phase: Phase, mesh) -> Result:
             ),
             mesh,
         )
-        writer = metric_writers.create_default_writer(phase.directory, just_logging=jax.process_index() > 0)
+        writer = events.writer(phase.directory, just_logging=jax.process_index() > 0)
         if start == 0:
             writer.write_hparams(_flat(phase.config.to_dict()))
         base = {"config": json.loads(phase.config.to_json()), **phase.metadata}

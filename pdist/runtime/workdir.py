@@ -7,7 +7,7 @@ A teacher's workdir::
     samples.npz, samples.png         the final samples
     samples/<name>.npz|png           --config.mode=sample
     eval/<tag>/                      --config.mode=eval (tag: the checkpoint's run or round, and step)
-    events.out.tfevents.*            TensorBoard (read back by :func:`scalars`)
+    events.out.tfevents.*            TensorBoard (pdist.runtime.events)
 
 A distillation's workdir::
 
@@ -23,13 +23,11 @@ checkpoints folder and a step.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 
-import numpy as np
-
 from pdist.errors import InputError
+from pdist.runtime import files
 
 CHECKPOINTS = "checkpoints"
 ROUND = re.compile(r"round_(\d+)_(\d+)steps")
@@ -38,7 +36,6 @@ SAMPLES = "samples"  # samples.npz and samples.png of a run; samples/ of the sam
 ROUND_REPORT = "round.json"
 SUMMARY = "summary"  # summary.json and summary.md
 ROUNDS_PNG = "rounds.png"
-EVENTS = "events.out.tfevents.*"  # TensorBoard event files, one per process start
 
 
 class CheckpointNotFoundError(InputError, FileNotFoundError):
@@ -46,12 +43,34 @@ class CheckpointNotFoundError(InputError, FileNotFoundError):
 
 
 def check(path: str) -> None:
-    """One sentence (InputError) unless ``path`` is a folder this process can write, or can create."""
-    if re.match(r"[a-zA-Z][\w+.-]*://", path):
-        raise InputError(
-            f"--workdir={path} is on another filesystem, which pdist cannot write yet; pass a local folder (a "
-            "bucket mounted with gcsfuse works)."
-        )
+    """One sentence (InputError) unless ``path`` is a folder this process can write, or can create.
+
+    A ``gs://`` URI is checked for what can be checked without writing: that its bucket exists and answers
+    (credentials, network) and that it is not a file."""
+    scheme = files.scheme(path)
+    if scheme is not None:
+        if scheme not in files.SCHEMES:
+            raise InputError(
+                f"--workdir={path} is on a filesystem pdist cannot write ({scheme}://); pass a local folder or a "
+                f"{' or '.join(s + '://' for s in files.SCHEMES)} URI."
+            )
+        bucket = f"{scheme}://{path.split('://', 1)[1].split('/')[0]}"
+        try:
+            found, is_file = files.isdir(bucket), files.isfile(path)
+        except Exception as e:  # the object store's client raises its own types (no credentials, no network)
+            text = (str(e).splitlines() or [""])[0][:160]
+            raise InputError(
+                f"--workdir={path} cannot be reached ({type(e).__name__}: {text}); check the bucket's name and "
+                "your credentials (gcloud auth application-default login)."
+            ) from None
+        if not found:
+            raise InputError(
+                f"--workdir={path}: the bucket {bucket} does not exist or these credentials cannot list it; create "
+                "it (gcloud storage buckets create) or check its name."
+            )
+        if is_file:
+            raise InputError(f"--workdir={path} is a file; pass a folder (it is created if missing).")
+        return
     absolute = os.path.abspath(os.path.expanduser(path))
     existing = absolute
     while not os.path.exists(existing):
@@ -113,47 +132,20 @@ def locate(path: str) -> tuple[str, int | None]:
 
     A distillation workdir stands for its newest round's student.
     """
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isdir(path):
+    path = files.absolute(path)
+    if not files.isdir(path):
         raise CheckpointNotFoundError(f"{path} does not exist; pass a training workdir or a checkpoint folder.")
-    if os.path.isdir(checkpoints(path)):
+    names = files.listdir(path)
+    if CHECKPOINTS in names and files.isdir(checkpoints(path)):
         return checkpoints(path), None
-    rounds = sorted(
-        n for n in os.listdir(path) if ROUND.fullmatch(n) and _has_steps(checkpoints(os.path.join(path, n)))
-    )
+    rounds = [n for n in names if ROUND.fullmatch(n) and _has_steps(checkpoints(os.path.join(path, n)))]
     if rounds:
         return checkpoints(os.path.join(path, rounds[-1])), None
-    name = os.path.basename(path)
-    if re.fullmatch(r"\d+", name) and os.path.isdir(os.path.join(path, "state")):
-        return os.path.dirname(path), int(name)
+    name = os.path.basename(path.rstrip("/"))
+    if re.fullmatch(r"\d+", name) and "state" in names:
+        return os.path.dirname(path.rstrip("/")), int(name)
     return path, None
 
 
 def _has_steps(folder: str) -> bool:
-    return os.path.isdir(folder) and any(re.fullmatch(r"\d+", n) for n in os.listdir(folder))
-
-
-def scalars(directory: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """Steps and values of the scalar ``tag`` in ``directory``'s TensorBoard event files (not its subfolders),
-    one value per step: files are read in the order they were written, so a step logged again by a resumed
-    run keeps its newest value."""
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-    from tensorboard.util import tensor_util
-
-    by_step = {}
-    for path in sorted(glob.glob(os.path.join(directory, EVENTS)), key=_written):
-        for event in EventFileLoader(path).Load():
-            for value in event.summary.value:
-                if value.tag == tag:
-                    array = tensor_util.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value
-                    by_step[event.step] = float(np.asarray(array))
-    steps = np.array(sorted(by_step), np.int64)
-    return steps, np.array([by_step[s] for s in steps], np.float64)
-
-
-def _written(path: str) -> tuple[float, str]:
-    """An event file's creation time, from its name (``events.out.tfevents.<seconds>.<host>...``)."""
-    try:
-        return float(os.path.basename(path).split(".")[3]), path
-    except (IndexError, ValueError):
-        return os.path.getmtime(path), path
+    return any(re.fullmatch(r"\d+", n) for n in files.listdir(folder))
