@@ -32,6 +32,18 @@ def rate(fn, x, repeats: int = 3) -> float:
     return len(x) / best
 
 
+def random_inception(batch_size: int) -> InceptionEvaluator:
+    """The FID Inception-v3 with random weights (its speed does not depend on them)."""
+    rng = np.random.default_rng(0)
+    shapes = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0), jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), "f4"))
+    variables = jax.tree.map(lambda s: (0.05 * rng.normal(size=s.shape)).astype(np.float32), shapes)
+    variables["batch_stats"] = jax.tree.map(np.abs, variables["batch_stats"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "random.npz")
+        convert.save_npz(variables, path)
+        return InceptionEvaluator(path, batch_size=batch_size)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inception-batch", type=int, default=50)
@@ -49,13 +61,7 @@ def main():
         digits = DigitsEvaluator()
         x = rng.uniform(-1, 1, (args.digits_images, 8, 8, 1)).astype(np.float32)
         print(f"| digits CNN | 8x8x1 | 500 | {rate(digits.outputs, x):,.0f} |")
-    shapes = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0), jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), "f4"))
-    variables = jax.tree.map(lambda s: (0.05 * rng.normal(size=s.shape)).astype(np.float32), shapes)
-    variables["batch_stats"] = jax.tree.map(np.abs, variables["batch_stats"])
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "random.npz")
-        convert.save_npz(variables, path)
-        inception = InceptionEvaluator(path, batch_size=args.inception_batch)
+    inception = random_inception(args.inception_batch)
     x = rng.uniform(-1, 1, (args.inception_images, 32, 32, 3)).astype(np.float32)
     print(f"| FID Inception-v3 | 32x32x3 -> 299x299 | {args.inception_batch} | {rate(inception.outputs, x):,.1f} |")
 

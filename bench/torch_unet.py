@@ -1,14 +1,18 @@
 """The same train step in PyTorch, for a side-by-side with bench/train_step.py on a GPU.
 
-python bench/torch_unet.py [--setup=cifar10] [--batch-size=128] [--steps=20] [--compile]
+python bench/torch_unet.py [--setup=cifar10] [--batch-size=128] [--steps=20] [--compile] [--dtype=bfloat16]
 
 A PyTorch mirror of pdist's UNet (pdist/models/unet.py: same blocks, widths,
 attention, BigGAN up/down blocks and noise-level embedding, so the same
 parameter count) doing the step of configs/cifar10.py: x-parameterization,
 truncated-SNR weight on the clipped logSNR cosine in continuous time, dropout,
 Adam with global-norm clipping, and an EMA update. float32 with TF32 matmuls
-and convolutions allowed (what XLA does on the GPU by default). PyTorch is not
-a pdist dependency: this runs where it is installed. Prints one markdown row.
+and convolutions allowed (what XLA does on the GPU by default), or with
+``--dtype=bfloat16`` the forward pass under ``torch.autocast`` to bfloat16
+(PyTorch's mixed precision, the counterpart of pdist's ``model.dtype``:
+parameters, gradients and Adam's state stay float32, normalizations and the
+softmax run in float32, the loss is taken in float32). PyTorch is not a
+pdist dependency: this runs where it is installed. Prints one markdown row.
 """
 
 from __future__ import annotations
@@ -146,6 +150,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -178,7 +183,8 @@ def main():
         logsnr = cosine_logsnr(t)
         alpha2 = torch.sigmoid(logsnr)[:, None, None, None]
         z = alpha2.sqrt() * x + (1 - alpha2).sqrt() * torch.randn_like(x)
-        x_hat = net(z, logsnr)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
+            x_hat = net(z, logsnr).float()
         weight = torch.clamp(torch.exp(logsnr), min=1.0)  # truncated SNR
         loss = (weight * ((x - x_hat) ** 2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
@@ -202,7 +208,7 @@ def main():
     torch.cuda.synchronize() if device == "cuda" else None
     step_s = (time.perf_counter() - began) / args.steps
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    mode = "compiled" if args.compile else "eager"
+    mode = ("compiled" if args.compile else "eager") + ("" if args.dtype == "float32" else f" {args.dtype}")
     print(f"torch {torch.__version__} on {name}")
     print(
         f"| torch {mode} {args.setup} | {params / 1e6:.2f}M | {batch} | {warm:.1f} | {step_s:.3f} "
