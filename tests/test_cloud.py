@@ -1,4 +1,4 @@
-"""A gs:// workdir end to end: train (and resume), distill, load and sample, against a Cloud Storage server on
+"""A gs:// workdir end to end: train (and resume), evaluate, distill, load and sample, against a Cloud Storage server on
 127.0.0.1.
 
 Why this stands for gs://. The server (gcp-storage-emulator) speaks Cloud Storage's JSON API over HTTP, and
@@ -70,7 +70,7 @@ def _run(env, *args, config="configs/digits.py"):
 
 
 @pytest.mark.heavy(2)
-def test_a_gs_workdir_trains_resumes_distills_loads_and_samples(gcs, tfds_dir, tmp_path):
+def test_a_gs_workdir_trains_resumes_evaluates_distills_loads_and_samples(gcs, tfds_dir, evaluator_cache, tmp_path):
     teacher, student = f"gs://{BUCKET}/teacher", f"gs://{BUCKET}/student"
     model = [f"--config.model.{k}={v}" for k, v in SMALL_MODEL.items()]
     train = [*model, f"--workdir={teacher}", f"--config.data.data_dir={tfds_dir}", "--config.train.batch_size=32",
@@ -81,6 +81,10 @@ def test_a_gs_workdir_trains_resumes_distills_loads_and_samples(gcs, tfds_dir, t
     assert f"tensorboard --logdir {teacher}" in out, out
     out = _run(gcs, *train, "--config.train.num_steps=6")  # resumes from the bucket
     assert f"teacher: resuming at step 4 from {teacher}/checkpoints/4" in out, out
+    out = _run(dict(gcs, PDIST_CACHE=evaluator_cache), *model, f"--workdir={teacher}", "--config.mode=eval",
+               f"--config.data.data_dir={tfds_dir}", "--config.eval.samplers=ddim:2", "--config.eval.num_samples=32",
+               "--config.eval.num_seeds=1", "--config.eval.pr_samples=32")  # fmt: skip
+    assert f"report       {teacher}/eval/teacher_step6/eval.md" in out, out
     _run(
         gcs, *model, f"--workdir={student}", f"--config.distill.teacher={teacher}", f"--config.data.data_dir={tfds_dir}",
         "--config.distill.start_steps=4", "--config.distill.final_steps=2", "--config.distill.updates_per_round=2",
@@ -110,6 +114,7 @@ def test_a_gs_workdir_trains_resumes_distills_loads_and_samples(gcs, tfds_dir, t
     # Everything a local workdir would hold is there, and nothing half-written (no temporary files).
     written = {os.path.relpath(os.path.join(d, f), local) for d, _, names in os.walk(local) for f in names}
     for expected in ("teacher/checkpoints/6/metadata/metadata", "teacher/grids/step_00000004.png",
+                     "teacher/eval/teacher_step6/eval.json", "teacher/eval/teacher_step6/eval.png",
                      "teacher/samples.npz", "teacher/samples.png", "student/teacher_4steps.npz",
                      "student/round_01_2steps/round.json", "student/round_01_2steps/samples.npz",
                      "student/summary.json", "student/summary.md", "student/rounds.png"):  # fmt: skip
