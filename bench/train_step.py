@@ -23,15 +23,18 @@ distillation update: two DDIM evaluations of the frozen teacher, the
 student's forward and backward, Adam and the EMA, in the same train step;
 the teacher's forward runs in the variant's compute dtype and is never
 differentiated). A ``distill`` row after a ``teacher`` row of the same setup
-and variant reports its cost as a multiple of that step.
+and variant reports its cost per image as a multiple of that step's.
 
 ``--batch-size=fit`` finds the largest per-device batch whose step fits the
-device memory (``--memory-gib``, default the device's own limit): it
-compiles the step at ``--fit-from`` examples per device, reads XLA's memory
-analysis (state and temporary buffers), extrapolates the temporary buffers
-linearly in the batch, then compiles and runs the predicted batch, shrinking
-it by 10% while it does not fit. Compiling needs no device memory, so the
-prediction also works for a memory limit larger than the device's.
+device memory (``--memory-gib``, default the device's own limit): XLA's
+memory analysis of the step (state and temporary buffers) compiled at
+``--fit-from`` and twice that many examples per device gives a line in the
+batch; the predicted batch is compiled to check it (shrunk in proportion
+while it needs too much), then run, shrinking it by 10% on an out-of-memory
+error. Compiling allocates nothing on the device, so a limit larger than
+the device's can be asked for. The checked batch is compiled again to run
+it: set ``JAX_COMPILATION_CACHE_DIR`` (bench/accelerator.sh does) and that
+second compile is a cache hit.
 """
 
 from __future__ import annotations
@@ -85,10 +88,10 @@ def setup_config(name: str, variant: str, batch_size: int | None):
 
 
 class Bench:
-    """The compiled step of one (setup, variant, kind) at one batch size, with its state and a batch."""
+    """The step of one (setup, variant, kind) at one batch size, jitted over the mesh, and its synthetic batch."""
 
     def __init__(self, config, kind: str):
-        self.config, self.kind = config, kind
+        self.config = config
         self.mesh = mesh_lib.data_mesh()
         init_fn, self.optimizer = build.state_init(config)
         if kind == "teacher":
@@ -116,9 +119,13 @@ class Bench:
     def lower(self):
         """The step lowered on abstract arguments: nothing is allocated on the device."""
         state = step_lib.abstract_state(self.init_fn, self.mesh)
-        repl = mesh_lib.replicated(self.mesh)
+        repl, rows = mesh_lib.replicated(self.mesh), mesh_lib.batch_sharded(self.mesh)
         args = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), self.abstract_args)
-        batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), self.batch())
+        size = self.config.train.batch_size
+        batch = {
+            "image": jax.ShapeDtypeStruct((size, *build.image_shape(self.config)), np.float32, sharding=rows),
+            "label": jax.ShapeDtypeStruct((size,), np.int32, sharding=rows),
+        }
         return self.step.lower(state, batch, jax.random.key(0), self.optimizer.args, *args)
 
 
@@ -247,14 +254,14 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in setups:
         for variant in args.variants.split(","):
-            teacher_s = None
+            teacher_rate = None  # the teacher step's images/s: a fitted distill row may have another batch
             for kind in kinds:
                 if fit:
                     r = measure_fitted(name, args.steps, variant, kind, args.memory_gib, args.fit_from)
                 else:
                     r = measure(name, batch_size, args.steps, variant, kind)
-                teacher_s = r["step_s"] if kind == "teacher" else teacher_s
-                ratio = f"{r['step_s'] / teacher_s:.2f}" if kind != "teacher" and teacher_s else ""
+                teacher_rate = r["images_per_s"] if kind == "teacher" else teacher_rate
+                ratio = f"{teacher_rate / r['images_per_s']:.2f}" if kind != "teacher" and teacher_rate else ""
                 tflops = r["tflops_per_step"]
                 mfu = "" if args.peak_tflops is None else f"{tflops / r['step_s'] / args.peak_tflops:.1%}"
                 batch = f"{r['batch']} ({r['fit']})" if fit else r["batch"]
