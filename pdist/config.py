@@ -131,6 +131,7 @@ def base_config() -> ml_collections.ConfigDict:
     # per example, on the teacher's own time grid, for stage1_updates; stage 2 is the progressive rounds with w
     config.distill.guidance_min = 0.0
     config.distill.guidance_max = 4.0
+    config.distill.guidance_at_min = 0.0  # the share of training weights drawn exactly at guidance_min
     config.distill.stage1_updates = 50_000
 
     # Evaluation (mode "eval") of one checkpoint: every (sampler, steps) pair in

@@ -19,6 +19,7 @@ samplers' ``clip_x``) happens after the blend; a learned variance is the conditi
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +61,23 @@ def split(pred: Prediction) -> tuple[Prediction, Prediction]:
     first = Prediction(*(None if a is None else a[:half] for a in pred))
     second = Prediction(*(None if a is None else a[half:] for a in pred))
     return first, second
+
+
+class WeightPrior(NamedTuple):
+    """How guided distillation draws a guidance weight per example: ``low`` with probability ``at_low``, else
+    ``U[low, high]`` (Meng et al. 2023: ``U[0, 4]``, ``at_low = 0``). Mass at the low end (the unguided model
+    at ``low = 0``) holds the student to the teacher where the Frechet distance is smallest and a leak of guidance
+    costs the most; with ``at_low = 0`` the draw is the uniform one, key for key."""
+
+    low: float
+    high: float
+    at_low: float = 0.0
+
+    def draw(self, key: Array, n: int) -> Array:
+        w = jax.random.uniform(key, (n,), minval=self.low, maxval=self.high)
+        if self.at_low > 0:
+            w = jnp.where(jax.random.bernoulli(jax.random.fold_in(key, 1), self.at_low, (n,)), self.low, w)
+        return w
 
 
 def guided(predict: Callable[[Array, Array, Array], Prediction], z: Array, t: Array, label: Array, w, num_classes: int):

@@ -76,13 +76,13 @@ def drawer(
     t_min: float = 0.0,
     label_dropout: float = 0.0,
     num_classes: int = 0,
-    guidance_range: tuple[float, float] | None = None,
+    guidance_prior: guidance.WeightPrior | None = None,
 ):
     """``draw(batch, key)``: ``t`` (from ``num_timesteps`` and ``t_min`` as in :func:`uniform_times`) and
     Gaussian ``noise`` for every example, unless the batch holds them; with ``label_dropout``, each ``label``
     replaced by the null class with that probability (:func:`pdist.guidance.drop_labels`) and the mask of
     the replaced ones added as ``label_dropped``: a batch that holds it was drawn already; with
-    ``guidance_range`` (guided distillation), a guidance weight ``guidance`` ~ U[low, high] per example
+    ``guidance_prior`` (guided distillation), a guidance weight ``guidance`` per example drawn from it
     unless the batch holds them. The key's third part is left for the model."""
 
     def draw(batch: dict, key: Array) -> dict:
@@ -94,9 +94,8 @@ def drawer(
         if label_dropout > 0 and "label_dropped" not in batch:
             label = guidance.drop_labels(batch["label"], jax.random.fold_in(key, 3), label_dropout, num_classes)
             out.update(label=label, label_dropped=label == guidance.null_label(num_classes))
-        if guidance_range is not None and "guidance" not in batch:
-            low, high = guidance_range
-            out["guidance"] = jax.random.uniform(jax.random.fold_in(key, 4), (x.shape[0],), minval=low, maxval=high)
+        if guidance_prior is not None and "guidance" not in batch:
+            out["guidance"] = guidance_prior.draw(jax.random.fold_in(key, 4), x.shape[0])
         return out
 
     return draw

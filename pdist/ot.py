@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pdist import diffusion
 from pdist.runtime import files
@@ -90,10 +91,9 @@ def targets_from(schedule: Schedule, x, key: Array, t: float) -> np.ndarray:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("chunk",))
-def assign(x: Array, targets: Array, potentials: Array, chunk: int = 4096) -> Array:
-    """``argmax_i <x, y_i> + h_i`` for each row of ``x`` [B, D]: the targets in chunks of ``chunk`` rows (one
-    [B, chunk] score block at a time, so N is bounded by the targets' memory, not N times B)."""
+def _best(x: Array, targets: Array, potentials: Array, chunk: int) -> tuple[Array, Array]:
+    """For each row of ``x`` [B, D], the largest score ``<x, y_i> + h_i`` over ``targets`` and its index: the
+    targets in chunks of ``chunk`` rows (one [B, chunk] score block at a time)."""
     n = targets.shape[0]
     chunk = min(chunk, n)
     pad = -n % chunk
@@ -110,8 +110,50 @@ def assign(x: Array, targets: Array, potentials: Array, chunk: int = 4096) -> Ar
 
     init = (jnp.full((x.shape[0],), -jnp.inf, x.dtype), jnp.zeros((x.shape[0],), jnp.int32))
     starts = jnp.arange(y.shape[0], dtype=jnp.int32) * chunk
-    (_, index), _ = jax.lax.scan(block, init, (y, h, starts))
-    return index
+    return jax.lax.scan(block, init, (y, h, starts))[0]
+
+
+TARGETS = "targets"  # the mesh axis a sharded solve splits the targets over
+
+
+def target_mesh(devices=None) -> Mesh:
+    """A mesh of ``devices`` (default: all, every process's) whose one axis splits the targets."""
+    return Mesh(np.asarray(jax.devices() if devices is None else devices), (TARGETS,))
+
+
+def shard_targets(targets, potentials, mesh: Mesh) -> tuple[Array, Array]:
+    """``targets`` [N, D] and ``potentials`` [N] split by rows over ``mesh``, padded to a multiple of its
+    size with rows that never win (potential -inf). Every process passes the same full arrays."""
+    targets, potentials = np.asarray(targets, np.float32), np.asarray(potentials, np.float32)
+    pad = -len(targets) % mesh.size
+    targets = np.pad(targets, ((0, pad), (0, 0)))
+    potentials = np.pad(potentials, (0, pad), constant_values=-np.inf)
+    rows = NamedSharding(mesh, PartitionSpec(TARGETS))
+    put = lambda a: jax.make_array_from_callback(a.shape, rows, lambda index: a[index])  # noqa: E731
+    return put(targets), put(potentials)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk", "mesh"))
+def assign(x: Array, targets: Array, potentials: Array, chunk: int = 4096, mesh: Mesh | None = None) -> Array:
+    """``argmax_i <x, y_i> + h_i`` for each row of ``x`` [B, D], the lowest index on ties. The targets go in
+    chunks of ``chunk`` rows, so N is bounded by the targets' memory, not N times B. With ``mesh``
+    (:func:`target_mesh`; ``targets`` and ``potentials`` from :func:`shard_targets`), each device scores ``x``
+    against its rows and the devices' best (score, index) pairs are gathered: memory and work per device are
+    1 / devices of one device's, and the answer is the one-device answer."""
+    if mesh is None:
+        return _best(x, targets, potentials, chunk)[1]
+
+    def local(x, y, h):
+        val, idx = _best(x, y, h, chunk)
+        idx = idx + jax.lax.axis_index(TARGETS) * y.shape[0]
+        vals, idxs = jax.lax.all_gather(val, TARGETS), jax.lax.all_gather(idx, TARGETS)  # [devices, B]
+        first = jnp.argmax(vals, axis=0)  # the first device on ties: the lowest index
+        return jnp.take_along_axis(idxs, first[None], axis=0)[0]
+
+    specs = (PartitionSpec(), PartitionSpec(TARGETS), PartitionSpec(TARGETS))
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(), check_vma=False)(
+        x, targets, potentials
+    )
 
 
 def normal_source(key: Array, n: int, dim: int) -> Array:
@@ -119,17 +161,22 @@ def normal_source(key: Array, n: int, dim: int) -> Array:
     return jax.random.normal(key, (n, dim), jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("source", "batch", "num_batches", "chunk"))
-def cell_masses(key, targets, potentials, *, source, batch: int, num_batches: int, chunk: int = 4096) -> Array:
-    """Each cell's Monte-Carlo mass under ``source(key, n, dim)``: ``num_batches`` batches of ``batch``."""
-    n, dim = targets.shape
+@functools.partial(jax.jit, static_argnames=("source", "batch", "num_batches", "chunk", "mesh"))
+def cell_masses(
+    key, targets, potentials, *, source, batch: int, num_batches: int, chunk: int = 4096, mesh: Mesh | None = None
+) -> Array:
+    """Each cell's Monte-Carlo mass under ``source(key, n, dim)``: ``num_batches`` batches of ``batch``.
+    ``potentials`` [N]; with ``mesh``, ``targets`` is :func:`shard_targets`' padded split (the masses are the
+    N real cells'; every device draws the same points and scores them against its rows)."""
+    n, (rows, dim) = potentials.shape[0], targets.shape
+    potentials = jnp.pad(potentials, (0, rows - n), constant_values=-jnp.inf)
 
     def one(counts, k):
-        index = assign(source(k, batch, dim), targets, potentials, chunk=chunk)
-        return counts + jnp.bincount(index, length=n), None
+        index = assign(source(k, batch, dim), targets, potentials, chunk=chunk, mesh=mesh)
+        return counts + jnp.bincount(index, length=rows), None
 
-    counts, _ = jax.lax.scan(one, jnp.zeros((n,), jnp.int32), jax.random.split(key, num_batches))
-    return counts / (batch * num_batches)
+    counts, _ = jax.lax.scan(one, jnp.zeros((rows,), jnp.int32), jax.random.split(key, num_batches))
+    return counts[:n] / (batch * num_batches)
 
 
 @dataclasses.dataclass
@@ -166,14 +213,20 @@ def solve(
     patience: int = 50,
     source: Callable = normal_source,
     chunk: int = 4096,
+    mesh: Mesh | None = None,
 ) -> Solution:
     """Potentials h of the semi-discrete OT from ``source`` (the prior) to the uniform measure on ``targets``
     [N, D], by the reference's stochastic descent: Adam (rate ``lr``) on the gradient ``masses - 1/N``,
     ``samples`` (default 10 N) Monte-Carlo points a step in batches of ``batch``, h kept at mean zero;
     after ``patience`` steps without a better gradient norm the samples double and the rate is cut by 0.8
-    (three times at most). Stops at a gradient norm below ``tol`` with no empty cell, or ``max_steps``."""
-    targets = jnp.asarray(targets, jnp.float32)
-    n = targets.shape[0]
+    (three times at most). Stops at a gradient norm below ``tol`` with no empty cell, or ``max_steps``.
+    ``mesh`` (:func:`target_mesh`) splits the targets over its devices (:func:`assign`): the same steps and
+    potentials as on one device."""
+    n = len(targets)
+    if mesh is None:
+        targets = jnp.asarray(targets, jnp.float32)
+    else:
+        targets, _ = shard_targets(targets, np.zeros(n, np.float32), mesh)
     batch = min(batch, max(samples or 10 * n, 1))
     num_batches = max(1, -(-(samples or 10 * n) // batch))
     h = jnp.zeros((n,), jnp.float32)
@@ -185,7 +238,7 @@ def solve(
     for step in range(1, max_steps + 1):
         masses = cell_masses(
             jax.random.fold_in(key, step), targets, h, source=source, batch=batch, num_batches=num_batches,
-            chunk=chunk,
+            chunk=chunk, mesh=mesh,
         )  # fmt: skip
         h_next, state, norm, empty = _update(h, state, masses)
         norm, empty = float(norm), int(empty)

@@ -92,6 +92,22 @@ class _StudentMLP(nn.Module):
 
 
 @pytest.mark.heavy
+def test_the_weight_prior_is_the_papers_uniform_draw_with_the_requested_mass_at_the_low_end():
+    """``at_low = 0``: the uniform draw key for key (earlier runs reproduce); ``at_low = p``: a share p of the
+    weights exactly at ``low`` (binomial, within 4 standard deviations over 20,000 draws), the rest uniform on
+    [low, high] (mean within 4 standard errors)."""
+    key, n = jax.random.key(3), 20_000
+    uniform = jax.random.uniform(key, (n,), minval=0.5, maxval=4.0)
+    np.testing.assert_array_equal(guidance.WeightPrior(0.5, 4.0).draw(key, n), uniform)
+    p = 0.2
+    w = np.asarray(guidance.WeightPrior(0.5, 4.0, at_low=p).draw(key, n))
+    at_low = w == 0.5
+    assert abs(at_low.mean() - p) < 4 * np.sqrt(p * (1 - p) / n)
+    rest = w[~at_low]
+    assert rest.min() > 0.5 and rest.max() <= 4.0
+    assert abs(rest.mean() - 2.25) < 4 * (3.5 / np.sqrt(12)) / np.sqrt(rest.size)
+
+
 def test_a_stage_one_student_matches_the_guided_teacher_at_weights_it_never_saw():
     """The stage-1 loss with the exact oracle as teacher, weights drawn from [0, 1.5] and [2.5, 4] only.
 
@@ -105,7 +121,7 @@ def test_a_stage_one_student_matches_the_guided_teacher_at_weights_it_never_saw(
     apply_fn = lambda p, z, t, label, key, w: net.apply({"params": p}, z, t, label, w)  # noqa: E731
     loss = guided.make_stage_one_loss(
         apply_fn, schedule, parameterization="v", weighting="snr_plus_one", num_timesteps=None, num_classes=K,
-        guidance_range=(0.0, 4.0), teacher=lambda params, z, t, label: oracle(z, t, label),
+        guidance_prior=guidance.WeightPrior(0.0, 4.0), teacher=lambda params, z, t, label: oracle(z, t, label),
     )  # fmt: skip
     steps, batch_size = 1500, 512
     settings = base_config().optim
@@ -205,6 +221,7 @@ def test_bad_guidance_is_one_sentence_before_compiling(teacher):
     for change, message in [
         ({"train.label_dropout": 0.0}, "Guided distillation needs a teacher trained for classifier-free guidance"),
         ({"distill.guidance_min": 4.0}, "must satisfy 0 <= min < max"),
+        ({"distill.guidance_at_min": 1.0}, "guidance_at_min=1.0 is a probability below 1"),
         ({"model.guidance_input": True}, "is set by guided distillation in its students' configs"),
     ]:
         bad = config_file("digits_cond_guided")

@@ -6,7 +6,8 @@ Models", CVPR 2023): a classifier-free guided teacher becomes few-step students 
   guidance_input``: Fourier features of w added to the noise-level embedding, last layer at zero, so the
   student starts as the conditional teacher at every w; :func:`pdist.build.student_params`). It is trained to
   match the guided teacher, ``x_w = (1 + w) x(z, c) - w x(z, null)`` (one teacher call on the doubled
-  batch), at ``w ~ U[guidance_min, guidance_max]`` per example and t on the teacher's own training grid
+  batch), at ``w ~ U[guidance_min, guidance_max]`` per example (exactly ``guidance_min`` with probability
+  ``guidance_at_min``, :class:`pdist.guidance.WeightPrior`; 0 in the paper) and t on the teacher's own training grid
   (``t = i/T`` for a discrete teacher, ``U[t_min, 1]`` for a continuous one), with the teacher's loss weight:
   ``weight(logsnr) |x_w - x_student(z_t, c, w)|^2``, for ``config.distill.stage1_updates`` updates. It
   samples in ``start_steps`` steps, as the teacher did.
@@ -51,12 +52,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.distill.guidance_min={settings.guidance_min} and guidance_max={settings.guidance_max} must "
             "satisfy 0 <= min < max (the paper: 0 and 4)."
         )
+    if not 0 <= settings.guidance_at_min < 1:
+        raise ConfigError(
+            f"config.distill.guidance_at_min={settings.guidance_at_min} is a probability below 1 (the share of "
+            "weights drawn exactly at guidance_min; 0 draws U[guidance_min, guidance_max] as the paper)."
+        )
     check_positive(settings.stage1_updates, "distill.stage1_updates")
     progressive.validate_rounds(config)
 
 
 def guidance_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
     return float(config.distill.guidance_min), float(config.distill.guidance_max)
+
+
+def weight_prior(config: ml_collections.ConfigDict) -> guidance.WeightPrior:
+    """The training draw of w, stage 1 and stage 2 alike."""
+    return guidance.WeightPrior(*guidance_range(config), at_low=float(config.distill.guidance_at_min))
 
 
 def rounds(settings: ml_collections.ConfigDict) -> list[Round]:
@@ -86,7 +97,7 @@ def loss(apply_fn: Callable, schedule: Schedule, config: ml_collections.ConfigDi
         parameterization=settings.parameterization,
         weighting=settings.weighting,
         learned_variance=settings.learned_variance,
-        guidance_range=guidance_range(config),
+        guidance_prior=weight_prior(config),
     )
     if rnd.index == 1:
         return make_stage_one_loss(
@@ -107,7 +118,7 @@ def make_stage_one_loss(
     weighting: str,
     num_timesteps: int | None,
     num_classes: int,
-    guidance_range: tuple[float, float],
+    guidance_prior: guidance.WeightPrior,
     learned_variance: bool = False,
     teacher: Callable | None = None,
 ) -> Loss:
@@ -118,7 +129,7 @@ def make_stage_one_loss(
     -> Prediction`` is the conditional teacher (the null class as ``label = num_classes``); by default the
     student's network with the teacher's parameters at w = 0 (a fresh student's w layers are zero, so that is
     the teacher itself). The batch may hold ``guidance`` (the weights), ``t`` and ``noise``; what it lacks is
-    drawn: w ~ U[guidance_range], t on the teacher's grid (``num_timesteps``, or ``U[t_min, 1]``).
+    drawn: w from ``guidance_prior``, t on the teacher's grid (``num_timesteps``, or ``U[t_min, 1]``).
     """
     diffusion.check_parameterization(parameterization)
     diffusion.check_weighting(weighting)
@@ -134,7 +145,7 @@ def make_stage_one_loss(
             return predict(apply_fn(teacher_params, z, t, label, None, jnp.zeros(z.shape[:1])), z, t)
 
     t_min = schedule.t_min if num_timesteps is None else 0.0
-    draw = losses.drawer(num_timesteps, t_min, guidance_range=guidance_range)
+    draw = losses.drawer(num_timesteps, t_min, guidance_prior=guidance_prior)
 
     def loss_fn(params, batch: dict, key: Array, teacher_params):
         batch = draw(batch, key)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pdist import diffusion, losses
+from pdist import diffusion, guidance, losses
 from pdist.distillation.rounds import Round
 from pdist.errors import ConfigError, check_positive
 from pdist.losses import Loss, LossAux
@@ -159,14 +159,14 @@ def make_loss(
     weighting: str,
     num_student_steps: int,
     learned_variance: bool = False,
-    guidance_range: tuple[float, float] | None = None,
+    guidance_prior: guidance.WeightPrior | None = None,
 ) -> Loss:
     """Student loss ``w(logsnr_t) |x~ - x_hat_student(z_t)|^2`` (Salimans & Ho 2022, Alg. 2).
 
     Returns ``loss_fn(params, batch, key, teacher_params)``: the frozen teacher
     (same ``apply_fn``, deterministic) is an argument, never a closed-over
     constant. Student times are ``t = i / N``, i ~ U{1..N}. With
-    ``guidance_range`` (guided distillation's stage 2, Meng et al. 2023), a
+    ``guidance_prior`` (guided distillation's stage 2, Meng et al. 2023), a
     guidance weight drawn per example from it is the last argument of
     ``apply_fn`` for teacher and student alike.
     """
@@ -178,12 +178,12 @@ def make_loss(
         out, z, logsnr, parameterization=parameterization, learned_variance=learned_variance
     )
 
-    draw = losses.drawer(num_student_steps, guidance_range=guidance_range)  # t on the student's grid
+    draw = losses.drawer(num_student_steps, guidance_prior=guidance_prior)  # t on the student's grid
 
     def loss_fn(params, batch: dict, key: Array, teacher_params):
         batch = draw(batch, key)
         x, label, t = batch["image"], batch.get("label"), batch["t"]
-        w = () if guidance_range is None else (batch["guidance"],)
+        w = () if guidance_prior is None else (batch["guidance"],)
         logsnr = schedule.logsnr(t)
         z = diffusion.diffuse(x, batch["noise"], logsnr)
 
