@@ -5,7 +5,7 @@
 #   OUT=/tmp/out bash bench/accelerator.sh            # every phase
 #   OUT=/tmp/out PHASES="step torch" bash bench/accelerator.sh
 #
-# Phases (their limits add up to 20 minutes; a lease of 15 minutes of device time in all takes PHASES="step torch"
+# Phases (their limits add up to 22 minutes; a lease of 15 minutes of device time in all takes PHASES="step torch"
 # or "sampling fid" per call):
 #   step      the CIFAR-10 teacher step and distillation update, bfloat16 and float32, batch 128 (MFU, memory)
 #   torch     the PyTorch mirror, bfloat16 autocast, eager and torch.compile (skipped where torch is missing)
@@ -13,12 +13,13 @@
 #   fid       a 50,000-sample FID pass at 8 steps in bfloat16, sampling plus Inception
 #   fit       the largest per-device batch: CIFAR-10 bfloat16 in the device's memory, ImageNet 64 in 80 GiB with
 #             and without remat
+#   ot        DPM-OT's assignment at 50,000 targets of dimension 3,072 (issue 20): seconds per solver step, memory
 # Each phase writes OUT/<phase>.md (its table) and OUT/<phase>.log; OUT/environment.txt records the stack, the
 # device and the XLA flags. PEAK_TFLOPS (default 989, the H100's and H200's dense bfloat16 peak) sets MFU.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to a folder for the tables}
-PHASES=${PHASES:-"step torch sampling fid fit"}
+PHASES=${PHASES:-"step torch sampling fid fit ot"}
 PEAK_TFLOPS=${PEAK_TFLOPS:-989}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -39,7 +40,7 @@ phase() {  # phase NAME SECONDS COMMAND...: the command's markdown rows into OUT
   local began=$SECONDS
   timeout "$limit" "$@" >> "$OUT/$name.log" 2>&1
   local status=$?
-  grep -E '^\||^(device|cifar10|imagenet64|torch|overhead)' "$OUT/$name.log" > "$OUT/$name.md"
+  grep -E '^\||^(device|cifar10|imagenet64|torch|overhead|noise)' "$OUT/$name.log" > "$OUT/$name.md"
   echo "== $name: status $status after $((SECONDS - began))s" | tee -a "$OUT/$name.log"
 }
 
@@ -66,8 +67,10 @@ for p in $PHASES; do
         --fit-from=128 --steps=5 --peak-tflops="$PEAK_TFLOPS"
       phase fit_imagenet64 240 python bench/train_step.py --setups=imagenet64 --variants=bfloat16,bfloat16+remat \
         --batch-size=fit --memory-gib=80 --fit-from=32 --steps=5 --peak-tflops="$PEAK_TFLOPS" ;;
+    ot)
+      phase ot 120 python bench/ot_scale.py --num-targets=50000 --dim=3072 --batch=50000 ;;
     *)
-      echo "Unknown phase $p; choose from: step torch sampling fid fit." >&2
+      echo "Unknown phase $p; choose from: step torch sampling fid fit ot." >&2
       exit 2 ;;
   esac
 done

@@ -1,14 +1,18 @@
 """DPM-OT on the digits at 10 network evaluations: the expressway against DDIM and DPM-Solver++ 2M from t = 1,
 with the random-assignment ablation and a memorization check.
 
-For each t' the expressway's targets are the train split's 1,497 images noised to t' (``Pretrained.expressway``;
-the solver's steps, final gradient norm, empty cells and seconds are reported), and sampling runs 10 DDIM
-steps from t'. The ablation sends each noise to a uniformly random target instead of its OT cell. Scores per
-noise seed (mean ± std over ``--seeds``), with the digits classifier: Frechet distance of the features to the
-test split (the train split is where the targets come from), precision and recall against the test split,
-the distance of each sample to its nearest train image (pixels, [-1, 1]; the test split's own distances are
-the reference) and the share of samples closer to a train image than any test image is (memorization), and
-the mode-mixture rate (two or more classes with probability at least tau, as the reference defines it).
+For each t' the expressway's targets are N images noised to t' (``Pretrained.expressway``; the solver's
+steps, final gradient norm, empty cells and seconds are reported), and sampling runs 10 DDIM steps from t'.
+``--targets=train``: the train split's 1,497 images (the reference's choice: stored data); ``--targets=samples``:
+as many of the teacher's own samples (DDIM, ``--target-steps`` steps from t = 1, their own seed), noised to t'.
+The latter is the marginal at t' of the teacher's reverse process (exactly so for an exact sampler), what the
+reference gets by storing its sampling chain's state at t'; no training image is stored. The ablation sends
+each noise to a uniformly random target instead of its OT cell. Scores per noise seed (mean ± std over
+``--seeds``), with the digits classifier: Frechet distance of the features to the test split (the train split
+is where the targets come from), precision and recall against the test split, the distance of each sample to
+its nearest train image (pixels, [-1, 1]; the test split's own distances are the reference) and the share of
+samples closer to a train image than any test image is (memorization), and the mode-mixture rate (two or more
+classes with probability at least tau, as the reference defines it).
 
     python bench/ot.py --teacher runs/digits --data-dir ~/tensorflow_datasets --out docs/ot
 """
@@ -68,6 +72,8 @@ def main():
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-solver-steps", type=int, default=1000)
+    parser.add_argument("--targets", choices=("train", "samples"), default="train")
+    parser.add_argument("--target-steps", type=int, default=64, help="the teacher's DDIM steps for --targets=samples")
     parser.add_argument("--out", default="docs/ot")
     args = parser.parse_args()
 
@@ -100,9 +106,13 @@ def main():
 
     run("ddim", 1.0, lambda noise, key: noise)
     run("dpmpp_2m", 1.0, lambda noise, key: noise, method="dpmpp_2m", grid="logsnr")
+    if args.targets == "train":
+        images = train
+    else:  # the teacher's own samples, from noise no sampling seed above uses
+        images = model.sample(len(train), method="ddim", num_steps=args.target_steps, seed=10_000)
     for t in (float(v) for v in args.times.split(",")):
         began = time.time()
-        way = model.expressway(train, t, seed=0, max_steps=args.max_solver_steps)
+        way = model.expressway(images, t, seed=0, max_steps=args.max_solver_steps)
         targets = jnp.asarray(way.targets)
         check = ot.cell_masses(jax.random.key(99), targets, jnp.asarray(way.potentials), source=ot.normal_source,
                                batch=20_000, num_batches=10)  # fmt: skip
@@ -123,14 +133,16 @@ def main():
         "test_nn_train": float(np.mean(test_nn)),
         "samples": args.num_samples,
         "seeds": args.seeds,
+        "targets": args.targets if args.targets == "train" else f"samples (ddim:{args.target_steps})",
     }
     with open(args.out + ".json", "w") as f:
         json.dump({"meta": meta, "solver": solver, "rows": rows}, f, indent=1)
     lines = [
         f"# DPM-OT on the digits, {args.steps} evaluations ({meta['machine']}, {meta['date']})",
         "",
-        f"{args.num_samples} samples a seed, {args.seeds} seeds (mean ± std). Test images' mean distance to their "
-        f"nearest train image: {meta['test_nn_train']:.3f}.",
+        f"{args.num_samples} samples a seed, {args.seeds} seeds (mean ± std); expressway targets: "
+        f"{meta['targets']}, {len(images)} of them. Test images' mean distance to their nearest train image: "
+        f"{meta['test_nn_train']:.3f}.",
         "",
         "| method | t' | FD (test) | precision | recall | NN dist. to train | memorized | "
         + " | ".join(f"mixture tau={t:g}" for t in TAUS)

@@ -214,6 +214,7 @@ def solve(
     source: Callable = normal_source,
     chunk: int = 4096,
     mesh: Mesh | None = None,
+    init=None,
 ) -> Solution:
     """Potentials h of the semi-discrete OT from ``source`` (the prior) to the uniform measure on ``targets``
     [N, D], by the reference's stochastic descent: Adam (rate ``lr``) on the gradient ``masses - 1/N``,
@@ -221,7 +222,12 @@ def solve(
     after ``patience`` steps without a better gradient norm the samples double and the rate is cut by 0.8
     (three times at most). Stops at a gradient norm below ``tol`` with no empty cell, or ``max_steps``.
     ``mesh`` (:func:`target_mesh`) splits the targets over its devices (:func:`assign`): the same steps and
-    potentials as on one device."""
+    potentials as on one device. ``init``: potentials to start from (an earlier solve's, to refine it with
+    more samples; default zeros).
+
+    The gradient is a Monte-Carlo estimate: with M points a step, its norm cannot fall much below the noise's,
+    ``sqrt((1 - 1/N) / M)`` (:func:`noise_floor`), so the reference's 8e-4 needs M of about 2 million points
+    or more whatever N is (10 N points: 0.0082 at N = 1,497, 0.0014 at N = 50,000)."""
     n = len(targets)
     if mesh is None:
         targets = jnp.asarray(targets, jnp.float32)
@@ -229,7 +235,7 @@ def solve(
         targets, _ = shard_targets(targets, np.zeros(n, np.float32), mesh)
     batch = min(batch, max(samples or 10 * n, 1))
     num_batches = max(1, -(-(samples or 10 * n) // batch))
-    h = jnp.zeros((n,), jnp.float32)
+    h = jnp.zeros((n,), jnp.float32) if init is None else jnp.asarray(init, jnp.float32) - float(np.mean(init))
     rate = lr
     state = _ADAM.init(h)
     state.hyperparams["learning_rate"] = jnp.asarray(rate, jnp.float32)
@@ -254,6 +260,12 @@ def solve(
             num_batches, rate, bad, best, doublings = 2 * num_batches, 0.8 * rate, 0, np.inf, doublings + 1
             state.hyperparams["learning_rate"] = jnp.asarray(rate, jnp.float32)
     return Solution(np.asarray(h), max_steps, norm, empty, False, history)
+
+
+def noise_floor(n: int, samples: int) -> float:
+    """The expected norm of the Monte-Carlo error of N cell masses of 1/N each estimated from ``samples``
+    points (multinomial counts): ``sqrt((1 - 1/N) / samples)``; a solve's gradient norm stays above it."""
+    return float(np.sqrt((1.0 - 1.0 / n) / samples))
 
 
 def random_assignment(key: Array, n: int, num: int) -> Array:

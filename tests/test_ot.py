@@ -66,6 +66,30 @@ def test_one_dimensional_cells_end_at_the_normal_quantiles():
     np.testing.assert_allclose(bounds, norm.ppf(np.arange(1, n) / n), atol=1e-3)
 
 
+def test_the_gradient_norm_at_the_exact_potentials_is_the_monte_carlo_noise_floor():
+    """Potentials that put the 1-D cell boundaries exactly at the normal quantiles (every mass exactly 1/N): the
+    solver's gradient norm is then pure Monte-Carlo noise, and its root mean square over 200 independent steps
+    is ``noise_floor(N, M)`` within 6% (the mean square of 200 draws of about N - 1 = 7 degrees of freedom has
+    a relative standard deviation of about 4%, its root 2%: 6% is 3 standard deviations)."""
+    n, m = 8, 5_000
+    y = np.linspace(-1.4, 1.4, n) + np.array([0.0, 0.1, 0.0, -0.05, 0.0, 0.2, 0.0, 0.0])
+    bounds = norm.ppf(np.arange(1, n) / n)
+    h = np.concatenate([[0.0], -np.cumsum(bounds * np.diff(y))])  # h_i - h_i+1 = b_i (y_i+1 - y_i)
+    keys = jax.random.split(jax.random.key(9), 200)
+    masses = jax.vmap(
+        lambda k: ot.cell_masses(
+            k,
+            jnp.asarray(y[:, None], jnp.float32),
+            jnp.asarray(h, jnp.float32),
+            source=ot.normal_source,
+            batch=m,
+            num_batches=1,
+        )  # fmt: skip
+    )(keys)
+    rms = float(jnp.sqrt(jnp.mean(jnp.sum((masses - 1 / n) ** 2, axis=1))))
+    assert rms == pytest.approx(ot.noise_floor(n, m), rel=0.06)
+
+
 def test_a_product_grid_is_mapped_by_the_product_of_the_one_dimensional_maps():
     g = np.linspace(-1.0, 1.0, 4)
     y = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)  # target (a, b) is row 4 a + b
