@@ -88,16 +88,16 @@ def main():
     shape = (args.num_samples, *test.shape[1:])
     rows, solver = [], []
 
-    def run(name, t, make_start, method="ddim", grid="auto"):
+    def run(name, t, make_start, method="ddim", grid="auto", steps=args.steps):
         per_seed = []
         for seed in range(args.seeds):
             key = jax.random.fold_in(jax.random.key(1234), seed)
             noise = jax.random.normal(key, shape, jnp.float32)
             z = make_start(noise, jax.random.fold_in(key, 1))
-            x = samplers.sample(denoise, model.schedule, z, method=method, num_steps=args.steps, grid=grid,
+            x = samplers.sample(denoise, model.schedule, z, method=method, num_steps=steps, grid=grid,
                                 clip_x=True, t_start=t)  # fmt: skip
             per_seed.append(scores(np.asarray(x), evaluator, test_features, test_radii, train, test_nn))
-        row = {"method": name, "t_start": t, "nfe": args.steps, "per_seed": per_seed}
+        row = {"method": name, "t_start": t, "nfe": steps, "per_seed": per_seed}
         for k in per_seed[0]:
             v = np.array([s[k] for s in per_seed])
             row[k], row[f"{k}_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
@@ -108,8 +108,10 @@ def main():
     run("dpmpp_2m", 1.0, lambda noise, key: noise, method="dpmpp_2m", grid="logsnr")
     if args.targets == "train":
         images = train
-    else:  # the teacher's own samples, from noise no sampling seed above uses
+    else:  # the teacher's own samples, from noise no sampling seed above uses; and the sampler that made them
         images = model.sample(len(train), method="ddim", num_steps=args.target_steps, seed=10_000)
+        run(f"ddim, {args.target_steps} steps (the targets' sampler)", 1.0, lambda noise, key: noise,
+            steps=args.target_steps)  # fmt: skip
     for t in (float(v) for v in args.times.split(",")):
         began = time.time()
         way = model.expressway(images, t, seed=0, max_steps=args.max_solver_steps)
@@ -144,16 +146,16 @@ def main():
         f"{meta['targets']}, {len(images)} of them. Test images' mean distance to their nearest train image: "
         f"{meta['test_nn_train']:.3f}.",
         "",
-        "| method | t' | FD (test) | precision | recall | NN dist. to train | memorized | "
+        "| method | t' | NFE | FD (test) | precision | recall | NN dist. to train | memorized | "
         + " | ".join(f"mixture tau={t:g}" for t in TAUS)
         + " |",
-        "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(TAUS),
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(TAUS),
     ]
     for r in rows:
         mix = " | ".join(f"{r[f'mixture_{t:g}']:.3f}" for t in TAUS)
         lines.append(
-            f"| {r['method']} | {r['t_start']:g} | {r['fd']:.2f} ± {r['fd_std']:.2f} | {r['precision']:.3f} | "
-            f"{r['recall']:.3f} | {r['nn_train']:.3f} | {r['memorized']:.3f} | {mix} |"
+            f"| {r['method']} | {r['t_start']:g} | {r['nfe']} | {r['fd']:.2f} ± {r['fd_std']:.2f} | "
+            f"{r['precision']:.3f} | {r['recall']:.3f} | {r['nn_train']:.3f} | {r['memorized']:.3f} | {mix} |"
         )
     lines += ["", "| t' | solver seconds | max cell-mass error (x N) | empty cells |", "|---:|---:|---:|---:|"]
     lines += [f"| {s['t']:g} | {s['seconds']:.0f} | {s['max_mass_error']:.2f} | {s['empty_cells']} |" for s in solver]
