@@ -175,6 +175,8 @@ class Pretrained:
     def expressway(self, x, t: float, *, seed: int = 0, **solver) -> ot_lib.Expressway:
         """A DPM-OT expressway for this model (:mod:`pdist.ot`): targets ``alpha_t x + sigma_t eps`` of images
         ``x`` [N, H, W, C] at time ``t``, potentials from :func:`pdist.ot.solve` (``solver``: its settings).
+        ``x``: data (the reference's choice), or the model's own samples (``self.sample(N)``: the marginal at t
+        of its reverse process, no training image stored; bench/ot.py ``--targets``).
         ``Expressway.save(path)`` writes it; ``sample(..., ot=path)`` uses it."""
         try:
             ot_lib.check_time(t)
