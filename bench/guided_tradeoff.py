@@ -98,17 +98,31 @@ def plot(entries: list[dict], path: str) -> None:
     curves = {}
     for e in entries:
         curves.setdefault((e["model"], e["steps"]), []).append(e)
+    # teachers in blues, students in oranges to reds: distinct colors for any number of curves
+    teachers = sorted(steps for model, steps in curves if model == "teacher")
+    students = sorted(steps for model, steps in curves if model != "teacher")
+
+    def color(model, steps):
+        group, cmap = (teachers, plt.cm.Blues) if model == "teacher" else (students, plt.cm.autumn)
+        i = group.index(steps)
+        return (
+            cmap(0.35 + 0.65 * i / max(len(group) - 1, 1))
+            if model == "teacher"
+            else cmap(0.8 * i / max(len(group) - 1, 1))
+        )
+
     for (model, steps), rows in curves.items():
         rows = sorted(rows, key=lambda e: e["w"])
+        c = color(model, steps)
         unit = "step" if steps == 1 else "steps"
         label = f"teacher, {steps} DDIM {unit} (guided)" if model == "teacher" else f"student, {steps} {unit}"
         style = "--" if model == "teacher" else "-"
         w = [e["w"] for e in rows]
         fd = [np.mean(e["fd"]) for e in rows]
         err = [np.std(e["fd"], ddof=1) for e in rows]
-        axes[0].errorbar(w, fd, yerr=err, fmt=style + "o", label=label, capsize=2)
-        axes[1].plot([np.mean(e["accuracy"]) for e in rows], fd, style + "o", label=label)
-        axes[2].plot([np.mean(e["is"]) for e in rows], fd, style + "o", label=label)
+        axes[0].errorbar(w, fd, yerr=err, fmt=style + "o", label=label, capsize=2, color=c)
+        axes[1].plot([np.mean(e["accuracy"]) for e in rows], fd, style + "o", label=label, color=c)
+        axes[2].plot([np.mean(e["is"]) for e in rows], fd, style + "o", label=label, color=c)
     axes[0].set(xlabel="guidance weight w", ylabel="Frechet distance (digits features)", title="FD against w")
     axes[1].set(xlabel="class accuracy", ylabel="Frechet distance", title="trade-off: accuracy")
     axes[2].set(xlabel="Inception Score (digits classifier)", ylabel="Frechet distance", title="trade-off: IS")
