@@ -91,7 +91,6 @@ class _StudentMLP(nn.Module):
         return nn.Dense(2)(h)
 
 
-@pytest.mark.heavy
 def test_the_weight_prior_is_the_papers_uniform_draw_with_the_requested_mass_at_the_low_end():
     """``at_low = 0``: the uniform draw key for key (earlier runs reproduce); ``at_low = p``: a share p of the
     weights exactly at ``low`` (binomial, within 4 standard deviations over 20,000 draws), the rest uniform on
@@ -108,6 +107,7 @@ def test_the_weight_prior_is_the_papers_uniform_draw_with_the_requested_mass_at_
     assert abs(rest.mean() - 2.25) < 4 * (3.5 / np.sqrt(12)) / np.sqrt(rest.size)
 
 
+@pytest.mark.heavy
 def test_a_stage_one_student_matches_the_guided_teacher_at_weights_it_never_saw():
     """The stage-1 loss with the exact oracle as teacher, weights drawn from [0, 1.5] and [2.5, 4] only.
 
