@@ -48,7 +48,7 @@ def main():
     mesh = ot.target_mesh()
     rng = np.random.default_rng(0)
     targets = rng.standard_normal((n, d), dtype=np.float32)
-    y, _ = ot.shard_targets(targets, np.zeros(n, np.float32), mesh)
+    y = ot.shard_targets(targets, mesh)
     del targets
     h = jnp.zeros((n,), jnp.float32)
 

@@ -122,27 +122,25 @@ def target_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(jax.devices() if devices is None else devices), (TARGETS,))
 
 
-def shard_targets(targets, potentials, mesh: Mesh) -> tuple[Array, Array]:
-    """``targets`` [N, D] and ``potentials`` [N] split by rows over ``mesh``, padded to a multiple of its
-    size with rows that never win (potential -inf). Every process passes the same full arrays."""
-    targets, potentials = np.asarray(targets, np.float32), np.asarray(potentials, np.float32)
-    pad = -len(targets) % mesh.size
-    targets = np.pad(targets, ((0, pad), (0, 0)))
-    potentials = np.pad(potentials, (0, pad), constant_values=-np.inf)
+def shard_targets(targets, mesh: Mesh) -> Array:
+    """``targets`` [N, D] split by rows over ``mesh``, padded with zero rows to a multiple of its size (their
+    potentials are -inf in :func:`assign`: they never win). Every process passes the same full array."""
+    targets = np.asarray(targets, np.float32)
+    targets = np.pad(targets, ((0, -len(targets) % mesh.size), (0, 0)))
     rows = NamedSharding(mesh, PartitionSpec(TARGETS))
-    put = lambda a: jax.make_array_from_callback(a.shape, rows, lambda index: a[index])  # noqa: E731
-    return put(targets), put(potentials)
+    return jax.make_array_from_callback(targets.shape, rows, lambda index: targets[index])
 
 
 @functools.partial(jax.jit, static_argnames=("chunk", "mesh"))
 def assign(x: Array, targets: Array, potentials: Array, chunk: int = 4096, mesh: Mesh | None = None) -> Array:
     """``argmax_i <x, y_i> + h_i`` for each row of ``x`` [B, D], the lowest index on ties. The targets go in
     chunks of ``chunk`` rows, so N is bounded by the targets' memory, not N times B. With ``mesh``
-    (:func:`target_mesh`; ``targets`` and ``potentials`` from :func:`shard_targets`), each device scores ``x``
-    against its rows and the devices' best (score, index) pairs are gathered: memory and work per device are
-    1 / devices of one device's, and the answer is the one-device answer."""
+    (:func:`target_mesh`; ``targets`` from :func:`shard_targets`, ``potentials`` the N real ones), each device
+    scores ``x`` against its rows and the devices' best (score, index) pairs are gathered: memory and work per
+    device are 1 / devices of one device's, and the answer is the one-device answer."""
     if mesh is None:
         return _best(x, targets, potentials, chunk)[1]
+    potentials = jnp.pad(potentials, (0, targets.shape[0] - potentials.shape[0]), constant_values=-jnp.inf)
 
     def local(x, y, h):
         val, idx = _best(x, y, h, chunk)
@@ -169,15 +167,14 @@ def cell_masses(
     """Each cell's Monte-Carlo mass under ``source(key, n, dim)``: ``num_batches`` batches of ``batch``.
     ``potentials`` [N]; with ``mesh``, ``targets`` is :func:`shard_targets`' padded split (the masses are the
     N real cells'; every device draws the same points and scores them against its rows)."""
-    n, (rows, dim) = potentials.shape[0], targets.shape
-    potentials = jnp.pad(potentials, (0, rows - n), constant_values=-jnp.inf)
+    n, dim = potentials.shape[0], targets.shape[1]
 
     def one(counts, k):
-        index = assign(source(k, batch, dim), targets, potentials, chunk=chunk, mesh=mesh)
-        return counts + jnp.bincount(index, length=rows), None
+        index = assign(source(k, batch, dim), targets, potentials, chunk=chunk, mesh=mesh)  # never a padded row
+        return counts + jnp.bincount(index, length=n), None
 
-    counts, _ = jax.lax.scan(one, jnp.zeros((rows,), jnp.int32), jax.random.split(key, num_batches))
-    return counts[:n] / (batch * num_batches)
+    counts, _ = jax.lax.scan(one, jnp.zeros((n,), jnp.int32), jax.random.split(key, num_batches))
+    return counts / (batch * num_batches)
 
 
 @dataclasses.dataclass
@@ -233,7 +230,7 @@ def solve(
     if mesh is None:
         targets = jnp.asarray(targets, jnp.float32)
     else:
-        targets, _ = shard_targets(targets, np.zeros(n, np.float32), mesh)
+        targets = shard_targets(targets, mesh)
     batch = min(batch, max(samples or 10 * n, 1))
     num_batches = max(1, -(-(samples or 10 * n) // batch))
     h = jnp.zeros((n,), jnp.float32) if init is None else jnp.asarray(init, jnp.float32) - float(np.mean(init))

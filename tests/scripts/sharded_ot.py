@@ -11,13 +11,13 @@ k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
 x, y = jax.random.normal(k1, (500, 16)), np.asarray(jax.random.normal(k2, (103, 16)))  # 103: padded to 104
 h = np.asarray(jax.random.normal(k3, (103,)))
 mesh = ot.target_mesh()
-ys, hs = ot.shard_targets(y, h, mesh)
+ys = ot.shard_targets(y, mesh)
 one = np.asarray(ot.assign(x, y, h, chunk=16))
-split = np.asarray(ot.assign(x, ys, hs, chunk=16, mesh=mesh))
+split = np.asarray(ot.assign(x, ys, h, chunk=16, mesh=mesh))
 h_tied = h.copy()
 h_tied[52] = h[51]
 tied = np.concatenate([y[:52], y[51:52], y[53:]])  # rows 51 and 52 equal, on devices 1 and 2: a tie
-ties = np.asarray(ot.assign(jax.random.normal(k1, (5000, 16)), *ot.shard_targets(tied, h_tied, mesh), mesh=mesh))
+ties = np.asarray(ot.assign(jax.random.normal(k1, (5000, 16)), ot.shard_targets(tied, mesh), h_tied, mesh=mesh))
 settings = dict(samples=2_000, batch=1_000, tol=0.0, max_steps=5)
 alone = ot.solve(y, jax.random.key(4), **settings)
 sharded = ot.solve(y, jax.random.key(4), mesh=mesh, **settings)
