@@ -1,17 +1,11 @@
 """The Flax FID Inception-v3 against Keras' InceptionV3 (random weights), its FID-specific last block, the input
 resize, and the weight converter (a PyTorch-format file read without PyTorch)."""
 
-import collections
-import io
-import pickle
-import sys
-import types
-import zipfile
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch_files
 from flax import traverse_util
 
 from pdist.evaluation import convert
@@ -149,83 +143,6 @@ def test_preprocess_quantizes_and_resizes_like_tensorflow_half_pixel_bilinear():
     np.testing.assert_allclose(preprocess(jnp.asarray(x)), want, atol=1e-5)
 
 
-# A PyTorch state dict written from its documented layouts (no PyTorch here). The object pickles an
-# OrderedDict of torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...) calls whose storages
-# are persistent ids ("storage", torch.FloatStorage, key, "cpu", numel[, view]). Zip format (torch >= 1.6):
-# archive/data.pkl and the raw bytes at archive/data/<key>. Legacy format: pickles of a magic number, the
-# protocol version, system info, the object and the list of storage keys, then per key numel (int64) and bytes.
-def _write_torch(path, state, legacy: bool):
-    fake_torch, fake_utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
-
-    def _rebuild_tensor_v2(*args):
-        raise AssertionError("only pickled, never called")
-
-    class FloatStorage:
-        pass
-
-    class LongStorage:
-        pass
-
-    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
-    for cls in (FloatStorage, LongStorage):
-        cls.__module__, cls.__qualname__ = "torch", cls.__name__
-        setattr(fake_torch, cls.__name__, cls)
-    fake_utils._rebuild_tensor_v2 = _rebuild_tensor_v2
-    fake_torch._utils = fake_utils
-
-    class Storage:
-        def __init__(self, key, array):
-            self.key, self.array = key, array
-
-    class Tensor:
-        def __init__(self, storage, shape):
-            self.storage, self.shape = storage, shape
-
-        def __reduce__(self):
-            stride = tuple(int(np.prod(self.shape[i + 1 :])) for i in range(len(self.shape)))
-            return (_rebuild_tensor_v2, (self.storage, 0, self.shape, stride, False, collections.OrderedDict()))
-
-    storages = []
-
-    class Pickler(pickle.Pickler):
-        def persistent_id(self, obj):
-            if isinstance(obj, Storage):
-                kind = FloatStorage if obj.array.dtype == np.float32 else LongStorage
-                pid = ("storage", kind, obj.key, "cpu", obj.array.size)
-                return (*pid, None) if legacy else pid
-            return None
-
-    tensors = collections.OrderedDict()
-    for i, (name, value) in enumerate(state.items()):
-        storage = Storage(str(i), np.ascontiguousarray(value))
-        storages.append(storage)
-        tensors[name] = Tensor(storage, tuple(value.shape))
-    saved = {k: sys.modules.get(k) for k in ("torch", "torch._utils")}
-    sys.modules.update({"torch": fake_torch, "torch._utils": fake_utils})
-    try:
-        buffer = io.BytesIO()
-        Pickler(buffer, protocol=2).dump(tensors)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
-    if legacy:
-        with open(path, "wb") as f:
-            for header in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
-                pickle.dump(header, f, protocol=2)
-            f.write(buffer.getvalue())
-            pickle.dump([s.key for s in storages], f, protocol=2)
-            for s in storages:
-                f.write(np.int64(s.array.size).tobytes() + s.array.tobytes())
-        return
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("archive/data.pkl", buffer.getvalue())
-        for s in storages:
-            z.writestr(f"archive/data/{s.key}", s.array.tobytes())
-
-
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 def test_converter_round_trips_through_a_pytorch_format_file(tmp_path, legacy):
     from pdist.evaluation.inception import SIZE, load_variables
@@ -237,7 +154,8 @@ def test_converter_round_trips_through_a_pytorch_format_file(tmp_path, legacy):
     assert state["Mixed_7c.branch_pool.conv.weight"].shape == (192, 2048, 1, 1)  # torch's OIHW
     assert state["fc.weight"].shape == (1008, 2048)
     state["Mixed_5b.branch1x1.bn.num_batches_tracked"] = np.array(7, np.int64)
-    _write_torch(tmp_path / "weights.pth", state, legacy)
+    obj, storages = torch_files.state_dict(state)
+    (torch_files.write_legacy if legacy else torch_files.write_zip)(tmp_path / "weights.pth", obj, storages)
     convert.convert(str(tmp_path / "weights.pth"), str(tmp_path / "inception.npz"))
     back = load_variables(str(tmp_path / "inception.npz"))
     flat_a, flat_b = traverse_util.flatten_dict(variables), traverse_util.flatten_dict(back)

@@ -3,93 +3,24 @@
 python -m pdist.evaluation.convert pt_inception-2015-12-05-6726825d.pth inception.npz
 
 The input is pytorch-fid's weight file (a PyTorch state dict of the
-2015-12-05 TF Inception graph, torchvision names), read here without PyTorch:
-both PyTorch's zip format and its older pickle-stream format are understood,
-for the float32 and int64 tensors a state dict holds. An .npz of the same
-state dict (name -> array) is accepted too. Torch layouts become Flax ones:
+2015-12-05 TF Inception graph, torchvision names), read without PyTorch and
+as untrusted input by :mod:`pdist.interop.torch_file` (either of PyTorch's
+formats; nothing in the file can run code). An .npz of the same state dict
+(name -> array, no pickles) is accepted too. Torch layouts become Flax ones:
 convolution kernels OIHW -> HWIO, linear weights transposed, batch-norm
 ``weight/bias/running_mean/running_var`` -> ``scale/bias`` and ``mean/var``.
 """
 
 from __future__ import annotations
 
-import collections
-import io
-import pickle
 import sys
-import zipfile
 
 import numpy as np
 from flax import traverse_util
 
+from pdist.errors import InputError
+from pdist.interop import torch_file
 from pdist.runtime import files
-
-_DTYPES = {
-    "FloatStorage": np.float32,
-    "DoubleStorage": np.float64,
-    "HalfStorage": np.float16,
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-}
-
-
-def _rebuild_tensor(storage, offset, size, stride, *unused):
-    """A view of the storage (the legacy format fills storages after the object is unpickled)."""
-    if not size:
-        return storage[offset : offset + 1].reshape(())
-    strides = tuple(s * storage.dtype.itemsize for s in stride)
-    return np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size), strides=strides)
-
-
-class _Unpickler(pickle.Unpickler):
-    """Unpickles a state dict with storages fetched by ``load_storage(key, dtype, numel)``."""
-
-    def __init__(self, file, load_storage):
-        super().__init__(file)
-        self._load_storage = load_storage
-        self._storages = {}
-
-    def find_class(self, module, name):
-        if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _rebuild_tensor
-        if module == "torch" and name in _DTYPES:
-            return name
-        if module == "collections" and name == "OrderedDict":
-            return collections.OrderedDict
-        raise pickle.UnpicklingError(f"unexpected {module}.{name} in a state dict file")
-
-    def persistent_load(self, pid):
-        kind, storage_type, key, _location, numel, *_ = pid
-        if kind != "storage" or storage_type not in _DTYPES:
-            raise pickle.UnpicklingError(f"unsupported storage {pid!r}")
-        if key not in self._storages:
-            self._storages[key] = self._load_storage(key, np.dtype(_DTYPES[storage_type]), numel)
-        return self._storages[key]
-
-
-def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
-    """``{name: array}`` of a PyTorch ``.pth`` state dict, without PyTorch."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            (pkl,) = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-            root = pkl[: -len("data.pkl")]
-
-            def load_storage(key, dtype, numel):
-                return np.frombuffer(z.read(f"{root}data/{key}"), dtype=dtype, count=numel).copy()
-
-            return {k: np.array(v) for k, v in _Unpickler(io.BytesIO(z.read(pkl)), load_storage).load().items()}
-    # The pre-1.6 format: magic, protocol, sys info, the object, the storage keys, then each storage's bytes.
-    with open(path, "rb") as f:
-        for _ in range(3):
-            pickle.load(f)
-        pending = {}
-        unpickler = _Unpickler(f, lambda key, dtype, numel: pending.setdefault(key, np.empty(numel, dtype)))
-        state = unpickler.load()
-        for key in pickle.load(f):
-            storage = pending[key]
-            numel = int(np.frombuffer(f.read(8), "<i8")[0])
-            storage[:] = np.frombuffer(f.read(numel * storage.dtype.itemsize), storage.dtype, count=numel)
-        return {k: np.array(v) for k, v in state.items()}
 
 
 def from_state_dict(state: dict[str, np.ndarray]) -> dict:
@@ -158,10 +89,10 @@ def save_npz(variables: dict, path: str) -> None:
 
 def convert(source: str, target: str) -> None:
     if source.endswith(".npz"):
-        with np.load(source) as f:
+        with np.load(source, allow_pickle=False) as f:
             state = {k: f[k] for k in f.files}
     else:
-        state = read_torch_state_dict(source)
+        state = torch_file.read_state_dict(source)
     variables = from_state_dict(state)
     check_shapes(variables)
     save_npz(variables, target)
@@ -173,9 +104,12 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         convert(argv[1], argv[2])
-    except (OSError, ValueError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, KeyError) as e:
         print(f"error: could not convert {argv[1]!r} ({type(e).__name__}: {e}).", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {argv[2]}")
     return 0
 
