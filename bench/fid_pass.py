@@ -10,7 +10,7 @@ offline replaced by stand-ins of the same cost: the network and the
 Inception weights are random (no timing depends on weights; the samples are
 not images anyone would score), and the reference statistics are those of
 ``--reference`` random feature vectors (a real run reads them from its
-cache, computed once per dataset). The sampling is pdist's ``ImageSampler``
+cache, computed once per dataset). The sampling is ``pdist.sampling.ImageSampler``
 (the evaluation's), the features ``InceptionEvaluator.outputs``, the scores
 ``pdist.evaluation.score.score`` (Frechet distance, Inception Score,
 precision and recall on ``--pr-samples`` images).
@@ -32,7 +32,7 @@ from sampling_throughput import random_params  # noqa: E402
 
 from pdist.config import from_file  # noqa: E402
 from pdist.evaluation.score import Reference, score  # noqa: E402
-from pdist.pretrained import ImageSampler  # noqa: E402
+from pdist.sampling import ImageSampler, Sampling  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
 
@@ -61,11 +61,11 @@ def main():
     reference = Reference.from_features(rng.normal(size=(args.reference, 2048)).astype(np.float32), pr)
     # Compile both programs on a first small call, as a long evaluation amortizes them.
     began = time.perf_counter()
-    warm = sampler(params, args.sample_batch, num_steps=args.steps, batch_size=args.sample_batch)
+    warm = sampler(params, args.sample_batch, Sampling(num_steps=args.steps, batch_size=args.sample_batch))
     inception.outputs(warm[: args.inception_batch])
     compile_s = time.perf_counter() - began
     began = time.perf_counter()
-    images = sampler(params, args.samples, num_steps=args.steps, batch_size=args.sample_batch, seed=1)
+    images = sampler(params, args.samples, Sampling(num_steps=args.steps, batch_size=args.sample_batch, seed=1))
     sample_s = time.perf_counter() - began
     began = time.perf_counter()
     scores = score(inception, reference, images, pr_samples=pr, is_splits=10)

@@ -123,7 +123,7 @@ def main():
              "empty_cells": int(np.sum(np.asarray(check) == 0))}
         )  # fmt: skip
         print(json.dumps(solver[-1]), flush=True)
-        run("dpm-ot", t, lambda noise, key, way=way: ot.on_expressway(way, noise))
+        run("dpm-ot", t, lambda noise, key, way=way: ot.on_expressway(noise, way.targets, way.potentials))
         run(
             "random assignment", t,
             lambda noise, key, way=way: jnp.asarray(way.targets)[

@@ -51,7 +51,7 @@ from pdist import config as config_lib  # noqa: E402
 from pdist.evaluation import evaluators, stats  # noqa: E402
 from pdist.evaluation.score import score  # noqa: E402
 from pdist.jobs import evaluate, train  # noqa: E402
-from pdist.pretrained import ImageSampler  # noqa: E402
+from pdist.sampling import ImageSampler, Sampling  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 SCHEDULES = ("cosine", "linear", "rex", "refined")
@@ -118,7 +118,7 @@ def measure(workdir: str, config, evaluator, ref, args) -> dict:
         model = pdist.load(workdir, step)
         sampler = sampler or ImageSampler(model.config)  # one compilation per DDIM step count, for every checkpoint
         params = model.ema_params if args.use_ema else model.params
-        x = sampler(params, args.num_samples, method="ddim", num_steps=n, grid=model.grid(), seed=config.seed)
+        x = sampler(params, args.num_samples, Sampling(num_steps=n, grid=model.grid(), seed=config.seed))
         s = score(evaluator, ref, x, pr_samples=args.num_samples, is_splits=1)
         rows.append({"step": step, "ddim_steps": n, **{k: s[k] for k in ("fd", "precision", "recall")}})
     return {"rows": rows, "final_loss": model.metadata.get("loss")}  # the plan ends at the last checkpoint

@@ -284,7 +284,7 @@ def _validate_edit(config: ml_collections.ConfigDict) -> None:
     from pdist import editing  # imported on use, like build
 
     edit = config.edit
-    check_one_of(edit.method, editing.METHODS, "edit.method")
+    check_one_of(edit.method, editing.EDITORS, "edit.method")
     for key in ("num_images", "num_steps", "batch_size"):
         check_positive(edit[key], f"edit.{key}")
     if not 0.0 <= edit.noise_fraction <= 1.0:

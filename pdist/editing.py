@@ -35,6 +35,7 @@ then DDIM under B from the inverted noise, N steps).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -47,8 +48,6 @@ from pdist.samplers.core import Predictor
 from pdist.schedules import Schedule, start_time, time_grid
 
 Array = jax.Array
-
-METHODS = ("ddcm", "sdedit", "inversion")
 
 
 def check(x0, source_labels, target_labels, num_steps: int, noise_fraction: float = 1.0) -> None:
@@ -194,3 +193,46 @@ def _invert(denoise_fn, schedule, times, x0):
 
     z, _ = jax.lax.scan(step, jnp.asarray(x0, jnp.float32), (times[:-1], times[1:]))
     return z
+
+
+@dataclasses.dataclass(frozen=True)
+class EditSettings:
+    """What every editing method takes beside its denoisers: ``num_steps`` on time ``grid`` from ``t_start``,
+    x-hat clipped when ``clip_x``; DDCM's ``noise_fraction`` and ``attention_steps``."""
+
+    num_steps: int
+    noise_fraction: float = 1.0
+    t_start: float = 1.0
+    grid: str = "auto"
+    clip_x: bool = False
+    attention_steps: int = 0
+
+
+def _by_ddcm(denoiser: Callable, schedule: Schedule, x0: Array, source, target, key: Array, s: EditSettings):
+    (a, w_a), (b, w_b) = source, target
+    weights = None if w_a is None else jnp.concatenate([w_a, w_b])
+    pair = denoiser(jnp.concatenate([a, b]), weights)  # one call on [source; target]
+    return ddcm(
+        pair, schedule, x0, key, num_steps=s.num_steps, noise_fraction=s.noise_fraction, t_start=s.t_start,
+        grid=s.grid, clip_x=s.clip_x, attention_steps=s.attention_steps,
+    )  # fmt: skip
+
+
+def _by_sdedit(denoiser: Callable, schedule: Schedule, x0: Array, source, target, key: Array, s: EditSettings):
+    return sdedit(
+        denoiser(*target), schedule, x0, key, t_start=s.t_start, num_steps=s.num_steps, grid=s.grid, clip_x=s.clip_x
+    )
+
+
+def _by_inversion(denoiser: Callable, schedule: Schedule, x0: Array, source, target, key: Array, s: EditSettings):
+    z = invert(denoiser(*source), schedule, x0, num_steps=s.num_steps, grid=s.grid, t_start=s.t_start)
+    return samplers.sample(
+        denoiser(*target), schedule, z, method="ddim", num_steps=s.num_steps, grid=s.grid, clip_x=s.clip_x,
+        t_start=s.t_start,
+    )  # fmt: skip
+
+
+# name -> fn(denoiser, schedule, x0, source, target, key, settings) -> edits; ``denoiser(labels, w)`` gives
+# ``denoise_fn(z, t)`` for classes ``labels`` [B] at guidance weights ``w`` [B] (None: unguided), and
+# ``source``/``target`` are the (labels, w) of each branch.
+EDITORS = {"ddcm": _by_ddcm, "sdedit": _by_sdedit, "inversion": _by_inversion}

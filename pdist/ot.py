@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Callable
 
 import jax
@@ -39,42 +38,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pdist import diffusion
-from pdist.runtime import files
 from pdist.schedules import Schedule
 
 Array = jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class Expressway:
-    """The saved map: ``targets`` [N, D] (latents at time ``t``), ``potentials`` [N], the image ``shape`` the
-    rows flatten, and ``model`` (what the targets' latents belong to: schedule and dataset, checked when
-    sampling)."""
-
-    targets: np.ndarray
-    potentials: np.ndarray
-    t: float
-    shape: tuple[int, ...]
-    model: str
-
-    def save(self, path: str) -> None:
-        files.makedirs(os.path.dirname(files.absolute(path)))
-        files.save_npz(
-            path,
-            targets=self.targets,
-            potentials=self.potentials,
-            t=np.float64(self.t),
-            shape=np.asarray(self.shape),
-            model=np.asarray(self.model),
-        )
-
-
-def load(path: str) -> Expressway:
-    """The expressway saved at ``path`` (``Expressway.save``)."""
-    if not files.exists(path):
-        raise FileNotFoundError(f"No expressway at {path}; build one with Pretrained.expressway (bench/ot.py).")
-    f = files.load_npz(path)
-    return Expressway(f["targets"], f["potentials"], float(f["t"]), tuple(int(v) for v in f["shape"]), str(f["model"]))
 
 
 def check_time(t: float) -> None:
@@ -271,18 +237,22 @@ def random_assignment(key: Array, n: int, num: int) -> Array:
     return jax.random.randint(key, (num,), 0, n)
 
 
-def on_expressway(way: Expressway, noise: Array, chunk: int = 4096) -> Array:
-    """``T(noise)``: each noise image's target, [B, *shape] at the expressway's time."""
+def on_expressway(noise: Array, targets: Array, potentials: Array, chunk: int = 4096) -> Array:
+    """``T(noise)``: each noise image's target, [B, *shape] at the expressway's time (``targets`` [N, D],
+    ``potentials`` [N])."""
     flat = jnp.asarray(noise, jnp.float32).reshape(noise.shape[0], -1)
-    index = assign(flat, jnp.asarray(way.targets), jnp.asarray(way.potentials), chunk=chunk)
-    return jnp.asarray(way.targets)[index].reshape(noise.shape)
+    targets = jnp.asarray(targets)
+    return targets[assign(flat, targets, jnp.asarray(potentials), chunk=chunk)].reshape(noise.shape)
 
 
-def sample(denoise_fn: Callable, schedule: Schedule, way: Expressway, noise: Array, **sampler) -> Array:
+def sample(denoise_fn: Callable, schedule: Schedule, way, noise: Array, **sampler) -> Array:
     """DPM-OT sampling: ``noise`` [B, ...] mapped to ``T(noise)`` at ``way.t``, then ``samplers.sample`` from
-    there (``sampler``: its ``method``, ``num_steps``, ``key``, options)."""
+    there (``way``: a :class:`pdist.expressway.Expressway`; ``sampler``: ``method``, ``num_steps``, ``key``,
+    options)."""
     from pdist import samplers
 
     if tuple(noise.shape[1:]) != tuple(way.shape):
         raise ValueError(f"The expressway maps images of shape {way.shape}; the noise has shape {noise.shape[1:]}.")
-    return samplers.sample(denoise_fn, schedule, on_expressway(way, noise), t_start=way.t, **sampler)
+    return samplers.sample(
+        denoise_fn, schedule, on_expressway(noise, way.targets, way.potentials), t_start=way.t, **sampler
+    )

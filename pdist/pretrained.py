@@ -1,4 +1,4 @@
-"""Trained networks: the one loader, ``pdist.load(path)``, and sampling images from parameters.
+"""Trained networks: the one loader, ``pdist.load(path)``, and :class:`Pretrained`, a thin facade over it.
 
 >>> model = pdist.load("runs/digits")          # a workdir, its checkpoints/ or one step's folder
 >>> x = model.sample(64, method="ddim", num_steps=32, seed=0)   # [64, H, W, C] numpy in [-1, 1]
@@ -13,14 +13,15 @@ parameters land on the first local device whatever mesh wrote them (in a
 multi-process run: replicated over every device, as the run's sampler needs
 them).
 
-:class:`ImageSampler` compiles one program per (method, steps, grid, clip, batch)
-and takes the parameters as an argument, so the same compiled sampler serves
-every checkpoint and every EMA snapshot during training.
+Sampling is :mod:`pdist.sampling`'s (:class:`pdist.sampling.ImageSampler`),
+editing :mod:`pdist.editing`'s (its :data:`pdist.editing.EDITORS` table), and
+DPM-OT :mod:`pdist.ot`'s; ``Pretrained`` hands them this checkpoint's network.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -32,14 +33,16 @@ import numpy as np
 from jax.sharding import SingleDeviceSharding
 from jax.tree_util import Partial
 
-from pdist import build, editing, rng, samplers, schedules
+from pdist import build, editing, rng, schedules
 from pdist import config as config_lib
+from pdist import expressway as expressway_lib
 from pdist import ot as ot_lib
 from pdist.errors import ConfigError
-from pdist.runtime import console, preemption, workdir
 from pdist.runtime import mesh as mesh_lib
+from pdist.runtime import preemption, workdir
 from pdist.runtime.checkpoint import Checkpointer
 from pdist.runtime.step import TrainState
+from pdist.sampling import ImageSampler, Sampling
 
 
 @dataclasses.dataclass
@@ -124,55 +127,43 @@ class Pretrained:
         """
         return build.denoiser(self.config, self.ema_params if use_ema else self.params, label, guidance)
 
+    @property
+    def sampling(self) -> Sampling:
+        """How :meth:`sample` samples by default: DDIM with the checkpoint's ``config.sample`` step count and
+        grid (a distilled student's own steps and the uniform grid it was trained on; a teacher's ``auto``)."""
+        return Sampling(num_steps=self.config.sample.num_steps, grid=self.config.sample.grid)
+
     def sample(
         self,
         num_samples: int,
+        sampling: Sampling | None = None,
         *,
-        method: str = "ddim",
-        num_steps: int | None = None,
-        grid: str | None = None,
-        seed: int = 0,
-        clip_x: bool = True,
-        labels=None,
-        guidance: float | None = None,
         use_ema: bool = True,
-        batch_size: int = 256,
+        labels=None,
         progress: str | None = None,
-        ot=None,
-        **options,
+        **changes,
     ) -> np.ndarray:
-        """``num_samples`` images [n, H, W, C] in [-1, 1] from ``method`` with ``num_steps`` steps and the
-        method's ``options`` (``variance="large"`` of ``ddpm``, for example; see :class:`ImageSampler`).
-        ``labels``: the classes of a class-conditional model (default: 0, 1, 2, ... in turn); ``guidance``:
-        the classifier-free guidance weight w (:mod:`pdist.guidance`; or one per sample), for a model trained
-        with label dropout, each step then one network call on twice the batch; or for a guided-distillation
-        student, its input w (one call on the batch; default 0) in the range it was distilled for.
-
-        ``num_steps`` and ``grid`` default to the checkpoint's ``config.sample``: a
-        distilled student's own step count and the uniform grid it was trained
-        on; a teacher's ``auto`` grid (:meth:`grid`).
+        """``num_samples`` images [n, H, W, C] in [-1, 1] as ``sampling`` says (default :attr:`sampling`), with
+        ``changes`` to it by field name (``method=``, ``num_steps=``, ``grid=``, ``seed=``, ``clip_x=``,
+        ``guidance=``, ``batch_size=``, ``ot=``; :class:`pdist.sampling.Sampling`) and the rest the method's
+        options (``variance="large"`` of ``ddpm``, for example). ``labels``: the classes of a
+        class-conditional model (default: 0, 1, 2, ... in turn); ``guidance``: the classifier-free guidance
+        weight w (:mod:`pdist.guidance`; or one per sample), for a model trained with label dropout, each
+        step then one network call on twice the batch; or for a guided-distillation student, its input w
+        (one call on the batch; default 0) in the range it was distilled for.
         """
-        return self._sampler(
-            self.ema_params if use_ema else self.params,
-            num_samples,
-            method=method,
-            num_steps=self.config.sample.num_steps if num_steps is None else num_steps,
-            grid=self.grid(grid),
-            seed=seed,
-            clip_x=clip_x,
-            labels=labels,
-            guidance=guidance,
-            batch_size=batch_size,
-            progress=progress,
-            ot=ot,
-            **options,
-        )
+        fields = {f.name for f in dataclasses.fields(Sampling)}
+        given = {k: v for k, v in changes.items() if k in fields and not (k in ("num_steps", "grid") and v is None)}
+        options = {k: v for k, v in changes.items() if k not in fields}
+        sampling = (self.sampling if sampling is None else sampling).replace(**given)
+        params = self.ema_params if use_ema else self.params
+        return self._sampler(params, num_samples, sampling, labels=labels, progress=progress, **options)
 
-    def check_expressway(self, ot) -> ot_lib.Expressway:
+    def check_expressway(self, ot) -> expressway_lib.Expressway:
         """``ot`` (an Expressway or its file) if this model can sample from it, else one sentence."""
         return self._sampler.check_expressway(ot)
 
-    def expressway(self, x, t: float, *, seed: int = 0, **solver) -> ot_lib.Expressway:
+    def expressway(self, x, t: float, *, seed: int = 0, **solver) -> expressway_lib.Expressway:
         """A DPM-OT expressway for this model (:mod:`pdist.ot`): targets ``alpha_t x + sigma_t eps`` of images
         ``x`` [N, H, W, C] at time ``t``, potentials from :func:`pdist.ot.solve` (``solver``: its settings).
         ``x``: data (the reference's choice), or the model's own samples (``self.sample(N)``: the marginal at t
@@ -192,8 +183,9 @@ class Pretrained:
                 "The OT solver stopped at %d steps with gradient norm %.2e and %d empty cells (not converged).",
                 solution.steps, solution.grad_norm, solution.empty_cells,
             )  # fmt: skip
-        return ot_lib.Expressway(
-            targets, solution.potentials, float(t), tuple(self._sampler.shape), expressway_model(self.config)
+        shape = tuple(self._sampler.shape)
+        return expressway_lib.Expressway(
+            targets, solution.potentials, float(t), shape, expressway_lib.model_key(self.config)
         )
 
     def edit(
@@ -236,42 +228,18 @@ class Pretrained:
             schedules.time_grid(self.schedule, num_steps, grid, t_start)
         except ValueError as e:
             raise ConfigError(f"Editing with grid={grid!r}, {num_steps} steps and t_start={t_start}: {e}") from None
+        settings = editing.EditSettings(num_steps, noise_fraction, t_start, grid, clip_x, attention_steps)
+        edit_fn = editing.EDITORS[method]
         out = []
         for start in range(0, len(x0), batch_size):
             rows = slice(start, start + batch_size)
-            x, a, b = jnp.asarray(x0[rows]), jnp.asarray(source_labels[rows]), jnp.asarray(target_labels[rows])
-            key = rng.sample_key(seed, start)
-            ws, wt = (None if w is None else jnp.full(a.shape, w, jnp.float32) for w in weights)
-            if method == "ddcm":
-                w = None if ws is None else jnp.concatenate([ws, wt])
-                pair = build.denoiser(self.config, params, jnp.concatenate([a, b]), w)
-                y = editing.ddcm(
-                    pair,
-                    self.schedule,
-                    x,
-                    key,
-                    num_steps=num_steps,
-                    noise_fraction=noise_fraction,
-                    t_start=t_start,
-                    grid=grid,
-                    clip_x=clip_x,
-                    attention_steps=attention_steps,
-                )
-            elif method == "sdedit":
-                target = build.denoiser(self.config, params, b, wt)
-                y = editing.sdedit(
-                    target, self.schedule, x, key, t_start=t_start, num_steps=num_steps, grid=grid, clip_x=clip_x
-                )
-            else:
-                z = editing.invert(
-                    build.denoiser(self.config, params, a, ws), self.schedule, x, num_steps=num_steps, grid=grid,
-                    t_start=t_start,
-                )  # fmt: skip
-                target = build.denoiser(self.config, params, b, wt)
-                y = samplers.sample(
-                    target, self.schedule, z, method="ddim", num_steps=num_steps, grid=grid, clip_x=clip_x,
-                    t_start=t_start,
-                )  # fmt: skip
+            x = jnp.asarray(x0[rows])
+            branches = [
+                (jnp.asarray(labels[rows]), None if w is None else jnp.full((len(x),), w, jnp.float32))
+                for labels, w in zip((source_labels, target_labels), weights, strict=True)
+            ]
+            denoiser = functools.partial(build.denoiser, self.config, params)
+            y = edit_fn(denoiser, self.schedule, x, *branches, rng.sample_key(seed, start), settings)
             out.append(np.clip(np.asarray(y), -1.0, 1.0))
             preemption.check("editing")
         return np.concatenate(out)
@@ -284,8 +252,8 @@ class Pretrained:
                 "Editing moves an image from one class to another and needs a class-conditional model; this one "
                 "is unconditional (train one with config.model.class_conditional=True, configs/digits_cond.py)."
             )
-        if method not in editing.METHODS:
-            raise ConfigError(f"Unknown editing method {method!r}; choose one of {list(editing.METHODS)}.")
+        if method not in editing.EDITORS:
+            raise ConfigError(f"Unknown editing method {method!r}; choose one of {list(editing.EDITORS)}.")
         x0 = np.asarray(x0, np.float32)
         shape = tuple(build.image_shape(config))
         if x0.ndim != len(shape) + 1 or x0.shape[1:] != shape:
@@ -312,167 +280,3 @@ class Pretrained:
         else:
             weights = (None, None)
         return x0, labels[0].astype(np.int32), labels[1].astype(np.int32), weights
-
-
-def requested_labels(config: ml_collections.ConfigDict, num_samples: int) -> np.ndarray | None:
-    """The classes a class-conditional model samples when none are given: 0, 1, 2, ... in turn (None for an
-    unconditional model)."""
-    if not config.model.class_conditional:
-        return None
-    return np.arange(num_samples) % config.data.num_classes
-
-
-def expressway_model(config: ml_collections.ConfigDict) -> str:
-    """What an expressway's latents belong to: the dataset, the image shape and the noise schedule (any model
-    trained on these shares them)."""
-    d = config.data
-    T = config.diffusion.num_timesteps
-    return f"{d.name}:{d.image_size}x{d.image_size}x{d.channels}:{config.diffusion.schedule}" + (f":{T}" if T else "")
-
-
-class ImageSampler:
-    """``sampler(params, n, method=..., num_steps=..., seed=...) -> [n, H, W, C]`` numpy in [-1, 1].
-
-    Each batch is split over every device of every process (the last batch
-    zero-padded to a multiple of the device count) and gathered back, so every
-    process returns all ``n`` images; in a multi-process run every process must
-    make the same call. The noise is drawn from ``(seed, batch start)`` inside
-    the program before the split (:func:`pdist.rng.sample_key`), so
-    deterministic samplers give the same images on any number of devices and
-    processes.
-    """
-
-    def __init__(self, config: ml_collections.ConfigDict, mesh=None):
-        self.config = config
-        self.schedule = build.schedule(config)
-        self.shape = build.image_shape(config)
-        self.learned_variance = bool(config.diffusion.learned_variance)
-        self.mesh = mesh_lib.data_mesh() if mesh is None else mesh
-        self._compiled = {}
-
-    def _program(
-        self, method: str, num_steps: int, grid: str, clip_x: bool, n: int, options: tuple, guided: bool, t_ot
-    ):
-        k = (method, num_steps, grid, clip_x, n, options, guided, t_ot)
-        if k not in self._compiled:
-            pad = -n % self.mesh.devices.size
-
-            def run(params, seed_start, label, guidance, way):
-                k_noise, k_sample = jax.random.split(rng.sample_key(seed_start[0], seed_start[1]))
-                noise = jax.random.normal(k_noise, (n, *self.shape), jnp.float32)
-                noise = jnp.pad(noise, [(0, pad)] + [(0, 0)] * len(self.shape))
-                noise = jax.lax.with_sharding_constraint(noise, mesh_lib.batch_sharded(self.mesh))
-                if t_ot is not None:  # DPM-OT: the noise's target on the expressway, sampled from t' on
-                    targets, potentials = way
-                    flat = noise.reshape(noise.shape[0], -1)
-                    noise = targets[ot_lib.assign(flat, targets, potentials)].reshape(noise.shape)
-                x = samplers.sample(
-                    build.denoiser(self.config, params, label, guidance),
-                    self.schedule,
-                    noise,
-                    method=method,
-                    num_steps=num_steps,
-                    key=k_sample,
-                    grid=grid,
-                    clip_x=clip_x,
-                    t_start=1.0 if t_ot is None else t_ot,
-                    **dict(options),
-                )
-                return x[:n]
-
-            self._compiled[k] = jax.jit(run, out_shardings=mesh_lib.replicated(self.mesh))
-        return self._compiled[k]
-
-    def check_expressway(self, ot) -> ot_lib.Expressway:
-        """``ot`` (an Expressway or its file) as an Expressway for this model, or one sentence."""
-        try:
-            way = ot if isinstance(ot, ot_lib.Expressway) else ot_lib.load(ot)
-            ot_lib.check_time(way.t)
-        except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(str(e)) from None
-        mine = expressway_model(self.config)
-        if way.model != mine or tuple(way.shape) != tuple(self.shape):
-            raise ConfigError(
-                f"The expressway was built for {way.model} (images {tuple(way.shape)}) and this model is {mine} "
-                f"(images {tuple(self.shape)}); build one for this model (Pretrained.expressway, bench/ot.py)."
-            )
-        if self.config.model.class_conditional:
-            raise ConfigError("The expressway's targets carry no class; sample a class-conditional model without ot.")
-        return way
-
-    def __call__(
-        self,
-        params,
-        num_samples: int,
-        *,
-        method: str = "ddim",
-        num_steps: int = 128,
-        grid: str = "auto",
-        seed: int = 0,
-        clip_x: bool = True,
-        labels=None,
-        guidance=None,
-        batch_size: int = 256,
-        progress: str | None = None,
-        ot=None,
-        **options,
-    ) -> np.ndarray:
-        """``ot``: a DPM-OT expressway (:mod:`pdist.ot`; an ``Expressway`` or its file): the noise goes to its
-        target at the expressway's time t', and ``num_steps`` steps run from there.
-        ``guidance``: a weight w, or one per sample [n] (:mod:`pdist.guidance`; a guided student's input).
-        ``grid``: :data:`pdist.schedules.GRIDS`. ``progress``: show a progress line (images, images/s, ETA)
-        with this label (:class:`pdist.runtime.console.Progress`). ``options``: the method's
-        (:data:`pdist.samplers.METHODS`), such as ``variance``
-        of ``ddpm``, which is ``learned`` by default for a model that learned its variances."""
-        if method == "ddpm" and self.learned_variance:
-            options = {"variance": "learned", **options}
-        samplers.nfe(method, num_steps, self.schedule, **options)  # unknown method or option: one sentence
-        options = tuple(sorted(options.items()))
-        try:  # a grid that does not fit this model: one sentence, before compiling
-            grid = schedules.resolve_grid(grid, self.schedule)
-            schedules.time_grid(self.schedule, num_steps, grid)
-        except ValueError as e:
-            raise ConfigError(f"Sampling with grid={grid!r} and {num_steps} steps: {e}") from None
-        if self.config.model.guidance_input:  # a guided student: w is its input, 0 unless given
-            build.check_guidance(self.config, 0.0 if guidance is None else guidance)
-        elif guidance is not None:  # one sentence for a model that never saw the null class, or a negative w
-            build.check_guidance(self.config, guidance)
-        per_example = guidance is not None and np.ndim(guidance) > 0
-        if per_example and np.shape(guidance) != (num_samples,):
-            raise ConfigError(
-                f"guidance has shape {np.shape(guidance)}; give one weight, or one per sample ({num_samples},)."
-            )
-        if guidance is not None and not per_example:
-            guidance = mesh_lib.replicate(np.asarray(guidance, np.float32), self.mesh)
-        if labels is None:
-            labels = requested_labels(self.config, num_samples)
-        way, t_ot = None, None
-        if ot is not None:
-            expressway = self.check_expressway(ot)
-            grid_start = schedules.start_time(self.schedule, expressway.t)
-            try:
-                schedules.time_grid(self.schedule, num_steps, grid, grid_start)
-            except ValueError as e:
-                raise ConfigError(f"Sampling from the expressway at t'={expressway.t:g}: {e}") from None
-            way = mesh_lib.put_replicated((expressway.targets, expressway.potentials), self.mesh)
-            t_ot = expressway.t
-        params = mesh_lib.put_replicated(params, self.mesh)
-        out = []
-        shown = console.Progress(progress, num_samples, unit="images")
-        for start in range(0, num_samples, batch_size):
-            n = min(batch_size, num_samples - start)
-            label = (
-                None
-                if labels is None
-                else mesh_lib.shard_rows(np.asarray(labels[start : start + n], np.int32), self.mesh)
-            )
-            seed_start = mesh_lib.replicate(np.asarray([seed, start], np.int32), self.mesh)
-            w = guidance
-            if per_example:
-                w = mesh_lib.shard_rows(np.asarray(guidance[start : start + n], np.float32), self.mesh)
-            program = self._program(method, num_steps, grid, clip_x, n, options, guidance is not None, t_ot)
-            out.append(np.asarray(program(params, seed_start, label, w, way)))
-            preemption.check("sampling")
-            shown.update(start + n)
-        shown.close()
-        return np.concatenate(out)

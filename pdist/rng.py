@@ -17,7 +17,7 @@ Stream: derivation (where it is used).
 - Data order: ``data_seed = seed + 1000 r`` (:func:`data_seed`; teacher r = 0); shuffle seed
   ``data_seed + process``, flips keyed by ``(data_seed * 1000 + process, position)`` (``data.pipeline``).
 - A sampled batch: ``fold_in(key(seed), index of its first image)`` split into (noise, sampler)
-  (:func:`sample_key`; ``pretrained.ImageSampler``).
+  (:func:`sample_key`; ``sampling.ImageSampler``).
 - An edited batch (``Pretrained.edit``): ``fold_in(key(seed), index of its first image)`` (:func:`sample_key`),
   split into (start noise, steps' noise) by ``editing.ddcm``, (noise, sampler) by ``editing.sdedit``.
 - A DPM-OT expressway (``Pretrained.expressway(seed=)``): ``key(seed)`` split into (the targets' noise, the

@@ -10,7 +10,7 @@ from helpers import conditional_model, config_file, nonzero_params, small_model
 from pdist import build, diffusion, guidance, losses
 from pdist.config import validate
 from pdist.errors import ConfigError
-from pdist.pretrained import ImageSampler
+from pdist.sampling import ImageSampler, Sampling
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +84,10 @@ def test_guidance_needs_a_conditional_model_trained_with_label_dropout(model):
 def test_sampling_with_guidance_zero_is_the_conditional_model_and_a_weight_changes_it(model, method):
     config, params = model
     sampler = ImageSampler(config)
-    kwargs = dict(method=method, num_steps=4, grid="uniform", seed=0, batch_size=6)  # two batches, one padded
-    plain = sampler(params, 10, **kwargs)
-    np.testing.assert_allclose(sampler(params, 10, guidance=0.0, **kwargs), plain, atol=2e-5)
-    assert np.abs(sampler(params, 10, guidance=3.0, **kwargs) - plain).max() > 1e-3
+    how = Sampling(method=method, num_steps=4, grid="uniform", seed=0, batch_size=6)  # two batches, one padded
+    plain = sampler(params, 10, how)
+    np.testing.assert_allclose(sampler(params, 10, how.replace(guidance=0.0)), plain, atol=2e-5)
+    assert np.abs(sampler(params, 10, how.replace(guidance=3.0)) - plain).max() > 1e-3
 
 
 def test_evaluation_scores_each_weight_with_the_requested_class_accuracy(model, tfds_dir, evaluator_cache):

@@ -31,8 +31,8 @@ from pdist.config import base_config, validate
 from pdist.distillation import guided
 from pdist.errors import ConfigError
 from pdist.jobs import distill
-from pdist.pretrained import ImageSampler
 from pdist.runtime import step as step_lib
+from pdist.sampling import ImageSampler, Sampling
 
 # --- the class-conditional 2-D oracle --------------------------------------------------------------------
 
@@ -197,24 +197,28 @@ def test_an_unguided_sample_never_evaluates_the_null_class(teacher):
     table = poisoned["Embed_0"]["embedding"]
     poisoned["Embed_0"]["embedding"] = table.at[guidance.null_label(10)].set(jnp.nan)  # the null class: NaN
     sampler = ImageSampler(config)
-    assert np.isfinite(sampler(poisoned, 4, num_steps=2)).all()
-    assert np.isnan(sampler(poisoned, 4, num_steps=2, guidance=1.0)).all()  # guided: it does (the test can fail)
+    assert np.isfinite(sampler(poisoned, 4, Sampling(num_steps=2))).all()
+    assert np.isnan(
+        sampler(poisoned, 4, Sampling(num_steps=2, guidance=1.0))
+    ).all()  # guided: it does (the test can fail)
     network = guided.student(config)
     start = build.student_params(network, poisoned, jax.random.key(5))
-    assert np.isfinite(ImageSampler(network)(start, 4, num_steps=2, guidance=3.0)).all()  # one call, class only
+    assert np.isfinite(
+        ImageSampler(network)(start, 4, Sampling(num_steps=2, guidance=3.0))
+    ).all()  # one call, class only
 
 
 def test_bad_guidance_is_one_sentence_before_compiling(teacher):
     config, params = teacher
     sampler = ImageSampler(config)
     with pytest.raises(ConfigError, match=r"The guidance weight w=-1 is negative; use w >= 0"):
-        sampler(params, 4, num_steps=2, guidance=-1.0)
+        sampler(params, 4, Sampling(num_steps=2, guidance=-1.0))
     student = ImageSampler(guided.student(config))
     start = build.student_params(guided.student(config), params, jax.random.key(5))
     with pytest.raises(ConfigError, match=r"distilled for guidance weights in \[0, 4\] and w=4.5 is outside"):
-        student(start, 4, num_steps=2, guidance=np.array([0.0, 1.0, 2.0, 4.5]))
+        student(start, 4, Sampling(num_steps=2, guidance=np.array([0.0, 1.0, 2.0, 4.5])))
     with pytest.raises(ConfigError, match=r"give one weight, or one per sample \(4,\)"):
-        student(start, 4, num_steps=2, guidance=np.ones(3))
+        student(start, 4, Sampling(num_steps=2, guidance=np.ones(3)))
     assert not sampler._compiled and not student._compiled  # nothing was compiled
     distill_config = config_file("digits_cond_guided")
     distill_config.distill.teacher = "anywhere"

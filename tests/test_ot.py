@@ -12,7 +12,7 @@ from helpers import one_sentence, run_in_process
 from jax.scipy.special import ndtri
 from scipy.stats import norm
 
-from pdist import oracles, ot
+from pdist import expressway, oracles, ot
 from pdist import schedules as sc
 from pdist.errors import ConfigError
 
@@ -109,10 +109,10 @@ def test_sampling_from_the_expressway_is_the_exact_flow_from_the_targets():
     schedule, data, t = sc.CosineLogSNR(), oracles.mixture_2d(), 0.4
     y = ot.targets_from(schedule, data.sample(jax.random.key(5), 64), jax.random.key(6), t)
     potentials = np.asarray(jax.random.normal(jax.random.key(7), (64,)))  # any potentials: the claim is the flow
-    way = ot.Expressway(y, potentials, t, (2,), "mixture_2d")
+    way = expressway.Expressway(y, potentials, t, (2,), "mixture_2d")
     noise = jax.random.normal(jax.random.key(8), (256, 2))
     x = ot.sample(oracles.Denoiser(data, schedule), schedule, way, noise, method="heun", num_steps=64)
-    start = np.asarray(ot.on_expressway(way, noise))
+    start = np.asarray(ot.on_expressway(noise, way.targets, way.potentials))
     assert {tuple(r) for r in start} <= {tuple(r) for r in np.asarray(y)}  # every start is a stored target
     exact = data.exact_solution(start, schedule, t_start=t, t_end=0.0)
     np.testing.assert_allclose(np.asarray(x), exact, atol=1e-3)
@@ -121,14 +121,14 @@ def test_sampling_from_the_expressway_is_the_exact_flow_from_the_targets():
 def test_bad_expressway_input_is_one_sentence(tmp_path):
     with pytest.raises(ValueError, match=r"must be in \(0, 1\)"):
         ot.targets_from(sc.CosineLogSNR(), np.zeros((3, 2)), jax.random.key(0), 1.0)
-    way = ot.Expressway(np.zeros((3, 4), np.float32), np.zeros(3, np.float32), 0.3, (2, 2, 1), "m")
+    way = expressway.Expressway(np.zeros((3, 4), np.float32), np.zeros(3, np.float32), 0.3, (2, 2, 1), "m")
     way.save(str(tmp_path / "way.npz"))
-    again = ot.load(str(tmp_path / "way.npz"))
+    again = expressway.load(str(tmp_path / "way.npz"))
     assert again.shape == (2, 2, 1) and again.t == pytest.approx(0.3) and again.model == "m"
     with pytest.raises(ValueError, match="maps images of shape"):
         ot.sample(lambda z, t: z, sc.CosineLogSNR(), way, jnp.zeros((2, 3, 3, 1)), method="ddim", num_steps=2)
     with pytest.raises(FileNotFoundError, match="No expressway"):
-        ot.load(str(tmp_path / "missing.npz"))
+        expressway.load(str(tmp_path / "missing.npz"))
 
 
 def test_the_sample_command_samples_from_an_expressway_and_refuses_one_of_another_model(
@@ -148,7 +148,7 @@ def test_the_sample_command_samples_from_an_expressway_and_refuses_one_of_anothe
     assert status == 0, message
     with np.load(os.path.join(legacy_teacher, "samples", "samples_ddim_2_uniform_ot_step4.npz")) as f:
         assert f["samples"].shape == (8, 8, 8, 1)
-    other = ot.Expressway(way.targets, way.potentials, 0.4, (8, 8, 1), "cifar10:32x32x3:cosine_logsnr")
+    other = expressway.Expressway(way.targets, way.potentials, 0.4, (8, 8, 1), "cifar10:32x32x3:cosine_logsnr")
     other.save(str(tmp_path / "other.npz"))
     for mode, key in (("sample", "sample.ot"), ("eval", "eval.ot")):
         status, message, _ = run_in_process(

@@ -29,10 +29,11 @@ import numpy as np
 from pdist import build, data, images, optim, rng
 from pdist.distillation import METHODS, Round
 from pdist.errors import InputError
-from pdist.pretrained import ImageSampler, restore
+from pdist.pretrained import restore
 from pdist.runtime import console, files, phase, workdir
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime.step import init_state
+from pdist.sampling import ImageSampler, Sampling
 
 # Keys of the teacher's config the student must share (the network's shapes are checked separately).
 SHARED_KEYS = (
@@ -176,17 +177,11 @@ def _get(config, dotted: str):
 
 
 def _fixed_noise_samples(sampler: ImageSampler, params, num_steps: int, *, config, guidance) -> np.ndarray:
-    return sampler(
-        params,
-        config.distill.fidelity_samples,
-        guidance=guidance,
-        method="ddim",
-        num_steps=num_steps,
-        grid="uniform",  # the student grid, for the teacher too: the fixed noise's samples compare round by round
-        seed=config.sample.seed,
-        clip_x=config.sample.clip_x,
-        batch_size=config.sample.batch_size,
+    # DDIM on the student grid, for the teacher too: the fixed noise's samples compare round by round
+    sampling = Sampling.from_config(config.sample).replace(
+        method="ddim", num_steps=num_steps, grid="uniform", guidance=guidance, ot=None
     )
+    return sampler(params, config.distill.fidelity_samples, sampling)
 
 
 def _brief(row: dict) -> str:

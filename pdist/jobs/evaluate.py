@@ -28,9 +28,10 @@ from pdist import build, rng, samplers
 from pdist import config as config_lib
 from pdist.evaluation import evaluators, stats
 from pdist.evaluation.score import METRICS, Reference, score
-from pdist.pretrained import load, requested_labels
+from pdist.pretrained import load
 from pdist.runtime import console, events, files, preemption, workdir
 from pdist.runtime import mesh as mesh_lib
+from pdist.sampling import Sampling, requested_labels
 
 LOWER_IS_BETTER = {"fd": True, "is": False, "precision": False, "recall": False, "accuracy": False}
 LABELS = {
@@ -98,19 +99,8 @@ def evaluate_model(
                 per_seed.append(done[name])
                 continue
             preemption.check(f"evaluation ({name})", sync=True)
-            x = model.sample(
-                settings.num_samples,
-                method=method,
-                num_steps=steps,
-                grid=grid,
-                seed=seed,
-                clip_x=settings.clip_x,
-                use_ema=settings.use_ema,
-                batch_size=settings.batch_size,
-                progress=f"sampling {name}",
-                guidance=w,
-                ot=expressway,
-            )
+            sampling = Sampling(method, steps, grid, settings.clip_x, w, settings.batch_size, seed, expressway)
+            x = model.sample(settings.num_samples, sampling, use_ema=settings.use_ema, progress=f"sampling {name}")
             kwargs = dict(pr_samples=settings.pr_samples, is_splits=settings.is_splits, labels=labels)
             per_seed.append(score(evaluator, ref, x, **kwargs))
             console.say(f"{method}:{steps}{guided} seed {seed}: {_brief(per_seed[-1])}")

@@ -10,26 +10,16 @@ import ml_collections
 from pdist import images
 from pdist.pretrained import load
 from pdist.runtime import console, workdir
+from pdist.sampling import Sampling
 
 
 def run(config: ml_collections.ConfigDict, directory: str) -> tuple[str, str]:
     """Samples ``config.sample.checkpoint`` (default: the newest in ``directory``); returns the PNG and npz paths."""
     settings = config.sample
     model = load(settings.checkpoint or directory)
-    grid = model.grid(settings.grid)
-    x = model.sample(
-        settings.num_samples,
-        method=settings.method,
-        num_steps=settings.num_steps,
-        grid=grid,
-        seed=settings.seed,
-        clip_x=settings.clip_x,
-        use_ema=settings.use_ema,
-        batch_size=settings.batch_size,
-        guidance=settings.guidance,
-        ot=settings.ot,
-        progress=f"sampling {settings.method}:{settings.num_steps}",
-    )
+    sampling = Sampling.from_config(settings)
+    grid = model.grid(sampling.grid)
+    x = model.sample(settings.num_samples, sampling, use_ema=settings.use_ema, progress=f"sampling {sampling.label}")
     guided = "" if settings.guidance is None else f"_w{settings.guidance:g}"
     expressway = "" if settings.ot is None else "_ot"
     name = f"samples_{settings.method}_{settings.num_steps}_{grid}{guided}{expressway}_step{model.step}"

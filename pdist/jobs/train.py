@@ -16,10 +16,10 @@ import ml_collections
 from clu import metric_writers
 
 from pdist import build, data, images, rng
-from pdist.pretrained import ImageSampler
 from pdist.runtime import console, files, phase, workdir
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime.step import TrainState
+from pdist.sampling import ImageSampler, Sampling
 
 
 def run(config: ml_collections.ConfigDict, directory: str) -> TrainState:
@@ -46,19 +46,8 @@ def run(config: ml_collections.ConfigDict, directory: str) -> TrainState:
         ),
         mesh,
     )
-    settings = config.sample
-    x = sampler(
-        result.state.ema_params,
-        settings.num_samples,
-        method=settings.method,
-        num_steps=settings.num_steps,
-        grid=settings.grid,
-        seed=settings.seed,
-        clip_x=settings.clip_x,
-        batch_size=settings.batch_size,
-        guidance=settings.guidance,
-        progress=f"sampling {settings.method}:{settings.num_steps}",
-    )
+    sampling = Sampling.from_config(config.sample)
+    x = sampler(result.state.ema_params, config.sample.num_samples, sampling, progress=f"sampling {sampling.label}")
     if jax.process_index() == 0:
         png, npz = images.save_samples(directory, workdir.SAMPLES, x)
         steps = result.metadata.get("step", config.train.num_steps)
@@ -73,16 +62,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> TrainState:
 
 
 def _write_grid(sampler, state, config, directory: str, step: int, writer: metric_writers.MetricWriter) -> None:
-    settings = config.sample
-    x = sampler(
-        state.ema_params,
-        config.train.num_grid_samples,
-        method=settings.method,
-        num_steps=settings.num_steps,
-        grid=settings.grid,
-        seed=settings.seed,
-        guidance=settings.guidance,
-    )
+    x = sampler(state.ema_params, config.train.num_grid_samples, Sampling.from_config(config.sample))
     grid = images.grid(x)
     if jax.process_index() == 0:
         path = workdir.grid(directory, step)
