@@ -29,9 +29,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import pdist  # noqa: E402
 from pdist import config as config_lib  # noqa: E402
-from pdist.evaluation import evaluators, stats  # noqa: E402
+from pdist.evaluation import (  # noqa: E402
+    evaluators,
+    quality,  # noqa: E402
+    stats,
+)
 from pdist.evaluation.score import score  # noqa: E402
-from pdist.jobs import evaluate  # noqa: E402
+from pdist.evaluation.split_nll import split_nll  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CONFIG = os.path.join(REPO, "configs", "digits_iddpm.py")
@@ -122,11 +126,11 @@ def main():
         if args.reuse_nll and variant in earlier:
             nll = earlier[variant]["nll"]
         else:
-            nll = evaluate.nll(model, settings)
+            nll = split_nll(model, settings)
             nll["seconds"] = time.time() - began
         print(f"{variant}: NLL {nll['bits_per_dim']:.3f} ± {nll['stderr']:.3f} bits/dim", flush=True)
         evaluator = evaluators.make("auto", model.config.data, settings)
-        ref = evaluate.reference(evaluator, model.config, "train", args.num_samples)
+        ref = quality.reference(evaluator, model.config, "train", args.num_samples)
         variances = ["small", "large"] + (["learned"] if model.config.diffusion.learned_variance else [])
         samples = measure(model, evaluator, ref, steps, variances, args.num_samples, args.num_seeds)
         results[variant] = {"train_seconds": seconds, "nll": nll, "samples": samples, "args": vars(args)}

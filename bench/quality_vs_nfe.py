@@ -2,7 +2,7 @@
 
 python bench/quality_vs_nfe.py --teacher=runs/digits --distill=runs/digits_distill --out=docs/digits_quality
 
-Runs ``pdist.jobs.evaluate`` (the ``--config.mode=eval`` code) on the teacher for
+Runs ``pdist.evaluation.quality.evaluate_model`` (what ``--config.mode=eval`` runs) on the teacher for
 every sampler in ``--samplers`` at every step count in ``--steps``, and on each
 distillation round's student with DDIM at its own step count; every cell is
 ``--num-seeds`` seeds of ``--num-samples`` samples. Also the evaluator's floor:
@@ -21,9 +21,8 @@ import numpy as np
 
 import pdist
 from pdist import config as config_lib
-from pdist.evaluation import evaluators, stats
+from pdist.evaluation import evaluators, quality, report, stats
 from pdist.evaluation.frechet import frechet_distance, gaussian_stats
-from pdist.jobs import evaluate
 from pdist.runtime import workdir
 
 
@@ -57,17 +56,17 @@ def main():
     settings = config_lib.from_file(args.config).eval
     settings.update(num_samples=args.num_samples, num_seeds=args.num_seeds, pr_samples=args.num_samples, seed=1)
     evaluator = evaluators.make("auto", teacher.config.data, settings)
-    ref = evaluate.reference(evaluator, teacher.config, "train", settings.pr_samples)
+    ref = quality.reference(evaluator, teacher.config, "train", settings.pr_samples)
     print(f"evaluator: {evaluator.name}, test accuracy {getattr(evaluator, 'test_accuracy', float('nan')):.4f}")
     pairs = [(m, int(n)) for m in args.samplers.split(",") for n in args.steps.split(",")]
-    pairs += config_lib.parse_samplers(args.extra) if args.extra else []
-    rows = evaluate.evaluate_model(teacher, evaluator, ref, pairs, settings)
+    pairs += quality.parse_samplers(args.extra) if args.extra else []
+    rows = quality.evaluate_model(teacher, evaluator, ref, pairs, settings)
     with open(os.path.join(args.distill, "summary.json")) as f:
         rounds = json.load(f)
     students = []
     for w in rounds:
         student = pdist.load(workdir.round_dir(args.distill, w["round"], w["steps"]))
-        (row,) = evaluate.evaluate_model(student, evaluator, ref, [("ddim", w["steps"])], settings)
+        (row,) = quality.evaluate_model(student, evaluator, ref, [("ddim", w["steps"])], settings)
         students.append({**row, "method": "distilled", "round": w["round"]})
     result = {
         "evaluator": evaluator.name,
@@ -81,7 +80,7 @@ def main():
     with open(f"{args.out}.json", "w") as f:
         json.dump(result, f, indent=1)
     title = f"digits: {args.num_samples} samples x {args.num_seeds} seeds"
-    table = evaluate.markdown(rows + students, title)
+    table = report.markdown(rows + students, title)
     if result["floor"]:
         fl = result["floor"]
         table += (
@@ -97,7 +96,7 @@ def main():
         table += f"| {s['steps']} | {cells[0]} | {cells[1]} | {verdict} |\n"
     with open(f"{args.out}.md", "w") as f:
         f.write(table)
-    evaluate.plot(rows + students, f"{args.out}.png", title)
+    report.plot(rows + students, f"{args.out}.png", title)
     print(table)
 
 

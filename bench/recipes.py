@@ -48,9 +48,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import pdist  # noqa: E402
 from pdist import config as config_lib  # noqa: E402
-from pdist.evaluation import evaluators, stats  # noqa: E402
+from pdist import jobs  # noqa: E402
+from pdist.evaluation import (  # noqa: E402
+    evaluators,
+    quality,  # noqa: E402
+    stats,
+)
 from pdist.evaluation.score import score  # noqa: E402
-from pdist.jobs import evaluate, train  # noqa: E402
 from pdist.sampling import ImageSampler, Sampling  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -147,12 +151,11 @@ def run_all(args) -> dict:
             continue
         began = time.time()
         if not os.path.isdir(os.path.join(workdir, "checkpoints", str(config.train.num_steps))):
-            config_lib.validate(config)
-            train.run(config, workdir)
+            jobs.run(config, workdir)  # the train job, checked as the command line checks it
         trained = time.time() - began
         if evaluator is None:
             evaluator = evaluators.make("auto", config.data, config.eval)
-            ref = evaluate.reference(evaluator, config, "train", args.num_samples)
+            ref = quality.reference(evaluator, config, "train", args.num_samples)
         result = {"settings": settings, "config": stored, "num_samples": args.num_samples, "use_ema": args.use_ema}
         result.update(measure(workdir, config, evaluator, ref, args))
         result["seconds"], result["train_seconds"] = time.time() - began, trained
@@ -241,7 +244,7 @@ def plot(args, results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pdist import optim
+    from pdist import build
 
     if args.study == "schedules":
         fig, (ax_lr, ax_fd) = plt.subplots(1, 2, figsize=(11, 4))
@@ -249,7 +252,7 @@ def plot(args, results: dict, path: str) -> None:
             config = ml_collections.ConfigDict(rs[0]["config"])
             total = config.train.num_steps
             t = np.arange(total + 1)
-            rate = np.asarray(optim.optimizer(config.optim, total).learning_rate(t))
+            rate = np.asarray(build.optimizer(config.optim, total).learning_rate(t))
             ax_lr.plot(t, rate, label=f"{schedule} (peak {lr:g})")
             steps = [row["step"] for row in rs[0]["rows"]]
             fd = np.array([[row["fd"] for row in r["rows"]] for r in rs])

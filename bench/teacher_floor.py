@@ -25,9 +25,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import pdist  # noqa: E402
 from pdist.data import pipeline  # noqa: E402
-from pdist.evaluation import evaluators, stats  # noqa: E402
+from pdist.evaluation import (  # noqa: E402
+    evaluators,
+    quality,  # noqa: E402
+    stats,
+)
 from pdist.evaluation.score import score  # noqa: E402
-from pdist.jobs import evaluate  # noqa: E402
 
 
 def nearest(x: np.ndarray, train: np.ndarray) -> dict:
@@ -51,7 +54,7 @@ def main():
     workdirs = args.workdirs.split(",")
     config = pdist.load(workdirs[0]).config
     evaluator = evaluators.make("auto", config.data, config.eval)
-    ref = evaluate.reference(evaluator, config, "train", 1000)
+    ref = quality.reference(evaluator, config, "train", 1000)
     floor = score(evaluator, ref, evaluator.x_test)["fd"]  # the test split, scored as the samples are
     data = config.data
     train = pipeline.load_split(data.name, "train", data.data_dir, data.image_size, data.channels)["image"]

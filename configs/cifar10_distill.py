@@ -10,7 +10,7 @@ python -m pdist.main --config=configs/cifar10_distill.py --config.distill.teache
 
 import os
 
-from pdist.config import paper_distillation
+from pdist.distillation.recipes import paper_distillation
 
 
 def get_config(variant: str = "paper"):

@@ -9,7 +9,8 @@ python -m pdist.main --config=configs/digits_distill.py --workdir=runs/digits_di
 
 import os
 
-from pdist.config import for_distillation, from_file
+from pdist.config import from_file
+from pdist.distillation.recipes import for_distillation
 
 
 def get_config(teacher: str = "digits"):

@@ -10,7 +10,7 @@ python -m pdist.main --config=configs/imagenet64_distill.py --config.distill.tea
 
 import os
 
-from pdist.config import paper_distillation
+from pdist.distillation.recipes import paper_distillation
 
 
 def get_config(variant: str = "paper"):

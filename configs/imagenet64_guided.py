@@ -14,7 +14,8 @@ python -m pdist.main --config=configs/imagenet64_guided.py --config.distill.teac
 
 import os
 
-from pdist.config import PAPER_UPDATES, from_file, paper_distillation
+from pdist.config import from_file
+from pdist.distillation.recipes import PAPER_UPDATES, paper_distillation
 
 TEACHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet64.py")
 

@@ -10,7 +10,7 @@ python -m pdist.main --config=configs/lsun_bedroom128_distill.py --config.distil
 
 import os
 
-from pdist.config import paper_distillation
+from pdist.distillation.recipes import paper_distillation
 
 
 def get_config(variant: str = "paper"):

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from jax.tree_util import Partial
 
-from pdist import diffusion, losses, optim, rng
+from pdist import diffusion, losses, optim, refine, rng
 from pdist import guidance as guidance_lib
 from pdist.diffusion import Prediction
 from pdist.distillation import METHODS, Round
@@ -221,13 +221,43 @@ def importance_sampler(config: ml_collections.ConfigDict) -> LossAwareSampler | 
     return LossAwareSampler(int(settings.num_timesteps)) if settings.importance_sampling else None
 
 
+def refined_norms(settings: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+    """The gradient norms ``settings.refine_from``'s run logged for ``settings.optimizer`` (steps, values);
+    ConfigError (one sentence) when there are none, too few or unusable ones (:mod:`pdist.refine`)."""
+    from pdist.runtime import events, files  # clu's writers import TensorFlow: not on pdist.load's path
+
+    directory, tag = settings.refine_from, refine.NORM_TAGS[settings.optimizer]
+    where = f"config.optim.refine_from={directory!r}"
+    if not directory or not files.isdir(directory):
+        raise ConfigError(
+            f"{where} is not a folder: schedule='refined' needs the workdir of a previous run to refine from."
+        )
+    steps, norms = events.scalars(directory, tag)
+    refine.check_norms(steps, norms, where, tag)
+    return steps, norms
+
+
+def refined_schedule(settings: ml_collections.ConfigDict, total_steps: int) -> np.ndarray:
+    """A refined schedule's multipliers at counts 0..total_steps, from the logs of ``settings.refine_from``."""
+    return refine.multipliers(*refined_norms(settings), settings.optimizer, total_steps)
+
+
+def optimizer(settings: ml_collections.ConfigDict, total_steps: int) -> optim.Optimizer:
+    """``config.optim``'s optimizer over ``total_steps`` updates; a refined schedule's table is read from its
+    source run's logs when the numbers are first used (restoring a state reads none)."""
+    table = None
+    if settings.schedule == "refined":
+        table = functools.partial(refined_schedule, ml_collections.ConfigDict(settings.to_dict()), total_steps)
+    return optim.optimizer(settings, total_steps, table)
+
+
 def state_init(config: ml_collections.ConfigDict) -> tuple[Callable[[], TrainState], optim.Optimizer]:
     """(``init_fn() -> TrainState``, optimizer) of a teacher run; ``init_fn`` is pure, for ``jit``/``eval_shape``."""
-    optimizer = optim.optimizer(config.optim, config.train.num_steps)
+    optimizer_ = optimizer(config.optim, config.train.num_steps)
     key = rng.init_key(config.seed)
     sampler = importance_sampler(config)
 
     def init_fn():
-        return init_state(init_params(config, key), optimizer.tx, sampler)
+        return init_state(init_params(config, key), optimizer_.tx, sampler)
 
-    return init_fn, optimizer
+    return init_fn, optimizer_

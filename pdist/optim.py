@@ -35,9 +35,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
-
-from pdist import refine
 
 SCHEDULES = ("constant", "linear", "cosine", "rex", "refined")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -110,11 +109,13 @@ class Optimizer:
         return self.rate(self.args, step)
 
 
-def schedule_args(optim: ml_collections.ConfigDict, total_steps: int) -> dict:
-    """The numbers of ``config.optim``'s schedule over a run of ``total_steps`` steps."""
+def schedule_args(optim: ml_collections.ConfigDict, total_steps: int, table: Callable | None = None) -> dict:
+    """The numbers of ``config.optim``'s schedule over a run of ``total_steps`` steps (``table()``: a refined
+    schedule's multipliers at counts 0..total_steps)."""
     if optim.schedule == "refined":
-        multipliers = refine.schedule(optim.refine_from, optim.optimizer, total_steps)
-        return {"table": jnp.asarray(optim.learning_rate * multipliers, jnp.float32)}
+        if table is None:
+            raise ValueError("A refined schedule needs its table of multipliers; build it with pdist.build.optimizer.")
+        return {"table": jnp.asarray(optim.learning_rate * np.asarray(table()), jnp.float32)}
     warmup = optim.warmup_steps
     return {
         "peak": jnp.asarray(optim.learning_rate, jnp.float32),
@@ -123,8 +124,12 @@ def schedule_args(optim: ml_collections.ConfigDict, total_steps: int) -> dict:
     }
 
 
-def optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> Optimizer:
-    """Adam(W) or SGD with ``config.optim``'s schedule over ``total_steps`` steps, after global-norm clipping."""
+def optimizer(optim: ml_collections.ConfigDict, total_steps: int, table: Callable | None = None) -> Optimizer:
+    """Adam(W) or SGD with ``config.optim``'s schedule over ``total_steps`` steps, after global-norm clipping.
+
+    ``table() -> multipliers`` [total_steps + 1]: a refined schedule's, called on first use of the numbers
+    (:func:`pdist.build.optimizer` reads them from the source run's logs), so restoring a state reads no log.
+    """
     kind, name, clip = optim.schedule, optim.optimizer, optim.grad_clip
     moments = dict(b1=optim.b1, b2=optim.b2, eps=optim.eps)
     if name == "adamw":
@@ -138,4 +143,5 @@ def optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> Optimizer:
         return optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
 
     settings = ml_collections.ConfigDict(optim.to_dict())  # as it is now: the numbers are computed later
-    return Optimizer(make, functools.partial(_rate, kind), functools.partial(schedule_args, settings, total_steps))
+    numbers = functools.partial(schedule_args, settings, total_steps, table)
+    return Optimizer(make, functools.partial(_rate, kind), numbers)

@@ -14,9 +14,10 @@ does better. With constant norms it is linear decay; norms that fall early
 make it warm up by itself. pdist's version (``config.optim.schedule =
 "refined"``, ``config.optim.refine_from = WORKDIR``):
 
-1. reads the norm from WORKDIR's TensorBoard events (the train step logs
-   ``grad_l1`` and ``grad_norm``, each the mean over a log window); a step
-   logged twice (a resumed run logs its windows again) keeps its last value;
+1. takes the norm logged in WORKDIR's TensorBoard events (the train step logs
+   ``grad_l1`` and ``grad_norm``, each the mean over a log window; a step
+   logged twice, as a resumed run logs its windows again, keeps its last
+   value), read by :func:`pdist.build.refined_norms`: this module reads no file;
 2. maps them onto the new run by fraction of the run (linear interpolation
    over the ``T + 1`` optimizer counts 0..T of a ``T``-step run);
 3. median-filters them over 10% of the run, padded as the reference does;
@@ -32,7 +33,6 @@ from __future__ import annotations
 import numpy as np
 
 from pdist.errors import ConfigError
-from pdist.runtime import files
 
 NORM_TAGS = {"adam": "grad_l1", "adamw": "grad_l1", "sgd": "grad_norm"}  # the norm each optimizer's weights use
 MIN_POINTS = 10  # logged values a run needs before it can be refined from
@@ -64,23 +64,13 @@ def on_run(steps: np.ndarray, norms: np.ndarray, total_steps: int) -> np.ndarray
     return np.interp(np.arange(total_steps + 1) / total_steps, steps / steps[-1], norms)
 
 
-def schedule(directory: str, optimizer: str, total_steps: int) -> np.ndarray:
-    """The refined multipliers of the learning rate at counts 0..total_steps, from ``directory``'s logs."""
-    steps, norms = check_source(directory, optimizer)
+def multipliers(steps: np.ndarray, norms: np.ndarray, optimizer: str, total_steps: int) -> np.ndarray:
+    """The refined multipliers of the learning rate at counts 0..total_steps, from norms logged at ``steps``."""
     return refined(median_filtered(on_run(steps, norms, total_steps)), optimizer)
 
 
-def check_source(directory: str, optimizer: str) -> tuple[np.ndarray, np.ndarray]:
-    """The norms to refine from; ConfigError (one sentence) when there are none, too few or unusable ones."""
-    tag = NORM_TAGS[optimizer]
-    where = f"config.optim.refine_from={directory!r}"
-    if not directory or not files.isdir(directory):
-        raise ConfigError(
-            f"{where} is not a folder: schedule='refined' needs the workdir of a previous run to refine from."
-        )
-    from pdist.runtime import events  # clu's writers import TensorFlow: not on pdist.load's path
-
-    steps, norms = events.scalars(directory, tag)
+def check_norms(steps: np.ndarray, norms: np.ndarray, where: str, tag: str) -> None:
+    """ConfigError (one sentence) when the logged norms are too few or unusable to refine from."""
     if len(steps) < MIN_POINTS:
         raise ConfigError(
             f"{where} holds {len(steps)} logged values of {tag} (at least {MIN_POINTS} needed): refine from a run "
@@ -88,4 +78,3 @@ def check_source(directory: str, optimizer: str) -> tuple[np.ndarray, np.ndarray
         )
     if not np.all(np.isfinite(norms) & (norms > 0)):
         raise ConfigError(f"{where} logged {tag} values that are not positive and finite: refine from a healthy run.")
-    return steps, norms

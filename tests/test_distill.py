@@ -20,10 +20,10 @@ from helpers import assert_same_tree, config_file, nonzero_params, small_model
 import pdist
 from pdist import build, diffusion, losses, optim, oracles, samplers
 from pdist import schedules as sc
-from pdist.config import base_config, validate
+from pdist.config import base_config
 from pdist.distillation import METHODS, Round, progressive
 from pdist.errors import ConfigError, Preempted
-from pdist.jobs import distill
+from pdist.jobs import distill, validate
 from pdist.pretrained import restore
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime import preemption, workdir

@@ -218,12 +218,13 @@ def test_sampling_splits_batches_over_devices_with_the_same_images():
 def test_eval_settings_fail_with_one_sentence(overrides, message):
     from helpers import config_file
 
-    from pdist import config as config_lib
+    from pdist import jobs
+    from pdist.evaluation import quality
 
     config = config_file("cifar10_iddpm")
     config.mode = "eval"
     config.eval.evaluator = "digits"
     config.eval.update(overrides)
     with pytest.raises(ValueError, match=message):
-        config_lib.validate(config)
-    assert config_lib.parse_samplers("ddim:8, plms:16:respaced") == [("ddim", 8, None), ("plms", 16, "respaced")]
+        jobs.validate(config)
+    assert quality.parse_samplers("ddim:8, plms:16:respaced") == [("ddim", 8, None), ("plms", 16, "respaced")]

@@ -8,8 +8,8 @@ import pytest
 from helpers import conditional_model, config_file, nonzero_params, small_model
 
 from pdist import build, diffusion, guidance, losses
-from pdist.config import validate
 from pdist.errors import ConfigError
+from pdist.jobs import validate
 from pdist.sampling import ImageSampler, Sampling
 
 
@@ -95,8 +95,9 @@ def test_evaluation_scores_each_weight_with_the_requested_class_accuracy(model, 
 
     from pdist.data.pipeline import load_split
     from pdist.evaluation import DigitsEvaluator
+    from pdist.evaluation.quality import evaluate_model
+    from pdist.evaluation.report import markdown
     from pdist.evaluation.score import Reference
-    from pdist.jobs.evaluate import evaluate_model, markdown
     from pdist.pretrained import Pretrained
 
     config, params = model

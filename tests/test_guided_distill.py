@@ -27,10 +27,10 @@ from helpers import (
 import pdist
 from pdist import build, diffusion, guidance, optim, oracles
 from pdist import schedules as sc
-from pdist.config import base_config, validate
+from pdist.config import base_config
 from pdist.distillation import guided
 from pdist.errors import ConfigError
-from pdist.jobs import distill
+from pdist.jobs import distill, validate
 from pdist.runtime import step as step_lib
 from pdist.sampling import ImageSampler, Sampling
 

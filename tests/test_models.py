@@ -68,8 +68,8 @@ def test_output_layers_start_at_zero_and_dropout_needs_train():
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_every_architecture_builds_from_its_row_and_checks_its_settings(name):
-    from pdist.config import validate
     from pdist.errors import ConfigError
+    from pdist.jobs import validate
 
     config = config_file("digits")
     config.model.name = name

@@ -11,7 +11,7 @@ from clu import metric_writers
 from helpers import assert_same_tree, config_file, run_in_process, small_config
 
 import pdist
-from pdist import optim, refine
+from pdist import build, optim, refine
 from pdist.jobs import train
 from pdist.runtime import events
 
@@ -38,6 +38,13 @@ def _by_definition(norms, optimizer):
     return eta / eta.max()
 
 
+def _schedule(source: str, optimizer: str, total: int) -> np.ndarray:
+    """The refined multipliers a run of ``total`` steps with ``optimizer`` reads from ``source``'s logs."""
+    settings = config_file("digits").optim
+    settings.schedule, settings.refine_from, settings.optimizer = "refined", source, optimizer
+    return build.refined_schedule(settings, total)
+
+
 def test_the_refined_schedule_is_the_papers_formula():
     norms = np.random.default_rng(0).uniform(0.5, 3.0, 40)
     for name in ("adam", "sgd"):
@@ -54,25 +61,25 @@ def test_constant_norms_give_exactly_the_linear_decay_and_scale_changes_nothing(
         linear = np.array([float(optim.optimizer(settings, total).learning_rate(s)) for s in range(total + 1)])
         refined = settings.copy_and_resolve_references()
         refined.schedule, refined.refine_from = "refined", _source(tmp_path / f"c{total}", np.full(30, 0.7))
-        rates = np.asarray(optim.optimizer(refined, total).args["table"])
+        rates = np.asarray(build.optimizer(refined, total).args["table"])
         np.testing.assert_allclose(rates, linear, rtol=0, atol=1e-6 * 3e-3)  # the same numbers, both in float32
     norms = np.random.default_rng(1).uniform(0.5, 3.0, 40)
-    a = refine.schedule(_source(tmp_path / "a", norms), name, 100)
-    b = refine.schedule(_source(tmp_path / "b", 7.3 * norms), name, 100)
+    a = _schedule(_source(tmp_path / "a", norms), name, 100)
+    b = _schedule(_source(tmp_path / "b", 7.3 * norms), name, 100)
     np.testing.assert_allclose(a, b, rtol=1e-6)  # the events hold float32 values
 
 
 def test_norms_that_fall_early_give_a_warm_up_and_a_spike_is_filtered_out(tmp_path):
     t = np.arange(50)
     falling = 1.0 + 9.0 * np.exp(-t / 3.0)  # large over the first tenth of the run, then flat
-    s = refine.schedule(_source(tmp_path / "f", falling), "adam", 200)
+    s = _schedule(_source(tmp_path / "f", falling), "adam", 200)
     peak = int(np.argmax(s))
     assert s[0] < 0.3 and 5 < peak < 100, (s[0], peak)  # it rises over the first part of the run
     assert np.all(np.diff(s[peak:]) <= 0) and s[-1] == 0.0
     spiky = np.full(50, 0.7)
     spiky[20] = 50.0  # one bad window: the median filter (10% of the run) removes it
-    flat = refine.schedule(_source(tmp_path / "flat", np.full(50, 0.7)), "adam", 100)
-    np.testing.assert_allclose(refine.schedule(_source(tmp_path / "s", spiky), "adam", 100), flat, rtol=1e-12)
+    flat = _schedule(_source(tmp_path / "flat", np.full(50, 0.7)), "adam", 100)
+    np.testing.assert_allclose(_schedule(_source(tmp_path / "s", spiky), "adam", 100), flat, rtol=1e-12)
 
 
 def test_a_log_written_across_resumes_keeps_the_newest_value_of_each_step(tmp_path):
@@ -94,7 +101,7 @@ def test_a_refined_run_uses_its_table_and_resumes_bit_identically(tfds_dir, tmp_
     assert_same_tree(whole, train.run(config, str(tmp_path / "cut")))
     # The run applied its table's rates, warm-up included: the loop logs the mean over each window, a step late
     # (it never waits on the running step), so its windows hold counts 0-1, 2-4, 5-7 and, at the end, 8-11.
-    table = np.float32(config.optim.learning_rate * refine.schedule(config.optim.refine_from, "adam", 12))
+    table = np.float32(config.optim.learning_rate * _schedule(config.optim.refine_from, "adam", 12))
     steps, logged = events.scalars(str(tmp_path / "whole"), "learning_rate")
     expected = [table[a:b].mean() for a, b in ((0, 2), (2, 5), (5, 8), (8, 12))]
     assert steps.tolist() == [3, 6, 9, 12]

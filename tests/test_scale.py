@@ -156,7 +156,7 @@ def test_batches_that_do_not_split_stop_with_a_sentence():
         mesh_lib.check_batch_size(12, mesh, 8)
     config = tiny_config()
     config.train.grad_accum_steps = 5
-    from pdist.config import validate
+    from pdist.jobs import validate
 
     with pytest.raises(ValueError, match="batch_size=16 must be divisible by config.train.grad_accum_steps=5"):
         validate(config)

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import serialization
 
-from pdist.evaluation import evaluators
+from pdist.evaluation import batching
 from pdist.runtime import files
 
 VERSION = 3
@@ -132,7 +132,7 @@ class DigitsEvaluator:
         x = np.asarray(x, np.float32)
         if x.ndim != 4 or x.shape[1:] != self.image_shape:
             raise ValueError(f"The digits evaluator takes [N, 8, 8, 1] images in [-1, 1]; got shape {x.shape}.")
-        return evaluators.batched(self._apply, self.params, x, batch)
+        return batching.batched(self._apply, self.params, x, batch)
 
     def features(self, x: np.ndarray) -> np.ndarray:
         return self.outputs(x)[0]

@@ -7,10 +7,7 @@ statistics: network and weights), ``image_shape``, ``num_classes`` and
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import ml_collections
-import numpy as np
 
 EVALUATORS = ("digits", "inception")  # the embedded digits classifier; the FID Inception-v3
 
@@ -20,19 +17,6 @@ def resolve(choice: str, dataset: str) -> str:
     if choice == "auto":
         return "digits" if dataset == "digits" else "inception"
     return choice
-
-
-def batched(apply: Callable, params, x: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """``apply(params, x) -> (features, probs)`` over ``x`` in batches of ``min(batch, len(x))`` images, the last
-    one padded (one compiled program per call size, whatever ``len(x)``)."""
-    size = max(1, min(batch, len(x)))
-    features, probs = [], []
-    for i in range(0, len(x), size):
-        part = x[i : i + size]
-        f, p = apply(params, np.pad(part, [(0, size - len(part))] + [(0, 0)] * (x.ndim - 1)))
-        features.append(np.asarray(f)[: len(part)])
-        probs.append(np.asarray(p)[: len(part)])
-    return np.concatenate(features), np.concatenate(probs)
 
 
 def make(choice: str, data: ml_collections.ConfigDict, settings: ml_collections.ConfigDict):

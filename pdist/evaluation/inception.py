@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdist.evaluation import evaluators
+from pdist.evaluation import batching
 from pdist.runtime import files
 
 NUM_FEATURES, NUM_LOGITS, SIZE = 2048, 1008, 299
@@ -211,4 +211,4 @@ class InceptionEvaluator:
         x = np.asarray(x, np.float32)
         if x.ndim != 4 or x.shape[-1] not in (1, 3):
             raise ValueError(f"The Inception evaluator takes [N, H, W, 1 or 3] images in [-1, 1]; got {x.shape}.")
-        return evaluators.batched(self._apply, self.variables, x, self.batch_size)
+        return batching.batched(self._apply, self.variables, x, self.batch_size)

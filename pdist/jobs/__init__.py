@@ -5,7 +5,9 @@ Each module's ``run(config, workdir)`` does one job: ``train`` (a teacher),
 from a checkpoint), ``eval`` (``evaluate``: sample quality and NLL of a
 checkpoint) and ``edit`` (images of one class edited into others). Modules
 are imported when their job runs, so that the math core and ``pdist.load``
-stay light.
+stay light. :func:`validate` checks a config for its job: the shared sections
+(:mod:`pdist.jobs.sections`), then the job module's own ``validate(config)``
+where it has settings of its own.
 """
 
 from __future__ import annotations
@@ -14,22 +16,39 @@ import importlib
 
 import ml_collections
 
-# mode -> module
+from pdist.errors import check_one_of
+
+# config.mode -> its module in pdist.jobs
 JOBS = {"train": "train", "distill": "distill", "sample": "sample", "eval": "evaluate", "edit": "edit"}
-MODES = tuple(JOBS)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks ``config`` for the job ``config.mode`` names, before anything is built or compiled; ConfigError
+    with one sentence on the first problem."""
+    from pdist.jobs import sections
+
+    check_one_of(config.mode, JOBS, "mode")
+    sections.validate(config)
+    check = getattr(job(config.mode), "validate", None)
+    if check is not None:
+        check(config)
+
+
+def job(mode: str):
+    """The module of the job ``mode``."""
+    return importlib.import_module(f"pdist.jobs.{JOBS[mode]}")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str):
     """Checks ``config`` and the workdir, says what the job will do (:func:`summary`), then runs the job
     ``config.mode`` names in this process (which has joined the run)."""
-    from pdist import config as config_lib
     from pdist.runtime import console
     from pdist.runtime import workdir as workdir_lib
 
-    config_lib.validate(config)
+    validate(config)
     workdir_lib.check(workdir)
     console.say(summary(config, workdir))
-    return importlib.import_module(f"pdist.jobs.{JOBS[config.mode]}").run(config, workdir)
+    return job(config.mode).run(config, workdir)
 
 
 def summary(config, where: str) -> str:

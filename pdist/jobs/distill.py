@@ -26,9 +26,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from pdist import build, data, images, optim, rng
+from pdist import build, data, images, rng
+from pdist import config as config_lib
 from pdist.distillation import METHODS, Round
-from pdist.errors import InputError
+from pdist.errors import ConfigError, InputError, check_one_of, check_positive
+from pdist.jobs import sections
 from pdist.pretrained import restore
 from pdist.runtime import console, files, phase, workdir
 from pdist.runtime import mesh as mesh_lib
@@ -50,6 +52,20 @@ SHARED_KEYS = (
 
 class TeacherMismatchError(InputError, ValueError):
     pass
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """``config.distill`` and the method's settings, on top of what training checks."""
+    sections.validate_training(config)
+    settings = config.distill
+    if not settings.teacher:
+        raise ConfigError(
+            "config.distill.teacher is not set; pass --config.distill.teacher=PATH (a teacher workdir or checkpoint)."
+        )
+    check_one_of(settings.method, METHODS, "distill.method")
+    METHODS[settings.method].validate(config)
+    check_positive(settings.fidelity_samples, "distill.fidelity_samples")
+    check_positive(settings.grid_samples, "distill.grid_samples")
 
 
 def run(config: ml_collections.ConfigDict, directory: str) -> list[dict]:
@@ -132,7 +148,7 @@ def student_config(config: ml_collections.ConfigDict, rnd: Round) -> ml_collecti
 def run_round(config, round_dir: str, rnd: Round, teacher, mesh) -> phase.Result:
     """Trains (or restores) round ``rnd``'s student (``config``: its network's), starting from a copy of
     ``teacher``, the parameters its loss takes as the frozen teacher."""
-    optimizer = optim.optimizer(config.optim, rnd.updates)
+    optimizer = build.optimizer(config.optim, rnd.updates)
     return phase.run(
         phase.Phase(
             name=f"Round {rnd.index}: {rnd.teacher_steps} -> {rnd.student_steps} steps",
@@ -154,7 +170,7 @@ def run_round(config, round_dir: str, rnd: Round, teacher, mesh) -> phase.Result
 def check_teacher(config: ml_collections.ConfigDict, teacher_config: ml_collections.ConfigDict, where: str) -> None:
     """Raises TeacherMismatchError (one sentence) when the teacher is not the network ``config`` builds."""
     for key in SHARED_KEYS:
-        mine, theirs = _get(config, key), _get(teacher_config, key)
+        mine, theirs = config_lib.get(config, key), config_lib.get(teacher_config, key)
         if mine != theirs:
             raise TeacherMismatchError(
                 f"The teacher at {where} has {key}={theirs!r} but this config has {mine!r}; "
@@ -168,12 +184,6 @@ def check_teacher(config: ml_collections.ConfigDict, teacher_config: ml_collecti
             f"The teacher at {where} is another architecture than config.model builds; "
             "distill with the config the teacher was trained with."
         )
-
-
-def _get(config, dotted: str):
-    for part in dotted.split("."):
-        config = config[part]
-    return config
 
 
 def _fixed_noise_samples(sampler: ImageSampler, params, num_steps: int, *, config, guidance) -> np.ndarray:

@@ -10,12 +10,51 @@ import os
 import ml_collections
 import numpy as np
 
-from pdist import images
-from pdist.config import edit_targets
+from pdist import editing, images
 from pdist.data import pipeline
-from pdist.errors import ConfigError
+from pdist.errors import ConfigError, check_one_of, check_positive
 from pdist.pretrained import load
 from pdist.runtime import console, files, workdir
+
+
+def edit_targets(config: ml_collections.ConfigDict) -> list[int]:
+    """The classes ``config.edit.targets`` names (every class when empty); one sentence on a bad entry."""
+    classes, text = config.data.num_classes, config.edit.targets.strip()
+    if not text:
+        return list(range(classes))
+    try:
+        targets = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"config.edit.targets={text!r} must be comma-separated class indices, e.g. '3,8'.") from None
+    bad = [c for c in targets if not 0 <= c < classes]
+    if bad:
+        raise ConfigError(
+            f"config.edit.targets names class {bad[0]}, outside [0, {classes}); give classes of the dataset."
+        )
+    return targets
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """``config.edit``: the method, its settings and the target classes."""
+    edit = config.edit
+    check_one_of(edit.method, editing.EDITORS, "edit.method")
+    for key in ("num_images", "num_steps", "batch_size"):
+        check_positive(edit[key], f"edit.{key}")
+    if not 0.0 <= edit.noise_fraction <= 1.0:
+        raise ConfigError(
+            f"config.edit.noise_fraction={edit.noise_fraction} must be in [0, 1] (1 is InfEdit's default)."
+        )
+    if edit.guidance < 0 or edit.source_guidance < 0:
+        raise ConfigError(
+            "config.edit.guidance and config.edit.source_guidance must be >= 0 (w = 0 is the conditional model)."
+        )
+    if not 0.0 < edit.t_start <= 1.0:
+        raise ConfigError(f"config.edit.t_start={edit.t_start} must be in (0, 1] (1: from pure noise).")
+    if edit.method == "sdedit" and edit.t_start == 1.0:
+        raise ConfigError("SDEdit starts from the image noised to config.edit.t_start; set it below 1 (e.g. 0.5).")
+    if not 0 <= edit.attention_steps <= edit.num_steps:
+        raise ConfigError(f"config.edit.attention_steps={edit.attention_steps} must be in [0, config.edit.num_steps].")
+    edit_targets(config)
 
 
 def run(config: ml_collections.ConfigDict, directory: str) -> tuple[str, str]:

@@ -16,10 +16,16 @@ import ml_collections
 from clu import metric_writers
 
 from pdist import build, data, images, rng
+from pdist.jobs import sections
 from pdist.runtime import console, files, phase, workdir
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime.step import TrainState
 from pdist.sampling import ImageSampler, Sampling
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """What training adds to the shared sections (:func:`pdist.jobs.sections.validate_training`)."""
+    sections.validate_training(config)
 
 
 def run(config: ml_collections.ConfigDict, directory: str) -> TrainState:

@@ -11,8 +11,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from helpers import tiny_config  # noqa: E402
 
 from pdist import build, optim  # noqa: E402
-from pdist.config import for_distillation  # noqa: E402
 from pdist.distillation import Round  # noqa: E402
+from pdist.distillation.recipes import for_distillation  # noqa: E402
 from pdist.runtime import mesh as mesh_lib  # noqa: E402
 from pdist.runtime import step as step_lib  # noqa: E402
 

@@ -32,8 +32,8 @@ import time  # noqa: E402
 
 from helpers import tiny_config  # noqa: E402
 
-from pdist import config as config_lib  # noqa: E402
 from pdist.data import pipeline  # noqa: E402
+from pdist.distillation import recipes  # noqa: E402
 from pdist.jobs import distill, evaluate, train  # noqa: E402
 from pdist.pretrained import load  # noqa: E402
 
@@ -59,7 +59,7 @@ elastic = train.run(config, f"{out}/elastic")  # steps 4 to 6 here, 1 to 3 on on
 np.savez(f"{out}/elastic_{rank}.npz", *[np.asarray(a) for a in jax.tree.leaves(elastic.params)])
 lap("elastic")
 
-student = config_lib.for_distillation(
+student = recipes.for_distillation(
     tiny_config(args.tfds), start_steps=4, batch_size=16, learning_rate=1e-4, updates_per_round=3,
     updates_last_rounds=3,
 )  # fmt: skip
