@@ -41,7 +41,7 @@ from pdist.errors import ConfigError
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime import preemption, workdir
 from pdist.runtime.checkpoint import Checkpointer
-from pdist.runtime.step import TrainState
+from pdist.runtime.step import TrainState, abstract_state
 from pdist.sampling import ImageSampler, Sampling
 
 
@@ -78,10 +78,7 @@ def restore(
         if check is not None:
             check(config, workdir.step_folder(directory, metadata["step"]))
         init_fn, _ = build.state_init(config)
-        abstract = jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(init_fn)
-        )
-        state, metadata = ckpt.restore(abstract, metadata["step"])
+        state, metadata = ckpt.restore(abstract_state(init_fn, sharding), metadata["step"])
     finally:
         ckpt.close()
     return Restored(config, state, metadata, directory)

@@ -92,7 +92,9 @@ def run(phase: Phase, mesh) -> Result:
     train = phase.config.train
     ckpt = Checkpointer(workdir.checkpoints(phase.directory), keep=train.keep_checkpoints, writer=True)
     try:
-        state, resumed = ckpt.resume(abstract_state(phase.init_fn, mesh), fallback=train.fallback_checkpoint)
+        state, resumed = ckpt.resume(
+            abstract_state(phase.init_fn, mesh_lib.replicated(mesh)), fallback=train.fallback_checkpoint
+        )
         start = resumed.get("step", 0)
         if start >= phase.num_steps:
             return Result(state, resumed)

@@ -156,7 +156,6 @@ def create_state(init_fn: Callable, mesh: Mesh) -> TrainState:
     return jax.jit(init_fn, out_shardings=mesh_lib.replicated(mesh))()
 
 
-def abstract_state(init_fn: Callable, mesh: Mesh) -> TrainState:
-    """Shapes, dtypes and shardings of ``init_fn()``'s state, without computing it."""
-    repl = mesh_lib.replicated(mesh)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), jax.eval_shape(init_fn))
+def abstract_state(init_fn: Callable, sharding) -> TrainState:
+    """Shapes and dtypes of ``init_fn()``'s state with ``sharding`` on every leaf, without computing it."""
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(init_fn))
