@@ -166,7 +166,7 @@ def test_eval_mode_scores_each_sampler_over_seeds_and_the_nll(cli_workdir, tfds_
 
 
 @pytest.mark.heavy
-def test_distill_command_runs_its_round_and_a_rerun_resumes_without_training(cli_workdir, tfds_dir, tmp_path):
+def test_distill_command_runs_its_round_and_a_rerun_resumes_without_training(cli_workdir, tfds_dir, tmp_path, capsys):
     args = [
         f"--workdir={tmp_path / 'distill'}",
         f"--config.distill.teacher={cli_workdir}",
@@ -194,6 +194,30 @@ def test_distill_command_runs_its_round_and_a_rerun_resumes_without_training(cli
     assert sorted(os.listdir(round_dir)) == listing  # no new events file: nothing was trained again
     with open(tmp_path / "distill" / "summary.md") as f:
         assert f.read() == table
+    # A finished run given a bad config is still checked whole: one sentence, status 2, nothing written.
+    status, message, _ = run_in_process(*args, "--config.data.split=validation", config="configs/digits_distill.py")
+    assert status == 2 and "validation" in message and "\n" not in message, message
+    assert sorted(os.listdir(round_dir)) == listing
+    # ... and given another valid config, it says in one line which keys differ from the ones it ran with.
+    capsys.readouterr()
+    status, message, _ = run_in_process(*args, "--config.train.log_every=1", config="configs/digits_distill.py")
+    assert status == 0, message
+    said = [line for line in capsys.readouterr().out.splitlines() if "differs" in line]
+    assert len(said) == 1 and "train.log_every: 2 -> 1" in said[0] and "nothing was trained" in said[0], said
+    assert sorted(os.listdir(round_dir)) == listing
+
+
+def test_a_finished_run_given_a_split_the_data_lacks_is_one_sentence_and_writes_nothing(cli_workdir, tfds_dir):
+    before = {p: os.path.getmtime(os.path.join(cli_workdir, p)) for p in os.listdir(cli_workdir)}
+    status, message, _ = run_in_process(
+        f"--workdir={cli_workdir}",
+        f"--config.data.data_dir={tfds_dir}",
+        *(f"--config.model.{k}={v}" for k, v in SMALL_MODEL.items()),  # the run's network
+        "--config.train.num_steps=20",
+        "--config.data.split=validation",
+    )
+    assert status == 2 and "validation" in message and "\n" not in message, message
+    assert {p: os.path.getmtime(os.path.join(cli_workdir, p)) for p in os.listdir(cli_workdir)} == before
 
 
 def test_load_samples_in_a_fresh_process_without_training_code(cli_workdir):

@@ -33,6 +33,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> TrainState:
     mesh = mesh_lib.data_mesh()
     mesh_lib.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum_steps)
     directory = files.absolute(directory)
+    data.training_builder(config.data)  # a dataset or split that is not there: one sentence, even for a finished run
     init_fn, optimizer = build.state_init(config)
     sampler = ImageSampler(config, mesh)
     result = phase.run(

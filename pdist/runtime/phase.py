@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import signal
 import time
@@ -96,18 +95,21 @@ def run(phase: Phase, mesh) -> Result:
             abstract_state(phase.init_fn, mesh_lib.replicated(mesh)), fallback=train.fallback_checkpoint
         )
         start = resumed.get("step", 0)
+        changed = config_changes(resumed.get("config"), phase.config) if start else ""
         if start >= phase.num_steps:
+            if changed:
+                console.say(
+                    f"{phase.name}: complete at step {start}; the given config differs from the one it ran with in "
+                    f"{changed} (nothing was trained; a new run needs another workdir)"
+                )
             return Result(state, resumed)
         batches = phase.batches(start)  # a dataset that is not there fails here, before anything is written
         if start:
             console.say(f"{phase.name}: resuming at step {start} from {workdir.step_folder(ckpt.directory, start)}")
-            changed = config_changes(resumed.get("config"), phase.config)
             if changed:
-                logging.warning(
-                    "Resuming %s with a config that differs from the checkpoint's in %s; the run continues with "
-                    "the new values (a schedule over num_steps changes shape).",
-                    ckpt.directory,
-                    changed,
+                console.say(
+                    f"{phase.name}: the given config differs from the checkpoint's in {changed}; the run continues "
+                    "with the new values (a schedule over num_steps changes shape)"
                 )
         else:
             state = create_state(phase.init_fn, mesh)
