@@ -6,7 +6,9 @@ digits classifier (pdist.evaluation.digits): the accuracy on B, the distance to 
 and the L2 distance of the classifier's 128 features), and the Frechet distance of the edits' features to the
 train split. The methods at equal network evaluations (2N for N DDCM steps): SDEdit with 2N DDIM steps from
 several t_start, DDIM inversion (N) then DDIM under B (N), and B sampled from scratch with 2N steps. A -> A
-reconstruction error, and DDCM's self-attention control. Each row over ``--seeds`` noise seeds (mean ± std).
+reconstruction error at the weights each row's edits use (DDCM's is exactly 0 only at equal source and
+target weights, which tests/test_editing.py checks), and DDCM's self-attention control. Each row over
+``--seeds`` noise seeds (mean ± std).
 
     python bench/editing.py --teacher runs/digits_cond --student runs/digits_cond_guided/round_05_4steps \\
         --data-dir ~/tensorflow_datasets --out docs/editing
@@ -86,10 +88,8 @@ def run_row(model, row: dict, x, a, b, evaluator, src_features, ref, seed: int) 
 
 
 def reconstruction(model, row: dict, x, a, seed: int) -> float:
-    """RMSE of the A -> A edit (the source guidance equal to the target's for DDCM: exactly 0)."""
+    """RMSE of the A -> A edit at the row's own weights (DDCM: 0 only where source and target weights agree)."""
     options = edit_options(row)
-    if row["method"] == "ddcm":
-        options["source_guidance"] = options.get("guidance", 0.0)
     y = model.edit(x, a, a, method=row["method"], seed=seed, batch_size=900, **options)
     return float(np.sqrt(np.mean((y - x) ** 2)))
 
@@ -159,7 +159,7 @@ def write_table(results: list[dict], meta: dict, path: str) -> None:
         f"{meta['edits']} edits a row (each test image into each other class), {meta['seeds']} noise seeds "
         f"(mean ± std). FD of the test split itself: {meta['source_fd']:.2f}.",
         "",
-        "| model | method | w | NFE | accuracy on B | PSNR to source | feature distance | FD | A->A RMSE |",
+        "| model | method | w | NFE | accuracy on B | PSNR to source | feature distance | FD | A->A RMSE at its w |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:

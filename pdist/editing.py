@@ -16,8 +16,10 @@ t_{N-1}`` (``schedules.time_grid``), from ``z^s_0 = z^t_0 = xi_0`` (pure noise a
 
 ``noise_fraction`` is the reference's ``eta``, the fraction of the next level's noise variance that is fresh
 (1, its default: all of it); it is not DDIM's eta, hence the other name. Both branches are one denoiser call
-on the doubled batch ``[z^s; z^t]`` (conditions ``[A; B]``): N calls, 2N evaluations. With A = B the edit is
-x0 exactly, for any denoiser.
+on the doubled batch ``[z^s; z^t]`` (conditions ``[A; B]``): N calls, 2N evaluations. With A = B *and the same
+guidance weight on both branches* the edit is x0 exactly, for any denoiser. With different weights (the
+command line's and ``Pretrained.edit``'s defaults: target w = 1, source w = 0) the two branches differ even
+for A = B, and the first step already moves x0 by ``(w_t - w_s) (x-hat_c - x-hat_null)``.
 
 The guidance weights are pdist's ``w`` (:mod:`pdist.guidance`): the reference's guidance scale ``s``
 (``uncond + s (cond - uncond)``) is ``w = s - 1``, so its defaults (source 1, target 2) are ``w = 0`` and

@@ -240,6 +240,26 @@ def test_a_network_edits_a_class_into_itself_exactly_with_and_without_attention_
     np.testing.assert_allclose(fn(z, t).x, fn(z, t, attention_from=jnp.arange(6)).x, atol=1e-6)
 
 
+def test_at_the_default_weights_an_edit_into_its_own_class_moves_by_the_guidance_difference():
+    """At the CLI's and Pretrained.edit's defaults (target w = 1, source w = 0) A -> A is not the identity: one
+    step from pure noise gives x0 + w (x_c - x_u) at t = 1, computed here from the network's own predictions."""
+    config = conditional_model()
+    params = nonzero_params(config)
+    schedule = build.schedule(config)
+    x0 = jax.random.uniform(jax.random.key(21), (3, 8, 8, 1), minval=-1)
+    labels = jnp.array([1, 4, 9])
+    key = jax.random.key(22)
+    w = jnp.concatenate([jnp.zeros(3), jnp.ones(3)])  # [source; target] weights
+    pair_fn = build.denoiser(config, params, jnp.concatenate([labels, labels]), w)
+    x = np.asarray(editing.ddcm(pair_fn, schedule, x0, key, num_steps=1))
+    xi = jax.random.normal(jax.random.split(key)[0], x0.shape)  # the start noise ddcm draws
+    t = jnp.ones((3,))
+    x_c = build.denoiser(config, params, labels)(xi, t).x
+    x_u = build.denoiser(config, params, jnp.full((3,), config.data.num_classes))(xi, t).x  # the null class
+    np.testing.assert_allclose(x, np.asarray(x0 + 1.0 * (x_c - x_u)), atol=1e-5)
+    assert np.abs(x - np.asarray(x0)).max() > 1e-3  # not the source
+
+
 # --- Pretrained.edit and the command line ------------------------------------
 
 

@@ -113,6 +113,29 @@ def _quantized_gaussian(n=2000, dim=8, mu=0.1, std=0.4):
     return x, exact, oracles.gaussian([mu] * dim, [std] * dim)
 
 
+def test_the_subsampling_interval_has_the_right_width_and_holds_a_frechet_distance_the_bootstrap_misses():
+    from pdist.evaluation import stats
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=2000)
+    low, high = stats.subsampling_interval(lambda rows: x[rows].mean(), len(x), draws=400)
+    # the mean's 95% interval is +- 1.96 / sqrt(n) about the sample mean
+    assert low < x.mean() < high
+    np.testing.assert_allclose((high - low) / 2, 1.96 / np.sqrt(len(x)), rtol=0.15)
+    # A Frechet distance of 300 8-dimensional features to the (exact) distribution they come from: resampling
+    # with repeats pushes every bootstrap value above the full-sample one; subsets of distinct items do not.
+    features = rng.normal(size=(300, 8))
+
+    def fd(rows):
+        return frechet_distance(*gaussian_stats(features[rows]), np.zeros(8), np.eye(8))
+
+    whole = fd(np.arange(300))
+    boot = [fd(rng.integers(0, 300, 300)) for _ in range(200)]
+    assert np.percentile(boot, 2.5) > whole  # the interval the issue found: it misses its point estimate
+    low, high = stats.subsampling_interval(fd, 300, draws=200)
+    assert low < whole < high
+
+
 def test_nll_bound_upper_bounds_exact_discretized_nll_and_tightens_with_t():
     """Gaussian data quantized to 256 levels; exact denoiser with the posterior variance (beta-tilde)."""
     import jax

@@ -133,3 +133,37 @@ def test_a_source_that_cannot_serve_is_one_sentence_before_anything_runs(tmp_pat
     )  # fmt: skip
     assert status == 2 and message.startswith("error: ") and expected in message, message
     assert message.count(". ") == 0 and not out.exists()
+
+
+def test_every_writer_method_writes_what_tensorboard_reads_back(tmp_path):
+    import io
+    import wave
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    writer = events.EventWriter(str(tmp_path))
+    rng = np.random.default_rng(0)
+    value = rng.normal(size=(3, 2)).astype(np.float32)
+    writer.write_summaries(2, {"tensor": value})
+    video = rng.integers(0, 256, size=(5, 4, 6, 3), dtype=np.uint8)  # T, H, W, C
+    writer.write_videos(3, {"video": video})
+    clips = np.stack([np.linspace(-1, 1, 80), np.sin(np.arange(80.0))])[:, :, None]  # N=2, T=80, C=1
+    writer.write_audios(4, {"audio": clips}, sample_rate=8000)
+    writer.close()
+
+    log = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "tensors": 0, "audio": 0})
+    log.Reload()
+    (event,) = log.Tensors("tensor")
+    assert event.step == 2
+    np.testing.assert_array_equal(events.tensor_util.make_ndarray(event.tensor_proto), value)
+    (image,) = log.Images("video")
+    gif = Image.open(io.BytesIO(image.encoded_image_string))
+    assert image.step == 3 and gif.format == "GIF" and gif.n_frames == 5 and gif.size == (6, 4)
+    (audio,) = log.Tensors("audio")  # the audio plugin's tensor form: [N, 2] encoded clips and labels
+    encoded = events.tensor_util.make_ndarray(audio.tensor_proto)
+    assert audio.step == 4 and encoded.shape == (2, 2)
+    with wave.open(io.BytesIO(encoded[1, 0])) as f:
+        assert (f.getframerate(), f.getnchannels(), f.getnframes()) == (8000, 1, 80)
+        pcm = np.frombuffer(f.readframes(80), "<i2")
+    np.testing.assert_allclose(pcm / 32767, np.sin(np.arange(80.0)), atol=1 / 32767)

@@ -1,4 +1,5 @@
-"""Seed variance: a metric over k seeds as mean, standard deviation and a bootstrap interval.
+"""Seed variance: a metric over k seeds as mean, standard deviation and a bootstrap interval; and a
+subsampling interval for a statistic over items (:func:`subsampling_interval`).
 
 Following Bouthillier et al. (2021), "Accounting for Variance in Machine
 Learning Benchmarks": every reported number is a mean over independent seeds
@@ -53,6 +54,33 @@ def resolved(a, b, confidence: float = 0.95) -> bool:
     """Whether ``a`` and ``b`` (values over seeds) differ beyond their seed variance."""
     low, high = difference_interval(a, b, confidence)
     return low > 0.0 or high < 0.0
+
+
+def subsampling_interval(
+    statistic, n: int, *, confidence: float = 0.95, draws: int = 200, fraction: float = 0.5, seed: int = 0
+) -> tuple[float, float]:
+    """An interval for ``statistic(indices)`` over ``n`` items (for example a Frechet distance of features)
+    by subsampling without replacement (Politis & Romano 1994).
+
+    A bootstrap that resamples the items with repeats biases a Frechet distance
+    upward (a repeated image shrinks the covariance's spread), so its percentile
+    interval can miss the point estimate. Here ``draws`` subsets of ``m =
+    fraction * n`` distinct items give ``statistic`` values whose spread about
+    their mean, scaled by ``sqrt(m / (n - m))`` (the finite-population factor:
+    Var(theta_m) ~ s^2 (1/m - 1/n) against Var(theta_n) ~ s^2 / n), is the
+    spread of the full statistic; the interval is centered on the full-sample
+    value. It covers the statistic's value at this ``n`` (finite-sample bias
+    included), not a bias-corrected limit.
+    """
+    rng = np.random.default_rng(seed)
+    m = int(round(fraction * n))
+    if not 1 < m < n:
+        raise ValueError(f"subsampling needs 1 < fraction * n < n; got n={n}, fraction={fraction}.")
+    whole = float(statistic(np.arange(n)))
+    values = np.array([statistic(rng.choice(n, m, replace=False)) for _ in range(draws)], np.float64)
+    tail = 50.0 * (1.0 - confidence)
+    low, high = np.percentile(values - values.mean(), [tail, 100.0 - tail]) * np.sqrt(m / (n - m))
+    return whole + float(low), whole + float(high)
 
 
 def format_summary(s: dict, digits: int = 2) -> str:

@@ -1,6 +1,7 @@
 """``--config.mode=edit``: the first ``config.edit.num_images`` images of a split edited from their class into
 each class of ``config.edit.targets`` (:meth:`pdist.pretrained.Pretrained.edit`), written as one grid (the
-sources on the first row, then one row per target class; a class into itself gives the source back) and an
+sources on the first row, then one row per target class; a class into itself gives the source back when
+``config.edit.guidance`` equals ``config.edit.source_guidance``, not at the defaults 1 and 0) and an
 npz (``source``, ``source_labels``, ``targets``, ``edits`` [targets, images, H, W, C])."""
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 :func:`writer` is clu's default writer (a log line per write, asynchronous)
 with :class:`EventWriter` in place of clu's ``SummaryWriter``: the same event
-files (scalars, images, texts, histograms, hparams; TensorBoard reads them),
+files (scalars, images, texts, histograms, hparams, tensor summaries, videos as
+animated GIFs, audio as WAV; TensorBoard reads them),
 built from TensorBoard's own protos and record format, but written through
 the one path abstraction pdist uses for every file rather than through
 TensorFlow's filesystem layer, which has its own GCS client, reaches no other
@@ -121,14 +122,53 @@ class EventWriter(interface.MetricWriter):
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         self._summary(0, hparams_summary.hparams_pb(dict(hparams)))
 
-    def write_summaries(self, step, values, metadata=None) -> None:
-        raise NotImplementedError("EventWriter writes scalars, images, texts, histograms and hparams only.")
+    def write_summaries(self, step: int, values: Mapping[str, Any], metadata=None) -> None:
+        """Tensor summaries; ``metadata``: a ``SummaryMetadata`` (or its bytes) for every value."""
+        if isinstance(metadata, bytes):
+            metadata = summary_pb2.SummaryMetadata.FromString(metadata)
+        summary = summary_pb2.Summary()
+        for tag, value in values.items():
+            entry = summary.value.add(tag=tag, tensor=tensor_util.make_tensor_proto(np.asarray(value)))
+            if metadata is not None:
+                entry.metadata.CopyFrom(metadata)
+        self._summary(step, summary)
 
-    def write_videos(self, step, videos) -> None:
-        raise NotImplementedError("EventWriter writes scalars, images, texts, histograms and hparams only.")
+    def write_videos(self, step: int, videos: Mapping[str, Any]) -> None:
+        """Each video [N, T, H, W, C] or [T, H, W, C] (values in [0, 1], or uint8) as an animated GIF image,
+        which TensorBoard's image dashboard plays; frames 10 per second."""
+        from PIL import Image
 
-    def write_audios(self, step, audios, *, sample_rate) -> None:
-        raise NotImplementedError("EventWriter writes scalars, images, texts, histograms and hparams only.")
+        summary = summary_pb2.Summary()
+        for tag, batch in videos.items():
+            batch = np.asarray(batch)
+            batch = batch[None] if batch.ndim == 4 else batch
+            for i, video in enumerate(batch):
+                if video.dtype != np.uint8:
+                    video = np.clip(np.asarray(video, np.float64) * 255 + 0.5, 0, 255).astype(np.uint8)
+                frames = [Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in video]
+                gif = io.BytesIO()
+                frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+                t, h, w, c = video.shape
+                encoded = summary_pb2.Summary.Image(
+                    height=h, width=w, colorspace=c, encoded_image_string=gif.getvalue()
+                )
+                summary.value.add(tag=tag if len(batch) == 1 else f"{tag}/{i}", image=encoded)
+        self._summary(step, summary)
+
+    def write_audios(self, step: int, audios: Mapping[str, Any], *, sample_rate: int) -> None:
+        """Each batch of clips [N, T, C] in [-1, 1] as 16-bit WAV, in TensorBoard's audio plugin format (a
+        [N, 2] string tensor of encoded clips and labels)."""
+        from tensorboard.plugins.audio import metadata as audio_metadata
+
+        summary = summary_pb2.Summary()
+        for tag, clips in audios.items():
+            encoded = [[_wav(np.asarray(clip, np.float64), int(sample_rate)), b""] for clip in np.asarray(clips)]
+            meta = audio_metadata.create_summary_metadata(
+                display_name=tag, description="", encoding=audio_metadata.Encoding.Value("WAV")
+            )
+            tensor = tensor_util.make_tensor_proto(np.array(encoded, dtype=object))
+            summary.value.add(tag=tag, metadata=meta, tensor=tensor)
+        self._summary(step, summary)
 
     def flush(self) -> None:
         with self._lock:
@@ -159,6 +199,20 @@ def read(path: str) -> list[event_pb2.Event]:
         events.append(event_pb2.Event.FromString(data[at + 12 : end - 4]))
         at = end
     return events
+
+
+def _wav(clip: np.ndarray, sample_rate: int) -> bytes:
+    """A clip [T, C] in [-1, 1] as a 16-bit PCM WAV file."""
+    import wave
+
+    pcm = np.round(np.clip(clip, -1.0, 1.0) * 32767).astype("<i2")
+    out = io.BytesIO()
+    with wave.open(out, "wb") as f:
+        f.setnchannels(pcm.shape[1])
+        f.setsampwidth(2)
+        f.setframerate(sample_rate)
+        f.writeframes(pcm.tobytes())
+    return out.getvalue()
 
 
 def scalars(directory: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
