@@ -100,8 +100,7 @@ class EventWriter(interface.MetricWriter):
             batch = np.asarray(batch)
             batch = batch[None] if batch.ndim == 3 else batch
             for i, image in enumerate(batch):
-                if image.dtype != np.uint8:
-                    image = np.clip(np.asarray(image, np.float64) * 255 + 0.5, 0, 255).astype(np.uint8)
+                image = _uint8(image)
                 png, (h, w, c) = io.BytesIO(), image.shape
                 Image.fromarray(image[..., 0] if c == 1 else image).save(png, format="PNG")
                 encoded = summary_pb2.Summary.Image(
@@ -143,8 +142,7 @@ class EventWriter(interface.MetricWriter):
             batch = np.asarray(batch)
             batch = batch[None] if batch.ndim == 4 else batch
             for i, video in enumerate(batch):
-                if video.dtype != np.uint8:
-                    video = np.clip(np.asarray(video, np.float64) * 255 + 0.5, 0, 255).astype(np.uint8)
+                video = _uint8(video)
                 frames = [Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in video]
                 gif = io.BytesIO()
                 frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
@@ -199,6 +197,13 @@ def read(path: str) -> list[event_pb2.Event]:
         events.append(event_pb2.Event.FromString(data[at + 12 : end - 4]))
         at = end
     return events
+
+
+def _uint8(pixels: np.ndarray) -> np.ndarray:
+    """Pixels in [0, 1] (or already uint8) as uint8."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    return np.clip(np.asarray(pixels, np.float64) * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
 def _wav(clip: np.ndarray, sample_rate: int) -> bytes:
