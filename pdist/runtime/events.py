@@ -93,18 +93,20 @@ class EventWriter(interface.MetricWriter):
             self._summary(step, scalar_summary.scalar_pb(tag, np.asarray(value)))
 
     def write_images(self, step: int, images: Mapping[str, Any]) -> None:
-        from PIL import Image
+        self._pictures(step, images, 3, _png)
 
+    def _pictures(self, step: int, items: Mapping[str, Any], ndim: int, encode) -> None:
+        """Each entry (one picture of ``ndim`` dimensions, or a batch of them), as ``encode(uint8) -> bytes``
+        image values: ``tag``, or ``tag/i`` in a batch."""
         summary = summary_pb2.Summary()
-        for tag, batch in images.items():
+        for tag, batch in items.items():
             batch = np.asarray(batch)
-            batch = batch[None] if batch.ndim == 3 else batch
-            for i, image in enumerate(batch):
-                image = _uint8(image)
-                png, (h, w, c) = io.BytesIO(), image.shape
-                Image.fromarray(image[..., 0] if c == 1 else image).save(png, format="PNG")
+            batch = batch[None] if batch.ndim == ndim else batch
+            for i, picture in enumerate(batch):
+                picture = _uint8(picture)
+                h, w, c = picture.shape[-3:]
                 encoded = summary_pb2.Summary.Image(
-                    height=h, width=w, colorspace=c, encoded_image_string=png.getvalue()
+                    height=h, width=w, colorspace=c, encoded_image_string=encode(picture)
                 )
                 summary.value.add(tag=tag if len(batch) == 1 else f"{tag}/{i}", image=encoded)
         self._summary(step, summary)
@@ -135,23 +137,7 @@ class EventWriter(interface.MetricWriter):
     def write_videos(self, step: int, videos: Mapping[str, Any]) -> None:
         """Each video [N, T, H, W, C] or [T, H, W, C] (values in [0, 1], or uint8) as an animated GIF image,
         which TensorBoard's image dashboard plays; frames 10 per second."""
-        from PIL import Image
-
-        summary = summary_pb2.Summary()
-        for tag, batch in videos.items():
-            batch = np.asarray(batch)
-            batch = batch[None] if batch.ndim == 4 else batch
-            for i, video in enumerate(batch):
-                video = _uint8(video)
-                frames = [Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in video]
-                gif = io.BytesIO()
-                frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
-                t, h, w, c = video.shape
-                encoded = summary_pb2.Summary.Image(
-                    height=h, width=w, colorspace=c, encoded_image_string=gif.getvalue()
-                )
-                summary.value.add(tag=tag if len(batch) == 1 else f"{tag}/{i}", image=encoded)
-        self._summary(step, summary)
+        self._pictures(step, videos, 4, _gif)
 
     def write_audios(self, step: int, audios: Mapping[str, Any], *, sample_rate: int) -> None:
         """Each batch of clips [N, T, C] in [-1, 1] as 16-bit WAV, in TensorBoard's audio plugin format (a
@@ -204,6 +190,23 @@ def _uint8(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype == np.uint8:
         return pixels
     return np.clip(np.asarray(pixels, np.float64) * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _gif(video: np.ndarray) -> bytes:
+    from PIL import Image
+
+    frames = [Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in video]
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return out.getvalue()
 
 
 def _wav(clip: np.ndarray, sample_rate: int) -> bytes:
