@@ -253,11 +253,11 @@ def optimizer(settings: ml_collections.ConfigDict, total_steps: int) -> optim.Op
 
 def state_init(config: ml_collections.ConfigDict) -> tuple[Callable[[], TrainState], optim.Optimizer]:
     """(``init_fn() -> TrainState``, optimizer) of a teacher run; ``init_fn`` is pure, for ``jit``/``eval_shape``."""
-    optimizer_ = optimizer(config.optim, config.train.num_steps)
+    opt = optimizer(config.optim, config.train.num_steps)
     key = rng.init_key(config.seed)
     sampler = importance_sampler(config)
 
     def init_fn():
-        return init_state(init_params(config, key), optimizer_.tx, sampler)
+        return init_state(init_params(config, key), opt.tx, sampler)
 
-    return init_fn, optimizer_
+    return init_fn, opt

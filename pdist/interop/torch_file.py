@@ -74,9 +74,19 @@ def read_state_dict(path: str) -> dict[str, Any]:
             return _read_legacy(f)
     except TorchFileError as e:
         raise TorchFileError(f"{path} is not a state dict pdist can read safely: {e}") from None
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise TorchFileError(f"{path} is not a readable PyTorch state dict ({type(e).__name__}: {e}).") from None
-    except (IndexError, KeyError, OverflowError, RecursionError, MemoryError) as e:
+    except (
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        RecursionError,
+        MemoryError,
+    ) as e:  # a malformed pickle or archive, whatever the exception it raises
         raise TorchFileError(f"{path} is not a readable PyTorch state dict ({type(e).__name__}: {e}).") from None
 
 
