@@ -33,6 +33,7 @@ from sampling_throughput import random_params  # noqa: E402
 from pdist.config import from_file  # noqa: E402
 from pdist.evaluation.score import Reference, score  # noqa: E402
 from pdist.sampling import ImageSampler, Sampling  # noqa: E402
+from pdist.spec import ModelSpec  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
 
@@ -55,7 +56,7 @@ def main():
     device = jax.devices()[0]
     print(f"{args.setup} on {device.device_kind} x{jax.device_count()}, jax {jax.__version__}")
     params = random_params(config)
-    sampler, inception = ImageSampler(config), random_inception(args.inception_batch)
+    sampler, inception = ImageSampler(ModelSpec.of(config)), random_inception(args.inception_batch)
     rng = np.random.default_rng(0)
     pr = min(args.pr_samples, args.reference, args.samples)
     reference = Reference.from_features(rng.normal(size=(args.reference, 2048)).astype(np.float32), pr)

@@ -120,7 +120,7 @@ def measure(workdir: str, config, evaluator, ref, args) -> dict:
     rows, sampler = [], None
     for step, n in plan:
         model = pdist.load(workdir, step)
-        sampler = sampler or ImageSampler(model.config)  # one compilation per DDIM step count, for every checkpoint
+        sampler = sampler or ImageSampler(model.spec)  # one compilation per DDIM step count, for every checkpoint
         params = model.ema_params if args.use_ema else model.params
         x = sampler(params, args.num_samples, Sampling(num_steps=n, grid=model.grid(), seed=config.seed))
         s = score(evaluator, ref, x, pr_samples=args.num_samples, is_splits=1)

@@ -36,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pdist import build, samplers  # noqa: E402
+from pdist import samplers  # noqa: E402
 from pdist.config import from_file  # noqa: E402
+from pdist.spec import ModelSpec  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
 
@@ -45,7 +46,7 @@ CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "config
 def random_params(config):
     """Initialized parameters with every leaf moved off its initial value (zero-initialized output layers
     would otherwise make the network a constant)."""
-    params = build.init_params(config, jax.random.key(0))
+    params = ModelSpec.of(config).init_params(jax.random.key(0))
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(1), len(leaves))
     return jax.tree.unflatten(
@@ -74,11 +75,11 @@ def per_call_seconds(den, noise, chain: int, repeats: int) -> float:
 
 
 def measure(config, params, steps_list, batches, chain, repeats) -> list[dict]:
-    den = build.denoiser(config, params)
-    schedule = build.schedule(config)
+    den = ModelSpec.of(config).bind(params)
+    schedule = ModelSpec.of(config).schedule
     rows = []
     for batch in batches:
-        noise = jax.random.normal(jax.random.key(2), (batch, *build.image_shape(config)))
+        noise = jax.random.normal(jax.random.key(2), (batch, *ModelSpec.of(config).image_shape))
         call = per_call_seconds(den, noise, chain, repeats)
         for steps in steps_list:
 

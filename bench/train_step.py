@@ -50,9 +50,11 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from pdist import build  # noqa: E402
 from pdist.config import from_file  # noqa: E402
+from pdist.distillation import METHODS  # noqa: E402
 from pdist.distillation.rounds import Round  # noqa: E402
 from pdist.runtime import mesh as mesh_lib  # noqa: E402
 from pdist.runtime import step as step_lib  # noqa: E402
+from pdist.spec import ModelSpec  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
 
@@ -93,13 +95,15 @@ class Bench:
     def __init__(self, config, kind: str):
         self.config = config
         self.mesh = mesh_lib.data_mesh()
-        init_fn, self.optimizer = build.state_init(config)
+        spec = ModelSpec.of(config)
+        init_fn, self.optimizer = build.state_init(config, spec)
         if kind == "teacher":
-            loss, self.abstract_args = build.loss(config), ()
+            loss, self.abstract_args = build.loss(config, spec), ()
         else:
             # A middle round of the config's own ladder; the update's cost does not depend on which.
             steps = config.sample.num_steps
-            loss = build.distillation_loss(config, Round(1, steps // 2, steps, config.train.num_steps))
+            student = ModelSpec.of(METHODS[config.distill.method].student(config))  # its network
+            loss = build.distillation_loss(student, config, Round(1, steps // 2, steps, config.train.num_steps))
             self.abstract_args = (jax.eval_shape(init_fn).params,)
         self.init_fn = init_fn
         step = step_lib.make_train_step(
@@ -111,7 +115,7 @@ class Bench:
         config, size = self.config, self.config.train.batch_size
         rng = np.random.default_rng(0)
         local = {
-            "image": rng.uniform(-1, 1, (size, *build.image_shape(config))).astype(np.float32),
+            "image": rng.uniform(-1, 1, (size, *ModelSpec.of(config).image_shape)).astype(np.float32),
             "label": rng.integers(0, max(config.data.num_classes, 1), size).astype(np.int32),
         }
         return mesh_lib.global_batch(local, self.mesh)
@@ -123,7 +127,7 @@ class Bench:
         args = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), self.abstract_args)
         size = self.config.train.batch_size
         batch = {
-            "image": jax.ShapeDtypeStruct((size, *build.image_shape(self.config)), np.float32, sharding=rows),
+            "image": jax.ShapeDtypeStruct((size, *ModelSpec.of(self.config).image_shape), np.float32, sharding=rows),
             "label": jax.ShapeDtypeStruct((size,), np.int32, sharding=rows),
         }
         return self.step.lower(state, batch, jax.random.key(0), self.optimizer.args, *args)

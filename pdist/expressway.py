@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import ml_collections
 import numpy as np
 
 from pdist.runtime import files
@@ -21,7 +20,7 @@ from pdist.runtime import files
 class Expressway:
     """The saved map: ``targets`` [N, D] (latents at time ``t``), ``potentials`` [N], the image ``shape`` the
     rows flatten, and ``model`` (what the targets' latents belong to: schedule and dataset, checked when
-    sampling; :func:`model_key`)."""
+    sampling; :attr:`pdist.spec.ModelSpec.expressway_key`)."""
 
     targets: np.ndarray
     potentials: np.ndarray
@@ -47,11 +46,3 @@ def load(path: str) -> Expressway:
         raise FileNotFoundError(f"No expressway at {path}; build one with Pretrained.expressway (bench/ot.py).")
     f = files.load_npz(path)
     return Expressway(f["targets"], f["potentials"], float(f["t"]), tuple(int(v) for v in f["shape"]), str(f["model"]))
-
-
-def model_key(config: ml_collections.ConfigDict) -> str:
-    """What an expressway's latents belong to: the dataset, the image shape and the noise schedule (any model
-    trained on these shares them)."""
-    d = config.data
-    T = config.diffusion.num_timesteps
-    return f"{d.name}:{d.image_size}x{d.image_size}x{d.channels}:{config.diffusion.schedule}" + (f":{T}" if T else "")

@@ -43,11 +43,13 @@ from pdist.runtime import preemption, workdir
 from pdist.runtime.checkpoint import Checkpointer
 from pdist.runtime.step import TrainState, abstract_state
 from pdist.sampling import ImageSampler, Sampling
+from pdist.spec import ModelSpec
 
 
 @dataclasses.dataclass
 class Restored:
     config: ml_collections.ConfigDict  # as stored, with defaults for keys added since
+    spec: ModelSpec  # the network and its diffusion, from that config
     state: TrainState
     metadata: dict
     directory: str  # the checkpoints folder
@@ -77,11 +79,12 @@ def restore(
         config = config_lib.from_stored(metadata["config"])
         if check is not None:
             check(config, workdir.step_folder(directory, metadata["step"]))
-        init_fn, _ = build.state_init(config)
+        spec = ModelSpec.of(config)
+        init_fn, _ = build.state_init(config, spec)
         state, metadata = ckpt.restore(abstract_state(init_fn, sharding), metadata["step"])
     finally:
         ckpt.close()
-    return Restored(config, state, metadata, directory)
+    return Restored(config, spec, state, metadata, directory)
 
 
 def load(path: str, step: int | None = None) -> Pretrained:
@@ -89,7 +92,13 @@ def load(path: str, step: int | None = None) -> Pretrained:
     restored = restore(path, step)
     state = restored.state
     return Pretrained(
-        restored.config, state.params, state.ema_params, int(state.step), restored.metadata, restored.directory
+        restored.config,
+        state.params,
+        state.ema_params,
+        int(state.step),
+        restored.metadata,
+        restored.directory,
+        restored.spec,
     )
 
 
@@ -102,12 +111,16 @@ class Pretrained:
     metadata: dict
     directory: str
 
+    spec: ModelSpec | None = None  # the network and its diffusion (None: made from config)
+
     def __post_init__(self):
-        self._sampler = ImageSampler(self.config)
+        if self.spec is None:
+            self.spec = ModelSpec.of(self.config)
+        self._sampler = ImageSampler(self.spec)
 
     @property
     def schedule(self):
-        return self._sampler.schedule
+        return self.spec.schedule
 
     def grid(self, grid: str | None = None) -> str:
         """The time grid ``grid`` (default: the checkpoint's ``config.sample.grid``) names for this model:
@@ -122,7 +135,7 @@ class Pretrained:
         the EMA and raw parameters (or any other checkpoint of this network)
         share one compilation per shape and method.
         """
-        return build.denoiser(self.config, self.ema_params if use_ema else self.params, label, guidance)
+        return self.spec.bind(self.ema_params if use_ema else self.params, label, guidance)
 
     @property
     def sampling(self) -> Sampling:
@@ -168,8 +181,8 @@ class Pretrained:
         ``Expressway.save(path)`` writes it; ``sample(..., ot=path)`` uses it."""
         try:
             ot_lib.check_time(t)
-            if np.shape(x)[1:] != tuple(self._sampler.shape):
-                raise ValueError(f"x has shape {np.shape(x)}; this model's images are {tuple(self._sampler.shape)}.")
+            if np.shape(x)[1:] != self.spec.image_shape:
+                raise ValueError(f"x has shape {np.shape(x)}; this model's images are {self.spec.image_shape}.")
         except ValueError as e:
             raise ConfigError(str(e)) from None
         k_targets, k_solve = jax.random.split(jax.random.key(seed))
@@ -180,10 +193,8 @@ class Pretrained:
                 "The OT solver stopped at %d steps with gradient norm %.2e and %d empty cells (not converged).",
                 solution.steps, solution.grad_norm, solution.empty_cells,
             )  # fmt: skip
-        shape = tuple(self._sampler.shape)
-        return expressway_lib.Expressway(
-            targets, solution.potentials, float(t), shape, expressway_lib.model_key(self.config)
-        )
+        spec = self.spec
+        return expressway_lib.Expressway(targets, solution.potentials, float(t), spec.image_shape, spec.expressway_key)
 
     def edit(
         self,
@@ -235,7 +246,7 @@ class Pretrained:
                 (jnp.asarray(labels[rows]), None if w is None else jnp.full((len(x),), w, jnp.float32))
                 for labels, w in zip((source_labels, target_labels), weights, strict=True)
             ]
-            denoiser = functools.partial(build.denoiser, self.config, params)
+            denoiser = functools.partial(self.spec.bind, params)
             y = edit_fn(denoiser, self.schedule, x, *branches, rng.sample_key(seed, start), settings)
             out.append(np.clip(np.asarray(y), -1.0, 1.0))
             preemption.check("editing")
@@ -243,8 +254,8 @@ class Pretrained:
 
     def _check_edit(self, x0, source_labels, target_labels, method, num_steps, noise_fraction, w_target, w_source):
         """The edit's inputs as arrays and its guidance weights (None: unguided), or one sentence (ConfigError)."""
-        config = self.config
-        if not config.model.class_conditional:
+        spec = self.spec
+        if not spec.num_classes:
             raise ConfigError(
                 "Editing moves an image from one class to another and needs a class-conditional model; this one "
                 "is unconditional (train one with config.model.class_conditional=True, configs/digits_cond.py)."
@@ -252,7 +263,7 @@ class Pretrained:
         if method not in editing.EDITORS:
             raise ConfigError(f"Unknown editing method {method!r}; choose one of {list(editing.EDITORS)}.")
         x0 = np.asarray(x0, np.float32)
-        shape = tuple(build.image_shape(config))
+        shape = spec.image_shape
         if x0.ndim != len(shape) + 1 or x0.shape[1:] != shape:
             raise ConfigError(
                 f"x0 has shape {x0.shape}; this model edits images of shape [n, {', '.join(map(str, shape))}]."
@@ -262,17 +273,14 @@ class Pretrained:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         labels = [np.asarray(v) for v in (source_labels, target_labels)]
-        classes = config.data.num_classes
+        classes = spec.num_classes
         for name, v in zip(("source_labels", "target_labels"), labels, strict=True):
             if not np.issubdtype(v.dtype, np.integer) or v.min() < 0 or v.max() >= classes:
                 raise ConfigError(
                     f"{name} must be class indices in [0, {classes}); got values from {v.min()} to {v.max()}."
                 )
-        if config.model.guidance_input:  # a guided student: w is its input, checked against its range
-            build.check_guidance(config, [w_source, w_target])
-            weights = (float(w_source), float(w_target))
-        elif w_source or w_target:
-            build.check_guidance(config, [w_source, w_target])
+        if spec.guidance_input or w_source or w_target:  # a guided student's w is its input, checked too
+            spec.check_guidance([w_source, w_target])
             weights = (float(w_source), float(w_target))
         else:
             weights = (None, None)

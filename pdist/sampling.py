@@ -21,12 +21,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pdist import build, rng, samplers, schedules
 from pdist import expressway as expressway_lib
 from pdist import ot as ot_lib
+from pdist import rng, samplers, schedules
 from pdist.errors import ConfigError
 from pdist.runtime import console, preemption
 from pdist.runtime import mesh as mesh_lib
+from pdist.spec import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,14 +70,6 @@ class Sampling:
         return f"{self.method}:{self.num_steps}"
 
 
-def requested_labels(config: ml_collections.ConfigDict, num_samples: int) -> np.ndarray | None:
-    """The classes a class-conditional model samples when none are given: 0, 1, 2, ... in turn (None for an
-    unconditional model)."""
-    if not config.model.class_conditional:
-        return None
-    return np.arange(num_samples) % config.data.num_classes
-
-
 class ImageSampler:
     """``sampler(params, n, Sampling(...)) -> [n, H, W, C]`` numpy in [-1, 1].
 
@@ -89,11 +82,10 @@ class ImageSampler:
     processes.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, mesh=None):
-        self.config = config
-        self.schedule = build.schedule(config)
-        self.shape = build.image_shape(config)
-        self.learned_variance = bool(config.diffusion.learned_variance)
+    def __init__(self, spec: ModelSpec, mesh=None):
+        self.spec = spec
+        self.schedule = spec.schedule
+        self.shape = spec.image_shape
         self.mesh = mesh_lib.data_mesh() if mesh is None else mesh
         self._compiled = {}
 
@@ -104,13 +96,13 @@ class ImageSampler:
             ot_lib.check_time(way.t)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(str(e)) from None
-        mine = expressway_lib.model_key(self.config)
+        mine = self.spec.expressway_key
         if way.model != mine or tuple(way.shape) != tuple(self.shape):
             raise ConfigError(
                 f"The expressway was built for {way.model} (images {tuple(way.shape)}) and this model is {mine} "
                 f"(images {tuple(self.shape)}); build one for this model (Pretrained.expressway, bench/ot.py)."
             )
-        if self.config.model.class_conditional:
+        if self.spec.num_classes:
             raise ConfigError("The expressway's targets carry no class; sample a class-conditional model without ot.")
         return way
 
@@ -126,14 +118,14 @@ class ImageSampler:
     ) -> np.ndarray:
         """``num_samples`` images as ``sampling`` says (default: :class:`Sampling`'s defaults).
 
-        ``labels``: the classes of a class-conditional model (default :func:`requested_labels`).
+        ``labels``: the classes of a class-conditional model (default :meth:`pdist.spec.ModelSpec.default_labels`).
         ``progress``: show a progress line (images, images/s, ETA) with this label
         (:class:`pdist.runtime.console.Progress`). ``options``: the method's (:data:`pdist.samplers.METHODS`),
         such as ``variance`` of ``ddpm``, which is ``learned`` by default for a model that learned its
-        variances. A guided student (``config.model.guidance_input``) takes w as its input, 0 unless given.
+        variances. A guided student (``spec.guidance_input``) takes w as its input, 0 unless given.
         """
         s = Sampling() if sampling is None else sampling
-        if s.method == "ddpm" and self.learned_variance:
+        if s.method == "ddpm" and self.spec.learned_variance:
             options = {"variance": "learned", **options}
         samplers.nfe(s.method, s.num_steps, self.schedule, **options)  # unknown method or option: one sentence
         options = tuple(sorted(options.items()))
@@ -143,10 +135,10 @@ class ImageSampler:
         except ValueError as e:
             raise ConfigError(f"Sampling with grid={s.grid!r} and {s.num_steps} steps: {e}") from None
         guidance = s.guidance
-        if self.config.model.guidance_input:
-            build.check_guidance(self.config, 0.0 if guidance is None else guidance)
+        if self.spec.guidance_input:
+            self.spec.check_guidance(0.0 if guidance is None else guidance)
         elif guidance is not None:  # one sentence for a model that never saw the null class, or a negative w
-            build.check_guidance(self.config, guidance)
+            self.spec.check_guidance(guidance)
         per_example = guidance is not None and np.ndim(guidance) > 0
         if per_example and np.shape(guidance) != (num_samples,):
             raise ConfigError(
@@ -155,7 +147,7 @@ class ImageSampler:
         if guidance is not None and not per_example:
             guidance = mesh_lib.replicate(np.asarray(guidance, np.float32), self.mesh)
         if labels is None:
-            labels = requested_labels(self.config, num_samples)
+            labels = self.spec.default_labels(num_samples)
         way, t_ot = None, None
         if s.ot is not None:
             expressway = self.check_expressway(s.ot)
@@ -202,7 +194,7 @@ class ImageSampler:
                 if t_ot is not None:  # DPM-OT: the noise's target on the expressway, sampled from t' on
                     noise = ot_lib.on_expressway(noise, *way)
                 x = samplers.sample(
-                    build.denoiser(self.config, params, label, guidance),
+                    self.spec.bind(params, label, guidance),
                     self.schedule,
                     noise,
                     method=method,

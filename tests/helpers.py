@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -12,6 +11,8 @@ import sys
 import jax
 import jax.flatten_util
 import numpy as np
+
+from pdist.spec import ModelSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO, "tests", "scripts")
@@ -59,18 +60,16 @@ def small_config(tfds_dir=None, **train_overrides):
 
 
 def init_params(config, key):
-    """``build.init_params(config, key)``, compiled: run eagerly, every layer's operations compile one by one
+    """``ModelSpec.of(config).init_params(key)``, compiled: run eagerly, every layer's operations compile one by one
     (hundreds of small programs; one program is several times cheaper)."""
-    from pdist import build
 
-    return jax.jit(functools.partial(build.init_params, config))(key)
+    return jax.jit(ModelSpec.of(config).init_params)(key)
 
 
 def apply_fn(config):
-    """``build.apply_fn(config)``, compiled (see :func:`init_params`)."""
-    from pdist import build
+    """``ModelSpec.of(config).apply``, compiled (see :func:`init_params`)."""
 
-    return jax.jit(build.apply_fn(config))
+    return jax.jit(ModelSpec.of(config).apply)
 
 
 @jax.jit
@@ -104,9 +103,11 @@ def train_steps(config, num_steps: int):
     from pdist.runtime import step as step_lib
 
     mesh = mesh_lib.data_mesh()
-    init_fn, optimizer = build.state_init(config)
+    init_fn, optimizer = build.state_init(config, ModelSpec.of(config))
     state = step_lib.create_state(init_fn, mesh)
-    step = step_lib.compile_step(step_lib.make_train_step(build.loss(config), optimizer, ema_decay=0.99), mesh)
+    step = step_lib.compile_step(
+        step_lib.make_train_step(build.loss(config, ModelSpec.of(config)), optimizer, ema_decay=0.99), mesh
+    )
     batches = train_batches(config, local_batch_size=config.train.batch_size)
     losses = []
     for _ in range(num_steps):

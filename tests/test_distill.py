@@ -28,6 +28,7 @@ from pdist.pretrained import restore
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime import preemption, workdir
 from pdist.runtime import step as step_lib
+from pdist.spec import ModelSpec
 
 # --- 2-D mixture with a small MLP teacher, through the same train step -------------------------------
 
@@ -216,14 +217,14 @@ def test_the_teacher_stays_frozen_and_a_round_traces_its_step_once(tfds_dir, tea
     before = [np.array(a) for a in jax.tree.leaves(teacher)]
     make = build.distillation_loss
 
-    def traced_once(config, rnd):
-        loss = make(config, rnd)
+    def traced_once(spec, config, rnd):
+        loss = make(spec, config, rnd)
         return losses.Loss(chex.assert_max_traces(loss.fn, n=1), loss.draw)  # a second trace raises
 
     chex.clear_trace_counter()
     monkeypatch.setattr(build, "distillation_loss", traced_once)
     rnd = Round(index=1, student_steps=4, teacher_steps=8, updates=4)
-    result = distill.run_round(config, str(tmp_path / "round"), rnd, teacher, mesh)
+    result = distill.run_round(config, ModelSpec.of(config), str(tmp_path / "round"), rnd, teacher, mesh)
     assert int(result.state.step) == 4 and result.metadata["sampling_steps"] == 4
     for a, b in zip(before, jax.tree.leaves(teacher), strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))
@@ -313,7 +314,8 @@ def test_labels_reach_teacher_and_student_of_a_class_conditional_model():
     config.model.class_conditional = True
     # Non-zero output layers, so that the class embedding shows in every output.
     params = nonzero_params(config)
-    loss = jax.jit(build.distillation_loss(config, Round(index=1, student_steps=4, teacher_steps=8, updates=1)))
+    rnd = Round(index=1, student_steps=4, teacher_steps=8, updates=1)
+    loss = jax.jit(build.distillation_loss(ModelSpec.of(config), config, rnd))
     x = jax.random.uniform(jax.random.key(2), (8, 8, 8, 1), minval=-1, maxval=1)
     key = jax.random.key(3)
     labels = jnp.arange(8) % 10
@@ -343,8 +345,9 @@ def test_every_distillation_method_checks_schedules_and_trains(name):
     assert steps == sorted(set(steps), reverse=True)  # fewer steps every round
     # The round's loss takes the teacher's parameters as an argument, and a gradient step on it lowers it.
     teacher = nonzero_params(config)
-    teacher = build.student_params(method.student(config), teacher, jax.random.key(4))  # the student's network
-    loss = jax.jit(build.distillation_loss(config, rounds[-1]))
+    student = ModelSpec.of(method.student(config))  # the student's network
+    teacher = build.student_params(student, teacher, jax.random.key(4))
+    loss = jax.jit(build.distillation_loss(student, config, rounds[-1]))
     batch = {"image": jax.random.uniform(jax.random.key(2), (16, 8, 8, 1), minval=-1, maxval=1)}
     if config.model.class_conditional:
         batch["label"] = jnp.arange(16) % 10

@@ -13,10 +13,11 @@ from helpers import conditional_model, nonzero_params, one_sentence, run_in_proc
 from PIL import Image
 
 import pdist
-from pdist import build, editing, oracles, samplers
+from pdist import editing, oracles, samplers
 from pdist import schedules as sc
 from pdist.errors import ConfigError
 from pdist.models.unet import attention_from_rows
+from pdist.spec import ModelSpec
 
 COSINE = sc.CosineLogSNR()
 
@@ -221,15 +222,15 @@ def test_attention_from_rows_uses_the_other_rows_queries_and_keys_and_its_own_va
 def test_a_network_edits_a_class_into_itself_exactly_with_and_without_attention_control(guidance):
     config = conditional_model()
     params = nonzero_params(config)
-    schedule = build.schedule(config)
+    schedule = ModelSpec.of(config).schedule
     x0 = jax.random.uniform(jax.random.key(18), (3, 8, 8, 1), minval=-1)
     labels = jnp.array([2, 5, 7])
     w = None if guidance is None else jnp.full((6,), guidance)
-    fn = build.denoiser(config, params, jnp.concatenate([labels, labels]), w)
+    fn = ModelSpec.of(config).bind(params, jnp.concatenate([labels, labels]), w)
     for attention_steps in (0, 2):
         x = editing.ddcm(fn, schedule, x0, jax.random.key(19), num_steps=4, attention_steps=attention_steps)
         np.testing.assert_array_equal(np.asarray(x), np.asarray(x0))
-    target = build.denoiser(config, params, jnp.concatenate([labels, (labels + 1) % 10]), w)
+    target = ModelSpec.of(config).bind(params, jnp.concatenate([labels, (labels + 1) % 10]), w)
     plain, controlled = (
         np.asarray(editing.ddcm(target, schedule, x0, jax.random.key(19), num_steps=4, attention_steps=a))
         for a in (0, 4)
@@ -245,17 +246,17 @@ def test_at_the_default_weights_an_edit_into_its_own_class_moves_by_the_guidance
     step from pure noise gives x0 + w (x_c - x_u) at t = 1, computed here from the network's own predictions."""
     config = conditional_model()
     params = nonzero_params(config)
-    schedule = build.schedule(config)
+    schedule = ModelSpec.of(config).schedule
     x0 = jax.random.uniform(jax.random.key(21), (3, 8, 8, 1), minval=-1)
     labels = jnp.array([1, 4, 9])
     key = jax.random.key(22)
     w = jnp.concatenate([jnp.zeros(3), jnp.ones(3)])  # [source; target] weights
-    pair_fn = build.denoiser(config, params, jnp.concatenate([labels, labels]), w)
+    pair_fn = ModelSpec.of(config).bind(params, jnp.concatenate([labels, labels]), w)
     x = np.asarray(editing.ddcm(pair_fn, schedule, x0, key, num_steps=1))
     xi = jax.random.normal(jax.random.split(key)[0], x0.shape)  # the start noise ddcm draws
     t = jnp.ones((3,))
-    x_c = build.denoiser(config, params, labels)(xi, t).x
-    x_u = build.denoiser(config, params, jnp.full((3,), config.data.num_classes))(xi, t).x  # the null class
+    x_c = ModelSpec.of(config).bind(params, labels)(xi, t).x
+    x_u = ModelSpec.of(config).bind(params, jnp.full((3,), config.data.num_classes))(xi, t).x  # the null class
     np.testing.assert_allclose(x, np.asarray(x0 + 1.0 * (x_c - x_u)), atol=1e-5)
     assert np.abs(x - np.asarray(x0)).max() > 1e-3  # not the source
 

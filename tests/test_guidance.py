@@ -11,6 +11,7 @@ from pdist import build, diffusion, guidance, losses
 from pdist.errors import ConfigError
 from pdist.jobs import validate
 from pdist.sampling import ImageSampler, Sampling
+from pdist.spec import ModelSpec
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +26,10 @@ def test_the_guided_prediction_is_the_same_blend_of_x_eps_and_v_and_stays_consis
     t = jnp.array([0.9, 0.6, 0.3, 0.1])
     label = jnp.array([1, 3, 5, 7])
     w = jnp.array([0.0, 0.5, 1.5, 4.0])
-    guided = jax.jit(lambda p, lb, g: build.denoiser(config, p, lb, g)(z, t))(params, label, w)
-    unguided = jax.jit(lambda p, lb: build.denoiser(config, p, lb)(z, t))
+    guided = jax.jit(lambda p, lb, g: ModelSpec.of(config).bind(p, lb, g)(z, t))(params, label, w)
+    unguided = jax.jit(lambda p, lb: ModelSpec.of(config).bind(p, lb)(z, t))
     cond, uncond = unguided(params, label), unguided(params, jnp.full_like(label, guidance.null_label(10)))
-    logsnr = build.schedule(config).logsnr(t)
+    logsnr = ModelSpec.of(config).schedule.logsnr(t)
     alpha, sigma = (diffusion.bcast(a, z) for a in diffusion.alpha_sigma_from_logsnr(logsnr))
     wb = diffusion.bcast(w, z)
     for get in (lambda p: p.x, lambda p: p.eps, lambda p: diffusion.to_v(p, logsnr)):
@@ -56,7 +57,7 @@ def test_label_dropout_replaces_labels_at_its_rate_once_per_batch():
 def test_only_label_dropout_trains_the_null_class(model, label_dropout):
     config, params = model
     config = conditional_model(label_dropout)
-    loss = build.loss(config)
+    loss = build.loss(config, ModelSpec.of(config))
     batch = {"image": jax.random.uniform(jax.random.key(3), (32, 8, 8, 1), minval=-1), "label": jnp.arange(32) % 10}
     grads = jax.jit(jax.grad(lambda p: loss(p, batch, jax.random.key(4))[0]))(params)
     (table,) = [v for k, v in jax.tree_util.tree_leaves_with_path(grads) if "Embed" in jax.tree_util.keystr(k)]
@@ -69,7 +70,7 @@ def test_guidance_needs_a_conditional_model_trained_with_label_dropout(model):
     config, params = model
     for bad in (conditional_model(0.0), small_model(config_file("digits"))):
         with pytest.raises(ConfigError, match="Guidance needs"):
-            build.denoiser(bad, params, jnp.zeros((1,), jnp.int32), 1.0)
+            ModelSpec.of(bad).bind(params, jnp.zeros((1,), jnp.int32), 1.0)
     unconditional = small_model(config_file("digits"))
     unconditional.train.label_dropout = 0.1
     with pytest.raises(ConfigError, match="class_conditional=True"):
@@ -83,7 +84,7 @@ def test_guidance_needs_a_conditional_model_trained_with_label_dropout(model):
 @pytest.mark.parametrize("method", ["ddim", "dpmpp_2m"])
 def test_sampling_with_guidance_zero_is_the_conditional_model_and_a_weight_changes_it(model, method):
     config, params = model
-    sampler = ImageSampler(config)
+    sampler = ImageSampler(ModelSpec.of(config))
     how = Sampling(method=method, num_steps=4, grid="uniform", seed=0, batch_size=6)  # two batches, one padded
     plain = sampler(params, 10, how)
     np.testing.assert_allclose(sampler(params, 10, how.replace(guidance=0.0)), plain, atol=2e-5)

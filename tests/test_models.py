@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from helpers import apply_fn, config_file, init_params, perturb, small_model
 
-from pdist import build
 from pdist.models import ARCHITECTURES
+from pdist.spec import ModelSpec
 
 FAMILIES = [
     ("digits", None, 1),
@@ -29,11 +29,11 @@ def test_output_shape_at_reduced_width(name, variant, out_channels):
     if config.model.num_heads is not None:
         config.model.num_heads = 2
     size, channels = config.data.image_size, config.data.channels
-    assert build.network(config).out_channels == out_channels
-    params = jax.eval_shape(lambda: build.init_params(config, jax.random.key(0)))
+    assert ModelSpec.of(config).network.out_channels == out_channels
+    params = jax.eval_shape(lambda: ModelSpec.of(config).init_params(jax.random.key(0)))
     label = jnp.zeros((2,), jnp.int32)
     out = jax.eval_shape(
-        lambda p: build.apply_fn(config)(p, jnp.zeros((2, size, size, channels)), jnp.full((2,), 0.5), label, None),
+        lambda p: ModelSpec.of(config).apply(p, jnp.zeros((2, size, size, channels)), jnp.full((2,), 0.5), label, None),
         params,
     )
     assert out.shape == (2, size, size, out_channels)
@@ -74,7 +74,7 @@ def test_every_architecture_builds_from_its_row_and_checks_its_settings(name):
     config = config_file("digits")
     config.model.name = name
     validate(config)
-    net = build.network(config)
+    net = ModelSpec.of(config).network
     params = init_params(config, jax.random.key(0))
     z = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
     out = apply_fn(config)(params, z, jnp.array([-3.0, 5.0]), None, None)

@@ -13,6 +13,7 @@ from helpers import init_params, perturb
 from pdist import oracles, samplers
 from pdist import schedules as sc
 from pdist.diffusion import Prediction
+from pdist.spec import ModelSpec
 
 GAUSS = oracles.gaussian([0.3, -0.2], [0.5, 0.2])
 SETUPS = {
@@ -231,16 +232,15 @@ def _largest_constant(text: str) -> int:
 
 def test_a_network_denoiser_carries_its_parameters_as_arguments_not_constants():
     """Two parameter sets of one network: one trace, and the weights never enter the program as constants."""
-    from pdist import build
     from pdist.config import base_config
 
     config = base_config()
     config.model.ch, config.model.num_res_blocks = 8, 1
     params = init_params(config, jax.random.key(0))
     other = perturb(params, jax.random.key(2))
-    first, second = build.denoiser(config, params), build.denoiser(config, other)
+    first, second = ModelSpec.of(config).bind(params), ModelSpec.of(config).bind(other)
     assert first.func == second.func and hash(first.func) == hash(second.func)  # one cache entry
-    schedule = build.schedule(config)
+    schedule = ModelSpec.of(config).schedule
     noise = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
     chex.clear_trace_counter()
     traced = chex.assert_max_traces(first.func.__call__, n=1)  # the static half of the denoiser; a retrace raises

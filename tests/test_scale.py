@@ -19,6 +19,7 @@ from pdist import build
 from pdist.jobs import train
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime import multihost
+from pdist.spec import ModelSpec
 
 
 @pytest.mark.heavy(3)  # three processes, each compiling training, distillation, evaluation
@@ -123,7 +124,7 @@ def test_remat_keeps_parameter_names_outputs_and_gradients():
     batch = {"image": jax.random.uniform(jax.random.key(3), (8, 8, 8, 1), minval=-1, maxval=1)}
     grads = {}
     for name, c in (("plain", config), ("remat", remat)):
-        (loss, _), grads[name] = jax.jit(jax.value_and_grad(build.loss(c), has_aux=True))(
+        (loss, _), grads[name] = jax.jit(jax.value_and_grad(build.loss(c, ModelSpec.of(c)), has_aux=True))(
             params, batch, jax.random.key(4)
         )
         assert float(loss) > 0

@@ -25,7 +25,7 @@ import ml_collections
 from pdist.distillation import guided, progressive
 from pdist.distillation.rounds import Round
 from pdist.losses import Loss
-from pdist.schedules import Schedule
+from pdist.spec import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,11 +34,11 @@ class Method:
 
     validate: Callable[[ml_collections.ConfigDict], None]  # the method's settings; one sentence (ConfigError)
     rounds: Callable[[ml_collections.ConfigDict], list[Round]]  # of config.distill
-    # the teacher's config -> the student's (its network, as pdist.build reads it)
+    # the teacher's config -> the student's (its network: ModelSpec.of reads it); applied once, by the job
     student: Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]
-    # (apply_fn of the student's network, schedule, config, round) -> the round's student loss, taking the
-    # teacher's params (after round 1, the teacher is the previous student: the same network)
-    loss: Callable[[Callable, Schedule, ml_collections.ConfigDict, Round], Loss]
+    # (the student's ModelSpec, config, round) -> the round's student loss, taking the teacher's params
+    # (after round 1, the teacher is the previous student: the same network)
+    loss: Callable[[ModelSpec, ml_collections.ConfigDict, Round], Loss]
     # (config, n) -> the guidance weights [n] of the fixed-noise samples, or None (unguided)
     fixed_guidance: Callable[[ml_collections.ConfigDict, int], object]
     # (round, student, teacher, target, final_loss, seconds) -> the round's row of summary.json, from the fixed

@@ -35,6 +35,7 @@ from pdist.distillation.rounds import Round
 from pdist.errors import ConfigError, check_positive
 from pdist.losses import Loss, LossAux
 from pdist.schedules import Schedule
+from pdist.spec import ModelSpec
 
 Array = jax.Array
 
@@ -90,24 +91,24 @@ def fixed_guidance(config: ml_collections.ConfigDict, num_samples: int) -> np.nd
     return np.linspace(low, high, num_samples, dtype=np.float32)
 
 
-def loss(apply_fn: Callable, schedule: Schedule, config: ml_collections.ConfigDict, rnd: Round) -> Loss:
-    """Round 1: :func:`make_stage_one_loss`; later rounds: progressive's loss with a weight per example."""
-    settings = config.diffusion
+def loss(student: ModelSpec, config: ml_collections.ConfigDict, rnd: Round) -> Loss:
+    """Round 1: :func:`make_stage_one_loss`; later rounds: progressive's loss with a weight per example; on
+    the ``student`` network (the teacher's with w as an input)."""
     common = dict(
-        parameterization=settings.parameterization,
-        weighting=settings.weighting,
-        learned_variance=settings.learned_variance,
+        parameterization=student.parameterization,
+        weighting=config.diffusion.weighting,
+        learned_variance=student.learned_variance,
         guidance_prior=weight_prior(config),
     )
     if rnd.index == 1:
         return make_stage_one_loss(
-            apply_fn,
-            schedule,
-            num_timesteps=settings.num_timesteps,
-            num_classes=config.data.num_classes,
+            student.apply,
+            student.schedule,
+            num_timesteps=config.diffusion.num_timesteps,
+            num_classes=student.num_classes,
             **common,
         )
-    return progressive.make_loss(apply_fn, schedule, num_student_steps=rnd.student_steps, **common)
+    return progressive.make_loss(student.apply, student.schedule, num_student_steps=rnd.student_steps, **common)
 
 
 def make_stage_one_loss(

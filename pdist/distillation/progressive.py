@@ -23,6 +23,7 @@ from pdist.distillation.rounds import Round
 from pdist.errors import ConfigError, check_positive
 from pdist.losses import Loss, LossAux
 from pdist.schedules import Schedule
+from pdist.spec import ModelSpec
 
 Array = jax.Array
 
@@ -80,15 +81,16 @@ def fixed_guidance(config: ml_collections.ConfigDict, num_samples: int) -> None:
     return None
 
 
-def loss(apply_fn: Callable, schedule: Schedule, config: ml_collections.ConfigDict, rnd: Round) -> Loss:
-    """The round's student loss ``(params, batch, key, teacher_params) -> (loss, aux)``."""
+def loss(student: ModelSpec, config: ml_collections.ConfigDict, rnd: Round) -> Loss:
+    """The round's student loss ``(params, batch, key, teacher_params) -> (loss, aux)`` on the ``student``
+    network (the teacher's)."""
     return make_loss(
-        apply_fn,
-        schedule,
-        parameterization=config.diffusion.parameterization,
+        student.apply,
+        student.schedule,
+        parameterization=student.parameterization,
         weighting=config.diffusion.weighting,
         num_student_steps=rnd.student_steps,
-        learned_variance=config.diffusion.learned_variance,
+        learned_variance=student.learned_variance,
     )
 
 

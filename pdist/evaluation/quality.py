@@ -17,13 +17,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from pdist import build, samplers, schedules
+from pdist import samplers, schedules
 from pdist.errors import ConfigError
 from pdist.evaluation import stats
 from pdist.evaluation.report import brief, metrics_of
 from pdist.evaluation.score import Reference, score
 from pdist.runtime import console, files, preemption
-from pdist.sampling import Sampling, requested_labels
+from pdist.sampling import Sampling
 
 
 def parse_samplers(spec: str) -> list[tuple[str, int, str | None]]:
@@ -103,7 +103,7 @@ def evaluate_model(
         done = files.read_json(progress)
     rows = []
     expressway = settings.get("ot")  # a DPM-OT expressway file, or None
-    labels = requested_labels(model.config, settings.num_samples)  # the classes model.sample draws
+    labels = model.spec.default_labels(settings.num_samples)  # the classes model.sample draws
     if evaluator.num_classes != model.config.data.num_classes:
         labels = None  # the evaluator's classifier does not know them: no accuracy
     for (method, steps, *grid), w in itertools.product(entries, weights):
@@ -132,7 +132,7 @@ def evaluate_model(
             "guidance": w,
             "ot": expressway,
             "nfe": samplers.nfe(method, steps, model.schedule),
-            "call_batch": build.call_batch(model.config, w),
+            "call_batch": model.spec.call_batch(w),
             "seeds": list(range(settings.seed, settings.seed + settings.num_seeds)),
             "per_seed": per_seed,
             "seconds": time.time() - began,

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pdist import build, rng
+from pdist import rng
 from pdist.runtime import console
 from pdist.runtime import mesh as mesh_lib
 
@@ -27,14 +27,14 @@ def split_nll(model, settings: ml_collections.ConfigDict) -> dict:
 
     model_config = model.config
     T = settings.nll_timesteps or model_config.diffusion.num_timesteps
-    kind = "learned" if model_config.diffusion.learned_variance else settings.nll_variance
+    kind = "learned" if model.spec.learned_variance else settings.nll_variance
     dataset = model_config.data
     split = pipeline.load_split(
         dataset.name, settings.nll_split, dataset.data_dir, dataset.image_size, dataset.channels
     )
     count = settings.nll_examples or len(split["image"])
     x = split["image"][:count]
-    labels = split["label"][:count] if model_config.model.class_conditional else None
+    labels = split["label"][:count] if model.spec.num_classes else None
     mesh = mesh_lib.data_mesh()
     schedule = model.schedule
     params = mesh_lib.put_replicated(model.ema_params if settings.use_ema else model.params, mesh)
@@ -42,7 +42,7 @@ def split_nll(model, settings: ml_collections.ConfigDict) -> dict:
     @functools.partial(jax.jit, out_shardings=mesh_lib.replicated(mesh))
     def bound(params, xb, seed_start, label):
         key = rng.sample_key(seed_start[0], seed_start[1])
-        denoise_fn = build.denoiser(model_config, params, label)
+        denoise_fn = model.spec.bind(params, label)
         if T is None:
             out = continuous_bound(denoise_fn, schedule, xb, key, num_draws=settings.nll_draws, clip_x=settings.clip_x)
             return {**out, "terms": jnp.stack([out["decoder"], out["diffusion"]])}

@@ -36,6 +36,7 @@ from pdist.runtime import console, files, phase, workdir
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime.step import init_state
 from pdist.sampling import ImageSampler, Sampling
+from pdist.spec import ModelSpec
 
 # Keys of the teacher's config the student must share (the network's shapes are checked separately).
 SHARED_KEYS = (
@@ -79,14 +80,17 @@ def run(config: ml_collections.ConfigDict, directory: str) -> list[dict]:
     teacher = restored.state.ema_params if settings.teacher_use_ema else restored.state.params
     data.training_builder(config.data)  # a dataset that is not there fails here, before anything is written
     files.makedirs(directory)
-    network = method.student(config)  # the students' network: the teacher's, or one with more inputs
+    # The teacher's network as this config describes it (check_teacher: the stored one), and the students'
+    # config and network (the teacher's, or one with more inputs), each made once.
+    teacher_spec, students = ModelSpec.of(config), method.student(config)
+    spec = ModelSpec.of(students)
     # The parameters round 1 starts from and trains against: the teacher's, plus the student's new ones, which
     # start at the teacher's function (pdist.build.student_params).
-    start = mesh_lib.put_replicated(build.student_params(network, teacher, rng.init_key(config.seed)), mesh)
+    start = mesh_lib.put_replicated(build.student_params(spec, teacher, rng.init_key(config.seed)), mesh)
     weights = method.fixed_guidance(config, settings.fidelity_samples)
     fixed = functools.partial(_fixed_noise_samples, config=config, guidance=weights)
-    teacher_sampler = ImageSampler(config, mesh)
-    student_sampler = teacher_sampler if network is config else ImageSampler(network, mesh)
+    teacher_sampler = ImageSampler(teacher_spec, mesh)
+    student_sampler = teacher_sampler if spec == teacher_spec else ImageSampler(spec, mesh)
     rounds = method.rounds(settings)
     target = workdir.teacher_samples(directory, rounds[0].teacher_steps)
     if not files.exists(target):
@@ -99,7 +103,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> list[dict]:
     rows, sampler = [], teacher_sampler  # the current teacher's
     for rnd in rounds:
         round_dir = workdir.round_dir(directory, rnd.index, rnd.student_steps)
-        student = run_round(network, round_dir, rnd, start, mesh)
+        student = run_round(students, spec, round_dir, rnd, start, mesh)
         report = os.path.join(round_dir, workdir.ROUND_REPORT)
         if files.exists(report):
             row = files.read_json(report)
@@ -145,16 +149,16 @@ def student_config(config: ml_collections.ConfigDict, rnd: Round) -> ml_collecti
     return student
 
 
-def run_round(config, round_dir: str, rnd: Round, teacher, mesh) -> phase.Result:
-    """Trains (or restores) round ``rnd``'s student (``config``: its network's), starting from a copy of
-    ``teacher``, the parameters its loss takes as the frozen teacher."""
+def run_round(config, spec: ModelSpec, round_dir: str, rnd: Round, teacher, mesh) -> phase.Result:
+    """Trains (or restores) round ``rnd``'s student (``config``: the students' config, ``spec`` their
+    network), starting from a copy of ``teacher``, the parameters its loss takes as the frozen teacher."""
     optimizer = build.optimizer(config.optim, rnd.updates)
     return phase.run(
         phase.Phase(
             name=f"Round {rnd.index}: {rnd.teacher_steps} -> {rnd.student_steps} steps",
             directory=round_dir,
             config=student_config(config, rnd),
-            loss=build.distillation_loss(config, rnd),
+            loss=build.distillation_loss(spec, config, rnd),
             init_fn=functools.partial(init_state, teacher, optimizer.tx),
             optimizer=optimizer,
             num_steps=rnd.updates,
@@ -177,8 +181,8 @@ def check_teacher(config: ml_collections.ConfigDict, teacher_config: ml_collecti
                 "distill with the config the teacher was trained with."
             )
     key = jax.random.key(0)
-    mine = jax.eval_shape(functools.partial(build.init_params, config), key)
-    theirs = jax.eval_shape(functools.partial(build.init_params, teacher_config), key)
+    mine = jax.eval_shape(ModelSpec.of(config).init_params, key)
+    theirs = jax.eval_shape(ModelSpec.of(teacher_config).init_params, key)
     if jax.tree.structure(mine) != jax.tree.structure(theirs) or jax.tree.leaves(mine) != jax.tree.leaves(theirs):
         raise TeacherMismatchError(
             f"The teacher at {where} is another architecture than config.model builds; "

@@ -13,6 +13,7 @@ import ml_collections
 from pdist import build, diffusion, losses, optim, samplers, schedules
 from pdist.errors import ConfigError, check_one_of, check_positive
 from pdist.models import ARCHITECTURES
+from pdist.spec import ModelSpec
 
 DTYPES = ("float32", "bfloat16")
 
@@ -67,13 +68,13 @@ def validate_training(config: ml_collections.ConfigDict) -> None:
     settings = config.optim
     if settings.schedule == "refined":
         build.refined_norms(settings)  # one sentence when they cannot be read
-    sample = config.sample
+    sample, spec = config.sample, ModelSpec.of(config)
     try:
-        schedules.time_grid(build.schedule(config), sample.num_steps, sample.grid)
+        schedules.time_grid(spec.schedule, sample.num_steps, sample.grid)
     except ValueError as e:
         _fail(f"config.sample.grid={sample.grid!r} with config.sample.num_steps={sample.num_steps}: {e}")
     if sample.guidance is not None:
-        build.check_guidance(config, sample.guidance)
+        spec.check_guidance(sample.guidance)
 
 
 def _validate_diffusion(settings: ml_collections.ConfigDict) -> None:

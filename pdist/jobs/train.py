@@ -15,12 +15,13 @@ import jax
 import ml_collections
 from clu import metric_writers
 
-from pdist import build, data, images, rng
+from pdist import data, images, teacher
 from pdist.jobs import sections
 from pdist.runtime import console, files, phase, workdir
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime.step import TrainState
 from pdist.sampling import ImageSampler, Sampling
+from pdist.spec import ModelSpec
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -34,25 +35,10 @@ def run(config: ml_collections.ConfigDict, directory: str) -> TrainState:
     mesh_lib.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum_steps)
     directory = files.absolute(directory)
     data.training_builder(config.data)  # a dataset or split that is not there: one sentence, even for a finished run
-    init_fn, optimizer = build.state_init(config)
-    sampler = ImageSampler(config, mesh)
-    result = phase.run(
-        phase.Phase(
-            name="teacher",
-            directory=directory,
-            config=config,
-            loss=build.loss(config),
-            init_fn=init_fn,
-            optimizer=optimizer,
-            num_steps=config.train.num_steps,
-            batches=lambda start: data.process_batches(config, start, rng.TEACHER),
-            key=rng.phase_key(config.seed, rng.TEACHER),
-            importance=build.importance_sampler(config),
-            snapshot=lambda step, state, writer: _write_grid(sampler, state, config, directory, step, writer),
-            snapshot_every=config.train.sample_every,
-        ),
-        mesh,
-    )
+    spec = ModelSpec.of(config)
+    sampler = ImageSampler(spec, mesh)
+    grids = lambda step, state, writer: _write_grid(sampler, state, config, directory, step, writer)  # noqa: E731
+    result = phase.run(teacher.phase_of(config, spec, directory, grids, config.train.sample_every), mesh)
     sampling = Sampling.from_config(config.sample)
     x = sampler(result.state.ema_params, config.sample.num_samples, sampling, progress=f"sampling {sampling.label}")
     if jax.process_index() == 0:

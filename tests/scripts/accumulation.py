@@ -15,11 +15,12 @@ from pdist.distillation import Round  # noqa: E402
 from pdist.distillation.recipes import for_distillation  # noqa: E402
 from pdist.runtime import mesh as mesh_lib  # noqa: E402
 from pdist.runtime import step as step_lib  # noqa: E402
+from pdist.spec import ModelSpec  # noqa: E402
 
 
 def run(config, loss, devices, accum, loss_args=(), lr=0.5):
     mesh = mesh_lib.data_mesh(jax.devices()[:devices])
-    init_fn, _ = build.state_init(config)
+    init_fn, _ = build.state_init(config, ModelSpec.of(config))
     # Plain SGD at a constant rate: the update is the scaled gradient, so parameters compare gradients.
     settings = config.optim
     settings.optimizer, settings.learning_rate, settings.warmup_steps = "sgd", lr, 0
@@ -53,19 +54,21 @@ def compare(x, y):
 
 out = {}
 config = tiny_config()  # v-MSE, continuous time
-loss = build.loss(config)
+loss = build.loss(config, ModelSpec.of(config))
 out["mse"] = {"accum2_4dev": compare(run(config, loss, 1, 1), run(config, loss, 4, 2))}
 
 vlb = tiny_config()  # learned variances, L_vlb with importance-sampled levels (per-example terms reassembled)
 vlb.diffusion.schedule, vlb.diffusion.num_timesteps = "cosine", 50
 vlb.diffusion.parameterization, vlb.diffusion.weighting = "eps", "snr"
 vlb.diffusion.learned_variance, vlb.diffusion.loss, vlb.diffusion.importance_sampling = True, "vlb", True
-loss = build.loss(vlb)
+loss = build.loss(vlb, ModelSpec.of(vlb))
 out["vlb"] = {"accum4_4dev": compare(run(vlb, loss, 1, 1, lr=1e-6), run(vlb, loss, 4, 4, lr=1e-6))}
 
 student = for_distillation(tiny_config(), start_steps=8, batch_size=16, learning_rate=1e-4)
-params = build.init_params(student, jax.random.key(0))
+params = ModelSpec.of(student).init_params(jax.random.key(0))
 teacher = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)
-loss = build.distillation_loss(student, Round(index=1, student_steps=4, teacher_steps=8, updates=1))
+loss = build.distillation_loss(
+    ModelSpec.of(student), student, Round(index=1, student_steps=4, teacher_steps=8, updates=1)
+)
 out["distill"] = {"accum8": compare(run(student, loss, 1, 1, (teacher,)), run(student, loss, 1, 8, (teacher,)))}
 print(json.dumps(out))

@@ -14,6 +14,7 @@ from helpers import config_file  # noqa: E402
 from pdist import build, losses  # noqa: E402
 from pdist.runtime import mesh as mesh_lib  # noqa: E402
 from pdist.runtime import step as step_lib  # noqa: E402
+from pdist.spec import ModelSpec  # noqa: E402
 
 config = config_file("digits")
 config.model.ch = 8
@@ -28,9 +29,9 @@ results = {}
 for n in (1, 4):
     chex.clear_trace_counter()  # chex counts per function code; each mesh builds its own loss
     mesh = mesh_lib.data_mesh(jax.devices()[:n])
-    init_fn, optimizer = build.state_init(config)
+    init_fn, optimizer = build.state_init(config, ModelSpec.of(config))
     state = step_lib.create_state(init_fn, mesh)
-    loss = build.loss(config)
+    loss = build.loss(config, ModelSpec.of(config))
     traced = losses.Loss(chex.assert_max_traces(loss.fn, n=1), loss.draw)  # raises on a second trace
     step = step_lib.compile_step(step_lib.make_train_step(traced, optimizer, ema_decay=0.9), mesh)
     for _ in range(3):

@@ -19,10 +19,11 @@ from pdist.data import train_batches  # noqa: E402
 from pdist.jobs import train  # noqa: E402
 from pdist.runtime import mesh as mesh_lib  # noqa: E402
 from pdist.runtime import step as step_lib  # noqa: E402
+from pdist.spec import ModelSpec  # noqa: E402
 
 out, tfds = sys.argv[1], sys.argv[2]
 config = tiny_config(tfds)
-init_fn, _ = build.state_init(config)
+init_fn, _ = build.state_init(config, ModelSpec.of(config))
 initial = [np.array(a) for a in jax.tree.leaves(step_lib.create_state(init_fn, mesh_lib.data_mesh()).params)]
 first = next(train_batches(config, local_batch_size=16))
 mine = [np.asarray(a) for a in jax.tree.leaves(train.run(config, f"{out}/one_process").params)]

@@ -1,0 +1,180 @@
+"""What a model is: its network and its diffusion, described once from a config (:meth:`ModelSpec.of`).
+
+A :class:`ModelSpec` is a small frozen value: the architecture's Flax module
+(with the outputs the parameterization needs), the noise schedule, the
+parameterization, whether variances are learned, the image shape, the
+classes, whether the null class of classifier-free guidance was trained, and,
+for a guided student, the range of guidance weights it takes as input. A job
+makes it once from its config and hands it to the losses (:mod:`pdist.build`),
+the sampler (:mod:`pdist.sampling`), the distillation methods and the loader
+(:mod:`pdist.pretrained`); a distillation method's student config gives the
+student's spec (:func:`pdist.jobs.distill.run`). Equal configs give equal,
+hashable specs, so a spec is a static argument of compiled programs.
+
+The one place where the Flax network meets the pure math: losses see
+``spec.apply(params, z, t, label, key, guidance) -> raw output`` and samplers
+see ``spec.bind(params, label, guidance)``, a ``denoise_fn(z, t) ->
+Prediction``; neither knows which architecture (:data:`pdist.models.
+ARCHITECTURES`) runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.tree_util import Partial
+
+from pdist import diffusion
+from pdist import guidance as guidance_lib
+from pdist.diffusion import Prediction
+from pdist.errors import ConfigError
+from pdist.models import ARCHITECTURES
+from pdist.schedules import Schedule, get_schedule
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A network and its diffusion. ``spec(params, label, guidance, z, t)`` is its :class:`Prediction`.
+
+    With a guidance weight (not None), the conditional and null-class predictions come from one network
+    call on a doubled batch and are blended (:mod:`pdist.guidance`). A guided student (``guidance_range``
+    set) takes the weight as an input instead: one call on the batch (None: w = 0).
+    """
+
+    network: nn.Module
+    schedule: Schedule
+    parameterization: str
+    learned_variance: bool
+    image_shape: tuple[int, int, int]  # (H, W, C)
+    num_classes: int = 0  # 0: unconditional
+    null_class: bool = False  # trained with labels dropped (classifier-free guidance can be applied)
+    guidance_range: tuple[float, float] | None = None  # a guided student: w is its input, distilled for this range
+    # What a DPM-OT expressway's latents belong to (pdist.expressway): the dataset, the image shape and the
+    # noise schedule; any model trained on these shares them.
+    expressway_key: str = ""
+
+    @classmethod
+    def of(cls, config: ml_collections.ConfigDict) -> ModelSpec:
+        """The model ``config`` describes (``config.model``, ``config.diffusion``, ``config.data``)."""
+        d, m = config.diffusion, config.model
+        kwargs = {} if d.num_timesteps is None else {"num_timesteps": int(d.num_timesteps)}
+        out_channels = diffusion.output_channels(config.data.channels, d.parameterization, d.learned_variance)
+        guided = bool(m.guidance_input)
+        size, channels = int(config.data.image_size), int(config.data.channels)
+        key = f"{config.data.name}:{size}x{size}x{channels}:{d.schedule}" + (
+            f":{d.num_timesteps}" if d.num_timesteps else ""
+        )
+        return cls(
+            network=ARCHITECTURES[m.name].build(config, out_channels),
+            schedule=get_schedule(d.schedule, **kwargs),
+            parameterization=d.parameterization,
+            learned_variance=bool(d.learned_variance),
+            image_shape=(size, size, channels),
+            num_classes=int(config.data.num_classes) if m.class_conditional else 0,
+            null_class=bool(m.class_conditional and config.train.label_dropout > 0),
+            guidance_range=(float(config.distill.guidance_min), float(config.distill.guidance_max)) if guided else None,
+            expressway_key=key,
+        )
+
+    @property
+    def guidance_input(self) -> bool:
+        """A guided student: the guidance weight is the network's input."""
+        return self.guidance_range is not None
+
+    def init_params(self, key: Array):
+        """The network's initial parameters (a plain nested dict)."""
+        x = jnp.zeros((1, *self.image_shape), jnp.float32)
+        label = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+        w = jnp.zeros((1,)) if self.guidance_input else None
+        return self.network.init({"params": key}, x, jnp.zeros((1,)), label, w)["params"]
+
+    def apply(self, params, z: Array, t: Array, label: Array | None, key: Array | None, guidance=None) -> Array:
+        """The network's raw output at times ``t``; ``key`` None runs without dropout; ``guidance`` [B]: the
+        weight w a guided student takes as input (ignored by other networks, as ``label`` is by an
+        unconditional one)."""
+        rngs = None if key is None else {"dropout": key}
+        label = label if self.num_classes else None
+        w = guidance if self.guidance_input else None
+        logsnr = self.schedule.logsnr(t)
+        return self.network.apply({"params": params}, z, logsnr, label, w, train=key is not None, rngs=rngs)
+
+    def __call__(
+        self, params, label: Array | None, guidance: Array | None, z: Array, t: Array, attention_from=None
+    ) -> Prediction:
+        """``attention_from`` [B]: the rows whose attention queries and keys each row uses (:mod:`pdist.editing`);
+        with guidance's doubled batch each half keeps to its own half."""
+        if self.guidance_input:
+            w = jnp.broadcast_to(jnp.asarray(0.0 if guidance is None else guidance, jnp.float32), z.shape[:1])
+            return self._predict(params, label, z, t, w, attention_from)
+        if guidance is None:
+            return self._predict(params, label, z, t, None, attention_from)
+        if attention_from is not None:
+            attention_from = jnp.concatenate([attention_from, attention_from + z.shape[0]])
+        predict = lambda z_, t_, label_: self._predict(params, label_, z_, t_, None, attention_from)  # noqa: E731
+        return guidance_lib.guided(predict, z, t, label, guidance, self.num_classes)
+
+    def _predict(self, params, label, z, t, w=None, attention_from=None) -> Prediction:
+        logsnr = self.schedule.logsnr(t)
+        label = label if self.num_classes else None
+        control = {} if attention_from is None else {"attention_from": attention_from}
+        out = self.network.apply({"params": params}, z, logsnr, label, w, train=False, **control)
+        return diffusion.predict(
+            out, z, logsnr, parameterization=self.parameterization, learned_variance=self.learned_variance
+        )
+
+    def bind(self, params, label: Array | None = None, guidance=None) -> Partial:
+        """``denoise_fn(z, t) -> Prediction`` with ``params`` (and class ``label`` [B]); with a classifier-free
+        ``guidance`` weight (a scalar or [B]), the guided prediction, or for a guided student its prediction
+        at that weight (None: 0).
+
+        A ``Partial`` pytree that carries ``params``, ``label`` and ``guidance``: passed to
+        :func:`pdist.samplers.sample`, they are arguments of the compiled program, so one compilation serves
+        every parameter set of the same shapes (and every weight).
+        """
+        if guidance is not None:
+            self.check_guidance(None if isinstance(guidance, jax.core.Tracer) else guidance)
+            guidance = jnp.asarray(guidance, jnp.float32)
+        return Partial(self, params, label, guidance)
+
+    def call_batch(self, guidance) -> int:
+        """How many times the batch one network call evaluates: 2 for classifier-free guidance (the doubled
+        batch), 1 unguided or for a guided student (w is its input)."""
+        return 2 if guidance is not None and not self.guidance_input else 1
+
+    def check_guidance(self, w=None) -> None:
+        """One sentence unless this model can be sampled at guidance weight(s) ``w`` (None: any): a negative
+        weight, an unconditional model, one trained without label dropout (its null class never learned), or
+        a weight outside the range a guided student was distilled for."""
+        weights = None if w is None else np.asarray(w, np.float64)
+        if weights is not None and weights.size and weights.min() < 0:
+            raise ConfigError(
+                f"The guidance weight w={weights.min():g} is negative; use w >= 0 (w = 0 is the conditional model)."
+            )
+        if self.guidance_input:
+            low, high = self.guidance_range
+            if weights is not None and weights.size and (weights.min() < low or weights.max() > high):
+                bad = weights.min() if weights.min() < low else weights.max()
+                raise ConfigError(
+                    f"This guided student was distilled for guidance weights in [{low:g}, {high:g}] and w={bad:g} "
+                    "is outside; sample it at a weight in that range."
+                )
+            return
+        if not self.num_classes:
+            raise ConfigError("Guidance needs a class-conditional model; this one is unconditional (guidance=None).")
+        if not self.null_class:
+            raise ConfigError(
+                "Guidance needs a model trained with its labels sometimes dropped (config.train.label_dropout > 0, "
+                "0.1 is usual); this one never saw the null class."
+            )
+
+    def default_labels(self, num_samples: int) -> np.ndarray | None:
+        """The classes a class-conditional model samples when none are given: 0, 1, 2, ... in turn (None for
+        an unconditional model)."""
+        return np.arange(num_samples) % self.num_classes if self.num_classes else None
