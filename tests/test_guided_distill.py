@@ -34,6 +34,7 @@ from pdist.errors import ConfigError
 from pdist.jobs import distill, validate
 from pdist.runtime import step as step_lib
 from pdist.sampling import ImageSampler, Sampling
+from pdist.spec import ModelSpec
 
 # --- the class-conditional 2-D oracle --------------------------------------------------------------------
 
@@ -182,7 +183,7 @@ def teacher():
 def test_a_fresh_student_is_its_teacher_at_every_weight_and_its_trained_w_layers_act(teacher):
     config, params = teacher
     network = guided.student(config)
-    start = build.student_params(network, params, jax.random.key(5))
+    start = build.student_params(ModelSpec.of(network), params, jax.random.key(5))
     flat, given = flax.traverse_util.flatten_dict(start), flax.traverse_util.flatten_dict(params)
     assert {"/".join(p) for p in set(flat) - set(given)} == {
         f"guidance_dense_{i}/{k}" for i in (0, 1) for k in ("kernel", "bias")
@@ -190,12 +191,66 @@ def test_a_fresh_student_is_its_teacher_at_every_weight_and_its_trained_w_layers
     assert all(flat[p] is given[p] for p in given)  # the teacher's own arrays
     z = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
     t, label = jnp.array([0.9, 0.6, 0.3, 0.1]), jnp.array([1, 3, 5, 7])
-    cond = jax.jit(lambda p: build.denoiser(config, p, label)(z, t))(params)
-    at = jax.jit(lambda p, w: build.denoiser(network, p, label, w)(z, t))
+    cond = jax.jit(lambda p: ModelSpec.of(config).bind(p, label)(z, t))(params)
+    at = jax.jit(lambda p, w: ModelSpec.of(network).bind(p, label, w)(z, t))
     for w in (0.0, 1.3, jnp.array([0.0, 1.0, 2.5, 4.0])):
         np.testing.assert_array_equal(at(start, w).x, cond.x)  # exactly: the w layers' output starts at zero
     moved = perturb(start, jax.random.key(6), 0.05)  # once trained, w changes the prediction
     assert float(jnp.max(jnp.abs(at(moved, 0.0).x - at(moved, 3.0).x))) > 1e-3
+
+
+def test_a_stage_two_round_trains_against_the_teacher_run_at_each_examples_weight(teacher):
+    """Guided distillation's stage 2 (Meng et al. 2023, Alg. 2 at weight w): the target x-tilde comes from two
+    DDIM steps of the teacher (the previous student, w its input) at each example's own w, and the loss weighs
+    |x-tilde - x_student(z_t, w)|^2; computed here in float64 from the networks' predictions, with the DDIM
+    steps, x-tilde and the weighting written out. The same loss with the teacher at w = 0 is shown to differ."""
+    config, params = teacher
+    config = guided.student(config)
+    config.distill.method, config.diffusion.weighting = "guided", "snr_plus_one"
+    spec = ModelSpec.of(config)
+    student_params = build.student_params(spec, params, jax.random.key(5))
+    teacher_params = perturb(student_params, jax.random.key(6), 0.2)  # a trained teacher: its w layers act
+    student_params = perturb(student_params, jax.random.key(7), 0.05)
+    n_steps, b = 2, 6
+    rnd = guided.rounds(config.distill)[-1]
+    rnd = type(rnd)(index=2, student_steps=n_steps, teacher_steps=2 * n_steps, updates=1)
+    loss = jax.jit(build.distillation_loss(spec, config, rnd).fn)
+    x = jax.random.uniform(jax.random.key(8), (b, 8, 8, 1), minval=-1, maxval=1)
+    label, w = jnp.arange(b) % 10, jnp.array([0.0, 0.5, 1.0, 2.0, 3.0, 4.0])
+    t = jnp.array([0.5, 1.0, 0.5, 1.0, 0.5, 1.0])  # the student's grid i / N
+    noise = jax.random.normal(jax.random.key(9), x.shape)
+    batch = {"image": x, "label": label, "t": t, "noise": noise, "guidance": w}
+    got = float(loss(student_params, batch, jax.random.key(10), teacher_params)[0])
+
+    def alpha_sigma(tt):
+        logsnr = np.asarray(spec.schedule.logsnr(jnp.asarray(tt, jnp.float32)), np.float64)
+        return (
+            np.sqrt(1 / (1 + np.exp(-logsnr)))[:, None, None, None],
+            np.sqrt(1 / (1 + np.exp(logsnr)))[:, None, None, None],
+            logsnr,
+        )
+
+    def x_hat(p, z, tt, weights):
+        return np.asarray(spec.bind(p, label, jnp.asarray(weights))(jnp.asarray(z, jnp.float32), tt).x, np.float64)
+
+    def expected(teacher_w):
+        t64 = np.asarray(t, np.float64)
+        mid, nxt = t64 - 0.5 / n_steps, t64 - 1.0 / n_steps
+        (a_t, s_t, logsnr), (a_m, s_m, _), (a_n, s_n, _) = (alpha_sigma(v) for v in (t64, mid, nxt))
+        z = a_t * np.asarray(x, np.float64) + s_t * np.asarray(noise, np.float64)
+        x0 = x_hat(teacher_params, z, t, teacher_w)
+        z_mid = a_m * x0 + s_m * (z - a_t * x0) / s_t  # DDIM: x-hat and its eps-hat
+        x1 = x_hat(teacher_params, z_mid, jnp.asarray(mid, jnp.float32), teacher_w)
+        z_next = a_n * x1 + s_n * (z_mid - a_m * x1) / s_m
+        ratio = s_n / s_t
+        last = (nxt <= 0.25 / n_steps)[:, None, None, None]
+        target = np.where(last, x1, (z_next - ratio * z) / np.where(last, 1.0, a_n - ratio * a_t))
+        err = np.mean((target - x_hat(student_params, z, t, w)) ** 2, axis=(1, 2, 3))
+        return float(np.mean((1.0 + np.exp(logsnr)) * err))
+
+    assert got == pytest.approx(expected(w), rel=2e-4)
+    at_zero = expected(jnp.zeros(b))
+    assert abs(at_zero - got) > 20 * 2e-4 * got, (at_zero, got)  # the teacher's w matters: the test can fail
 
 
 def test_an_unguided_sample_never_evaluates_the_null_class(teacher):
@@ -203,25 +258,25 @@ def test_an_unguided_sample_never_evaluates_the_null_class(teacher):
     poisoned = jax.tree.map(lambda a: a, params)
     table = poisoned["Embed_0"]["embedding"]
     poisoned["Embed_0"]["embedding"] = table.at[guidance.null_label(10)].set(jnp.nan)  # the null class: NaN
-    sampler = ImageSampler(config)
+    sampler = ImageSampler(ModelSpec.of(config))
     assert np.isfinite(sampler(poisoned, 4, Sampling(num_steps=2))).all()
     assert np.isnan(
         sampler(poisoned, 4, Sampling(num_steps=2, guidance=1.0))
     ).all()  # guided: it does (the test can fail)
     network = guided.student(config)
-    start = build.student_params(network, poisoned, jax.random.key(5))
+    start = build.student_params(ModelSpec.of(network), poisoned, jax.random.key(5))
     assert np.isfinite(
-        ImageSampler(network)(start, 4, Sampling(num_steps=2, guidance=3.0))
+        ImageSampler(ModelSpec.of(network))(start, 4, Sampling(num_steps=2, guidance=3.0))
     ).all()  # one call, class only
 
 
 def test_bad_guidance_is_one_sentence_before_compiling(teacher):
     config, params = teacher
-    sampler = ImageSampler(config)
+    sampler = ImageSampler(ModelSpec.of(config))
     with pytest.raises(ConfigError, match=r"The guidance weight w=-1 is negative; use w >= 0"):
         sampler(params, 4, Sampling(num_steps=2, guidance=-1.0))
-    student = ImageSampler(guided.student(config))
-    start = build.student_params(guided.student(config), params, jax.random.key(5))
+    student = ImageSampler(ModelSpec.of(guided.student(config)))
+    start = build.student_params(ModelSpec.of(guided.student(config)), params, jax.random.key(5))
     with pytest.raises(ConfigError, match=r"distilled for guidance weights in \[0, 4\] and w=4.5 is outside"):
         student(start, 4, Sampling(num_steps=2, guidance=np.array([0.0, 1.0, 2.0, 4.5])))
     with pytest.raises(ConfigError, match=r"give one weight, or one per sample \(4,\)"):
@@ -279,16 +334,26 @@ def test_guided_distillation_from_the_command_line_samples_every_round_at_any_we
     with open(path / "summary.json") as f:
         rows = json.load(f)
     assert [(r["round"], r["teacher_steps"], r["steps"], r["updates"]) for r in rows] == [(1, 2, 2, 4), (2, 2, 1, 4)]
-    assert rows[0]["rmse_teacher"] == 0.0  # stage 1's teacher reference is the guided teacher at its own steps
     weights = np.linspace(0.0, 4.0, 8)  # the reports' fixed noise, at weights spread over the range
+    # Stage 1's target: the guided teacher's own 2-step DDIM samples of the fixed noise, at those weights.
+    guided_teacher = pdist.load(str(cond_teacher))
+    seed = guided_teacher.config.sample.seed
+    target = guided_teacher.sample(8, method="ddim", num_steps=2, grid="uniform", guidance=weights, seed=seed)
+    np.testing.assert_allclose(np.load(path / "teacher_2steps.npz")["samples"], target, atol=1e-6)
+    rmse = lambda a, b: float(np.sqrt(np.mean((np.float64(a) - np.float64(b)) ** 2)))  # noqa: E731
+    first = np.load(path / "round_01_2steps" / "samples.npz")["samples"]
+    assert rows[0]["rmse_student"] == pytest.approx(rmse(first, target), rel=1e-6)
     for row in rows:
         student = pdist.load(str(path / f"round_{row['round']:02d}_{row['steps']}steps"))
         assert student.config.model.guidance_input and student.metadata["sampling_steps"] == row["steps"]
         fixed = np.load(path / f"round_{row['round']:02d}_{row['steps']}steps" / "samples.npz")["samples"]
         np.testing.assert_allclose(student.sample(8, guidance=weights, seed=student.config.sample.seed), fixed,
                                    atol=1e-6)  # fmt: skip
-        low, high = (student.sample(8, guidance=np.full(8, w), seed=0) for w in (0.0, 4.0))  # the same program
-        assert np.isfinite(low).all() and not np.array_equal(low, high)
+        # Each row's weight reaches that row: at one weight for all, rows 0 and 7 are the fixed rows at w = 0, 4.
+        low, high = (student.sample(8, guidance=np.full(8, w), seed=student.config.sample.seed) for w in (0.0, 4.0))
+        np.testing.assert_allclose(low[0], fixed[0], atol=1e-6)
+        np.testing.assert_allclose(high[7], fixed[7], atol=1e-6)
+        assert not np.array_equal(low[7], high[7])  # and the weight reaches the network
         with pytest.raises(ConfigError, match="outside"):
             student.sample(4, guidance=4.5)
     listing = sorted(os.listdir(path / "round_01_2steps"))

@@ -82,6 +82,35 @@ def test_norms_that_fall_early_give_a_warm_up_and_a_spike_is_filtered_out(tmp_pa
     np.testing.assert_allclose(_schedule(_source(tmp_path / "s", spiky), "adam", 100), flat, rtol=1e-12)
 
 
+def _reference_median(values, fraction=0.1):
+    """The reference's filter written out (facebookresearch/adaptive_scheduling, README and visual.py): odd width
+    ``2 * (int(fraction * n) // 2) + 1``, the end padded by reflection with twice the width (np.pad 'reflect',
+    the edge not repeated), each value the median of its centred window, the start's window filled with the
+    first value (scipy's mode='nearest'); here by explicit windows, no scipy."""
+    n = len(values)
+    width = 2 * (int(fraction * n) // 2) + 1
+    half, pad = width // 2, 2 * width
+    padded = np.concatenate([values, values[-2 : -pad - 2 : -1]])  # reflect: v[n-2], v[n-3], ...
+    padded = np.concatenate([np.full(half, padded[0]), padded, np.full(half, padded[-1])])
+    return np.array([np.median(padded[i : i + width]) for i in range(n)])
+
+
+def test_the_median_filter_is_the_references_width_and_end_padding():
+    rng = np.random.default_rng(3)
+    for n in (37, 100, 201):
+        values = rng.lognormal(size=n)
+        np.testing.assert_array_equal(refine.median_filtered(values), _reference_median(values))
+    # The definition pins both: a rising end reads lower under reflection than under edge padding, and a burst
+    # of half the width (5 of 100 values: width 11) is removed where one value longer (6) survives.
+    ramp = np.concatenate([np.ones(80), np.linspace(1.0, 3.0, 20)])
+    edge = np.array([np.median(np.pad(ramp, 5, mode="edge")[i : i + 11]) for i in range(100)])
+    assert refine.median_filtered(ramp)[-1] < edge[-1]
+    for length, survives in ((5, False), (6, True)):
+        burst = np.ones(100)
+        burst[40 : 40 + length] = 50.0
+        assert (refine.median_filtered(burst).max() == 50.0) == survives, length
+
+
 def test_a_log_written_across_resumes_keeps_the_newest_value_of_each_step(tmp_path):
     _log(tmp_path, [5, 10, 15, 20], grad_l1=[1.0, 2.0, 3.0, 4.0])
     _log(tmp_path, [15, 20, 25], grad_l1=[30.0, 40.0, 50.0])  # a resumed run logs its windows again
