@@ -183,7 +183,9 @@ class ImageSampler:
         self, method: str, num_steps: int, grid: str, clip_x: bool, n: int, options: tuple, guided: bool, t_ot
     ):
         k = (method, num_steps, grid, clip_x, n, options, guided, t_ot)
-        if k not in self._compiled:
+        if k not in self._compiled:  # another sampler of this model on this mesh may have compiled it
+            self._compiled[k] = _PROGRAMS.get((self.spec, self.mesh, k))
+        if self._compiled[k] is None:
             pad = -n % self.mesh.devices.size
 
             def run(params, seed_start, label, guidance, way):
@@ -208,4 +210,13 @@ class ImageSampler:
                 return x[:n]
 
             self._compiled[k] = jax.jit(run, out_shardings=mesh_lib.replicated(self.mesh))
+            while len(_PROGRAMS) >= _MAX_PROGRAMS:
+                _PROGRAMS.pop(next(iter(_PROGRAMS)))
+            _PROGRAMS[(self.spec, self.mesh, k)] = self._compiled[k]
         return self._compiled[k]
+
+
+# Sampling programs by (model, mesh, settings), shared by every ImageSampler in this process: a job, a
+# resumed run and the loader sampling the same model trace and lower each program once.
+_PROGRAMS: dict = {}
+_MAX_PROGRAMS = 64

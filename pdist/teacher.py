@@ -39,4 +39,5 @@ def phase_of(
         importance=build.importance_sampler(config),
         snapshot=snapshot,
         snapshot_every=snapshot_every,
+        program=("teacher", config.to_json()),  # the whole config: equal configs, equal steps
     )

@@ -166,6 +166,7 @@ def run_round(config, spec: ModelSpec, round_dir: str, rnd: Round, teacher, mesh
             key=rng.phase_key(config.seed, rnd.index),
             step_args=(teacher,),
             metadata={"round": rnd.index, "sampling_steps": rnd.student_steps, "teacher_steps": rnd.teacher_steps},
+            program=("distillation round", config.to_json(), rnd),
         ),
         mesh,
     )

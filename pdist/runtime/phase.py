@@ -78,6 +78,9 @@ class Phase:
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)  # more entries for every checkpoint
     snapshot: Callable[[int, TrainState, metric_writers.MetricWriter], None] | None = None  # sample grids
     snapshot_every: int = 0  # steps between snapshots (0: only the last step's)
+    # A hashable name of the program the step is (its loss, the optimizer's form, config.train's settings):
+    # phases that give equal names on one mesh share one compiled step, in this process (None: compile afresh).
+    program: Any = None
 
 
 @dataclasses.dataclass
@@ -114,17 +117,7 @@ def run(phase: Phase, mesh) -> Result:
         else:
             state = create_state(phase.init_fn, mesh)
         files.makedirs(phase.directory)
-        step_fn = compile_step(
-            make_train_step(
-                phase.loss,
-                phase.optimizer,
-                ema_decay=train.ema_decay,
-                importance=phase.importance,
-                accum_steps=train.grad_accum_steps,
-                skip_nonfinite=train.skip_nonfinite > 0,
-            ),
-            mesh,
-        )
+        step_fn = _compiled_step(phase, mesh)
         writer = events.writer(phase.directory, just_logging=jax.process_index() > 0)
         if start == 0:
             writer.write_hparams(_flat(phase.config.to_dict()))
@@ -139,6 +132,32 @@ def run(phase: Phase, mesh) -> Result:
     finally:
         ckpt.close()
     return Result(state, metadata)
+
+
+_STEPS: dict = {}  # compiled steps by (Phase.program, mesh, loss code), newest last
+_MAX_STEPS = 16
+
+
+def _compiled_step(phase: Phase, mesh) -> Callable:
+    """The phase's compiled step: jitted here, or the one an earlier phase of the same program on this mesh
+    compiled (tracing and lowering the step take seconds on a CPU; a resumed or repeated run skips them)."""
+    train = phase.config.train
+    step = make_train_step(
+        phase.loss,
+        phase.optimizer,
+        ema_decay=train.ema_decay,
+        importance=phase.importance,
+        accum_steps=train.grad_accum_steps,
+        skip_nonfinite=train.skip_nonfinite > 0,
+    )
+    if phase.program is None:
+        return compile_step(step, mesh)
+    key = (phase.program, mesh, getattr(phase.loss.fn, "__code__", phase.loss.fn))
+    if key not in _STEPS:
+        while len(_STEPS) >= _MAX_STEPS:
+            _STEPS.pop(next(iter(_STEPS)))
+        _STEPS[key] = compile_step(step, mesh)
+    return _STEPS[key]
 
 
 def _loop(phase: Phase, step_fn, state, batches, mesh, start, writer, ckpt, base, resumed, shown):
