@@ -297,10 +297,28 @@ def time_grid(schedule: Schedule, num_steps: int, kind: str = "auto", t_start: f
     return np.concatenate([levels[::-1] / T, [0.0]])
 
 
+def times_at_logsnr(schedule: Schedule, logsnr, low: float | None = None, high: float = 1.0, iterations: int = 60):
+    """The times in ``[low, high]`` (``low`` default ``schedule.t_min``) where ``schedule.logsnr`` takes the
+    values ``logsnr`` (any shape), by bisection in float32: traceable, for the NLL's levels and the logSNR
+    grid alike."""
+    lo = jnp.full(jnp.shape(logsnr), schedule.t_min if low is None else low, jnp.float32)
+    hi = jnp.full(jnp.shape(logsnr), high, jnp.float32)
+    logsnr = jnp.asarray(logsnr, jnp.float32)
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        above = schedule.logsnr(mid) > logsnr  # logsnr decreases in t: the target lies later
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, iterations, halve, (lo, hi))
+    return 0.5 * (lo + hi)
+
+
 @functools.lru_cache(maxsize=64)
 def _invert_logsnr(schedule: Schedule, num_steps: int, start: float = 1.0) -> np.ndarray:
-    """Times whose logsnr is uniform between logsnr(start) and logsnr(0), by bisection (cached per schedule, N
-    and start)."""
+    """Times whose logsnr is uniform between logsnr(start) and logsnr(0) (:func:`times_at_logsnr`; cached per
+    schedule, N and start)."""
     with jax.ensure_compile_time_eval():
         ends = np.asarray(schedule.logsnr(jnp.array([start, 0.0])), np.float64)
         if not np.all(np.isfinite(ends)):
@@ -309,9 +327,5 @@ def _invert_logsnr(schedule: Schedule, num_steps: int, start: float = 1.0) -> np
                 "CosineLogSNR); use grid='uniform' here."
             )
         targets = np.linspace(ends[0], ends[1], num_steps + 1)[1:-1]
-        lo, hi = np.zeros_like(targets), np.full_like(targets, start)
-        for _ in range(40):  # logsnr decreases in t
-            mid = 0.5 * (lo + hi)
-            above = np.asarray(schedule.logsnr(mid), np.float64) > targets
-            lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-    return np.concatenate([[start], 0.5 * (lo + hi), [0.0]])
+        inner = np.asarray(times_at_logsnr(schedule, targets, 0.0, start), np.float64)
+    return np.concatenate([[start], inner, [0.0]])

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 
 from pdist import diffusion, vlb
 from pdist.diffusion import Prediction
-from pdist.schedules import Schedule
+from pdist.schedules import Schedule, times_at_logsnr
 
 Array = jax.Array
 
@@ -105,21 +105,6 @@ def decoder_bpd(schedule: Schedule, x: Array, key: Array) -> Array:
     mean = z / diffusion.bcast(alpha, z)
     log_scale = diffusion.bcast(-0.5 * logsnr, z)  # log(sigma / alpha)
     return vlb.bits_per_dim(-vlb.discretized_gaussian_log_likelihood(x, mean=mean, log_scale=log_scale))
-
-
-def times_at_logsnr(schedule: Schedule, logsnr: Array, iterations: int = 60) -> Array:
-    """The times in ``[t_min, 1]`` where ``schedule.logsnr`` takes the values ``logsnr`` (bisection; any shape)."""
-    lo = jnp.full(jnp.shape(logsnr), schedule.t_min, jnp.float32)
-    hi = jnp.ones(jnp.shape(logsnr), jnp.float32)
-
-    def halve(_, bounds):
-        lo, hi = bounds
-        mid = 0.5 * (lo + hi)
-        above = schedule.logsnr(mid) > logsnr  # logsnr decreases in t: the target lies later
-        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
-
-    lo, hi = jax.lax.fori_loop(0, iterations, halve, (lo, hi))
-    return 0.5 * (lo + hi)
 
 
 def _logsnr_range(schedule: Schedule) -> tuple[Array, Array]:
