@@ -101,6 +101,12 @@ def drawer(
     return draw
 
 
+def weighted_x_error(target: Array, x_hat: Array, logsnr: Array, weighting: str) -> Array:
+    """Per example, ``w(logsnr) |target - x_hat|^2`` averaged over dims: the x-space error every loss here
+    weighs (the teacher's ``mse``, a distillation student's against its target)."""
+    return diffusion.loss_weight(logsnr, weighting) * mean_flat((target - x_hat) ** 2)
+
+
 def model_key(key: Array) -> Array:
     return jax.random.split(key, 3)[2]
 
@@ -156,7 +162,7 @@ def make_diffusion_loss(
         z = diffusion.diffuse(x, batch["noise"], logsnr)
         out = apply_fn(params, z, t, batch.get("label"), model_key(key))
         pred = diffusion.predict(out, z, logsnr, parameterization=parameterization, learned_variance=learned_variance)
-        mse = diffusion.loss_weight(logsnr, weighting) * mean_flat((x - pred.x) ** 2)
+        mse = weighted_x_error(x, pred.x, logsnr, weighting)
         metrics = {"mse": jnp.mean(mse)}
         per_example, terms = mse, None
         if loss_type != "mse":

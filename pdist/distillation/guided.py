@@ -157,8 +157,7 @@ def make_stage_one_loss(
         target = guidance.guided(lambda z_, t_, l_: teacher(teacher_params, z_, t_, l_), z, t, label, w, num_classes)
         target = jax.lax.stop_gradient(target.x)
         pred = predict(apply_fn(params, z, t, label, losses.model_key(key), w), z, t)
-        per_example = diffusion.loss_weight(logsnr, weighting) * losses.mean_flat((target - pred.x) ** 2)
-        loss = jnp.mean(per_example)
+        loss = jnp.mean(losses.weighted_x_error(target, pred.x, logsnr, weighting))
         return loss, LossAux({"loss": loss})
 
     return Loss(loss_fn, draw)

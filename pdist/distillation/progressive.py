@@ -194,8 +194,7 @@ def make_loss(
 
         target = jax.lax.stop_gradient(distillation_target(teacher, schedule, z, t, num_student_steps))
         pred = predict(apply_fn(params, z, t, label, losses.model_key(key), *w), z, logsnr)
-        per_example = diffusion.loss_weight(logsnr, weighting) * losses.mean_flat((target - pred.x) ** 2)
-        loss = jnp.mean(per_example)
+        loss = jnp.mean(losses.weighted_x_error(target, pred.x, logsnr, weighting))
         return loss, LossAux({"loss": loss})
 
     return Loss(loss_fn, draw)
