@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from pdist import images
-from pdist.runtime.workdir import scalars
+from pdist.runtime.layout import scalars
 
 
 def main():

@@ -23,7 +23,7 @@ import pdist
 from pdist import config as config_lib
 from pdist.evaluation import evaluators, quality, report, stats
 from pdist.evaluation.frechet import frechet_distance, gaussian_stats
-from pdist.runtime import workdir
+from pdist.runtime import layout
 
 
 def floor(evaluator, ref, draws: int = 200) -> dict:
@@ -99,7 +99,7 @@ def main():
         rounds = json.load(f)
     students = []
     for w in rounds:
-        student = pdist.load(workdir.round_dir(args.distill, w["round"], w["steps"]))
+        student = pdist.load(layout.round_dir(args.distill, w["round"], w["steps"]))
         (row,) = quality.evaluate_model(student, evaluator, ref, [("ddim", w["steps"])], settings)
         students.append({**row, "method": "distilled", "round": w["round"]})
     result = {

@@ -144,7 +144,7 @@ def overhead_table(num_steps, batch, dim, width, repeats):
 
     per_call = _best_time(lambda: calls(noise).block_until_ready(), repeats) / chain
     rows = []
-    for m in samplers.METHODS:
+    for m in samplers.SAMPLERS:
         key = jax.random.key(3)
 
         def run(m=m, key=key):

@@ -50,7 +50,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from pdist import build  # noqa: E402
 from pdist.config import from_file  # noqa: E402
-from pdist.distillation import METHODS  # noqa: E402
+from pdist.distillation import DISTILLERS  # noqa: E402
 from pdist.distillation.rounds import Round  # noqa: E402
 from pdist.runtime import mesh as mesh_lib  # noqa: E402
 from pdist.runtime import step as step_lib  # noqa: E402
@@ -102,7 +102,7 @@ class Bench:
         else:
             # A middle round of the config's own ladder; the update's cost does not depend on which.
             steps = config.sample.num_steps
-            student = ModelSpec.of(METHODS[config.distill.method].student(config))  # its network
+            student = ModelSpec.of(DISTILLERS[config.distill.method].student(config))  # its network
             loss = build.distillation_loss(student, config, Round(1, steps // 2, steps, config.train.num_steps))
             self.abstract_args = (jax.eval_shape(init_fn).params,)
         self.init_fn = init_fn

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from pdist import losses, optim, refine, rng
-from pdist.distillation import METHODS, Round
+from pdist.distillation import DISTILLERS, Round
 from pdist.errors import ConfigError
 from pdist.importance import LossAwareSampler
 from pdist.runtime.step import TrainState, init_state
@@ -61,7 +61,7 @@ def loss(config: ml_collections.ConfigDict, spec: ModelSpec) -> losses.Loss:
 def distillation_loss(student: ModelSpec, config: ml_collections.ConfigDict, rnd: Round) -> losses.Loss:
     """Round ``rnd``'s student loss ``(params, batch, key, teacher_params) -> (loss, aux)`` of
     ``config.distill.method`` on the ``student`` network (the method's student of ``config``'s model)."""
-    return METHODS[config.distill.method].loss(student, config, rnd)
+    return DISTILLERS[config.distill.method].loss(student, config, rnd)
 
 
 def importance_sampler(config: ml_collections.ConfigDict) -> LossAwareSampler | None:

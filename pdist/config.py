@@ -112,7 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
     # ema_decay, log/checkpoint periods and config.model.dropout apply to every round;
     # each round gets a fresh optimizer whose schedule spans that round's updates.
     config.distill = ml_collections.ConfigDict()
-    config.distill.method = "progressive"  # a pdist.distillation.METHODS name
+    config.distill.method = "progressive"  # a pdist.distillation.DISTILLERS name
     config.distill.teacher = ml_collections.FieldReference(None, field_type=str)  # a teacher workdir or checkpoint
     config.distill.teacher_use_ema = True  # the first teacher is the checkpoint's EMA params
     config.distill.start_steps = 1024  # the teacher's DDIM steps; round 1's student takes half

@@ -52,7 +52,7 @@ from pdist.schedules import Schedule, start_time, time_grid
 Array = jax.Array
 
 
-def check(x0, source_labels, target_labels, num_steps: int, noise_fraction: float = 1.0) -> None:
+def check_inputs(x0, source_labels, target_labels, num_steps: int, noise_fraction: float = 1.0) -> None:
     """One sentence (ValueError) unless the images, labels and settings of an edit fit together."""
     if np.ndim(x0) < 2:
         raise ValueError(f"x0 has shape {np.shape(x0)}; give a batch of images [B, H, W, C] (or [B, D]).")
@@ -85,7 +85,7 @@ def ddcm(
     """The DDCM edit of ``x0`` [B, ...]: ``pair_fn(z, t)`` [2B] evaluates the source condition on the first
     half of the batch and the target condition on the second (``-> x_hat`` or a Prediction). One compiled
     ``lax.scan`` of ``num_steps`` calls; returns x~ [B, ...]."""
-    check(x0, None, None, num_steps, noise_fraction)
+    check_inputs(x0, None, None, num_steps, noise_fraction)
     if not (isinstance(attention_steps, (int, np.integer)) and 0 <= attention_steps <= num_steps):
         raise ValueError(f"attention_steps={attention_steps!r} must be an integer in [0, num_steps={num_steps}].")
     times = time_grid(schedule, num_steps, grid, t_start)

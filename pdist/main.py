@@ -141,25 +141,25 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> None:
 
     from pdist import jobs
 
-    config, where = fv.config, fv.workdir
+    config, workdir = fv.config, fv.workdir
     console.enable(jax.process_index() == 0)
     with preemption.guard():
-        jobs.run(config, where)
-    console.finish(time.time() - began, next_commands(config, config_flags.get_config_filename(fv["config"]), where))
+        jobs.run(config, workdir)
+    console.finish(time.time() - began, next_commands(config, config_flags.get_config_filename(fv["config"]), workdir))
 
 
-def next_commands(config, config_file: str, where: str) -> list[str]:
+def next_commands(config, config_file: str, workdir: str) -> list[str]:
     """What to run after this job: more samples, distillation, evaluation, ``pdist.load``."""
     q = shlex.quote
-    main = f"python -m pdist.main --config={q(config_file)} --workdir={q(where)}"
-    load = f"python -c \"import pdist; print(pdist.load('{where}').sample(16).shape)\""
+    main = f"python -m pdist.main --config={q(config_file)} --workdir={q(workdir)}"
+    load = f"python -c \"import pdist; print(pdist.load('{workdir}').sample(16).shape)\""
     if config.mode == "train":
         out = [f"{main} --config.mode=sample --config.sample.num_steps=16"]
         distill = _distill_config(config_file)
         if distill:
             out.append(
-                f"python -m pdist.main --config={q(distill)} --workdir={q(where.rstrip('/') + '_distill')} "
-                f"--config.distill.teacher={q(where)}"
+                f"python -m pdist.main --config={q(distill)} --workdir={q(workdir.rstrip('/') + '_distill')} "
+                f"--config.distill.teacher={q(workdir)}"
             )
         out.append(f"{main} --config.mode=eval")
         return [*out, load]

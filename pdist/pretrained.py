@@ -38,8 +38,8 @@ from pdist import config as config_lib
 from pdist import expressway as expressway_lib
 from pdist import ot as ot_lib
 from pdist.errors import ConfigError
+from pdist.runtime import layout, preemption
 from pdist.runtime import mesh as mesh_lib
-from pdist.runtime import preemption, workdir
 from pdist.runtime.checkpoint import Checkpointer
 from pdist.runtime.step import TrainState, abstract_state
 from pdist.sampling import ImageSampler, Sampling
@@ -68,7 +68,7 @@ def restore(
     every device in a multi-process run). ``check(config, where)`` may refuse
     the stored config, with one sentence, before any array is read.
     """
-    directory, found = workdir.locate(path)
+    directory, found = layout.locate(path)
     step = found if step is None else step
     if mesh is None and jax.process_count() > 1:
         mesh = mesh_lib.data_mesh()
@@ -78,7 +78,7 @@ def restore(
         metadata = ckpt.metadata(step)
         config = config_lib.from_stored(metadata["config"])
         if check is not None:
-            check(config, workdir.step_folder(directory, metadata["step"]))
+            check(config, layout.step_folder(directory, metadata["step"]))
         spec = ModelSpec.of(config)
         init_fn, _ = build.state_init(config, spec)
         state, metadata = ckpt.restore(abstract_state(init_fn, sharding), metadata["step"])
@@ -249,7 +249,7 @@ class Pretrained:
             denoiser = functools.partial(self.spec.bind, params)
             y = edit_fn(denoiser, self.schedule, x, *branches, rng.sample_key(seed, start), settings)
             out.append(np.clip(np.asarray(y), -1.0, 1.0))
-            preemption.check("editing")
+            preemption.raise_if_stopped("editing")
         return np.concatenate(out)
 
     def _check_edit(self, x0, source_labels, target_labels, method, num_steps, noise_fraction, w_target, w_source):
@@ -269,7 +269,7 @@ class Pretrained:
                 f"x0 has shape {x0.shape}; this model edits images of shape [n, {', '.join(map(str, shape))}]."
             )
         try:
-            editing.check(x0, source_labels, target_labels, num_steps, noise_fraction)
+            editing.check_inputs(x0, source_labels, target_labels, num_steps, noise_fraction)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         labels = [np.asarray(v) for v in (source_labels, target_labels)]

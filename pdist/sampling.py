@@ -32,7 +32,7 @@ from pdist.spec import ModelSpec
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-    """How to sample: ``method`` (:data:`pdist.samplers.METHODS`) with ``num_steps`` steps on time ``grid``
+    """How to sample: ``method`` (:data:`pdist.samplers.SAMPLERS`) with ``num_steps`` steps on time ``grid``
     (:data:`pdist.schedules.GRIDS`; ``auto``: the model's), x-hat clipped to [-1, 1] when ``clip_x``, the
     classifier-free ``guidance`` weight w (None: unguided; or one weight per sample), ``batch_size`` images
     per compiled call, noise from ``seed``, and ``ot``: a DPM-OT expressway (its file or an
@@ -120,7 +120,7 @@ class ImageSampler:
 
         ``labels``: the classes of a class-conditional model (default :meth:`pdist.spec.ModelSpec.default_labels`).
         ``progress``: show a progress line (images, images/s, ETA) with this label
-        (:class:`pdist.runtime.console.Progress`). ``options``: the method's (:data:`pdist.samplers.METHODS`),
+        (:class:`pdist.runtime.console.Progress`). ``options``: the method's (:data:`pdist.samplers.SAMPLERS`),
         such as ``variance`` of ``ddpm``, which is ``learned`` by default for a model that learned its
         variances. A guided student (``spec.guidance_input``) takes w as its input, 0 unless given.
         """
@@ -174,7 +174,7 @@ class ImageSampler:
                 w = mesh_lib.shard_rows(np.asarray(s.guidance[start : start + n], np.float32), self.mesh)
             program = self._program(s.method, s.num_steps, grid, s.clip_x, n, options, guidance is not None, t_ot)
             out.append(np.asarray(program(params, seed_start, label, w, way)))
-            preemption.check("sampling")
+            preemption.raise_if_stopped("sampling")
             shown.update(start + n)
         shown.close()
         return np.concatenate(out)

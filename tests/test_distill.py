@@ -21,12 +21,12 @@ import pdist
 from pdist import build, diffusion, losses, optim, oracles, samplers
 from pdist import schedules as sc
 from pdist.config import base_config
-from pdist.distillation import METHODS, Round, progressive
+from pdist.distillation import DISTILLERS, Round, progressive
 from pdist.errors import ConfigError, Preempted
 from pdist.jobs import distill, validate
 from pdist.pretrained import restore
+from pdist.runtime import layout, preemption
 from pdist.runtime import mesh as mesh_lib
-from pdist.runtime import preemption, workdir
 from pdist.runtime import step as step_lib
 from pdist.spec import ModelSpec
 
@@ -137,7 +137,7 @@ def test_rounds_halve_and_each_student_is_tagged_and_samples_with_its_steps(whol
     assert [(w["round"], w["teacher_steps"], w["steps"], w["updates"]) for w in rows] == [(1, 4, 2, 6), (2, 2, 1, 6)]
     assert sorted(n for n in os.listdir(path) if n.startswith("round_")) == ["round_01_2steps", "round_02_1steps"]
     for w in rows:
-        student = pdist.load(workdir.round_dir(path, w["round"], w["steps"]))
+        student = pdist.load(layout.round_dir(path, w["round"], w["steps"]))
         assert student.step == w["updates"]
         assert (student.metadata["round"], student.metadata["sampling_steps"]) == (w["round"], w["steps"])
         assert np.isfinite(w["final_loss"]) and w["rmse_student"] >= 0
@@ -330,10 +330,10 @@ def test_labels_reach_teacher_and_student_of_a_class_conditional_model():
 METHOD_CONFIGS = {"progressive": "digits_distill", "guided": "digits_cond_guided"}
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(DISTILLERS))
 def test_every_distillation_method_checks_schedules_and_trains(name):
-    assert set(METHOD_CONFIGS) == set(METHODS)
-    method = METHODS[name]
+    assert set(METHOD_CONFIGS) == set(DISTILLERS)
+    method = DISTILLERS[name]
     config = _tiny(config_file(METHOD_CONFIGS[name]), None)
     config.distill.method, config.distill.teacher = name, "anywhere"
     validate(config)

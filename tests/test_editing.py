@@ -115,7 +115,7 @@ def test_editing_refuses_bad_settings_in_one_sentence():
         with pytest.raises(ValueError, match=match):
             editing.ddcm(fn, COSINE, x0, jax.random.key(0), **kwargs)
     with pytest.raises(ValueError, match="one class per image"):
-        editing.check(np.zeros((3, 8, 8, 1)), [0, 1], [1, 2, 3], 4)
+        editing.check_inputs(np.zeros((3, 8, 8, 1)), [0, 1], [1, 2, 3], 4)
 
 
 # --- samplers from any time ------------------------------------------------

@@ -322,7 +322,7 @@ OVERRIDES = {
     "data.split": ["train", "train[:50%]", "trian"],
     "optim.learning_rate": ["0", "-1", "1e-3", "x"],
     "optim.schedule": ["cosine", "rex", "step"],
-    "sample.method": sorted(samplers.METHODS) + ["nope"],
+    "sample.method": sorted(samplers.SAMPLERS) + ["nope"],
     "sample.num_steps": ["2", "0"],
     "sample.grid": ["auto", "respaced", "logsnr", "nope"],
     "mode": ["train", "sample", "eval", "distill", "fit"],

@@ -110,7 +110,7 @@ def test_every_method_stays_bounded_and_evaluates_the_denoiser_as_often_as_it_re
         return den(z, t)
 
     noise = jax.random.normal(jax.random.key(2), (16, 2))
-    variants = [(method, {}) for method in samplers.METHODS]
+    variants = [(method, {}) for method in samplers.SAMPLERS]
     variants += [("plms", {"warmup": "improved_euler"}), ("dpmpp_2m", {"lower_order_final": "below_15"})]
     for method, options in variants:
         for n in (1, 3, 5, 1000):
@@ -200,19 +200,19 @@ def test_traces_once_per_shape_and_program_size_is_independent_of_steps(monkeypa
     schedule = sc.CosineLogSNR()
     key = jax.random.key(0)
     den = oracles.Denoiser(GAUSS, schedule)
-    for method, row in samplers.METHODS.items():
+    for method, row in samplers.SAMPLERS.items():
         chex.clear_trace_counter()
         # The method's function runs once per trace of its program; a second trace raises.
         monkeypatch.setitem(
-            samplers.METHODS, method, dataclasses.replace(row, run=chex.assert_max_traces(row.run, n=1))
+            samplers.SAMPLERS, method, dataclasses.replace(row, run=chex.assert_max_traces(row.run, n=1))
         )
         samplers.sample(den, schedule, jnp.ones((8, 2)), method=method, num_steps=12, key=key)
         samplers.sample(den, schedule, -jnp.ones((8, 2)), method=method, num_steps=12, key=key)
-        monkeypatch.setitem(samplers.METHODS, method, row)  # other step counts are other shapes: other traces
+        monkeypatch.setitem(samplers.SAMPLERS, method, row)  # other step counts are other shapes: other traces
 
         def size(n):
             times = jnp.asarray(sc.time_grid(schedule, n), jnp.float32)
-            options = tuple(samplers.METHODS[method].options)
+            options = tuple(samplers.SAMPLERS[method].options)
             text = samplers._run.lower(
                 samplers.as_pytree(oracles.Denoiser(GAUSS, schedule)), schedule, method, False, options, times,
                 jnp.ones((8, 2)), key,

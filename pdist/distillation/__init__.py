@@ -1,7 +1,7 @@
 """Distillation methods, looked up by ``config.distill.method`` in one table.
 
 A method is everything that differs between ways of distilling a teacher
-(:class:`Method`): its config checks, its rounds (how many, the student's
+(:class:`Distiller`): its config checks, its rounds (how many, the student's
 sampling steps and updates in each), the student's network (the teacher's, or
 one with more inputs whose new parameters start it as the teacher), the
 student loss of a round (the frozen teacher's parameters are its argument,
@@ -9,10 +9,10 @@ never a constant), the guidance weights of its fixed-noise samples, and its
 report.
 Everything else is shared by ``pdist.jobs.distill``: loading and checking the
 teacher, running each round as a phase of the one train step
-(``pdist.runtime.phase``), the round folders (``pdist.runtime.workdir``), the
+(``pdist.runtime.phase``), the round folders (``pdist.runtime.layout``), the
 fixed-noise samples every report is computed from, resuming.
 
-Adding a method is one module here and one row in :data:`METHODS`.
+Adding a method is one module here and one row in :data:`DISTILLERS`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pdist.spec import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)
-class Method:
-    """One row of :data:`METHODS`."""
+class Distiller:
+    """One row of :data:`DISTILLERS`."""
 
     validate: Callable[[ml_collections.ConfigDict], None]  # the method's settings; one sentence (ConfigError)
     rounds: Callable[[ml_collections.ConfigDict], list[Round]]  # of config.distill
@@ -47,8 +47,8 @@ class Method:
     summary: Callable[[list[dict]], str]  # summary.md of the rows
 
 
-METHODS: dict[str, Method] = {
-    "progressive": Method(
+DISTILLERS: dict[str, Distiller] = {
+    "progressive": Distiller(
         validate=progressive.validate,
         rounds=progressive.rounds,
         student=progressive.student,
@@ -57,7 +57,7 @@ METHODS: dict[str, Method] = {
         report=progressive.report,
         summary=progressive.summary,
     ),
-    "guided": Method(
+    "guided": Distiller(
         validate=guided.validate,
         rounds=guided.rounds,
         student=guided.student,
@@ -69,4 +69,4 @@ METHODS: dict[str, Method] = {
 }
 
 
-__all__ = ["METHODS", "Method", "Round"]
+__all__ = ["DISTILLERS", "Distiller", "Round"]

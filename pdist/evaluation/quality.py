@@ -34,7 +34,7 @@ def parse_samplers(spec: str) -> list[tuple[str, int, str | None]]:
         parts = item.strip().split(":")
         method, steps, grid = parts[0], parts[1] if len(parts) > 1 else "", parts[2:]
         if (
-            method not in samplers.METHODS
+            method not in samplers.SAMPLERS
             or not steps.isdigit()
             or int(steps) < 1
             or len(grid) > 1
@@ -42,7 +42,7 @@ def parse_samplers(spec: str) -> list[tuple[str, int, str | None]]:
         ):
             raise ConfigError(
                 f"config.eval.samplers entry {item.strip()!r} is not method:steps or method:steps:grid with a method "
-                f"in {sorted(samplers.METHODS)}, a positive step count and a grid in {list(schedules.GRIDS)} "
+                f"in {sorted(samplers.SAMPLERS)}, a positive step count and a grid in {list(schedules.GRIDS)} "
                 "(e.g. 'ddim:8,ddpm:50:respaced')."
             )
         entries.append((method, int(steps), grid[0] if grid else None))
@@ -116,7 +116,7 @@ def evaluate_model(
             if name in done:
                 per_seed.append(done[name])
                 continue
-            preemption.check(f"evaluation ({name})", sync=True)
+            preemption.raise_if_stopped(f"evaluation ({name})", sync=True)
             sampling = Sampling(method, steps, grid, settings.clip_x, w, settings.batch_size, seed, expressway)
             x = model.sample(settings.num_samples, sampling, use_ema=settings.use_ema, progress=f"sampling {name}")
             kwargs = dict(pr_samples=settings.pr_samples, is_splits=settings.is_splits, labels=labels)

@@ -42,16 +42,15 @@ def job(mode: str):
 def run(config: ml_collections.ConfigDict, workdir: str):
     """Checks ``config`` and the workdir, says what the job will do (:func:`summary`), then runs the job
     ``config.mode`` names in this process (which has joined the run)."""
-    from pdist.runtime import console
-    from pdist.runtime import workdir as workdir_lib
+    from pdist.runtime import console, layout
 
     validate(config)
-    workdir_lib.check(workdir)
+    layout.check_writable(workdir)
     console.say(summary(config, workdir))
     return job(config.mode).run(config, workdir)
 
 
-def summary(config, where: str) -> str:
+def summary(config, workdir: str) -> str:
     """The job's first lines: what it does, on what, where it writes."""
     import jax
 
@@ -70,15 +69,15 @@ def summary(config, where: str) -> str:
         what = f"distill {d.teacher} ({d.method}) from {d.start_steps} sampling steps to {d.final_steps}"
     elif mode == "sample":
         s = config.sample
-        what = f"sample {s.num_samples} images from {s.checkpoint or where} ({s.method}, {s.num_steps} steps)"
+        what = f"sample {s.num_samples} images from {s.checkpoint or workdir} ({s.method}, {s.num_steps} steps)"
     elif mode == "eval":
         e = config.eval
-        what = f"evaluate {e.checkpoint or where} ({e.samplers}; {e.num_samples} samples x {e.num_seeds} seeds)"
+        what = f"evaluate {e.checkpoint or workdir} ({e.samplers}; {e.num_samples} samples x {e.num_seeds} seeds)"
     else:
         what = f"edit {config.edit.num_images} {data.name} images into classes {config.edit.targets or 'all'}"
     devices = jax.devices()
     return (
         f"pdist {pdist.__version__}: {what}\n"
         f"on {len(devices)} {devices[0].platform} device(s) in {jax.process_count()} process(es); "
-        f"writing to {where}"
+        f"writing to {workdir}"
     )

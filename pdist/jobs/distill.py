@@ -2,7 +2,7 @@
 
 The teacher is loaded through :func:`pdist.pretrained.restore` and checked to
 be the network this config builds. Each round of the method
-(:data:`pdist.distillation.METHODS`) is one phase of the train step
+(:data:`pdist.distillation.DISTILLERS`) is one phase of the train step
 (:mod:`pdist.runtime.phase`) with the round's student loss, the frozen
 teacher parameters passed into the compiled step as an argument, a fresh
 optimizer whose schedule spans the round, and the student initialized as a
@@ -12,7 +12,7 @@ Every report is computed from the same fixed noise
 (``config.distill.fidelity_samples`` images, DDIM, ``config.sample.seed``):
 the teacher's samples at the first round's teacher steps, then each student's
 at its own steps, each the next round's target. The folders are
-:mod:`pdist.runtime.workdir`'s. Rerunning the command resumes: finished rounds
+:mod:`pdist.runtime.layout`'s. Rerunning the command resumes: finished rounds
 are read back, never retrained, and an interrupted round continues from its
 newest checkpoint at the same update, with the same data order and step keys.
 """
@@ -28,11 +28,11 @@ import numpy as np
 
 from pdist import build, data, images, rng
 from pdist import config as config_lib
-from pdist.distillation import METHODS, Round
+from pdist.distillation import DISTILLERS, Round
 from pdist.errors import ConfigError, InputError, check_one_of, check_positive
 from pdist.jobs import sections
 from pdist.pretrained import restore
-from pdist.runtime import console, files, phase, workdir
+from pdist.runtime import console, files, layout, phase
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime.step import init_state
 from pdist.sampling import ImageSampler, Sampling
@@ -63,23 +63,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             "config.distill.teacher is not set; pass --config.distill.teacher=PATH (a teacher workdir or checkpoint)."
         )
-    check_one_of(settings.method, METHODS, "distill.method")
-    METHODS[settings.method].validate(config)
+    check_one_of(settings.method, DISTILLERS, "distill.method")
+    DISTILLERS[settings.method].validate(config)
     check_positive(settings.fidelity_samples, "distill.fidelity_samples")
     check_positive(settings.grid_samples, "distill.grid_samples")
 
 
-def run(config: ml_collections.ConfigDict, directory: str) -> list[dict]:
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """Runs (or resumes) every round; returns the rows of ``summary.json``."""
     settings = config.distill
-    method = METHODS[settings.method]
+    method = DISTILLERS[settings.method]
     mesh = mesh_lib.data_mesh()
     mesh_lib.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum_steps)
-    directory = files.absolute(directory)
+    workdir = files.absolute(workdir)
     restored = restore(settings.teacher, mesh=mesh, check=functools.partial(check_teacher, config))
     teacher = restored.state.ema_params if settings.teacher_use_ema else restored.state.params
     data.training_builder(config.data)  # a dataset that is not there fails here, before anything is written
-    files.makedirs(directory)
+    files.makedirs(workdir)
     # The teacher's network as this config describes it (check_teacher: the stored one), and the students'
     # config and network (the teacher's, or one with more inputs), each made once.
     teacher_spec, students = ModelSpec.of(config), method.student(config)
@@ -92,7 +92,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> list[dict]:
     teacher_sampler = ImageSampler(teacher_spec, mesh)
     student_sampler = teacher_sampler if spec == teacher_spec else ImageSampler(spec, mesh)
     rounds = method.rounds(settings)
-    target = workdir.teacher_samples(directory, rounds[0].teacher_steps)
+    target = layout.teacher_samples(workdir, rounds[0].teacher_steps)
     if not files.exists(target):
         _save_samples(target, fixed(teacher_sampler, teacher, rounds[0].teacher_steps))
     console.say(
@@ -102,9 +102,9 @@ def run(config: ml_collections.ConfigDict, directory: str) -> list[dict]:
 
     rows, sampler = [], teacher_sampler  # the current teacher's
     for rnd in rounds:
-        round_dir = workdir.round_dir(directory, rnd.index, rnd.student_steps)
+        round_dir = layout.round_dir(workdir, rnd.index, rnd.student_steps)
         student = run_round(students, spec, round_dir, rnd, start, mesh)
-        report = os.path.join(round_dir, workdir.ROUND_REPORT)
+        report = os.path.join(round_dir, layout.ROUND_REPORT)
         if files.exists(report):
             row = files.read_json(report)
         else:
@@ -119,20 +119,20 @@ def run(config: ml_collections.ConfigDict, directory: str) -> list[dict]:
                 final_loss=student.metadata.get("loss"),
                 seconds=student.metadata.get("seconds"),
             )
-            _save_samples(os.path.join(round_dir, f"{workdir.SAMPLES}.npz"), x_student)
+            _save_samples(os.path.join(round_dir, f"{layout.SAMPLES}.npz"), x_student)
             if jax.process_index() == 0:
                 files.write_json(report, row)
             console.say(f"round {rnd.index}: {_brief(row)}")
         rows.append(row)
-        write_summary(directory, rows, rounds, method.summary(rows), settings.grid_samples)
-        teacher, target = student.state.ema_params, os.path.join(round_dir, f"{workdir.SAMPLES}.npz")
+        write_summary(workdir, rows, rounds, method.summary(rows), settings.grid_samples)
+        teacher, target = student.state.ema_params, os.path.join(round_dir, f"{layout.SAMPLES}.npz")
         start, sampler = teacher, student_sampler
     if jax.process_index() == 0 and rows:
         last = rounds[len(rows) - 1]
-        console.produced("summary", os.path.join(directory, f"{workdir.SUMMARY}.md"))
-        console.produced("fixed-noise grid", os.path.join(directory, workdir.ROUNDS_PNG))
-        final = workdir.round_dir(directory, last.index, last.student_steps)
-        console.produced(f"{last.student_steps}-step student", workdir.checkpoints(final))
+        console.produced("summary", os.path.join(workdir, f"{layout.SUMMARY}.md"))
+        console.produced("fixed-noise grid", os.path.join(workdir, layout.ROUNDS_PNG))
+        final = layout.round_dir(workdir, last.index, last.student_steps)
+        console.produced(f"{last.student_steps}-step student", layout.checkpoints(final))
         console.say(method.summary(rows).rstrip())
     return rows
 
@@ -209,14 +209,14 @@ def _save_samples(path: str, x: np.ndarray) -> None:
         files.save_npz(path, samples=x)
 
 
-def write_summary(directory: str, rows: list[dict], rounds: list[Round], table: str, grid_samples: int = 16) -> None:
+def write_summary(workdir: str, rows: list[dict], rounds: list[Round], table: str, grid_samples: int = 16) -> None:
     """summary.json, summary.md and rounds.png (the fixed noise's samples, teacher then every round so far)."""
     if jax.process_index() > 0:
         return
-    files.write_json(os.path.join(directory, f"{workdir.SUMMARY}.json"), rows)
-    files.write_text(os.path.join(directory, f"{workdir.SUMMARY}.md"), table)
-    panels = [files.load_npz(workdir.teacher_samples(directory, rounds[0].teacher_steps))["samples"]]
+    files.write_json(os.path.join(workdir, f"{layout.SUMMARY}.json"), rows)
+    files.write_text(os.path.join(workdir, f"{layout.SUMMARY}.md"), table)
+    panels = [files.load_npz(layout.teacher_samples(workdir, rounds[0].teacher_steps))["samples"]]
     for rnd in rounds[: len(rows)]:
-        path = os.path.join(workdir.round_dir(directory, rnd.index, rnd.student_steps), f"{workdir.SAMPLES}.npz")
+        path = os.path.join(layout.round_dir(workdir, rnd.index, rnd.student_steps), f"{layout.SAMPLES}.npz")
         panels.append(files.load_npz(path)["samples"])
-    images.save_side_by_side(os.path.join(directory, workdir.ROUNDS_PNG), [p[:grid_samples] for p in panels])
+    images.save_side_by_side(os.path.join(workdir, layout.ROUNDS_PNG), [p[:grid_samples] for p in panels])

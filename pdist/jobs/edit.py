@@ -15,7 +15,7 @@ from pdist import editing, images
 from pdist.data import pipeline
 from pdist.errors import ConfigError, check_one_of, check_positive
 from pdist.pretrained import load
-from pdist.runtime import console, files, workdir
+from pdist.runtime import console, files, layout
 
 
 def edit_targets(config: ml_collections.ConfigDict) -> list[int]:
@@ -58,10 +58,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     edit_targets(config)
 
 
-def run(config: ml_collections.ConfigDict, directory: str) -> tuple[str, str]:
-    """Edits with ``config.edit.checkpoint`` (default: the newest in ``directory``); returns the PNG and npz."""
+def run(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, str]:
+    """Edits with ``config.edit.checkpoint`` (default: the newest in ``workdir``); returns the PNG and npz."""
     settings, data = config.edit, config.data
-    model = load(settings.checkpoint or directory)
+    model = load(settings.checkpoint or workdir)
     targets = edit_targets(config)
     split = pipeline.load_split(data.name, settings.split, data.data_dir, data.image_size, data.channels)
     if "label" not in split:
@@ -90,7 +90,7 @@ def run(config: ml_collections.ConfigDict, directory: str) -> tuple[str, str]:
         console.say(f"edited {n} images into class {target}")
     edits = np.stack(edits)
     name = f"edits_{settings.method}_{settings.num_steps}_w{settings.guidance:g}_step{model.step}"
-    out = workdir.edits_dir(directory)
+    out = layout.edits_dir(workdir)
     files.makedirs(out)
     png, npz = os.path.join(out, f"{name}.png"), os.path.join(out, f"{name}.npz")
     rows = np.concatenate([source[None], edits]).reshape(-1, *source.shape[1:])

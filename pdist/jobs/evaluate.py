@@ -27,7 +27,7 @@ from pdist.evaluation.evaluators import EVALUATORS, resolve
 from pdist.evaluation.report import metrics_of, sampler_name
 from pdist.evaluation.split_nll import split_nll
 from pdist.pretrained import load
-from pdist.runtime import console, events, files, workdir
+from pdist.runtime import console, events, files, layout
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -68,14 +68,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         check_positive(settings.nll_draws, "eval.nll_draws")
 
 
-def run(config: ml_collections.ConfigDict, directory: str) -> dict:
-    """Evaluates ``config.eval.checkpoint`` (default: the newest in ``directory``); returns the results."""
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Evaluates ``config.eval.checkpoint`` (default: the newest in ``workdir``); returns the results."""
     settings = config.eval
     entries = quality.parse_samplers(settings.samplers)
-    model = load(settings.checkpoint or directory)
+    model = load(settings.checkpoint or workdir)
     if settings.ot is not None:  # a wrong expressway: one sentence before the evaluator is built
         model.check_expressway(settings.ot)
-    out_dir = workdir.eval_dir(directory, model.directory, model.step)
+    out_dir = layout.eval_dir(workdir, model.directory, model.step)
     tag = os.path.basename(out_dir)
     evaluator = evaluators.make(settings.evaluator, model.config.data, settings)
     ref = quality.reference(evaluator, model.config, settings.reference_split, settings.pr_samples)

@@ -50,7 +50,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_train(config.train)
 
     sample = config.sample
-    check_one_of(sample.method, samplers.METHODS, "sample.method")
+    check_one_of(sample.method, samplers.SAMPLERS, "sample.method")
     check_one_of(sample.grid, schedules.GRIDS, "sample.grid")
     check_positive(sample.num_steps, "sample.num_steps")
     check_positive(sample.num_samples, "sample.num_samples")

@@ -17,7 +17,7 @@ from clu import metric_writers
 
 from pdist import data, images, teacher
 from pdist.jobs import sections
-from pdist.runtime import console, files, phase, workdir
+from pdist.runtime import console, files, layout, phase
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime.step import TrainState
 from pdist.sampling import ImageSampler, Sampling
@@ -29,36 +29,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
     sections.validate_training(config)
 
 
-def run(config: ml_collections.ConfigDict, directory: str) -> TrainState:
-    """Trains (or resumes) the teacher ``config`` describes in ``directory``; returns its final state."""
+def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains (or resumes) the teacher ``config`` describes in ``workdir``; returns its final state."""
     mesh = mesh_lib.data_mesh()
     mesh_lib.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum_steps)
-    directory = files.absolute(directory)
+    workdir = files.absolute(workdir)
     data.training_builder(config.data)  # a dataset or split that is not there: one sentence, even for a finished run
     spec = ModelSpec.of(config)
     sampler = ImageSampler(spec, mesh)
-    grids = lambda step, state, writer: _write_grid(sampler, state, config, directory, step, writer)  # noqa: E731
-    result = phase.run(teacher.phase_of(config, spec, directory, grids, config.train.sample_every), mesh)
+    grids = lambda step, state, writer: _write_grid(sampler, state, config, workdir, step, writer)  # noqa: E731
+    result = phase.run(teacher.phase_of(config, spec, workdir, grids, config.train.sample_every), mesh)
     sampling = Sampling.from_config(config.sample)
     x = sampler(result.state.ema_params, config.sample.num_samples, sampling, progress=f"sampling {sampling.label}")
     if jax.process_index() == 0:
-        png, npz = images.save_samples(directory, workdir.SAMPLES, x)
+        png, npz = images.save_samples(workdir, layout.SAMPLES, x)
         steps = result.metadata.get("step", config.train.num_steps)
-        console.produced("checkpoint", workdir.step_folder(workdir.checkpoints(directory), steps))
-        if files.isdir(workdir.grids(directory)):
-            console.produced("grids", workdir.grids(directory))
+        console.produced("checkpoint", layout.step_folder(layout.checkpoints(workdir), steps))
+        if files.isdir(layout.grids(workdir)):
+            console.produced("grids", layout.grids(workdir))
         console.produced("samples", f"{npz}, {os.path.basename(png)}")
-        console.produced("TensorBoard", f"tensorboard --logdir {console.short(directory)}")
+        console.produced("TensorBoard", f"tensorboard --logdir {console.short(workdir)}")
         if result.metadata.get("loss") is not None:
             console.fact(f"final loss {result.metadata['loss']:.4g}")
     return result.state
 
 
-def _write_grid(sampler, state, config, directory: str, step: int, writer: metric_writers.MetricWriter) -> None:
+def _write_grid(sampler, state, config, workdir: str, step: int, writer: metric_writers.MetricWriter) -> None:
     x = sampler(state.ema_params, config.train.num_grid_samples, Sampling.from_config(config.sample))
     grid = images.grid(x)
     if jax.process_index() == 0:
-        path = workdir.grid(directory, step)
+        path = layout.grid(workdir, step)
         files.makedirs(os.path.dirname(path))
         images.save_png(path, grid, scale=max(1, 64 // x.shape[1]))
     writer.write_images(step, {"samples": grid[None]})

@@ -5,7 +5,7 @@ A checkpoint directory ``<workdir>/checkpoints/<step>/`` holds ``state``
 config as a dict, the step, pdist's version, what the phase adds such as the
 distillation round and the student's sampling steps; see
 :mod:`pdist.runtime.phase`). Saves are asynchronous; the newest ``keep`` are
-kept. Where checkpoints live is :mod:`pdist.runtime.workdir`'s business.
+kept. Where checkpoints live is :mod:`pdist.runtime.layout`'s business.
 
 The metadata also records the versions of the stack that wrote it
 (:func:`versions`: jax, jaxlib, flax, optax, orbax-checkpoint, pdist);
@@ -39,7 +39,7 @@ import orbax.checkpoint as ocp
 
 from pdist.errors import InputError
 from pdist.runtime import files
-from pdist.runtime.workdir import CheckpointNotFoundError
+from pdist.runtime.layout import CheckpointNotFoundError
 
 
 class CheckpointCorruptError(InputError):

@@ -52,7 +52,7 @@ from pdist.errors import NonFiniteError, Preempted
 from pdist.importance import LossAwareSampler
 from pdist.losses import Loss
 from pdist.optim import Optimizer
-from pdist.runtime import console, events, files, preemption, workdir
+from pdist.runtime import console, events, files, layout, preemption
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime.checkpoint import Checkpointer
 from pdist.runtime.step import StepMetrics, TrainState, abstract_state, compile_step, create_state, make_train_step
@@ -92,7 +92,7 @@ class Result:
 def run(phase: Phase, mesh) -> Result:
     """Resumes ``phase`` from its newest checkpoint (or starts it) and runs it to ``num_steps``."""
     train = phase.config.train
-    ckpt = Checkpointer(workdir.checkpoints(phase.directory), keep=train.keep_checkpoints, writer=True)
+    ckpt = Checkpointer(layout.checkpoints(phase.directory), keep=train.keep_checkpoints, writer=True)
     try:
         state, resumed = ckpt.resume(
             abstract_state(phase.init_fn, mesh_lib.replicated(mesh)), fallback=train.fallback_checkpoint
@@ -108,7 +108,7 @@ def run(phase: Phase, mesh) -> Result:
             return Result(state, resumed)
         batches = phase.batches(start)  # a dataset that is not there fails here, before anything is written
         if start:
-            console.say(f"{phase.name}: resuming at step {start} from {workdir.step_folder(ckpt.directory, start)}")
+            console.say(f"{phase.name}: resuming at step {start} from {layout.step_folder(ckpt.directory, start)}")
             if changed:
                 console.say(
                     f"{phase.name}: the given config differs from the checkpoint's in {changed}; the run continues "
@@ -214,7 +214,7 @@ def _loop(phase: Phase, step_fn, state, batches, mesh, start, writer, ckpt, base
             ckpt.wait()
             raise Preempted(
                 f"Stopped by {signal.Signals(signum).name} at step {step}; its checkpoint is in "
-                f"{workdir.step_folder(ckpt.directory, step)}: rerun the same command to resume.",
+                f"{layout.step_folder(ckpt.directory, step)}: rerun the same command to resume.",
                 signum,
             )
     return state, {**metadata(num_steps), "skipped_updates": health.skipped}
@@ -288,7 +288,7 @@ class _Health:
             good = "no checkpoint was written yet"
         else:
             self.ckpt.wait()
-            good = f"the last good checkpoint is {workdir.step_folder(self.ckpt.directory, self.last_saved)}"
+            good = f"the last good checkpoint is {layout.step_folder(self.ckpt.directory, self.last_saved)}"
         raise NonFiniteError(
             f"Non-finite values at step {step} ({bad or 'all finite'}{', ' if bad and extra else ''}{extra}); "
             f"{good}: lower config.optim.learning_rate or set config.optim.grad_clip (or "

@@ -4,7 +4,7 @@
 only sets a flag (and puts the default handlers back, so a second one stops
 the process at once, like ``kill -9``); the step loop then saves a checkpoint
 at the current step, waits for it, and raises :class:`pdist.errors.Preempted`.
-Sampling loops stop between batches with :func:`check`.
+Sampling loops stop between batches with :func:`raise_if_stopped`.
 
 In a multi-process run every process must stop at the same step, so the
 processes agree on the flag with a collective, only at points where they all
@@ -72,7 +72,7 @@ def stop_signal(sync: bool = True) -> int:
     return int(np.max(multihost_utils.process_allgather(np.int32(_received))))
 
 
-def check(what: str, sync: bool = False) -> None:
+def raise_if_stopped(what: str, sync: bool = False) -> None:
     """Raises Preempted if a signal arrived (see :func:`stop_signal` for ``sync``)."""
     signum = stop_signal(sync)
     if signum:

@@ -21,7 +21,7 @@ num_steps, schedule)`` reports the number of denoiser evaluations.
 Options common to all methods: ``grid`` (``auto``, ``uniform``, ``logsnr``,
 ``respaced``, ``ddim_stride``; see :func:`pdist.schedules.time_grid`: ``auto``
 is ``respaced`` on a discrete schedule, ``uniform`` on a continuous one) and
-``clip_x`` (clip x-hat to [-1, 1]). Method options: ``ddpm(variance='small'|'large'|'learned')``,
+``clip_x`` (clip x-hat to [-1, 1]). Sampler options: ``ddpm(variance='small'|'large'|'learned')``,
 ``ddim(eta=0.0)``, ``consistency`` (multistep consistency sampling:
 ``z_s = alpha_s x-hat + sigma_s xi``), ``plms(warmup='ramp'|'improved_euler')``,
 ``dpmpp_2m(lower_order_final='always'|'below_15')``.
@@ -46,7 +46,7 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class Method:
+class Sampler:
     """A sampler: its function, its options with defaults, when it needs a key, and its cost.
 
     ``nfe(n, ends_at_data, options)``: evaluations for n steps of the method itself (the
@@ -72,17 +72,17 @@ def _plms_nfe(n: int, at_data: bool, options: dict) -> int:
     return n + 1 if options["warmup"] == "improved_euler" and n else n
 
 
-METHODS: dict[str, Method] = {
-    "ddpm": Method(ancestral.ddpm, (("variance", "small"),), lambda o: True, lambda n, *_: n, ends_on_x=True),
-    "ddim": Method(ancestral.ddim, (("eta", 0.0),), lambda o: o["eta"] > 0, lambda n, *_: n),
-    "consistency": Method(ancestral.consistency, (), lambda o: True, lambda n, *_: n, ends_on_x=True),
-    "euler": Method(ode.euler, (), _never, lambda n, *_: n),
-    "heun": Method(ode.heun, (), _never, lambda n, at_data, _: 2 * n if at_data else max(2 * n - 1, 0)),
-    "dpmpp_2m": Method(ode.dpmpp_2m, (("lower_order_final", "always"),), _never, lambda n, *_: n),
-    "prk": Method(pndm.prk, (), _never, lambda n, *_: 4 * n),
-    "plms": Method(pndm.plms, (("warmup", "ramp"),), _never, _plms_nfe),
-    "spndm": Method(pndm.spndm, (), _never, lambda n, *_: n + 1 if n else 0),
-    "fpndm": Method(pndm.fpndm, (), _never, lambda n, *_: 4 * min(3, n) + max(n - 3, 0)),
+SAMPLERS: dict[str, Sampler] = {
+    "ddpm": Sampler(ancestral.ddpm, (("variance", "small"),), lambda o: True, lambda n, *_: n, ends_on_x=True),
+    "ddim": Sampler(ancestral.ddim, (("eta", 0.0),), lambda o: o["eta"] > 0, lambda n, *_: n),
+    "consistency": Sampler(ancestral.consistency, (), lambda o: True, lambda n, *_: n, ends_on_x=True),
+    "euler": Sampler(ode.euler, (), _never, lambda n, *_: n),
+    "heun": Sampler(ode.heun, (), _never, lambda n, at_data, _: 2 * n if at_data else max(2 * n - 1, 0)),
+    "dpmpp_2m": Sampler(ode.dpmpp_2m, (("lower_order_final", "always"),), _never, lambda n, *_: n),
+    "prk": Sampler(pndm.prk, (), _never, lambda n, *_: 4 * n),
+    "plms": Sampler(pndm.plms, (("warmup", "ramp"),), _never, _plms_nfe),
+    "spndm": Sampler(pndm.spndm, (), _never, lambda n, *_: n + 1 if n else 0),
+    "fpndm": Sampler(pndm.fpndm, (), _never, lambda n, *_: 4 * min(3, n) + max(n - 3, 0)),
 }
 
 
@@ -138,14 +138,14 @@ def as_pytree(denoise_fn: Callable) -> Callable:
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
 def _run(denoise_fn, schedule, method, clip_x, options, times, noise, key):
     ev = Predictor(denoise_fn, schedule, clip_x)
-    m = METHODS[method]
+    m = SAMPLERS[method]
     if not (ev.ends_at_data or m.ends_on_x):
         return m.run(ev, times, noise, key, **dict(options))
     z = m.run(ev, times[:-1], noise, key, **dict(options))
     return ev(z, times[-2]).x  # the last step returns x-hat (on clean data: DDIM's step onto t = 0 is x-hat)
 
 
-def _options(method: str, m: Method, options: dict) -> dict:
+def _options(method: str, m: Sampler, options: dict) -> dict:
     """``m``'s options with their defaults, updated by ``options``; one sentence on an unknown one."""
     allowed = dict(m.options)
     unknown = sorted(set(options) - set(allowed))
@@ -157,7 +157,7 @@ def _options(method: str, m: Method, options: dict) -> dict:
     return {**allowed, **options}
 
 
-def _method(method: str) -> Method:
-    if method not in METHODS:
-        raise ValueError(f"Unknown sampler {method!r}; choose one of {sorted(METHODS)}.")
-    return METHODS[method]
+def _method(method: str) -> Sampler:
+    if method not in SAMPLERS:
+        raise ValueError(f"Unknown sampler {method!r}; choose one of {sorted(SAMPLERS)}.")
+    return SAMPLERS[method]

@@ -12,7 +12,7 @@ import numpy as np
 
 import pdist
 from pdist.errors import InputError
-from pdist.runtime import events, files, workdir
+from pdist.runtime import events, files, layout
 
 bucket, local = sys.argv[1:]
 fsspec.filesystem("gs").get(f"gs://{bucket}/", local, recursive=True)
@@ -41,8 +41,8 @@ out["replaced"] = files.read_json(target)
 out["refused"] = {}
 for path in (f"gs://{bucket}-missing/run", target, "s3://bucket/run"):
     try:
-        workdir.check(path)
+        layout.check_writable(path)
     except InputError as e:
         out["refused"][path] = str(e)
-workdir.check(f"gs://{bucket}/new/run")  # a folder not there yet is fine: it is created
+layout.check_writable(f"gs://{bucket}/new/run")  # a folder not there yet is fine: it is created
 print(json.dumps(out))

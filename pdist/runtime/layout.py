@@ -42,7 +42,7 @@ class CheckpointNotFoundError(InputError, FileNotFoundError):
     pass
 
 
-def check(path: str) -> None:
+def check_writable(path: str) -> None:
     """One sentence (InputError) unless ``path`` is a folder this process can write, or can create.
 
     A ``gs://`` URI is checked for what can be checked without writing: that its bucket exists and answers
@@ -85,46 +85,46 @@ def check(path: str) -> None:
         )
 
 
-def checkpoints(root: str) -> str:
-    return os.path.join(root, CHECKPOINTS)
+def checkpoints(workdir: str) -> str:
+    return os.path.join(workdir, CHECKPOINTS)
 
 
 def step_folder(checkpoints_dir: str, step: int) -> str:
     return os.path.join(checkpoints_dir, str(step))
 
 
-def grids(root: str) -> str:
-    return os.path.join(root, "grids")
+def grids(workdir: str) -> str:
+    return os.path.join(workdir, "grids")
 
 
-def grid(root: str, step: int) -> str:
-    return os.path.join(grids(root), f"step_{step:08d}.png")
+def grid(workdir: str, step: int) -> str:
+    return os.path.join(grids(workdir), f"step_{step:08d}.png")
 
 
-def samples_dir(root: str) -> str:
-    return os.path.join(root, SAMPLES)
+def samples_dir(workdir: str) -> str:
+    return os.path.join(workdir, SAMPLES)
 
 
-def edits_dir(root: str) -> str:
-    return os.path.join(root, EDITS)
+def edits_dir(workdir: str) -> str:
+    return os.path.join(workdir, EDITS)
 
 
-def eval_dir(root: str, checkpoints_dir: str, step: int) -> str:
+def eval_dir(workdir: str, checkpoints_dir: str, step: int) -> str:
     """``eval/<tag>/``, the tag naming the evaluated checkpoint's run (or round) and step."""
-    return os.path.join(root, "eval", f"{os.path.basename(os.path.dirname(checkpoints_dir))}_step{step}")
+    return os.path.join(workdir, "eval", f"{os.path.basename(os.path.dirname(checkpoints_dir))}_step{step}")
 
 
 def round_name(index: int, steps: int) -> str:
     return f"round_{index:02d}_{steps}steps"
 
 
-def round_dir(root: str, index: int, steps: int) -> str:
-    return os.path.join(root, round_name(index, steps))
+def round_dir(workdir: str, index: int, steps: int) -> str:
+    return os.path.join(workdir, round_name(index, steps))
 
 
-def teacher_samples(root: str, steps: int) -> str:
+def teacher_samples(workdir: str, steps: int) -> str:
     """The distillation's first target: the teacher's ``steps``-step samples of the fixed noise."""
-    return os.path.join(root, f"teacher_{steps}steps.npz")
+    return os.path.join(workdir, f"teacher_{steps}steps.npz")
 
 
 def locate(path: str) -> tuple[str, int | None]:
