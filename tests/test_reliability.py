@@ -63,7 +63,9 @@ def uninterrupted(tmp_path_factory, run_args):
 
 
 @pytest.mark.heavy
-def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bit_identically(uninterrupted, run_args, tmp_path):
+def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bit_identically(
+    uninterrupted, run_args, tmp_path, capsys
+):
     workdir = str(tmp_path / "w")
     args = [f"--workdir={workdir}", *run_args, "--config.train.checkpoint_every=100"]
     proc = subprocess.Popen(
@@ -83,10 +85,12 @@ def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bit_identic
     assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(step)]  # the current step, not a periodic one
     assert not os.path.exists(os.path.join(workdir, "samples.npz"))
 
-    again = run_main(*args)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"teacher: resuming at step {step} from {os.path.join(workdir, 'checkpoints', str(step))}" in again.stdout
-    assert "a config that differs" not in again.stderr  # the saved config read back equals the same command's
+    capsys.readouterr()
+    status, message, _ = run_in_process(*args)  # the same command, resumed in this process (its programs reused)
+    assert status == 0, message
+    out = capsys.readouterr()
+    assert f"teacher: resuming at step {step} from {os.path.join(workdir, 'checkpoints', str(step))}" in out.out
+    assert "differs" not in out.out + out.err  # the saved config read back equals the same command's
     assert_same_state(workdir, uninterrupted)
     np.testing.assert_array_equal(
         np.load(os.path.join(workdir, "samples.npz"))["samples"],
@@ -96,7 +100,7 @@ def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bit_identic
 
 @pytest.mark.heavy
 def test_kill_9_during_a_save_resumes_from_the_last_complete_checkpoint_bit_identically(
-    uninterrupted, run_args, tmp_path
+    uninterrupted, run_args, tmp_path, capsys
 ):
     workdir = str(tmp_path / "w")
     folder = os.path.join(workdir, "checkpoints")
@@ -117,11 +121,14 @@ def test_kill_9_during_a_save_resumes_from_the_last_complete_checkpoint_bit_iden
             break
     assert caught, "no kill landed during a save in 10 tries"
     partial, complete = caught
-    again = run_main(*args[:-1], "--config.train.checkpoint_every=100")  # the same run, with fewer saves to wait for
-    assert again.returncode == 0, again.stderr[-3000:]
+    capsys.readouterr()
+    # The same run, with fewer saves to wait for, resumed in this process (the uninterrupted run's programs reused).
+    status, message, _ = run_in_process(*args[:-1], "--config.train.checkpoint_every=100")
+    assert status == 0, message
+    out = capsys.readouterr().out
     if complete:
         newest = max(map(int, complete))
-        assert f"teacher: resuming at step {newest} from" in again.stdout  # the newest complete checkpoint
+        assert f"teacher: resuming at step {newest} from" in out  # the newest complete checkpoint
     assert not [n for n in os.listdir(folder) if "tmp" in n]  # the partial save was cleared away
     assert_same_state(workdir, uninterrupted)
 
