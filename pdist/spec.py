@@ -95,15 +95,17 @@ class ModelSpec:
         w = jnp.zeros((1,)) if self.guidance_input else None
         return self.network.init({"params": key}, x, jnp.zeros((1,)), label, w)["params"]
 
-    def apply(self, params, z: Array, t: Array, label: Array | None, key: Array | None, guidance=None) -> Array:
+    def apply(
+        self, params, z: Array, t: Array, label: Array | None, key: Array | None, guidance=None, **control
+    ) -> Array:
         """The network's raw output at times ``t``; ``key`` None runs without dropout; ``guidance`` [B]: the
         weight w a guided student takes as input (ignored by other networks, as ``label`` is by an
-        unconditional one)."""
+        unconditional one); ``control``: the network's own keywords (``attention_from``)."""
         rngs = None if key is None else {"dropout": key}
         label = label if self.num_classes else None
         w = guidance if self.guidance_input else None
         logsnr = self.schedule.logsnr(t)
-        return self.network.apply({"params": params}, z, logsnr, label, w, train=key is not None, rngs=rngs)
+        return self.network.apply({"params": params}, z, logsnr, label, w, train=key is not None, rngs=rngs, **control)
 
     def __call__(
         self, params, label: Array | None, guidance: Array | None, z: Array, t: Array, attention_from=None
@@ -122,9 +124,8 @@ class ModelSpec:
 
     def _predict(self, params, label, z, t, w=None, attention_from=None) -> Prediction:
         logsnr = self.schedule.logsnr(t)
-        label = label if self.num_classes else None
         control = {} if attention_from is None else {"attention_from": attention_from}
-        out = self.network.apply({"params": params}, z, logsnr, label, w, train=False, **control)
+        out = self.apply(params, z, t, label, None, w, **control)
         return diffusion.predict(
             out, z, logsnr, parameterization=self.parameterization, learned_variance=self.learned_variance
         )
