@@ -24,6 +24,7 @@ scores are cached in ROOT/NAME/ema.json; a rerun trains only what is missing. Wr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -99,9 +100,8 @@ def train(config, directory: str, kinds):
     spec = ModelSpec.of(config)
     mesh = mesh_lib.data_mesh()
     run = teacher.phase_of(config, spec, directory)
-    initial = jax.tree.map(np.asarray, jax.jit(run.init_fn)().params)
-    averages = Averages(kinds, initial)
-    result = phase.run(teacher.phase_of(config, spec, directory, averages, snapshot_every=1), mesh)
+    averages = Averages(kinds, jax.tree.map(np.asarray, jax.jit(run.init_fn)().params))
+    result = phase.run(dataclasses.replace(run, snapshot=averages, snapshot_every=1), mesh)
     return spec, averages, result.state
 
 
