@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import REPO, SMALL_MODEL, main_command, main_env
+from helpers import REPO, main_env
 from PIL import Image
 from tensorboard.util import tensor_util
 
@@ -62,40 +62,21 @@ def gcs(tmp_path_factory):
     log.close()
 
 
-def _run(env, *args, config="configs/digits.py"):
-    out = subprocess.run(main_command(*args, config=config), cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=600)  # fmt: skip
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    return out.stdout
-
-
 @pytest.mark.heavy(2)
 def test_a_gs_workdir_trains_resumes_evaluates_distills_loads_and_samples(gcs, tfds_dir, evaluator_cache, tmp_path):
-    teacher, student = f"gs://{BUCKET}/teacher", f"gs://{BUCKET}/student"
-    model = [f"--config.model.{k}={v}" for k, v in SMALL_MODEL.items()]
-    train = [*model, f"--workdir={teacher}", f"--config.data.data_dir={tfds_dir}", "--config.train.batch_size=32",
-             "--config.train.log_every=2", "--config.train.checkpoint_every=2", "--config.train.sample_every=4",
-             "--config.train.num_grid_samples=4", "--config.sample.num_steps=2", "--config.sample.num_samples=4"]  # fmt: skip
-    out = _run(gcs, *train, "--config.train.num_steps=4")
-    assert f"writing to {teacher}" in out and f"checkpoint   {teacher}/checkpoints/4" in out, out
-    assert f"tensorboard --logdir {teacher}" in out, out
-    out = _run(gcs, *train, "--config.train.num_steps=6")  # resumes from the bucket
-    assert f"teacher: resuming at step 4 from {teacher}/checkpoints/4" in out, out
-    out = _run(dict(gcs, PDIST_CACHE=evaluator_cache), *model, f"--workdir={teacher}", "--config.mode=eval",
-               f"--config.data.data_dir={tfds_dir}", "--config.eval.samplers=ddim:2", "--config.eval.num_samples=32",
-               "--config.eval.num_seeds=1", "--config.eval.pr_samples=32")  # fmt: skip
-    assert f"report       {teacher}/eval/teacher_step6/eval.md" in out, out
-    _run(
-        gcs, *model, f"--workdir={student}", f"--config.distill.teacher={teacher}", f"--config.data.data_dir={tfds_dir}",
-        "--config.distill.start_steps=4", "--config.distill.final_steps=2", "--config.distill.updates_per_round=2",
-        "--config.distill.updates_last_rounds=2", "--config.distill.fidelity_samples=4", "--config.train.batch_size=32",
-        "--config.train.log_every=2", "--config.train.checkpoint_every=2", config="configs/digits_distill.py",
-    )  # fmt: skip
+    teacher = f"gs://{BUCKET}/teacher"
     local = tmp_path / "copy"
-    ran = subprocess.run([sys.executable, os.path.join(REPO, "tests", "scripts", "cloud_load.py"), BUCKET, str(local)],
-                         cwd=REPO, env=gcs, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert ran.returncode == 0, ran.stderr[-3000:]
+    ran = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tests", "scripts", "cloud_workflow.py"), BUCKET, str(local), tfds_dir],
+        cwd=REPO, env=dict(gcs, PDIST_CACHE=evaluator_cache), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-3000:]
     result = json.loads(ran.stdout.strip().splitlines()[-1])
+    trained, resumed, evaluated, _ = result["printed"]
+    assert f"writing to {teacher}" in trained and f"checkpoint   {teacher}/checkpoints/4" in trained, trained
+    assert f"tensorboard --logdir {teacher}" in trained, trained
+    assert f"teacher: resuming at step 4 from {teacher}/checkpoints/4" in resumed, resumed
+    assert f"report       {teacher}/eval/teacher_step6/eval.md" in evaluated, evaluated
     # pdist.load from the bucket gives the same model as from a local copy of it, and it samples.
     for name, step in (("teacher", 6), ("student", 2)):
         assert result[name]["same_as_copy"] and result[name]["step"] == step, result
