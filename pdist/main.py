@@ -202,6 +202,36 @@ def outcome(error: Exception) -> tuple[int, str]:
     raise error
 
 
+def invoke(args: list[str]) -> tuple[int, str, flags.FlagValues]:
+    """``python -m pdist.main ARGS`` through the same parse, job and outcome in this process:
+    ``(exit status, its one-line message or "", the parsed flags)``. :func:`cli` prints the message."""
+    argv = ["pdist.main", *args]
+    fv = flags.FlagValues()
+    define_flags(fv, argv)
+    try:
+        parse(argv, fv)
+        run(fv)
+    except (InputError, NonFiniteError, Preempted) as e:
+        return (*outcome(e), fv)
+    return 0, "", fv
+
+
+def cli(args: list[str]) -> int:
+    """``python -m pdist.main ARGS`` in this process, for a notebook or a script: the same job, output, message
+    and exit status (returned), and what it compiled stays compiled for what runs next here. The libraries'
+    notices are silenced as on the command line."""
+    if not _state["quiet"]:
+        console.quiet()
+        _state["quiet"] = True
+    status, message, _ = invoke(list(args))
+    if message:
+        print(message, file=sys.stderr, flush=True)
+    return status
+
+
+_state = {"quiet": False}
+
+
 def main(argv):
     logging.get_absl_handler().addFilter(_QuietOrbax())
     if not flags.FLAGS["verbosity"].present:  # -v / --verbosity brings the libraries' logs back

@@ -108,7 +108,7 @@ def cond_teacher(tmp_path_factory, tfds_dir):
 @pytest.fixture
 def legacy_teacher(tmp_path):
     """A copy of a teacher workdir written by pdist before the run-layer refactor (commit 5c89b90's command line):
-    4 steps of the digits config with helpers.SMALL_MODEL, num_res_blocks=1 and batch 16
+    4 steps of the digits config at width 8, one level with attention at 8x8, num_res_blocks=1 and batch 16
     (tests/fixtures/legacy_teacher)."""
     path = tmp_path / "legacy_teacher"
     shutil.copytree(os.path.join(REPO, "tests", "fixtures", "legacy_teacher"), path)
@@ -131,3 +131,4 @@ def pytest_collection_modifyitems(items):
         heavy = item.get_closest_marker("heavy")
         weight[item.path] = weight.get(item.path, 0) + (0 if heavy is None else heavy.args[0] if heavy.args else 1)
     items.sort(key=lambda item: -weight[item.path])  # stable: the order within a file stays
+

@@ -166,7 +166,8 @@ def test_a_workdir_written_before_the_refactor_loads_resumes_and_teaches(legacy_
     assert x.shape == (4, 8, 8, 1) and np.isfinite(x).all()
     # It resumes: steps 5 and 6 train from its checkpoint.
     config = small_config(tfds_dir, num_steps=6, checkpoint_every=2, log_every=2, batch_size=16)
-    config.model.num_res_blocks = 1  # the layout it was written with: helpers.SMALL_MODEL and one block
+    config.model.num_res_blocks = 1  # the layout it was written with: width 8, one level with attention, one block
+    config.model.attn_resolutions = (8,)
     config.sample.num_steps, config.sample.num_samples = 2, 4
     state = train.run(config, legacy_teacher)
     assert int(state.step) == 6
@@ -179,6 +180,7 @@ def test_a_workdir_written_before_the_refactor_loads_resumes_and_teaches(legacy_
     # ... and it teaches: one distillation round from its step-4 checkpoint.
     student = small_model(config_file("digits_distill"))
     student.data.data_dir, student.model.num_res_blocks, student.train.batch_size = tfds_dir, 1, 16
+    student.model.attn_resolutions = (8,)
     student.distill.teacher = os.path.join(legacy_teacher, "checkpoints", "4")
     student.distill.start_steps, student.distill.final_steps = 4, 2
     student.distill.updates_per_round = student.distill.updates_last_rounds = 2
