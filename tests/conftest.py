@@ -131,4 +131,3 @@ def pytest_collection_modifyitems(items):
         heavy = item.get_closest_marker("heavy")
         weight[item.path] = weight.get(item.path, 0) + (0 if heavy is None else heavy.args[0] if heavy.args else 1)
     items.sort(key=lambda item: -weight[item.path])  # stable: the order within a file stays
-
