@@ -143,8 +143,9 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> None:
 
     config, workdir = fv.config, fv.workdir
     console.enable(jax.process_index() == 0)
+    given = frozenset(config_flags.get_override_values(fv["config"]))
     with preemption.guard():
-        jobs.run(config, workdir)
+        jobs.run(config, workdir, given)
     console.finish(time.time() - began, next_commands(config, config_flags.get_config_filename(fv["config"]), workdir))
 
 
@@ -163,9 +164,8 @@ def next_commands(config, config_file: str, workdir: str) -> list[str]:
             )
         out.append(f"{main} --config.mode=eval")
         return [*out, load]
-    if config.mode == "distill":
-        steps = config.distill.final_steps
-        return [f"{main} --config.mode=sample --config.sample.num_steps={steps}", load]
+    if config.mode == "distill":  # the student samples and evaluates with its own steps by default
+        return [f"{main} --config.mode=sample", f"{main} --config.mode=eval", load]
     return [load] if config.mode == "sample" else []
 
 

@@ -87,6 +87,18 @@ def restore(
     return Restored(config, spec, state, metadata, directory)
 
 
+def stored(path: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, dict]:
+    """The config and metadata stored with the checkpoint at ``path`` (found as :func:`restore` finds it), no
+    array read: what a job needs to know about a model before it builds anything."""
+    directory, found = layout.locate(path)
+    ckpt = Checkpointer(directory, asynchronous=False)
+    try:
+        metadata = ckpt.metadata(found if step is None else step)
+    finally:
+        ckpt.close()
+    return config_lib.from_stored(metadata["config"]), metadata
+
+
 def load(path: str, step: int | None = None) -> Pretrained:
     """Loads the checkpoint at ``path`` (newest step unless ``step`` or a step folder is given)."""
     restored = restore(path, step)

@@ -12,9 +12,10 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import REPO, SMALL_MODEL, main_env, run_in_process, run_script
+from helpers import REPO, SMALL_MODEL, config_file, main_env, run_in_process, run_script
 
 import pdist
+from pdist import jobs
 from pdist.runtime import console
 
 
@@ -205,6 +206,30 @@ def test_distill_command_runs_its_round_and_a_rerun_resumes_without_training(cli
     said = [line for line in capsys.readouterr().out.splitlines() if "differs" in line]
     assert len(said) == 1 and "train.log_every: 2 -> 1" in said[0] and "nothing was trained" in said[0], said
     assert sorted(os.listdir(round_dir)) == listing
+    # The student samples with its own 2 steps on its uniform grid unless told otherwise, as pdist.load does;
+    # another count is taken with one line on what it was distilled for.
+    capsys.readouterr()
+    status, message, _ = run_in_process(*args, "--config.mode=sample", "--config.sample.num_samples=4",
+                                        config="configs/digits_distill.py")  # fmt: skip
+    assert status == 0, message
+    out = capsys.readouterr().out
+    assert "(ddim, 2 steps)" in out and "note:" not in out, out
+    samples = tmp_path / "distill" / "samples"
+    assert sorted(os.listdir(samples)) == ["samples_ddim_2_uniform_step4.npz", "samples_ddim_2_uniform_step4.png"]
+    np.testing.assert_array_equal(np.load(samples / "samples_ddim_2_uniform_step4.npz")["samples"],
+                                  pdist.load(str(round_dir)).sample(4))  # fmt: skip
+    status, message, _ = run_in_process(*args, "--config.mode=sample", "--config.sample.num_samples=4",
+                                        "--config.sample.num_steps=3", config="configs/digits_distill.py")  # fmt: skip
+    assert status == 0, message
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert said == ["note: this student was distilled for 2 DDIM steps on the uniform grid (ddim:2:uniform); "
+                    "sampling it with ddim:3:uniform as asked"], said  # fmt: skip
+    config = config_file("digits_distill")
+    config.mode = "eval"
+    assert jobs.own_sampling(config, str(tmp_path / "distill")) and config.eval.samplers == "ddim:2:uniform"
+    config.mode, config.eval.samplers = "eval", "ddim:8"
+    assert not jobs.own_sampling(config, str(tmp_path / "distill"), frozenset({"eval.samplers"}))
+    assert config.eval.samplers == "ddim:8"
 
 
 def test_a_finished_run_given_a_split_the_data_lacks_is_one_sentence_and_writes_nothing(cli_workdir, tfds_dir):

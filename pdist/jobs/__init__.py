@@ -39,15 +39,58 @@ def job(mode: str):
     return importlib.import_module(f"pdist.jobs.{JOBS[mode]}")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str):
+def run(config: ml_collections.ConfigDict, workdir: str, given: frozenset[str] = frozenset()):
     """Checks ``config`` and the workdir, says what the job will do (:func:`summary`), then runs the job
-    ``config.mode`` names in this process (which has joined the run)."""
+    ``config.mode`` names in this process (which has joined the run). ``given``: the keys the command line set
+    (``sample.num_steps``, ...); the others may follow the model (:func:`own_sampling`)."""
     from pdist.runtime import console, layout
 
     validate(config)
     layout.check_writable(workdir)
+    if own_sampling(config, workdir, given):
+        validate(config)
     console.say(summary(config, workdir))
     return job(config.mode).run(config, workdir)
+
+
+def own_sampling(config: ml_collections.ConfigDict, workdir: str, given: frozenset[str] = frozenset()) -> bool:
+    """Sample and eval modes on a distilled student sample it as it was distilled to be sampled, as
+    ``pdist.load(...).sample()`` does: DDIM with its own step count on its grid, unless ``given`` holds
+    ``sample.num_steps`` / ``sample.grid`` (sample mode) or ``eval.samplers`` (eval mode); asked for another
+    sampler, it says in one line what the student was distilled for. Changes ``config`` in place; True if it did.
+    """
+    from pdist.errors import InputError
+    from pdist.pretrained import stored
+    from pdist.runtime import console
+
+    if config.mode not in ("sample", "eval"):
+        return False
+    path = (config.sample.checkpoint if config.mode == "sample" else config.eval.checkpoint) or workdir
+    try:
+        model_config, metadata = stored(path)
+    except InputError:  # no checkpoint there, or a damaged one: the job says so in its own sentence
+        return False
+    steps = metadata.get("sampling_steps")
+    if steps is None:  # a teacher: the config's sampler
+        return False
+    grid = model_config.sample.grid
+    own = f"ddim:{steps}:{grid}"
+    changed = False
+    if config.mode == "sample":
+        s = config.sample
+        if "sample.num_steps" not in given:
+            s.num_steps, changed = steps, True
+        if "sample.grid" not in given:
+            s.grid, changed = grid, True
+        asked = f"{s.method}:{s.num_steps}:{s.grid}"
+    else:
+        if "eval.samplers" not in given:
+            config.eval.samplers, changed = own, True
+        asked = config.eval.samplers
+    if asked != own:
+        console.say(f"note: this student was distilled for {steps} DDIM steps on the {grid} grid ({own}); "
+                    f"sampling it with {asked} as asked")  # fmt: skip
+    return changed
 
 
 def summary(config, workdir: str) -> str:
