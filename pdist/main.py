@@ -150,23 +150,71 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def next_commands(config, config_file: str, workdir: str) -> list[str]:
-    """What to run after this job: more samples, distillation, evaluation, ``pdist.load``."""
+    """What to run after this job, each a command that works for the run that just ended: more samples,
+    distillation (guided distillation for a teacher trained with a null class), evaluation, ``pdist.load``."""
     q = shlex.quote
     main = f"python -m pdist.main --config={q(config_file)} --workdir={q(workdir)}"
     load = f"python -c \"import pdist; print(pdist.load('{workdir}').sample(16).shape)\""
+    guided = config.model.class_conditional and config.train.label_dropout > 0
+    weight = " --config.sample.guidance=2" if guided else ""
     if config.mode == "train":
-        out = [f"{main} --config.mode=sample --config.sample.num_steps=16"]
-        distill = _distill_config(config_file)
+        out = [f"{main} --config.mode=sample --config.sample.num_steps=16{weight}"]
+        distill = _guided_config(config_file) if guided else _distill_config(config_file)
         if distill:
             out.append(
                 f"python -m pdist.main --config={q(distill)} --workdir={q(workdir.rstrip('/') + '_distill')} "
-                f"--config.distill.teacher={q(workdir)}"
+                f"--config.distill.teacher={q(workdir)}{_start_steps(distill, config)}"
             )
-        out.append(f"{main} --config.mode=eval")
-        return [*out, load]
+        out.append(f"{main} --config.mode=eval" + (" --config.eval.guidance=0,1,2,4" if guided else ""))
+        return [*_inception(config, out), load]
     if config.mode == "distill":  # the student samples and evaluates with its own steps by default
-        return [f"{main} --config.mode=sample", f"{main} --config.mode=eval", load]
+        if config.distill.method == "guided":  # it takes the weight as an input, in its range
+            low, high = config.distill.guidance_min, config.distill.guidance_max
+            weights = f"{low:g},{(low + high) / 2:g},{high:g}"
+            commands = [f"{main} --config.mode=sample --config.sample.guidance={(low + high) / 2:g}",
+                        f"{main} --config.mode=eval --config.eval.guidance={weights}"]  # fmt: skip
+        else:
+            commands = [f"{main} --config.mode=sample", f"{main} --config.mode=eval"]
+        return [*_inception(config, commands), load]
     return [load] if config.mode == "sample" else []
+
+
+def _start_steps(distill_file: str, teacher) -> str:
+    """``--config.distill.start_steps=N`` where a discrete-time teacher's T does not hold the distillation config's
+    first grid: the largest power of two below it that divides T (the rounds halve down to 1), else ""."""
+    from pdist import config as config_lib
+
+    T = teacher.diffusion.num_timesteps
+    start = config_lib.from_file(*distill_file.split(":", 1)).distill.start_steps
+    if T is None or T % start == 0:
+        return ""
+    n = start
+    while n > 1 and T % n:
+        n //= 2
+    return f" --config.distill.start_steps={n}"
+
+
+def _inception(config, commands: list[str]) -> list[str]:
+    """An eval command on a dataset scored with the FID Inception needs its weights converted once: that
+    command first, and the eval given the file."""
+    from pdist.evaluation.evaluators import resolve
+
+    if resolve(config.eval.evaluator, config.data.name) != "inception" or config.eval.inception_weights:
+        return commands
+    convert = "python -m pdist.evaluation.convert pt_inception-2015-12-05-6726825d.pth inception.npz"
+    out = [f"{c} --config.eval.inception_weights=inception.npz" if "--config.mode=eval" in c else c for c in commands]
+    i = next(i for i, c in enumerate(out) if "--config.mode=eval" in c)
+    return [*out[:i], convert, *out[i:]]
+
+
+def _guided_config(config_file: str) -> str | None:
+    """The guided-distillation config of a teacher trained with a null class: ``X_guided.py`` beside ``X.py``,
+    or ``P.py`` itself for its ``teacher`` variant (``configs/imagenet64_guided.py:teacher``); None if none."""
+    path, _, variant = config_file.partition(":")
+    if variant == "teacher":
+        return path
+    stem = path[:-3] if path.endswith(".py") else path
+    return f"{stem}_guided.py" if not variant and os.path.isfile(f"{stem}_guided.py") else None
 
 
 def _distill_config(config_file: str) -> str | None:

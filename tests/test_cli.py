@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ import pytest
 from helpers import REPO, SMALL_MODEL, config_file, main_env, run_in_process, run_script
 
 import pdist
-from pdist import jobs
+from pdist import jobs, main
 from pdist.runtime import console
 
 
@@ -272,3 +273,99 @@ def test_the_notebook_trains_distills_samples_and_plots_from_nothing(tfds_dir, t
     assert "teacher: step 4" in text and text.count("distilled student") == 3, text[-3000:]
     for r, steps in ((1, 32), (2, 16), (3, 8)):
         assert pdist.load(str(tmp_path / "runs" / "distill" / f"round_{r:02d}_{steps}steps")).step == 1
+
+
+def _main_args(command: str) -> list[str]:
+    """The arguments of a printed ``python -m pdist.main ...`` command."""
+    words = shlex.split(command)
+    assert words[:3] == ["python", "-m", "pdist.main"], command
+    return words[3:]
+
+
+@pytest.mark.parametrize("name", sorted(n[:-3] for n in os.listdir(os.path.join(REPO, "configs")) if n.endswith(".py")))
+def test_every_printed_next_command_of_every_config_parses_validates_and_fits_its_teacher(name, tmp_path, monkeypatch):
+    """What a run of each config prints to run next is a command the command line takes (the digits ones also
+    run, at a tiny size: test_the_next_commands_a_run_prints_run)."""
+    from absl import flags
+
+    from pdist import config as config_lib
+    from pdist.jobs import distill
+
+    monkeypatch.chdir(tmp_path)  # where a printed convert command would write inception.npz
+    (tmp_path / "inception.npz").touch()
+    trained = config_lib.from_file(os.path.join(REPO, "configs", f"{name}.py"))
+    variants = [("", trained)]
+    if name == "imagenet64_guided":  # its teacher is a variant of it
+        variants = [(":teacher", config_lib.from_file(os.path.join(REPO, "configs", f"{name}.py"), "teacher"))]
+    for variant, config in variants:
+        if config.mode not in ("train", "distill"):
+            continue
+        workdir = f"runs/{name}"
+        for command in main.next_commands(config, os.path.join(REPO, "configs", f"{name}.py{variant}"), workdir):
+            if not command.startswith("python -m pdist.main"):
+                continue
+            args = _main_args(command)
+            argv = ["pdist.main", *args]
+            fv = flags.FlagValues()
+            main.define_flags(fv, argv)
+            main.parse(argv, fv)
+            jobs.validate(fv.config)
+            if fv.config.mode == "distill":
+                assert fv.config.distill.teacher == workdir, command
+                distill.check_teacher(fv.config, config, "the run")
+
+
+def _printed_next(out: str) -> list[str]:
+    """The commands after ``next:`` in a job's output."""
+    lines = out.splitlines()
+    return [line.strip() for line in lines[lines.index("next:") + 1 :] if line.startswith("  ")]
+
+
+TINY = {  # what each printed command gets appended, to run at a tiny size
+    "sample": ["--config.sample.num_samples=4"],
+    "eval": ["--config.eval.num_samples=16", "--config.eval.pr_samples=16", "--config.eval.num_seeds=1"],
+    "distill": ["--config.distill.start_steps=4", "--config.distill.final_steps=2", "--config.train.batch_size=32",
+                "--config.distill.updates_per_round=2", "--config.distill.updates_last_rounds=2",
+                "--config.distill.fidelity_samples=4", "--config.distill.grid_samples=4"],
+}  # fmt: skip
+
+
+def _run_printed(command: str, extra: list[str], capsys) -> str:
+    """Runs a printed next command in this process (``python -c CODE`` as CODE) with ``extra`` flags; its
+    output."""
+    capsys.readouterr()
+    if command.startswith("python -c "):
+        exec(shlex.split(command)[2], {})
+        return capsys.readouterr().out
+    args = _main_args(command)
+    mode = next((a.split("=", 1)[1] for a in args if a.startswith("--config.mode=")), "distill")
+    status, message, _ = main.invoke([*args, *extra, *TINY.get(mode, [])])
+    out = capsys.readouterr().out
+    assert status == 0, (command, message, out[-2000:])
+    return out
+
+
+def test_the_next_commands_a_run_prints_run(cli_workdir, tfds_dir, tmp_path, capsys):
+    """README's run prints what to run next; each of those runs (at a tiny size), and so does each of what the
+    distillation it suggests prints in turn: the teacher's samples and eval, the student's with its own steps."""
+    teacher = str(tmp_path / "digits")
+    shutil.copytree(cli_workdir, teacher)  # the shared workdir stays as it is
+    with open(f"{cli_workdir}.stdout") as f:
+        printed = [c.replace(cli_workdir, teacher) for c in _printed_next(f.read())]
+    assert len(printed) == 4, printed  # sample, distill, eval, load
+    extra = [f"--config.data.data_dir={tfds_dir}", *(f"--config.model.{k}={v}" for k, v in SMALL_MODEL.items())]
+    student_printed = []
+    for command in printed:
+        out = _run_printed(command, extra + (["--config.eval.samplers=ddim:2"] if "mode=eval" in command else []),
+                           capsys)  # fmt: skip
+        if "--config.distill.teacher=" in command:
+            student_printed = _printed_next(out)
+        if command.startswith("python -c "):
+            assert out.strip() == "(16, 8, 8, 1)", out
+    assert len(student_printed) == 3, student_printed  # sample, eval, load: with the student's own 2 steps
+    for command in student_printed:
+        out = _run_printed(command, extra, capsys)
+        if "mode=eval" in command:
+            assert "ddim:2:uniform" in out, out[-2000:]
+        elif "mode=sample" in command:
+            assert "(ddim, 2 steps)" in out, out[-2000:]
