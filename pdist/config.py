@@ -173,7 +173,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.edit.guidance = 1.0  # target branch's w (InfEdit's guidance scale 2 is w = 1)
     config.edit.source_guidance = 0.0  # source branch's w (InfEdit's scale 1: w = 0)
     config.edit.t_start = 1.0  # 1: from pure noise; < 1: from x0 noised to t_start (sdedit needs < 1)
-    config.edit.attention_steps = 0  # ddcm: the first steps whose target attends with the source's queries, keys
+    config.edit.attention_steps = 0  # ddcm: the first steps whose target attends with the source's queries and keys
     config.edit.seed = 0
     config.edit.use_ema = True
     config.edit.batch_size = 256
@@ -187,13 +187,59 @@ def _dotted_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[st
     return out
 
 
+def key_help() -> dict[str, str]:
+    """What each key of :func:`base_config` is for: the comment on its line, or the comment lines just above it
+    (the defaults' own comments are the one source)."""
+    import inspect
+    import re
+
+    out, above = {}, []
+    lines = inspect.getsource(base_config).splitlines()
+    for i, line in enumerate(lines):
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# "))
+            continue
+        m = re.match(r"config\.([\w.]+) = ", text)
+        if not m:
+            above = []
+            continue
+        comment = text.split("  # ", 1)[1] if "  # " in text else ""
+        if not comment and text.endswith("("):  # a value over several lines: the comment is inside or after
+            for inner in (x.strip() for x in lines[i + 1 :]):
+                comment = inner.split("  # ", 1)[1] if "  # " in inner else ""
+                if comment or inner.startswith(")"):
+                    break
+        if not isinstance(get(base_config(), m.group(1)), ml_collections.ConfigDict):
+            out[m.group(1)] = " ".join([*above, comment]).strip()
+        above = []
+    return out
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+    """Every key of ``config`` with its value, the default where it differs, and what it is for (``python -m
+    pdist.main --config=FILE --config.mode=show``)."""
+    defaults, helps = base_config(), key_help()
+    rows = []
+    for key in _dotted_keys(config):
+        value = get(config, key)
+        try:
+            default = get(defaults, key)
+        except KeyError:
+            default = value
+        note = "" if default == value else f"  (default {default!r})"
+        help_text = f"  # {helps[key]}" if helps.get(key) else ""
+        rows.append(f"config.{key} = {value!r}{note}{help_text}")
+    return "\n".join(rows)
+
+
 def check_key(config: ml_collections.ConfigDict, dotted: str) -> None:
     """One sentence (with the closest key) if ``config.<dotted>`` does not exist."""
     node = config
     for part in dotted.split("."):
         if not (isinstance(node, ml_collections.ConfigDict) and part in node):
             close = difflib.get_close_matches(dotted, _dotted_keys(config), n=1, cutoff=0.6)
-            hint = f"did you mean config.{close[0]}?" if close else "the keys are listed in pdist/config.py."
+            hint = f"did you mean config.{close[0]}?" if close else "--config.mode=show lists every key."
             _fail(f"config.{dotted} is not a config key; {hint}")
         node = node[part]
 

@@ -4,7 +4,9 @@
 checkpoint), ``distill`` (progressive distillation of ``config.distill.teacher``,
 resuming likewise), ``sample`` (``config.sample.*`` from a checkpoint),
 ``eval`` (``config.eval.*``: sample quality, and optionally NLL, of a checkpoint)
-or ``edit`` (``config.edit.*``: test images edited into other classes).
+``edit`` (``config.edit.*``: test images edited into other classes) or
+``show`` (the resolved config: every key, its default and what it is for; no
+workdir needed).
 
 The same command runs on every host of a multi-process run; ``--distributed``,
 ``--coordinator_address``, ``--num_processes`` and ``--process_id`` say how
@@ -49,7 +51,7 @@ def define_flags(fv: flags.FlagValues, argv: list[str] | None = None) -> None:
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).", flag_values=fv)
     flags.DEFINE_integer("num_processes", None, "Processes in the run (default: from the cluster).", flag_values=fv)
     flags.DEFINE_integer("process_id", None, "This process's index (default: from the cluster).", flag_values=fv)
-    flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
+    flags.mark_flags_as_required(["config"], flag_values=fv)  # --workdir: every mode but show (run checks)
 
 
 define_flags(flags.FLAGS)
@@ -102,7 +104,10 @@ def _flag_sentence(argv: list[str], error: Exception) -> str:
                 config_lib.check_key(config, m.group(1))
     text = " ".join(str(error.args[0] if isinstance(error, KeyError) and error.args else error).split())
     text = text or type(error).__name__
-    return f"{text.rstrip('.')}; fix that flag (python -m pdist.main --helpfull lists them all)."
+    return f"{text.rstrip('.')}; fix that flag ({SHOW} lists every config key with its default)."
+
+
+SHOW = "python -m pdist.main --config=FILE --config.mode=show"
 
 
 class _QuietOrbax:
@@ -142,8 +147,16 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> None:
     from pdist import jobs
 
     config, workdir = fv.config, fv.workdir
+    if workdir is None and config.mode != "show":
+        raise ConfigError(
+            f"--workdir is not set; pass the folder mode {config.mode!r} writes to (--workdir=runs/NAME), or "
+            "--config.mode=show to see the config."
+        )
     console.enable(jax.process_index() == 0)
     given = frozenset(config_flags.get_override_values(fv["config"]))
+    if config.mode == "show":
+        jobs.run(config, workdir, given)
+        return
     with preemption.guard():
         jobs.run(config, workdir, given)
     console.finish(time.time() - began, next_commands(config, config_flags.get_config_filename(fv["config"]), workdir))
@@ -176,7 +189,7 @@ def next_commands(config, config_file: str, workdir: str) -> list[str]:
         else:
             commands = [f"{main} --config.mode=sample", f"{main} --config.mode=eval"]
         return [*_inception(config, commands), load]
-    return [load] if config.mode == "sample" else []
+    return [load] if config.mode == "sample" else []  # show: nothing
 
 
 def _start_steps(distill_file: str, teacher) -> str:
@@ -292,5 +305,22 @@ def main(argv):
         _stop(*outcome(e))
 
 
+def usage() -> str:
+    """``--help``: this module's description as plain text, and the flags."""
+    text = re.sub(r"``([^`]+)``", r"\1", __doc__).replace(":mod:", "")
+    text = re.sub(r"`([^`]+)`", r"\1", text)
+    return (
+        f"{text.strip()}\n\nFlags:\n"
+        "  --config=FILE[:VARIANT]   a config file (configs/); --config.KEY=VALUE overrides a key\n"
+        "  --workdir=FOLDER          where the job writes (every mode but show)\n"
+        "  --distributed=auto|on|off, --coordinator_address, --num_processes, --process_id: multi-process runs\n"
+        "  -v 0 (--verbosity)        the libraries' logs too\n"
+        f"\nEvery config key, its default and what it is for: {SHOW}\n"
+    )
+
+
 if __name__ == "__main__":
+    if any(a in ("--help", "-h", "--helpshort", "--helpfull", "-?") for a in sys.argv[1:]):
+        print(usage())
+        sys.exit(0)
     app.run(main, flags_parser=_parse_or_stop)

@@ -369,3 +369,30 @@ def test_the_next_commands_a_run_prints_run(cli_workdir, tfds_dir, tmp_path, cap
             assert "ddim:2:uniform" in out, out[-2000:]
         elif "mode=sample" in command:
             assert "(ddim, 2 steps)" in out, out[-2000:]
+
+
+def test_show_lists_every_key_with_its_value_default_and_help_and_help_is_plain_text(capsys):
+    from pdist import config as config_lib
+
+    status, message, _ = run_in_process("--config.mode=show", "--config.sample.num_steps=16",
+                                        config="configs/digits_cond.py")  # fmt: skip
+    assert status == 0, message
+    lines = capsys.readouterr().out.splitlines()
+    shown = {line.split(" = ", 1)[0]: line for line in lines if line.startswith("config.")}
+    every = [f"config.{k}" for k in _keys(config_lib.base_config())]
+    assert sorted(shown) == sorted(every)
+    assert shown["config.sample.num_steps"].startswith("config.sample.num_steps = 16  (default 128)")
+    assert shown["config.train.label_dropout"].startswith("config.train.label_dropout = 0.1  (default 0.0)")
+    assert "# a TFDS name" in shown["config.data.name"]  # the defaults' own comments
+    assert "--config.mode=show lists every key" in run_in_process("--config.nope=1", config="configs/digits.py")[1]
+    # --help: plain text, exit status 0.
+    out = subprocess.run([sys.executable, "-m", "pdist.main", "--help"], cwd=REPO, env=main_env(),
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and "``" not in out.stdout and "--config.mode=show" in out.stdout, out
+
+
+def _keys(config, prefix=""):
+    out = []
+    for k, v in config.items():
+        out += _keys(v, f"{prefix}{k}.") if hasattr(v, "items") else [prefix + k]
+    return out

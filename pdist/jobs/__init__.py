@@ -19,7 +19,7 @@ import ml_collections
 from pdist.errors import check_one_of
 
 # config.mode -> its module in pdist.jobs
-JOBS = {"train": "train", "distill": "distill", "sample": "sample", "eval": "evaluate", "edit": "edit"}
+JOBS = {"train": "train", "distill": "distill", "sample": "sample", "eval": "evaluate", "edit": "edit", "show": "show"}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -45,6 +45,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, given: frozenset[str] =
     (``sample.num_steps``, ...); the others may follow the model (:func:`own_sampling`)."""
     from pdist.runtime import console, layout
 
+    if config.mode == "show":  # what the config holds, even a config that other modes would refuse
+        return job("show").run(config, workdir)
     validate(config)
     layout.check_writable(workdir)
     if own_sampling(config, workdir, given):
