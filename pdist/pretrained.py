@@ -125,6 +125,17 @@ class Pretrained:
 
     spec: ModelSpec | None = None  # the network and its diffusion (None: made from config)
 
+    def __repr__(self) -> str:
+        c = self.config
+        count = sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(self.params))
+        what = f"student ({self.metadata['sampling_steps']} steps)" if "sampling_steps" in self.metadata else "model"
+        conditional = f", {c.data.num_classes} classes" if c.model.class_conditional else ""
+        return (
+            f"<pdist {what}: {c.model.name} on {c.data.name} {c.data.image_size}x{c.data.image_size}x"
+            f"{c.data.channels}{conditional}, {c.diffusion.parameterization}-parameterization, {count:,} "
+            f"parameters, step {self.step}, {self.directory}>"
+        )
+
     def __post_init__(self):
         if self.spec is None:
             self.spec = ModelSpec.of(self.config)

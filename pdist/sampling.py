@@ -148,6 +148,12 @@ class ImageSampler:
             guidance = mesh_lib.replicate(np.asarray(guidance, np.float32), self.mesh)
         if labels is None:
             labels = self.spec.default_labels(num_samples)
+        elif not self.spec.num_classes:
+            raise ConfigError("labels were given but this model is unconditional; sample it without labels.")
+        elif np.shape(labels) != (num_samples,):
+            raise ConfigError(f"labels has shape {np.shape(labels)}; give one class per sample ({num_samples},).")
+        elif not np.all((np.asarray(labels) >= 0) & (np.asarray(labels) < self.spec.num_classes)):
+            raise ConfigError(f"labels must be classes in [0, {self.spec.num_classes - 1}]; got {np.asarray(labels)}.")
         way, t_ot = None, None
         if s.ot is not None:
             expressway = self.check_expressway(s.ot)

@@ -11,12 +11,14 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from helpers import REPO, SMALL_MODEL, config_file, main_env, run_in_process, run_script
 
 import pdist
 from pdist import jobs, main
+from pdist.errors import ConfigError
 from pdist.runtime import console
 
 
@@ -46,7 +48,7 @@ def test_the_console_opens_with_a_summary_and_ends_with_what_it_made_and_what_to
     assert lines[0] == (
         f"pdist {pdist.__version__}: train a teacher (unet, v-parameterization) on digits 8x8x1, 20 steps of batch 128"
     ), out
-    assert lines[1] == f"on 1 cpu device(s) in 1 process(es); writing to {cli_workdir}", out
+    assert lines[1] == f"on 1 CPU device in 1 process; writing to {cli_workdir}", out
     assert lines[2].startswith("preparing the digits dataset in ") and lines[3].startswith("prepared digits in ")
     (final,) = [line for line in lines if re.fullmatch(r"teacher  20/20 steps .*loss [0-9.]+  in \d+s", line)]
     done = next(i for i, line in enumerate(lines) if line.startswith("done in "))
@@ -396,3 +398,25 @@ def _keys(config, prefix=""):
     for k, v in config.items():
         out += _keys(v, f"{prefix}{k}.") if hasattr(v, "items") else [prefix + k]
     return out
+
+
+def test_a_finished_run_says_so_keeps_its_samples_and_a_model_prints_short(cli_workdir, capsys):
+    samples = os.path.join(cli_workdir, "samples.npz")
+    before = {p: os.path.getmtime(os.path.join(cli_workdir, p)) for p in os.listdir(cli_workdir)}
+    capsys.readouterr()
+    from conftest import SHORT
+
+    data_dir = pdist.load(cli_workdir).config.data.data_dir  # the same command: its own data folder
+    status, message, _ = run_in_process(f"--workdir={cli_workdir}", f"--config.data.data_dir={data_dir}", *SHORT)
+    assert status == 0, message
+    out = capsys.readouterr().out
+    assert "teacher: complete at step 20 (nothing to train)" in out and "samples are in" in out, out
+    assert {p: os.path.getmtime(os.path.join(cli_workdir, p)) for p in os.listdir(cli_workdir)} == before
+    assert os.path.getmtime(samples) == before["samples.npz"]
+    model = pdist.load(cli_workdir)
+    count = sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(model.params))
+    assert repr(model) == (f"<pdist model: unet on digits 8x8x1, v-parameterization, {count:,} parameters, step 20, "
+                           f"{os.path.join(cli_workdir, 'checkpoints')}>")  # fmt: skip
+    # labels= on an unconditional model, or of the wrong length: one sentence each, before anything compiles.
+    with pytest.raises(ConfigError, match="this model is unconditional"):
+        model.sample(4, labels=[0, 1, 2, 3])

@@ -114,15 +114,22 @@ def summary(config, workdir: str) -> str:
         what = f"distill {d.teacher} ({d.method}) from {d.start_steps} sampling steps to {d.final_steps}"
     elif mode == "sample":
         s = config.sample
-        what = f"sample {s.num_samples} images from {s.checkpoint or workdir} ({s.method}, {s.num_steps} steps)"
+        what = f"sample {s.num_samples} images from {s.checkpoint or workdir} ({s.method}, {_n(s.num_steps, 'step')})"
     elif mode == "eval":
         e = config.eval
         what = f"evaluate {e.checkpoint or workdir} ({e.samplers}; {e.num_samples} samples x {e.num_seeds} seeds)"
     else:
-        what = f"edit {config.edit.num_images} {data.name} images into classes {config.edit.targets or 'all'}"
+        into = f"classes {config.edit.targets}" if config.edit.targets else "every other class"
+        what = f"edit {_n(config.edit.num_images, 'image')} of {data.name} into {into}"
     devices = jax.devices()
+    platform = {"cpu": "CPU", "gpu": "GPU", "tpu": "TPU", "cuda": "GPU", "rocm": "GPU"}.get(devices[0].platform)
     return (
         f"pdist {pdist.__version__}: {what}\n"
-        f"on {len(devices)} {devices[0].platform} device(s) in {jax.process_count()} process(es); "
-        f"writing to {workdir}"
+        f"on {_n(len(devices), (platform or devices[0].platform) + ' device')} in "
+        f"{_n(jax.process_count(), 'process', 'processes')}; writing to {workdir}"
     )
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    """``1 step``, ``2 steps``."""
+    return f"{count:,} {one if count == 1 else many or one + 's'}"

@@ -200,8 +200,17 @@ def _fixed_noise_samples(sampler: ImageSampler, params, num_steps: int, *, confi
 
 
 def _brief(row: dict) -> str:
-    """A round's report in a line: its numbers, rounded."""
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "round")
+    """A round's report in a line, in words."""
+    said = f"{row['teacher_steps']} -> {row['steps']} steps, {row['updates']:,} updates"
+    if row.get("final_loss") is not None:
+        said += f", final loss {row['final_loss']:.4g}"
+    if row.get("rmse_student") is not None:
+        said += f"; RMSE to the teacher's {row['teacher_steps']}-step samples {row['rmse_student']:.4g}"
+        if row.get("rmse_teacher") is not None:
+            said += f" (the teacher's own {row['steps']} steps: {row['rmse_teacher']:.4g})"
+    if row.get("seconds") is not None:
+        said += f", {row['seconds']:.0f} s"
+    return said
 
 
 def _save_samples(path: str, x: np.ndarray) -> None:

@@ -39,6 +39,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     sampler = ImageSampler(spec, mesh)
     grids = lambda step, state, writer: _write_grid(sampler, state, config, workdir, step, writer)  # noqa: E731
     result = phase.run(teacher.phase_of(config, spec, workdir, grids, config.train.sample_every), mesh)
+    if not result.trained and files.isfile(os.path.join(workdir, f"{layout.SAMPLES}.npz")):
+        console.say(f"its samples are in {console.short(os.path.join(workdir, layout.SAMPLES + '.npz'))} (kept; "
+                    "--config.mode=sample draws more)")  # fmt: skip
+        return result.state
     sampling = Sampling.from_config(config.sample)
     x = sampler(result.state.ema_params, config.sample.num_samples, sampling, progress=f"sampling {sampling.label}")
     if jax.process_index() == 0:

@@ -87,6 +87,7 @@ class Phase:
 class Result:
     state: TrainState
     metadata: dict  # of the final checkpoint
+    trained: bool = True  # False: the phase was complete already (nothing ran)
 
 
 def run(phase: Phase, mesh) -> Result:
@@ -105,7 +106,9 @@ def run(phase: Phase, mesh) -> Result:
                     f"{phase.name}: complete at step {start}; the given config differs from the one it ran with in "
                     f"{changed} (nothing was trained; a new run needs another workdir)"
                 )
-            return Result(state, resumed)
+            else:
+                console.say(f"{phase.name}: complete at step {start} (nothing to train)")
+            return Result(state, resumed, trained=False)
         batches = phase.batches(start)  # a dataset that is not there fails here, before anything is written
         if start:
             console.say(f"{phase.name}: resuming at step {start} from {layout.step_folder(ckpt.directory, start)}")
