@@ -47,12 +47,20 @@ def save_samples(directory: str, name: str, x: np.ndarray, labels=None) -> tuple
     return png, npz
 
 
-def save_side_by_side(path: str, panels: list[np.ndarray], gap: int = 4) -> None:
-    """One PNG: a grid per panel ([n, H, W, C] in [-1, 1]), side by side, separated by white columns."""
-    grids = [grid(p) for p in panels]
-    h = max(g.shape[0] for g in grids)
-    sep = np.full((h, gap, grids[0].shape[2]), 255, np.uint8)
-    parts = []
-    for g in grids:
-        parts += [np.pad(g, ((0, h - g.shape[0]), (0, 0), (0, 0))), sep]
-    save_png(path, np.concatenate(parts[:-1], axis=1), scale=max(1, 128 // h))
+def save_panels(path: str, panels: list[np.ndarray], titles: list[str]) -> None:
+    """One PNG: a grid per panel ([n, H, W, C] in [-1, 1]) side by side, each under its title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.9 * len(panels), 2.3), squeeze=False)
+    for ax, panel, title in zip(axes[0], panels, titles, strict=True):
+        g = grid(panel)
+        ax.imshow(g[..., 0] if g.shape[-1] == 1 else g, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    with files.atomic(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)

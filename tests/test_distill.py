@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import assert_same_tree, config_file, nonzero_params, small_model
+from PIL import Image
 
 import pdist
 from pdist import build, diffusion, losses, optim, oracles, samplers
@@ -143,7 +144,9 @@ def test_rounds_halve_and_each_student_is_tagged_and_samples_with_its_steps(whol
         assert np.isfinite(w["final_loss"]) and w["rmse_student"] >= 0
     with open(os.path.join(path, "summary.json")) as f:
         assert json.load(f) == rows
-    assert os.path.exists(os.path.join(path, "summary.md")) and os.path.exists(os.path.join(path, "rounds.png"))
+    assert os.path.exists(os.path.join(path, "summary.md"))
+    with Image.open(os.path.join(path, "rounds.png")) as png:  # teacher and 2 rounds, titled, at a legible size
+        assert png.size[0] >= 3 * 150 and png.size[1] >= 200, png.size
     # The workdir stands for its newest student, which samples with its own step count by default.
     newest = pdist.load(path)
     assert newest.metadata["sampling_steps"] == 1

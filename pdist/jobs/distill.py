@@ -225,7 +225,9 @@ def write_summary(workdir: str, rows: list[dict], rounds: list[Round], table: st
     files.write_json(os.path.join(workdir, f"{layout.SUMMARY}.json"), rows)
     files.write_text(os.path.join(workdir, f"{layout.SUMMARY}.md"), table)
     panels = [files.load_npz(layout.teacher_samples(workdir, rounds[0].teacher_steps))["samples"]]
+    titles = [f"teacher, {rounds[0].teacher_steps} steps"]
     for rnd in rounds[: len(rows)]:
         path = os.path.join(layout.round_dir(workdir, rnd.index, rnd.student_steps), f"{layout.SAMPLES}.npz")
         panels.append(files.load_npz(path)["samples"])
-    images.save_side_by_side(os.path.join(workdir, layout.ROUNDS_PNG), [p[:grid_samples] for p in panels])
+        titles.append(f"round {rnd.index}: {rnd.student_steps} step{'s' if rnd.student_steps > 1 else ''}")
+    images.save_panels(os.path.join(workdir, layout.ROUNDS_PNG), [p[:grid_samples] for p in panels], titles)
