@@ -81,6 +81,8 @@ def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bit_identic
     assert stopped, err[-3000:]
     step = int(stopped.group(1))
     assert 10 <= step < 100 and "Traceback" not in err
+    # The signal's line in the console's own words (no logging prefix), before the stop's sentence.
+    assert "\nSIGTERM: saving a checkpoint at the current step, then stopping;" in err and "preemption.py" not in err
     assert stopped.group(2) == os.path.join(workdir, "checkpoints", str(step))
     assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(step)]  # the current step, not a periodic one
     assert not os.path.exists(os.path.join(workdir, "samples.npz"))

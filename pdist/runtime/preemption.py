@@ -14,7 +14,7 @@ call :func:`stop_signal` with ``sync=True`` (the loop's log steps).
 from __future__ import annotations
 
 import contextlib
-import logging
+import os
 import signal
 import threading
 
@@ -32,10 +32,10 @@ def _handler(signum, frame) -> None:
     _received = signum
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    logging.warning(
-        "%s: saving a checkpoint at the current step, then stopping; send it again to stop at once without saving.",
-        signal.Signals(signum).name,
-    )
+    if jax.process_index() == 0:  # one unbuffered write: a handler may interrupt a print in progress
+        name = signal.Signals(signum).name
+        os.write(2, f"\n{name}: saving a checkpoint at the current step, then stopping; send it again to stop at "
+                    "once without saving.\n".encode())  # fmt: skip
 
 
 @contextlib.contextmanager
