@@ -155,6 +155,7 @@ def test_eval_mode_scores_each_sampler_over_seeds_and_the_nll(cli_workdir, tfds_
     with open(os.path.join(folder, "eval.md")) as f:
         table = f.read()
     assert "| ddim | 4 | uniform | 4 |" in table and "| ddpm | 4 | logsnr | 4 |" in table and "bits/dim" in table
+    assert "guid" not in table  # an unguided report says nothing about guided samplers
     assert os.path.exists(os.path.join(folder, "eval.png"))
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(folder))
     # The same seed through pdist.load and the evaluator in this process gives the same Frechet distance.

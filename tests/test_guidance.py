@@ -117,3 +117,4 @@ def test_evaluation_scores_each_weight_with_the_requested_class_accuracy(model, 
     assert all(0 <= v <= 1 for r in rows for v in r["accuracy"]["values"])
     table = markdown(rows, "t")
     assert "| ddim w=2 | 4 | uniform | 4 |" in table and "class accuracy" in table
+    assert "calls the network NFE times on twice the batch" in table  # what w's NFE means, in a guided report

@@ -33,12 +33,17 @@ def brief(s: dict) -> str:
 def markdown(rows: list[dict], title: str) -> str:
     """The table; a cell within seed noise of its column's best is marked with ≈ (bootstrap 95%)."""
     metrics = metrics_of(rows)
+    guided = any(r.get("guidance") is not None for r in rows)
     lines = [
         f"# {title}",
         "",
-        "mean ± std [bootstrap 95% interval] over seeds; ≈: not resolved from the column's best at 95%. A guided",
-        "sampler (w: its guidance weight) calls the network NFE times on twice the batch (a guided-distillation",
-        "student: on the batch, with w as an input).",
+        "mean ± std [bootstrap 95% interval] over seeds; ≈: not resolved from the column's best at 95%."
+        + (
+            " A guided sampler (w: its guidance weight) calls the network NFE times on twice the batch (a\n"
+            "guided-distillation student: on the batch, with w as an input)."
+            if guided
+            else ""
+        ),
         "",
         "| sampler | steps | grid | NFE | " + " | ".join(LABELS[m] for m in metrics) + " |",
         "|---|---:|---|---:|" + "---:|" * len(metrics),
