@@ -421,3 +421,17 @@ def test_a_finished_run_says_so_keeps_its_samples_and_a_model_prints_short(cli_w
     # labels= on an unconditional model, or of the wrong length: one sentence each, before anything compiles.
     with pytest.raises(ConfigError, match="this model is unconditional"):
         model.sample(4, labels=[0, 1, 2, 3])
+
+
+def test_readme_links_resolve_inside_the_repository():
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert links, "README links nothing"
+    outside = [link for link in links if "://" in link or link.startswith("..") or link.startswith("/")]
+    assert not outside, outside
+    missing = [link for link in links if not os.path.exists(os.path.join(REPO, link.split("#", 1)[0]))]
+    assert not missing, missing
+    # It opens with what pdist is (three lines), then the two commands.
+    lines = text.splitlines()
+    assert lines[0] == "# pdist" and lines[1] == "" and lines[5] == "" and lines[6] == "```bash", lines[:8]
