@@ -48,13 +48,12 @@ def save_samples(directory: str, name: str, x: np.ndarray, labels=None) -> tuple
 
 
 def save_panels(path: str, panels: list[np.ndarray], titles: list[str]) -> None:
-    """One PNG: a grid per panel ([n, H, W, C] in [-1, 1]) side by side, each under its title."""
-    import matplotlib
+    """One PNG: a grid per panel ([n, H, W, C] in [-1, 1]) side by side, each under its title (a Figure of its
+    own: no pyplot state and no backend switch, so a notebook's own plots are left as they are)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.9 * len(panels), 2.3), squeeze=False)
+    fig = Figure(figsize=(1.9 * len(panels), 2.3))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, panel, title in zip(axes[0], panels, titles, strict=True):
         g = grid(panel)
         ax.imshow(g[..., 0] if g.shape[-1] == 1 else g, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
@@ -63,4 +62,3 @@ def save_panels(path: str, panels: list[np.ndarray], titles: list[str]) -> None:
     fig.tight_layout()
     with files.atomic(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)

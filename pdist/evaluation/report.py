@@ -68,13 +68,13 @@ def markdown(rows: list[dict], title: str) -> str:
 
 
 def plot(rows: list[dict], path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """eval.png: each metric against function evaluations, one line per sampler (a Figure of its own: no pyplot
+    state and no backend switch, so a notebook's own plots are left as they are)."""
+    from matplotlib.figure import Figure
 
     metrics = metrics_of(rows)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6))
+    fig = Figure(figsize=(4.2 * len(metrics), 3.6))
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     lines = dict.fromkeys((sampler_name(r), r.get("grid")) for r in rows)  # one line per sampler and grid
     several_grids = len({grid for _, grid in lines}) > 1
     for ax, m in zip(axes, metrics, strict=True):
@@ -98,4 +98,3 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     fig.tight_layout()
     with files.atomic(path) as f:
         fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
