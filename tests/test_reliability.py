@@ -243,7 +243,7 @@ FROM_THE_SHELL = (0, 6, 10, 12)
 
 
 @pytest.mark.parametrize("case", range(16))
-def test_bad_input_stops_in_one_sentence_and_changes_nothing(case, tfds_dir, uninterrupted, tmp_path):
+def test_bad_input_stops_in_one_sentence_and_changes_nothing(case, tfds_dir, uninterrupted, tmp_path, capsys):
     empty = str(tmp_path / "empty_tfds")
     flags_, config, devices, expected = _error_cases(tfds_dir, empty)[case]
     flags_ = [f.replace("TEACHER", uninterrupted) for f in flags_]
@@ -255,11 +255,14 @@ def test_bad_input_stops_in_one_sentence_and_changes_nothing(case, tfds_dir, uni
     config = config or "configs/digits.py"
     if case in FROM_THE_SHELL:
         out = run_main(*args, config=config, devices=devices, timeout=300)
-        status, message = out.returncode, out.stderr.strip().splitlines()[-1]
+        status, message, said = out.returncode, out.stderr.strip().splitlines()[-1], out.stdout
         assert "Traceback" not in out.stderr, out.stderr[-3000:]
     else:
         assert devices == 1
+        capsys.readouterr()
         status, message, _ = run_in_process(*args, config=config)
+        said = capsys.readouterr().out
+    assert "writing to" not in said, said  # nothing is announced before a refusal
     assert status == 2, message
     assert message.startswith("error: ") and expected in message, message
     assert one_sentence(message) and "XLA" not in message

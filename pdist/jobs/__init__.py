@@ -7,7 +7,8 @@ checkpoint) and ``edit`` (images of one class edited into others). Modules
 are imported when their job runs, so that the math core and ``pdist.load``
 stay light. :func:`validate` checks a config for its job: the shared sections
 (:mod:`pdist.jobs.sections`), then the job module's own ``validate(config)``
-where it has settings of its own.
+where it has settings of its own, and the job's ``preflight(config, workdir)`` where it reads inputs
+(a dataset, a teacher, a checkpoint): refused in one sentence before the job's summary is printed.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, given: frozenset[str] =
     layout.check_writable(workdir)
     if own_sampling(config, workdir, given):
         validate(config)
+    check = getattr(job(config.mode), "preflight", None)
+    if check is not None:  # the inputs it reads (dataset, teacher, checkpoint): refused before anything is said
+        check(config, workdir)
     console.say(summary(config, workdir))
     return job(config.mode).run(config, workdir)
 

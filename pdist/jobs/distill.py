@@ -31,7 +31,7 @@ from pdist import config as config_lib
 from pdist.distillation import DISTILLERS, Round
 from pdist.errors import ConfigError, InputError, check_one_of, check_positive
 from pdist.jobs import sections
-from pdist.pretrained import restore
+from pdist.pretrained import restore, stored
 from pdist.runtime import console, files, layout, phase
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime.step import init_state
@@ -67,6 +67,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     DISTILLERS[settings.method].validate(config)
     check_positive(settings.fidelity_samples, "distill.fidelity_samples")
     check_positive(settings.grid_samples, "distill.grid_samples")
+
+
+def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """The teacher is there and is the network ``config`` builds, and the dataset is there (one sentence each),
+    from the teacher's stored config: no array is read; and the batch splits over the devices."""
+    mesh_lib.check_batch_size(config.train.batch_size, mesh_lib.data_mesh(), config.train.grad_accum_steps)
+    directory, _ = layout.locate(config.distill.teacher)
+    teacher_config, metadata = stored(config.distill.teacher)
+    check_teacher(config, teacher_config, layout.step_folder(directory, metadata["step"]))
+    data.training_builder(config.data)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:

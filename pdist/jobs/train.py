@@ -29,6 +29,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     sections.validate_training(config)
 
 
+def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """The batch over the devices and the dataset and split (one sentence if any does not fit), even for a
+    finished run."""
+    mesh_lib.check_batch_size(config.train.batch_size, mesh_lib.data_mesh(), config.train.grad_accum_steps)
+    data.training_builder(config.data)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or resumes) the teacher ``config`` describes in ``workdir``; returns its final state."""
     mesh = mesh_lib.data_mesh()
