@@ -45,11 +45,12 @@ def test_the_console_opens_with_a_summary_and_ends_with_what_it_made_and_what_to
     with open(f"{cli_workdir}.stderr") as f:
         err = f.read()
     lines = out.splitlines()
-    assert lines[0] == (
+    # Its inputs first (a fresh data folder: the digits dataset is prepared, once), then what the job will do.
+    assert lines[0].startswith("preparing the digits dataset in ") and lines[1].startswith("prepared digits in ")
+    assert lines[2] == (
         f"pdist {pdist.__version__}: train a teacher (unet, v-parameterization) on digits 8x8x1, 20 steps of batch 128"
     ), out
-    assert lines[1] == f"on 1 CPU device in 1 process; writing to {cli_workdir}", out
-    assert lines[2].startswith("preparing the digits dataset in ") and lines[3].startswith("prepared digits in ")
+    assert lines[3] == f"on 1 CPU device in 1 process; writing to {cli_workdir}", out
     (final,) = [line for line in lines if re.fullmatch(r"teacher  20/20 steps .*loss [0-9.]+  in \d+s", line)]
     done = next(i for i, line in enumerate(lines) if line.startswith("done in "))
     loss = pdist.load(cli_workdir).metadata["loss"]
