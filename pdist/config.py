@@ -193,7 +193,7 @@ def key_help() -> dict[str, str]:
     import inspect
     import re
 
-    out, above = {}, []
+    out, above, defaults = {}, [], base_config()
     lines = inspect.getsource(base_config).splitlines()
     for i, line in enumerate(lines):
         text = line.strip()
@@ -210,7 +210,7 @@ def key_help() -> dict[str, str]:
                 comment = inner.split("  # ", 1)[1] if "  # " in inner else ""
                 if comment or inner.startswith(")"):
                     break
-        if not isinstance(get(base_config(), m.group(1)), ml_collections.ConfigDict):
+        if not isinstance(get(defaults, m.group(1)), ml_collections.ConfigDict):
             out[m.group(1)] = " ".join([*above, comment]).strip()
         above = []
     return out

@@ -169,22 +169,23 @@ def next_commands(config, config_file: str, workdir: str) -> list[str]:
     main = f"python -m pdist.main --config={q(config_file)} --workdir={q(workdir)}"
     load = f"python -c \"import pdist; print(pdist.load('{workdir}').sample(16).shape)\""
     guided = config.model.class_conditional and config.train.label_dropout > 0
-    weight = " --config.sample.guidance=2" if guided else ""
+    low, high = config.distill.guidance_min, config.distill.guidance_max  # the weights a guided model is used at
+    middle = f"{(low + high) / 2:g}"
+    weights = f"{low:g},{middle},{high:g}"
     if config.mode == "train":
-        out = [f"{main} --config.mode=sample --config.sample.num_steps=16{weight}"]
+        out = [f"{main} --config.mode=sample --config.sample.num_steps=16"
+               + (f" --config.sample.guidance={middle}" if guided else "")]  # fmt: skip
         distill = _guided_config(config_file) if guided else _distill_config(config_file)
         if distill:
             out.append(
                 f"python -m pdist.main --config={q(distill)} --workdir={q(workdir.rstrip('/') + '_distill')} "
                 f"--config.distill.teacher={q(workdir)}{_start_steps(distill, config)}"
             )
-        out.append(f"{main} --config.mode=eval" + (" --config.eval.guidance=0,1,2,4" if guided else ""))
+        out.append(f"{main} --config.mode=eval" + (f" --config.eval.guidance={weights}" if guided else ""))
         return [*_inception(config, out), load]
     if config.mode == "distill":  # the student samples and evaluates with its own steps by default
         if config.distill.method == "guided":  # it takes the weight as an input, in its range
-            low, high = config.distill.guidance_min, config.distill.guidance_max
-            weights = f"{low:g},{(low + high) / 2:g},{high:g}"
-            commands = [f"{main} --config.mode=sample --config.sample.guidance={(low + high) / 2:g}",
+            commands = [f"{main} --config.mode=sample --config.sample.guidance={middle}",
                         f"{main} --config.mode=eval --config.eval.guidance={weights}"]  # fmt: skip
         else:
             commands = [f"{main} --config.mode=sample", f"{main} --config.mode=eval"]
@@ -281,16 +282,11 @@ def cli(args: list[str]) -> int:
     """``python -m pdist.main ARGS`` in this process, for a notebook or a script: the same job, output, message
     and exit status (returned), and what it compiled stays compiled for what runs next here. The libraries'
     notices are silenced as on the command line."""
-    if not _state["quiet"]:
-        console.quiet()
-        _state["quiet"] = True
+    console.quiet()
     status, message, _ = invoke(list(args))
     if message:
         print(message, file=sys.stderr, flush=True)
     return status
-
-
-_state = {"quiet": False}
 
 
 def main(argv):

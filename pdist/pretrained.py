@@ -75,8 +75,7 @@ def restore(
     sharding = SingleDeviceSharding(jax.local_devices()[0]) if mesh is None else mesh_lib.replicated(mesh)
     ckpt = Checkpointer(directory, asynchronous=False)
     try:
-        metadata = ckpt.metadata(step)
-        config = config_lib.from_stored(metadata["config"])
+        config, metadata = _read_stored(ckpt, step)
         if check is not None:
             check(config, layout.step_folder(directory, metadata["step"]))
         spec = ModelSpec.of(config)
@@ -93,9 +92,13 @@ def stored(path: str, step: int | None = None) -> tuple[ml_collections.ConfigDic
     directory, found = layout.locate(path)
     ckpt = Checkpointer(directory, asynchronous=False)
     try:
-        metadata = ckpt.metadata(found if step is None else step)
+        return _read_stored(ckpt, found if step is None else step)
     finally:
         ckpt.close()
+
+
+def _read_stored(ckpt: Checkpointer, step: int | None) -> tuple[ml_collections.ConfigDict, dict]:
+    metadata = ckpt.metadata(step)
     return config_lib.from_stored(metadata["config"]), metadata
 
 

@@ -17,7 +17,7 @@ import pytest
 from helpers import REPO, SMALL_MODEL, config_file, main_env, run_in_process, run_script
 
 import pdist
-from pdist import jobs, main
+from pdist import jobs, main, pretrained
 from pdist.errors import ConfigError
 from pdist.runtime import console
 
@@ -231,9 +231,10 @@ def test_distill_command_runs_its_round_and_a_rerun_resumes_without_training(cli
                     "sampling it with ddim:3:uniform as asked"], said  # fmt: skip
     config = config_file("digits_distill")
     config.mode = "eval"
-    assert jobs.own_sampling(config, str(tmp_path / "distill")) and config.eval.samplers == "ddim:2:uniform"
+    stored = pretrained.stored(str(tmp_path / "distill"))
+    assert jobs.own_sampling(config, *stored) and config.eval.samplers == "ddim:2:uniform"
     config.mode, config.eval.samplers = "eval", "ddim:8"
-    assert not jobs.own_sampling(config, str(tmp_path / "distill"), frozenset({"eval.samplers"}))
+    assert not jobs.own_sampling(config, *stored, frozenset({"eval.samplers"}))
     assert config.eval.samplers == "ddim:8"
 
 

@@ -7,8 +7,9 @@ checkpoint) and ``edit`` (images of one class edited into others). Modules
 are imported when their job runs, so that the math core and ``pdist.load``
 stay light. :func:`validate` checks a config for its job: the shared sections
 (:mod:`pdist.jobs.sections`), then the job module's own ``validate(config)``
-where it has settings of its own, and the job's ``preflight(config, workdir)`` where it reads inputs
-(a dataset, a teacher, a checkpoint): refused in one sentence before the job's summary is printed.
+where it has settings of its own. :func:`run` reads the checkpoint of the modes that take one, and runs the
+job's ``preflight(config, workdir)`` where it reads other inputs (a dataset, a teacher), so that a missing input
+is one sentence before the job's summary is printed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pdist.errors import check_one_of
 
 # config.mode -> its module in pdist.jobs
 JOBS = {"train": "train", "distill": "distill", "sample": "sample", "eval": "evaluate", "edit": "edit", "show": "show"}
+# the modes that read config.<mode>.checkpoint (default: the workdir's newest)
+READS_A_CHECKPOINT = ("sample", "eval", "edit")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -44,40 +47,35 @@ def run(config: ml_collections.ConfigDict, workdir: str, given: frozenset[str] =
     """Checks ``config`` and the workdir, says what the job will do (:func:`summary`), then runs the job
     ``config.mode`` names in this process (which has joined the run). ``given``: the keys the command line set
     (``sample.num_steps``, ...); the others may follow the model (:func:`own_sampling`)."""
+    from pdist.pretrained import stored
     from pdist.runtime import console, layout
 
     if config.mode == "show":  # what the config holds, even a config that other modes would refuse
         return job("show").run(config, workdir)
     validate(config)
     layout.check_writable(workdir)
-    if own_sampling(config, workdir, given):
-        validate(config)
+    if config.mode in READS_A_CHECKPOINT:  # it is there and readable, or one sentence before anything is said
+        model_config, metadata = stored(config[config.mode].checkpoint or workdir)
+        if own_sampling(config, model_config, metadata, given):
+            validate(config)
     check = getattr(job(config.mode), "preflight", None)
-    if check is not None:  # the inputs it reads (dataset, teacher, checkpoint): refused before anything is said
+    if check is not None:  # the other inputs a job reads (dataset, teacher): refused before anything is said
         check(config, workdir)
     console.say(summary(config, workdir))
     return job(config.mode).run(config, workdir)
 
 
-def own_sampling(config: ml_collections.ConfigDict, workdir: str, given: frozenset[str] = frozenset()) -> bool:
-    """Sample and eval modes on a distilled student sample it as it was distilled to be sampled, as
-    ``pdist.load(...).sample()`` does: DDIM with its own step count on its grid, unless ``given`` holds
-    ``sample.num_steps`` / ``sample.grid`` (sample mode) or ``eval.samplers`` (eval mode); asked for another
-    sampler, it says in one line what the student was distilled for. Changes ``config`` in place; True if it did.
+def own_sampling(config: ml_collections.ConfigDict, model_config, metadata: dict, given=frozenset()) -> bool:
+    """Sample and eval modes on a distilled student (``model_config`` and ``metadata``: its checkpoint's,
+    :func:`pdist.pretrained.stored`) sample it as it was distilled to be sampled, as ``pdist.load(...).sample()``
+    does: DDIM with its own step count on its grid, unless ``given`` holds ``sample.num_steps`` / ``sample.grid``
+    (sample mode) or ``eval.samplers`` (eval mode); asked for another sampler, it says in one line what the
+    student was distilled for. Changes ``config`` in place; True if it did.
     """
-    from pdist.errors import InputError
-    from pdist.pretrained import stored
     from pdist.runtime import console
 
-    if config.mode not in ("sample", "eval"):
-        return False
-    path = (config.sample.checkpoint if config.mode == "sample" else config.eval.checkpoint) or workdir
-    try:
-        model_config, metadata = stored(path)
-    except InputError:  # no checkpoint there, or a damaged one: the job says so in its own sentence
-        return False
     steps = metadata.get("sampling_steps")
-    if steps is None:  # a teacher: the config's sampler
+    if config.mode not in ("sample", "eval") or steps is None:  # a teacher: the config's sampler
         return False
     grid = model_config.sample.grid
     own = f"ddim:{steps}:{grid}"
@@ -126,10 +124,9 @@ def summary(config, workdir: str) -> str:
         into = f"classes {config.edit.targets}" if config.edit.targets else "every other class"
         what = f"edit {_n(config.edit.num_images, 'image')} of {data.name} into {into}"
     devices = jax.devices()
-    platform = {"cpu": "CPU", "gpu": "GPU", "tpu": "TPU", "cuda": "GPU", "rocm": "GPU"}.get(devices[0].platform)
     return (
         f"pdist {pdist.__version__}: {what}\n"
-        f"on {_n(len(devices), (platform or devices[0].platform) + ' device')} in "
+        f"on {_n(len(devices), devices[0].platform.upper() + ' device')} in "
         f"{_n(jax.process_count(), 'process', 'processes')}; writing to {workdir}"
     )
 

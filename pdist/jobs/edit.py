@@ -14,7 +14,7 @@ import numpy as np
 from pdist import editing, images
 from pdist.data import pipeline
 from pdist.errors import ConfigError, check_one_of, check_positive
-from pdist.pretrained import load, stored
+from pdist.pretrained import load
 from pdist.runtime import console, files, layout
 
 
@@ -56,11 +56,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0 <= edit.attention_steps <= edit.num_steps:
         raise ConfigError(f"config.edit.attention_steps={edit.attention_steps} must be in [0, config.edit.num_steps].")
     edit_targets(config)
-
-
-def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """The checkpoint is there and readable (one sentence if not): its stored config and metadata, no array."""
-    stored(config.edit.checkpoint or workdir)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, str]:

@@ -26,7 +26,7 @@ from pdist.evaluation import evaluators, quality, report
 from pdist.evaluation.evaluators import EVALUATORS, resolve
 from pdist.evaluation.report import metrics_of, sampler_name
 from pdist.evaluation.split_nll import split_nll
-from pdist.pretrained import load, stored
+from pdist.pretrained import load
 from pdist.runtime import console, events, files, layout
 
 
@@ -66,11 +66,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if settings.nll_timesteps is not None:
             check_positive(settings.nll_timesteps, "eval.nll_timesteps")
         check_positive(settings.nll_draws, "eval.nll_draws")
-
-
-def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """The checkpoint is there and readable (one sentence if not): its stored config and metadata, no array."""
-    stored(config.eval.checkpoint or workdir)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

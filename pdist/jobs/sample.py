@@ -8,14 +8,9 @@ import os
 import ml_collections
 
 from pdist import images
-from pdist.pretrained import load, stored
+from pdist.pretrained import load
 from pdist.runtime import console, layout
 from pdist.sampling import Sampling
-
-
-def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """The checkpoint is there and readable (one sentence if not): its stored config and metadata, no array."""
-    stored(config.sample.checkpoint or workdir)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, str]:

@@ -30,7 +30,10 @@ NOISY_LOGGERS = ("matplotlib", "tensorflow", "jax._src.xla_bridge", "h5py", "PIL
 def quiet() -> None:
     """Silences library noise for this process. TensorFlow is imported here with the process's standard error
     closed: its C++ notices at import (oneDNN, absl's InitializeLog) ignore TF_CPP_MIN_LOG_LEVEL, and
-    TF_ENABLE_ONEDNN_OPTS=0 would change its numerics."""
+    TF_ENABLE_ONEDNN_OPTS=0 would change its numerics. Once per process (later calls do nothing)."""
+    if _state.get("quiet"):
+        return
+    _state["quiet"] = True
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if "tensorflow" not in sys.modules:
