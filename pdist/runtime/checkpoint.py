@@ -85,8 +85,10 @@ def version_mismatch(saved: dict | None, installed: dict[str, str] | None = None
     return ", ".join(changed)
 
 
+@jax.jit
 def _words(x: jax.Array) -> jax.Array:
-    """Two order-sensitive uint32 sums of an array's bits."""
+    """Two order-sensitive uint32 sums of an array's bits (one small program per shape and dtype, which the
+    leaves of a state mostly share: one program over the whole state took seconds to compile)."""
     x = jnp.ravel(x)
     if x.dtype == jnp.bool_:
         w = x.astype(jnp.uint32)
@@ -94,11 +96,6 @@ def _words(x: jax.Array) -> jax.Array:
         w = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{x.dtype.itemsize * 8}")).astype(jnp.uint32)
     position = jnp.arange(1, w.size + 1, dtype=jnp.uint32)
     return jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * position, dtype=jnp.uint32)])
-
-
-@jax.jit
-def _all_words(tree) -> jax.Array:
-    return jnp.concatenate([_words(x) for x in jax.tree.leaves(tree)] or [jnp.zeros((0,), jnp.uint32)])
 
 
 def _silence_abandoned_reads() -> None:
@@ -119,7 +116,8 @@ def _silence_abandoned_reads() -> None:
 def fingerprint(state) -> str:
     """A checksum of every array in ``state`` (bits, shapes and order), computed on the devices."""
     shapes = repr([(x.shape, str(x.dtype)) for x in jax.tree.leaves(state)]).encode()
-    return hashlib.sha256(np.asarray(_all_words(state)).tobytes() + shapes).hexdigest()[:32]
+    words = [np.asarray(w) for w in jax.device_get([_words(x) for x in jax.tree.leaves(state)])]
+    return hashlib.sha256(np.concatenate(words or [np.zeros((0,), np.uint32)]).tobytes() + shapes).hexdigest()[:32]
 
 
 class Checkpointer:
