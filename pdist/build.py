@@ -26,7 +26,7 @@ def student_params(student: ModelSpec, teacher_params, key: Array):
     """A student network's (``student``) initial parameters: the teacher's, and fresh ones (from ``key``) for
     what the teacher's network lacks (a guided student's w layers, which start at zero: the student is the
     teacher). One sentence if a shared parameter's shape differs."""
-    fresh = flax.traverse_util.flatten_dict(jax.eval_shape(student.init_params, key))
+    fresh = flax.traverse_util.flatten_dict(student.param_shapes())
     given = flax.traverse_util.flatten_dict(teacher_params)
     for path, value in given.items():
         if path not in fresh or fresh[path].shape != value.shape:

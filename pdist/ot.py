@@ -95,7 +95,7 @@ TARGETS = "targets"  # the mesh axis a sharded solve splits the targets over
 
 def target_mesh(devices=None) -> Mesh:
     """A mesh of ``devices`` (default: ``jax.devices()``) whose one axis splits the targets. Tested with several
-    devices in one process (tests/scripts/sharded_ot.py); a solve over several processes is not."""
+    devices in one process (tests/scripts/four_devices.py); a solve over several processes is not."""
     return Mesh(np.asarray(jax.devices() if devices is None else devices), (TARGETS,))
 
 

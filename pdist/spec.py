@@ -21,6 +21,7 @@ ARCHITECTURES`) runs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -94,6 +95,12 @@ class ModelSpec:
         label = jnp.zeros((1,), jnp.int32) if self.num_classes else None
         w = jnp.zeros((1,)) if self.guidance_input else None
         return self.network.init({"params": key}, x, jnp.zeros((1,)), label, w)["params"]
+
+    def param_shapes(self):
+        """The shapes and dtypes of :meth:`init_params`' parameters, traced once for each distinct model in a
+        process (a network's init takes a tenth of a second or more to trace, and the preflight, the teacher
+        check and a student's initialization each ask). Read it, do not change it."""
+        return _param_shapes(self)
 
     def apply(
         self, params, z: Array, t: Array, label: Array | None, key: Array | None, guidance=None, **control
@@ -179,3 +186,8 @@ class ModelSpec:
         """The classes a class-conditional model samples when none are given: 0, 1, 2, ... in turn (None for
         an unconditional model)."""
         return np.arange(num_samples) % self.num_classes if self.num_classes else None
+
+
+@functools.lru_cache(maxsize=64)
+def _param_shapes(spec: ModelSpec):
+    return jax.eval_shape(spec.init_params, jax.random.key(0))

@@ -2,6 +2,7 @@
 trained workdirs shared by the tests that only read them (helpers live in tests/helpers.py)."""
 
 import fcntl
+import json
 import os
 import shutil
 
@@ -9,7 +10,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-from helpers import JAX_CACHE, REPO, SMALL_MODEL, run_main, small_config, xla_flags  # noqa: E402
+from helpers import JAX_CACHE, REPO, SMALL_MODEL, run_main, run_script, small_config, xla_flags  # noqa: E402
 
 os.environ["XLA_FLAGS"] = xla_flags(1)  # read when the backend starts; as a 1-device subprocess's (main_env)
 
@@ -66,6 +67,19 @@ def evaluator_cache(tmp_path_factory, tfds_dir):
         os.environ.pop("PDIST_CACHE", None)
     else:
         os.environ["PDIST_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def four_devices(tmp_path_factory) -> dict:
+    """tests/scripts/four_devices.py's results, run once for the whole run in one process with 4 forced CPU
+    devices (sections ``train``, ``accumulation``, ``sampling``, ``ot``: the tests that read them)."""
+
+    def make(path):
+        with open(path, "w") as f:
+            json.dump(run_script("four_devices", devices=4), f)
+
+    with open(_once_per_run(tmp_path_factory, "four_devices.json", make)) as f:
+        return json.load(f)
 
 
 @pytest.fixture(scope="session")

@@ -218,10 +218,8 @@ def test_nll_clips_x_hat_when_asked():
     assert float(jnp.abs(clipped - unclipped).max()) > 1e-2
 
 
-def test_sampling_splits_batches_over_devices_with_the_same_images():
-    from helpers import run_script
-
-    result = run_script("sharded_sampling", devices=4)
+def test_sampling_splits_batches_over_devices_with_the_same_images(four_devices):
+    result = four_devices["sampling"]
     assert result["devices"] == 4 and result["shape"] == [10, 8, 8, 1]
     assert result["err"] < 1e-5, result
 

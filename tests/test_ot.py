@@ -34,13 +34,11 @@ def test_the_chunked_assignment_is_the_argmax_over_all_targets():
         np.testing.assert_array_equal(np.asarray(ot.assign(x, y, h, chunk=chunk)), expected)
 
 
-def test_targets_split_over_four_devices_give_the_one_device_assignment_and_solve():
+def test_targets_split_over_four_devices_give_the_one_device_assignment_and_solve(four_devices):
     """103 targets over 4 devices (padded to 104 with rows that never win): every assignment equals one device's,
     a tie between rows on two devices goes to the lower index as one argmax would, and five solver steps give
     bit-identical potentials (the cell counts are integers, so nothing depends on the reduction order)."""
-    from helpers import run_script
-
-    result = run_script("sharded_ot", devices=4)
+    result = four_devices["ot"]
     assert result["devices"] == 4 and result["rows_per_device"] == [26] * 4
     assert result["assign_mismatch"] == 0 and result["assign_rows"] == 102
     assert result["ties_to_51"] > 0 and result["ties_to_52"] == 0

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REPO, SCRIPTS, XLA_FLAGS, init_params, perturb, run_script, tiny_config
+from helpers import REPO, SCRIPTS, XLA_FLAGS, init_params, perturb, tiny_config
 
 import pdist
 from pdist import build
@@ -115,9 +115,8 @@ def test_two_processes_train_distill_and_evaluate_like_one(tmp_path, tfds_dir, e
     assert float(np.abs(x - x0).max()) < 1e-5
 
 
-@pytest.mark.heavy
-def test_gradient_accumulation_equals_the_big_batch_step():
-    result = run_script("accumulation", devices=4)
+def test_gradient_accumulation_equals_the_big_batch_step(four_devices):
+    result = four_devices["accumulation"]
     for loss, cases in result.items():
         for case, d in cases.items():
             assert d["state"] < 1e-5 and d["loss"] < 1e-5, (loss, case, d)

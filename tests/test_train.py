@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import apply_fn, assert_same_tree, config_file, run_script, small_config, small_model, train_steps
+from helpers import apply_fn, assert_same_tree, config_file, small_config, small_model, train_steps
 
 import pdist
 from pdist import losses, optim
@@ -70,8 +70,8 @@ def test_resume_continues_and_matches_the_uninterrupted_run(tfds_dir, tmp_path):
     assert pdist.load(str(tmp_path / "cut")).metadata["loss"] == pdist.load(str(tmp_path / "whole")).metadata["loss"]
 
 
-def test_four_devices_match_one_and_trace_once():
-    result = run_script("four_devices", devices=4)  # chex.assert_max_traces(n=1) inside
+def test_four_devices_match_one_and_trace_once(four_devices):
+    result = four_devices["train"]  # chex.assert_max_traces(n=1) inside
     assert result["devices"] == 4
     assert result["max_err"] < 1e-5
 

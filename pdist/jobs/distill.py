@@ -191,9 +191,7 @@ def check_teacher(config: ml_collections.ConfigDict, teacher_config: ml_collecti
                 f"The teacher at {where} has {key}={theirs!r} but this config has {mine!r}; "
                 "distill with the config the teacher was trained with."
             )
-    key = jax.random.key(0)
-    mine = jax.eval_shape(ModelSpec.of(config).init_params, key)
-    theirs = jax.eval_shape(ModelSpec.of(teacher_config).init_params, key)
+    mine, theirs = ModelSpec.of(config).param_shapes(), ModelSpec.of(teacher_config).param_shapes()
     if jax.tree.structure(mine) != jax.tree.structure(theirs) or jax.tree.leaves(mine) != jax.tree.leaves(theirs):
         raise TeacherMismatchError(
             f"The teacher at {where} is another architecture than config.model builds; "
