@@ -47,13 +47,14 @@ class LossAux(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Loss:
-    """``loss(params, batch, key, *args) -> (loss, LossAux)`` and its ``draw(batch, key) -> batch``.
+    """``loss(params, batch, key, *args) -> (loss, LossAux)`` and its ``draw(batch, key, *args) -> batch``.
 
-    ``args`` are what the train step passes through (a distillation loss's frozen teacher parameters).
+    ``args`` are what the train step passes through (a distillation loss's frozen teacher parameters and the
+    student's number of steps).
     """
 
     fn: Callable[..., tuple[Array, LossAux]]
-    draw: Callable[[dict, Array], dict]
+    draw: Callable[..., dict]
 
     def __call__(self, params, batch: dict, key: Array, *args) -> tuple[Array, LossAux]:
         return self.fn(params, batch, key, *args)
@@ -85,7 +86,7 @@ def drawer(
     ``guidance_prior`` (guided distillation), a guidance weight ``guidance`` per example drawn from it
     unless the batch holds them. The key's third part is left for the model."""
 
-    def draw(batch: dict, key: Array) -> dict:
+    def draw(batch: dict, key: Array, *loss_args) -> dict:
         k_t, k_eps, _ = jax.random.split(key, 3)
         x = batch["image"]
         t = batch["t"] if "t" in batch else uniform_times(k_t, x.shape[0], num_timesteps, t_min)

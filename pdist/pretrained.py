@@ -131,7 +131,8 @@ class Pretrained:
     def __repr__(self) -> str:
         c = self.config
         count = sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(self.params))
-        what = f"student ({self.metadata['sampling_steps']} steps)" if "sampling_steps" in self.metadata else "model"
+        steps = self.metadata.get("sampling_steps")
+        what = "model" if steps is None else f"student ({steps} step{'' if steps == 1 else 's'})"
         conditional = f", {c.data.num_classes} classes" if c.model.class_conditional else ""
         return (
             f"<pdist {what}: {c.model.name} on {c.data.name} {c.data.image_size}x{c.data.image_size}x"

@@ -5,12 +5,15 @@ import fcntl
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-from helpers import JAX_CACHE, REPO, SMALL_MODEL, run_main, run_script, small_config, xla_flags  # noqa: E402
+from helpers import JAX_CACHE, REPO, SMALL_MODEL, main_env, run_main, small_config, xla_flags  # noqa: E402
 
 os.environ["XLA_FLAGS"] = xla_flags(1)  # read when the backend starts; as a 1-device subprocess's (main_env)
 
@@ -31,11 +34,16 @@ SHORT = [
 ]
 
 
+def _shared_dir(tmp_path_factory):
+    """The folder the pytest-xdist workers of this run share (the run's base temporary folder without them)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def _once_per_run(tmp_path_factory, name: str, make) -> str:
     """``make(path)`` once for the whole run, in a folder the pytest-xdist workers share: the first worker that
     needs it makes it under a lock, the others wait and reuse it."""
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common folder
+    shared = _shared_dir(tmp_path_factory)
     path = shared / name
     with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -69,17 +77,40 @@ def evaluator_cache(tmp_path_factory, tfds_dir):
         os.environ["PDIST_CACHE"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _four_devices_in_the_background(request, tmp_path_factory):
+    """Starts tests/scripts/four_devices.py (4 forced CPU devices, one interpreter for all that needs them) when
+    the run holds a test that reads it, once for the whole run and at its start, beside the tests: a worker
+    that waited for it at the first test that needs it would leave a core idle for a minute."""
+    if not any("four_devices" in item.fixturenames for item in request.session.items):
+        return
+    shared = _shared_dir(tmp_path_factory)
+    with open(shared / "four_devices.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "four_devices.started").exists():
+            (shared / "four_devices.started").touch()
+            out, err, rc = (shared / f"four_devices.{name}" for name in ("out", "err", "rc"))
+            script = os.path.join(REPO, "tests", "scripts", "four_devices.py")
+            subprocess.Popen(
+                ["/bin/sh", "-c", f'"{sys.executable}" "{script}" > "{out}" 2> "{err}"; echo $? > "{rc}.tmp"; '
+                 f'mv "{rc}.tmp" "{rc}"'],
+                cwd=REPO, env=main_env(4), start_new_session=True,
+            )  # fmt: skip
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
-def four_devices(tmp_path_factory) -> dict:
-    """tests/scripts/four_devices.py's results, run once for the whole run in one process with 4 forced CPU
-    devices (sections ``train``, ``accumulation``, ``sampling``, ``ot``: the tests that read them)."""
-
-    def make(path):
-        with open(path, "w") as f:
-            json.dump(run_script("four_devices", devices=4), f)
-
-    with open(_once_per_run(tmp_path_factory, "four_devices.json", make)) as f:
-        return json.load(f)
+def four_devices(tmp_path_factory, _four_devices_in_the_background) -> dict:
+    """tests/scripts/four_devices.py's results (sections ``train``, ``accumulation``, ``sampling``, ``ot``: the
+    tests that read them), waited for."""
+    shared = _shared_dir(tmp_path_factory)
+    began = time.time()
+    while not (shared / "four_devices.rc").exists():
+        assert time.time() - began < 900, "tests/scripts/four_devices.py did not finish in 15 minutes"
+        time.sleep(0.5)
+    status = int((shared / "four_devices.rc").read_text())
+    assert status == 0, (shared / "four_devices.err").read_text()[-3000:]
+    return json.loads((shared / "four_devices.out").read_text().strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")

@@ -94,6 +94,16 @@ def test_a_progress_line_is_redrawn_in_a_terminal_and_printed_every_tenth_elsewh
     assert not line or "ETA 1m" in line[0], line  # 1 step/s after the first: 100 steps left
 
 
+def test_a_fast_rate_is_written_in_digits_with_thousands_separators(monkeypatch):
+    clock = iter([0.0, 0.0, 0.5])  # created; the first update at t = 0; 4,000 images more half a second later
+    monkeypatch.setattr(console.time, "time", lambda: next(clock))
+    stream = io.StringIO()
+    shown = console.Progress("sampling ddim:1", 8_001, unit="images", stream=stream)
+    for done in (1, 4_001):
+        shown.update(done)
+    assert stream.getvalue() == "sampling ddim:1  4,001/8,001 images  8,000 images/s  ETA 0s\n", stream.getvalue()
+
+
 def test_sample_mode_writes_grid_and_npz(cli_workdir, tmp_path):
     workdir = str(tmp_path / "w")  # the samples go to this workdir, the checkpoint is read from the shared one
     status, message, _ = run_in_process(

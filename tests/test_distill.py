@@ -1,6 +1,6 @@
 """Distillation: progressive students reproduce their teacher's 2N steps in N; rounds halve, are tagged, resume
-bit-identically (also after SIGTERM); the teacher stays frozen and a round traces once; a teacher that does not fit
-is refused in one sentence; every method of the table checks, schedules and trains."""
+bit-identically (also after SIGTERM); the teacher stays frozen and every round runs one program, traced once; a
+teacher that does not fit is refused in one sentence; every method of the table checks, schedules and trains."""
 
 import json
 import os
@@ -82,10 +82,8 @@ def test_students_reproduce_their_teachers_two_steps_on_a_2d_mixture():
 
     current, errors = teacher, {}
     for n in (4, 2, 1):
-        loss = progressive.make_loss(
-            apply_fn, schedule, parameterization="v", weighting="snr_plus_one", num_student_steps=n
-        )
-        student = fit(loss, current, 400, 1e-3, 256, 100 + n, current)
+        loss = progressive.make_loss(apply_fn, schedule, parameterization="v", weighting="snr_plus_one")
+        student = fit(loss, current, 400, 1e-3, 256, 100 + n, current, n)
         errors[n] = (
             rmse(ddim(student, noise, n), ddim(current, noise, 2 * n)),
             rmse(ddim(current, noise, n), ddim(current, noise, 2 * n)),
@@ -149,8 +147,9 @@ def test_rounds_halve_and_each_student_is_tagged_and_samples_with_its_steps(whol
         assert png.size[0] >= 3 * 150 and png.size[1] >= 200, png.size
     # The workdir stands for its newest student, which samples with its own step count by default.
     newest = pdist.load(path)
-    assert newest.metadata["sampling_steps"] == 1
+    assert newest.metadata["sampling_steps"] == 1 and repr(newest).startswith("<pdist student (1 step): unet on ")
     round_1 = pdist.load(os.path.join(path, "round_01_2steps"))
+    assert repr(round_1).startswith("<pdist student (2 steps): unet on ")
     x = round_1.sample(8, seed=1)
     np.testing.assert_array_equal(x, round_1.sample(8, seed=1, method="ddim", num_steps=2, grid="uniform"))
     assert not np.array_equal(x, round_1.sample(8, seed=1, method="ddim", num_steps=4))
@@ -213,7 +212,7 @@ def test_sigterm_in_round_2_saves_and_the_rerun_is_bit_identical(whole, tmp_path
     assert_same_tree((a.params, a.ema_params), (b.params, b.ema_params))
 
 
-def test_the_teacher_stays_frozen_and_a_round_traces_its_step_once(tfds_dir, teacher_dir, tmp_path, monkeypatch):
+def test_the_teacher_stays_frozen_and_every_round_runs_one_program(tfds_dir, teacher_dir, tmp_path, monkeypatch):
     config = _distill_config(tfds_dir, teacher_dir)
     mesh = mesh_lib.data_mesh()
     teacher = restore(teacher_dir, mesh=mesh).state.ema_params
@@ -236,6 +235,10 @@ def test_the_teacher_stays_frozen_and_a_round_traces_its_step_once(tfds_dir, tea
         for a, b in zip(before, jax.tree.leaves(result.state.params), strict=True)
     ]
     assert max(moved) > 0  # ... while the student, which started as its copy, did move
+    # The next round (another step count, the student as its teacher) runs the same program: no second trace.
+    nxt = Round(index=2, student_steps=2, teacher_steps=4, updates=2)
+    second = distill.run_round(config, ModelSpec.of(config), str(tmp_path / "round2"), nxt, result.state.params, mesh)
+    assert int(second.state.step) == 2 and second.metadata["sampling_steps"] == 2
 
 
 @pytest.mark.parametrize(
@@ -322,8 +325,8 @@ def test_labels_reach_teacher_and_student_of_a_class_conditional_model():
     x = jax.random.uniform(jax.random.key(2), (8, 8, 8, 1), minval=-1, maxval=1)
     key = jax.random.key(3)
     labels = jnp.arange(8) % 10
-    same = float(loss(params, {"image": x, "label": labels}, key, params)[0])
-    other = float(loss(params, {"image": x, "label": (labels + 1) % 10}, key, params)[0])
+    same = float(loss(params, {"image": x, "label": labels}, key, params, 4)[0])
+    other = float(loss(params, {"image": x, "label": (labels + 1) % 10}, key, params, 4)[0])
     # A student identical to its teacher still misses x-tilde (two steps are not one), and by a
     # different amount when the class changes what both networks see.
     assert same > 0 and abs(same - other) > 1e-6 * same, (same, other)
@@ -355,8 +358,9 @@ def test_every_distillation_method_checks_schedules_and_trains(name):
     if config.model.class_conditional:
         batch["label"] = jnp.arange(16) % 10
     key = jax.random.key(3)
-    value, grads = jax.jit(jax.value_and_grad(lambda p: loss(p, batch, key, teacher)[0]))(teacher)
-    lower = float(loss(jax.tree.map(lambda p, g: p - 1e-3 * g, teacher, grads), batch, key, teacher)[0])
+    n = rounds[-1].student_steps
+    value, grads = jax.jit(jax.value_and_grad(lambda p: loss(p, batch, key, teacher, n)[0]))(teacher)
+    lower = float(loss(jax.tree.map(lambda p, g: p - 1e-3 * g, teacher, grads), batch, key, teacher, n)[0])
     assert 0 < lower < float(value)
     # Its report is a row of its summary.
     x = np.zeros((4, 8, 8, 1))
@@ -365,3 +369,17 @@ def test_every_distillation_method_checks_schedules_and_trains(name):
     config.distill.method = "no_such_method"
     with pytest.raises(ConfigError, match="config.distill.method='no_such_method' is not valid"):
         validate(config)
+
+
+def test_a_rounds_line_says_what_it_measured_in_words():
+    row = {"round": 8, "steps": 1, "teacher_steps": 2, "updates": 800, "final_loss": 0.01129,
+           "rmse_student": 0.1005, "rmse_teacher": 0.3001, "seconds": 95.2}  # fmt: skip
+    assert distill._brief(row) == (
+        "2 -> 1 steps, 800 updates, final loss 0.01129; RMSE to the teacher's 2-step samples 0.1005 "
+        "(the teacher's own 1 step: 0.3001), 95 s"
+    )
+    row.update(steps=2, teacher_steps=4, rmse_teacher=None, seconds=None)
+    assert (
+        distill._brief(row)
+        == "4 -> 2 steps, 800 updates, final loss 0.01129; RMSE to the teacher's 4-step samples 0.1005"
+    )

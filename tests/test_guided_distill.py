@@ -220,7 +220,7 @@ def test_a_stage_two_round_trains_against_the_teacher_run_at_each_examples_weigh
     t = jnp.array([0.5, 1.0, 0.5, 1.0, 0.5, 1.0])  # the student's grid i / N
     noise = jax.random.normal(jax.random.key(9), x.shape)
     batch = {"image": x, "label": label, "t": t, "noise": noise, "guidance": w}
-    got = float(loss(student_params, batch, jax.random.key(10), teacher_params)[0])
+    got = float(loss(student_params, batch, jax.random.key(10), teacher_params, n_steps)[0])
 
     def alpha_sigma(tt):
         logsnr = np.asarray(spec.schedule.logsnr(jnp.asarray(tt, jnp.float32)), np.float64)

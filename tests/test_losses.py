@@ -72,13 +72,11 @@ def test_distillation_loss_is_zero_for_a_student_that_outputs_the_target(paramet
         return params_scale(params) * _raw_output(x, z, schedule.logsnr(t), parameterization)
 
     params_scale = lambda p: 0.9 if p == "wrong" else 1.0  # noqa: E731
-    loss_fn = progressive.make_loss(
-        apply_fn, schedule, parameterization=parameterization, weighting="snr_plus_one", num_student_steps=N
-    )
+    loss_fn = progressive.make_loss(apply_fn, schedule, parameterization=parameterization, weighting="snr_plus_one")
     batch = {"image": data.sample(jax.random.key(2), 256)}
     run = jax.jit(loss_fn, static_argnums=(0, 3))
-    exact = float(run("student", batch, jax.random.key(3), "teacher")[0])
-    wrong = float(run("wrong", batch, jax.random.key(3), "teacher")[0])
+    exact = float(run("student", batch, jax.random.key(3), "teacher", N)[0])
+    wrong = float(run("wrong", batch, jax.random.key(3), "teacher", N)[0])
     assert exact < 1e-6 * wrong and wrong > 1e-4, (exact, wrong)
 
 

@@ -120,7 +120,7 @@ def test_schedule_numbers_are_arguments_so_runs_of_any_length_and_rate_share_the
     first = optim.optimizer(settings, 20)
     settings.learning_rate, settings.warmup_steps = 0.02, 0  # another run: other rate, no warm-up, 7 steps
     second = optim.optimizer(settings, 7)
-    step = jax.jit(step_lib.make_train_step(losses.Loss(counted, lambda b, k: b), first, ema_decay=0.0))
+    step = jax.jit(step_lib.make_train_step(losses.Loss(counted, lambda b, k, *_: b), first, ema_decay=0.0))
     target = np.array([1.0, -2.0, 0.5], np.float32)
     for optimizer, total in ((first, 20), (second, 7)):
         state = step_lib.init_state(jnp.zeros(3), optimizer.tx)
@@ -145,7 +145,7 @@ def test_the_ema_is_the_debiased_average_of_the_iterates_with_no_weight_on_the_i
     settings.optimizer, settings.schedule, settings.grad_clip, settings.warmup_steps = "sgd", "constant", 0.0, 0
     settings.learning_rate = 0.05
     optimizer = optim.optimizer(settings, 30)
-    step = jax.jit(step_lib.make_train_step(losses.Loss(fn, lambda b, k: b), optimizer, ema_decay=decay))
+    step = jax.jit(step_lib.make_train_step(losses.Loss(fn, lambda b, k, *_: b), optimizer, ema_decay=decay))
     state = step_lib.init_state(jnp.full(3, 100.0), optimizer.tx)  # a far-away start the average must forget
     target = np.array([1.0, -2.0, 0.5], np.float32)
     iterates = []

@@ -4,8 +4,8 @@ A method is everything that differs between ways of distilling a teacher
 (:class:`Distiller`): its config checks, its rounds (how many, the student's
 sampling steps and updates in each), the student's network (the teacher's, or
 one with more inputs whose new parameters start it as the teacher), the
-student loss of a round (the frozen teacher's parameters are its argument,
-never a constant), the guidance weights of its fixed-noise samples, and its
+student loss of a round (the frozen teacher's parameters and the student's
+step count are its arguments, never constants), the guidance weights of its fixed-noise samples, and its
 report.
 Everything else is shared by ``pdist.jobs.distill``: loading and checking the
 teacher, running each round as a phase of the one train step
@@ -36,8 +36,10 @@ class Distiller:
     rounds: Callable[[ml_collections.ConfigDict], list[Round]]  # of config.distill
     # the teacher's config -> the student's (its network: ModelSpec.of reads it); applied once, by the job
     student: Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]
-    # (the student's ModelSpec, config, round) -> the round's student loss, taking the teacher's params
-    # (after round 1, the teacher is the previous student: the same network)
+    # (the student's ModelSpec, config, round) -> the round's student loss, taking the teacher's params (after
+    # round 1, the teacher is the previous student: the same network) and the round's student step count as
+    # arguments; rounds whose losses have the same code share one compiled step, so a loss closes over
+    # nothing that differs between rounds
     loss: Callable[[ModelSpec, ml_collections.ConfigDict, Round], Loss]
     # (config, n) -> the guidance weights [n] of the fixed-noise samples, or None (unguided)
     fixed_guidance: Callable[[ml_collections.ConfigDict, int], object]

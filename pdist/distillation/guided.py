@@ -108,7 +108,7 @@ def loss(student: ModelSpec, config: ml_collections.ConfigDict, rnd: Round) -> L
             num_classes=student.num_classes,
             **common,
         )
-    return progressive.make_loss(student.apply, student.schedule, num_student_steps=rnd.student_steps, **common)
+    return progressive.make_loss(student.apply, student.schedule, **common)
 
 
 def make_stage_one_loss(
@@ -123,7 +123,8 @@ def make_stage_one_loss(
     learned_variance: bool = False,
     teacher: Callable | None = None,
 ) -> Loss:
-    """Stage 1's loss ``(params, batch, key, teacher_params) -> (loss, aux)``:
+    """Stage 1's loss ``(params, batch, key, teacher_params, num_student_steps=None) -> (loss, aux)`` (the
+    step count, which every distillation loss takes, is not used: stage 1 trains on the teacher's own grid):
     ``weight(logsnr_t) |x_w - x_hat_student(z_t, c, w)|^2`` with the guided teacher's ``x_w``.
 
     ``apply_fn(params, z, t, label, key, w)`` is the student's network. ``teacher(teacher_params, z, t, label)
@@ -146,9 +147,12 @@ def make_stage_one_loss(
             return predict(apply_fn(teacher_params, z, t, label, None, jnp.zeros(z.shape[:1])), z, t)
 
     t_min = schedule.t_min if num_timesteps is None else 0.0
-    draw = losses.drawer(num_timesteps, t_min, guidance_prior=guidance_prior)
+    drawn = losses.drawer(num_timesteps, t_min, guidance_prior=guidance_prior)
 
-    def loss_fn(params, batch: dict, key: Array, teacher_params):
+    def draw(batch: dict, key: Array, *loss_args) -> dict:
+        return drawn(batch, key)
+
+    def loss_fn(params, batch: dict, key: Array, teacher_params, num_student_steps=None):
         batch = draw(batch, key)
         x, label, w = batch["image"], batch["label"], batch["guidance"]
         t = jnp.maximum(batch["t"], t_min)

@@ -82,14 +82,13 @@ def fixed_guidance(config: ml_collections.ConfigDict, num_samples: int) -> None:
 
 
 def loss(student: ModelSpec, config: ml_collections.ConfigDict, rnd: Round) -> Loss:
-    """The round's student loss ``(params, batch, key, teacher_params) -> (loss, aux)`` on the ``student``
-    network (the teacher's)."""
+    """The student loss ``(params, batch, key, teacher_params, num_student_steps) -> (loss, aux)`` of every
+    round on the ``student`` network (the teacher's)."""
     return make_loss(
         student.apply,
         student.schedule,
         parameterization=student.parameterization,
         weighting=config.diffusion.weighting,
-        num_student_steps=rnd.student_steps,
         learned_variance=student.learned_variance,
     )
 
@@ -159,31 +158,28 @@ def make_loss(
     *,
     parameterization: str,
     weighting: str,
-    num_student_steps: int,
     learned_variance: bool = False,
     guidance_prior: guidance.WeightPrior | None = None,
 ) -> Loss:
     """Student loss ``w(logsnr_t) |x~ - x_hat_student(z_t)|^2`` (Salimans & Ho 2022, Alg. 2).
 
-    Returns ``loss_fn(params, batch, key, teacher_params)``: the frozen teacher
-    (same ``apply_fn``, deterministic) is an argument, never a closed-over
-    constant. Student times are ``t = i / N``, i ~ U{1..N}. With
-    ``guidance_prior`` (guided distillation's stage 2, Meng et al. 2023), a
-    guidance weight drawn per example from it is the last argument of
-    ``apply_fn`` for teacher and student alike.
+    Returns ``loss_fn(params, batch, key, teacher_params, num_student_steps)``: the frozen teacher (same
+    ``apply_fn``, deterministic) and the student's number of steps N are arguments, never closed-over
+    constants, so every round runs one compiled program. Student times are ``t = i / N``, i ~ U{1..N}. With
+    ``guidance_prior`` (guided distillation's stage 2, Meng et al. 2023), a guidance weight drawn per example
+    from it is the last argument of ``apply_fn`` for teacher and student alike.
     """
     diffusion.check_parameterization(parameterization)
     diffusion.check_weighting(weighting)
-    if not (isinstance(num_student_steps, int) and num_student_steps >= 1):
-        raise ValueError(f"num_student_steps must be a positive integer, got {num_student_steps!r}.")
     predict = lambda out, z, logsnr: diffusion.predict(  # noqa: E731
         out, z, logsnr, parameterization=parameterization, learned_variance=learned_variance
     )
 
-    draw = losses.drawer(num_student_steps, guidance_prior=guidance_prior)  # t on the student's grid
+    def draw(batch: dict, key: Array, teacher_params, num_student_steps) -> dict:
+        return losses.drawer(num_student_steps, guidance_prior=guidance_prior)(batch, key)  # t on the student's grid
 
-    def loss_fn(params, batch: dict, key: Array, teacher_params):
-        batch = draw(batch, key)
+    def loss_fn(params, batch: dict, key: Array, teacher_params, num_student_steps):
+        batch = draw(batch, key, teacher_params, num_student_steps)
         x, label, t = batch["image"], batch.get("label"), batch["t"]
         w = () if guidance_prior is None else (batch["guidance"],)
         logsnr = schedule.logsnr(t)

@@ -174,9 +174,10 @@ def run_round(config, spec: ModelSpec, round_dir: str, rnd: Round, teacher, mesh
             num_steps=rnd.updates,
             batches=lambda start: data.process_batches(config, start, rnd.index),
             key=rng.phase_key(config.seed, rnd.index),
-            step_args=(teacher,),
+            step_args=(teacher, mesh_lib.put_replicated(np.int32(rnd.student_steps), mesh)),
             metadata={"round": rnd.index, "sampling_steps": rnd.student_steps, "teacher_steps": rnd.teacher_steps},
-            program=("distillation round", config.to_json(), rnd),
+            # The step count is an argument: the rounds of a method share one program (and its loss's code)
+            program=("distillation round", config.to_json()),
         ),
         mesh,
     )
@@ -215,7 +216,8 @@ def _brief(row: dict) -> str:
     if row.get("rmse_student") is not None:
         said += f"; RMSE to the teacher's {row['teacher_steps']}-step samples {row['rmse_student']:.4g}"
         if row.get("rmse_teacher") is not None:
-            said += f" (the teacher's own {row['steps']} steps: {row['rmse_teacher']:.4g})"
+            own = "1 step" if row["steps"] == 1 else f"{row['steps']} steps"
+            said += f" (the teacher's own {own}: {row['rmse_teacher']:.4g})"
     if row.get("seconds") is not None:
         said += f", {row['seconds']:.0f} s"
     return said

@@ -179,7 +179,8 @@ class Progress:
         """Units per second since the first update (which includes compiling)."""
         if self.first is None or self.done <= self.first[0] or now <= self.first[1]:
             return ""
-        return f"  {(self.done - self.first[0]) / (now - self.first[1]):.3g} {self.unit}/s"
+        rate = (self.done - self.first[0]) / (now - self.first[1])
+        return f"  {rate:,.0f} {self.unit}/s" if rate >= 1000 else f"  {rate:.3g} {self.unit}/s"
 
     def _fields(self) -> str:
         return "".join(f"  {k} {v:.4g}" for k, v in self.fields.items())

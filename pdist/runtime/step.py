@@ -99,7 +99,7 @@ def make_train_step(
             (_, aux), grads = grad_fn(params, batch, key, *loss_args)
             return grads, aux
         k = accum_steps
-        batch = loss_fn.draw(batch, key)
+        batch = loss_fn.draw(batch, key, *loss_args)
         micro = jax.tree.map(lambda a: a.reshape(a.shape[0] // k, k, *a.shape[1:]).swapaxes(0, 1), batch)
 
         def accumulate(total, xs):

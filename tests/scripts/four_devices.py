@@ -112,7 +112,10 @@ def accumulation() -> dict:
         ModelSpec.of(student), student, Round(index=1, student_steps=4, teacher_steps=8, updates=1)
     )
     out["distill"] = {
-        "accum8": _compare(_accumulated(student, loss, 1, 1, (teacher,)), _accumulated(student, loss, 1, 8, (teacher,)))
+        "accum8": _compare(
+            _accumulated(student, loss, 1, 1, (teacher, np.int32(4))),
+            _accumulated(student, loss, 1, 8, (teacher, np.int32(4))),
+        )
     }
     return out
 
