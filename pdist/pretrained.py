@@ -38,7 +38,7 @@ from pdist import config as config_lib
 from pdist import expressway as expressway_lib
 from pdist import ot as ot_lib
 from pdist.errors import ConfigError
-from pdist.runtime import layout, preemption
+from pdist.runtime import console, layout, preemption
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime.checkpoint import Checkpointer
 from pdist.runtime.step import TrainState, abstract_state
@@ -132,7 +132,7 @@ class Pretrained:
         c = self.config
         count = sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(self.params))
         steps = self.metadata.get("sampling_steps")
-        what = "model" if steps is None else f"student ({steps} step{'' if steps == 1 else 's'})"
+        what = "model" if steps is None else f"student ({console.count(steps, 'step')})"
         conditional = f", {c.data.num_classes} classes" if c.model.class_conditional else ""
         return (
             f"<pdist {what}: {c.model.name} on {c.data.name} {c.data.image_size}x{c.data.image_size}x"

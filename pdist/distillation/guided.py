@@ -147,10 +147,7 @@ def make_stage_one_loss(
             return predict(apply_fn(teacher_params, z, t, label, None, jnp.zeros(z.shape[:1])), z, t)
 
     t_min = schedule.t_min if num_timesteps is None else 0.0
-    drawn = losses.drawer(num_timesteps, t_min, guidance_prior=guidance_prior)
-
-    def draw(batch: dict, key: Array, *loss_args) -> dict:
-        return drawn(batch, key)
+    draw = losses.drawer(num_timesteps, t_min, guidance_prior=guidance_prior)
 
     def loss_fn(params, batch: dict, key: Array, teacher_params, num_student_steps=None):
         batch = draw(batch, key)

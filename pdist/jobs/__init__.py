@@ -102,6 +102,7 @@ def summary(config, workdir: str) -> str:
     import jax
 
     import pdist
+    from pdist.runtime import console
 
     data = config.data
     shape = f"{data.image_size}x{data.image_size}x{data.channels}"
@@ -116,21 +117,17 @@ def summary(config, workdir: str) -> str:
         what = f"distill {d.teacher} ({d.method}) from {d.start_steps} sampling steps to {d.final_steps}"
     elif mode == "sample":
         s = config.sample
-        what = f"sample {s.num_samples} images from {s.checkpoint or workdir} ({s.method}, {_n(s.num_steps, 'step')})"
+        steps = console.count(s.num_steps, "step")
+        what = f"sample {s.num_samples} images from {s.checkpoint or workdir} ({s.method}, {steps})"
     elif mode == "eval":
         e = config.eval
         what = f"evaluate {e.checkpoint or workdir} ({e.samplers}; {e.num_samples} samples x {e.num_seeds} seeds)"
     else:
         into = f"classes {config.edit.targets}" if config.edit.targets else "every other class"
-        what = f"edit {_n(config.edit.num_images, 'image')} of {data.name} into {into}"
+        what = f"edit {console.count(config.edit.num_images, 'image')} of {data.name} into {into}"
     devices = jax.devices()
     return (
         f"pdist {pdist.__version__}: {what}\n"
-        f"on {_n(len(devices), devices[0].platform.upper() + ' device')} in "
-        f"{_n(jax.process_count(), 'process', 'processes')}; writing to {workdir}"
+        f"on {console.count(len(devices), devices[0].platform.upper() + ' device')} in "
+        f"{console.count(jax.process_count(), 'process', 'processes')}; writing to {workdir}"
     )
-
-
-def _n(count: int, one: str, many: str | None = None) -> str:
-    """``1 step``, ``2 steps``."""
-    return f"{count:,} {one if count == 1 else many or one + 's'}"

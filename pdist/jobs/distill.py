@@ -30,7 +30,7 @@ from pdist import build, data, images, rng
 from pdist import config as config_lib
 from pdist.distillation import DISTILLERS, Round
 from pdist.errors import ConfigError, InputError, check_one_of, check_positive
-from pdist.jobs import sections
+from pdist.jobs import sections, train
 from pdist.pretrained import restore, stored
 from pdist.runtime import console, files, layout, phase
 from pdist.runtime import mesh as mesh_lib
@@ -70,13 +70,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """The teacher is there and is the network ``config`` builds, and the dataset is there (one sentence each),
-    from the teacher's stored config: no array is read; and the batch splits over the devices."""
-    mesh_lib.check_batch_size(config.train.batch_size, mesh_lib.data_mesh(), config.train.grad_accum_steps)
+    """A teacher's training inputs (:func:`pdist.jobs.train.preflight`: the batch over the devices, the dataset),
+    and the teacher: there and the network ``config`` builds, from its stored config (no array is read); one
+    sentence each."""
+    train.preflight(config, workdir)
     directory, _ = layout.locate(config.distill.teacher)
     teacher_config, metadata = stored(config.distill.teacher)
     check_teacher(config, teacher_config, layout.step_folder(directory, metadata["step"]))
-    data.training_builder(config.data)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -216,8 +216,7 @@ def _brief(row: dict) -> str:
     if row.get("rmse_student") is not None:
         said += f"; RMSE to the teacher's {row['teacher_steps']}-step samples {row['rmse_student']:.4g}"
         if row.get("rmse_teacher") is not None:
-            own = "1 step" if row["steps"] == 1 else f"{row['steps']} steps"
-            said += f" (the teacher's own {own}: {row['rmse_teacher']:.4g})"
+            said += f" (the teacher's own {console.count(row['steps'], 'step')}: {row['rmse_teacher']:.4g})"
     if row.get("seconds") is not None:
         said += f", {row['seconds']:.0f} s"
     return said
@@ -239,5 +238,5 @@ def write_summary(workdir: str, rows: list[dict], rounds: list[Round], table: st
     for rnd in rounds[: len(rows)]:
         path = os.path.join(layout.round_dir(workdir, rnd.index, rnd.student_steps), f"{layout.SAMPLES}.npz")
         panels.append(files.load_npz(path)["samples"])
-        titles.append(f"round {rnd.index}: {rnd.student_steps} step{'s' if rnd.student_steps > 1 else ''}")
+        titles.append(f"round {rnd.index}: {console.count(rnd.student_steps, 'step')}")
     images.save_panels(os.path.join(workdir, layout.ROUNDS_PNG), [p[:grid_samples] for p in panels], titles)

@@ -116,8 +116,8 @@ def _silence_abandoned_reads() -> None:
 def fingerprint(state) -> str:
     """A checksum of every array in ``state`` (bits, shapes and order), computed on the devices."""
     shapes = repr([(x.shape, str(x.dtype)) for x in jax.tree.leaves(state)]).encode()
-    words = [np.asarray(w) for w in jax.device_get([_words(x) for x in jax.tree.leaves(state)])]
-    return hashlib.sha256(np.concatenate(words or [np.zeros((0,), np.uint32)]).tobytes() + shapes).hexdigest()[:32]
+    words = jax.device_get([_words(x) for x in jax.tree.leaves(state)]) or [np.zeros((0,), np.uint32)]
+    return hashlib.sha256(np.concatenate(words).tobytes() + shapes).hexdigest()[:32]
 
 
 class Checkpointer:

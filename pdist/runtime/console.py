@@ -27,6 +27,11 @@ _state = {"enabled": True, "produced": [], "facts": []}
 NOISY_LOGGERS = ("matplotlib", "tensorflow", "jax._src.xla_bridge", "h5py", "PIL")
 
 
+def count(n: int, one: str, many: str | None = None) -> str:
+    """``1 step``, ``2 steps``, ``1,000 images``: a number with its noun in the console's words."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
 def quiet() -> None:
     """Silences library noise for this process. TensorFlow is imported here with the process's standard error
     closed: its C++ notices at import (oneDNN, absl's InitializeLog) ignore TF_CPP_MIN_LOG_LEVEL, and
