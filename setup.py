@@ -27,6 +27,7 @@ setup(
         "tensorboard>=2.20",  # clu's metric writers need it
         "scikit-learn>=1.4",  # the embedded digits dataset
         "absl-py",
+        "msgpack>=1.0",  # the official Progressive Distillation checkpoints (pdist.interop.pd_release)
         "ml_dtypes>=0.5",  # bfloat16 storages of PyTorch files (pdist.interop.torch_file); jax requires it too
     ],
     extras_require={

@@ -38,6 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.ch = 32
     config.model.ch_mult = (1, 2)
     config.model.num_res_blocks = 2
+    config.model.emb_ch = ml_collections.FieldReference(None, field_type=int)  # the embedding's width; None: 4 ch
+    # how the noise level enters: "pdist" (sinusoids of 1000 atan(exp(-logsnr/2)) 2/pi), or the official
+    # Progressive Distillation release's embedding of its logsnr_input_type: "inv_cos", "sigmoid", "linear"
+    config.model.logsnr_input = "pdist"
     config.model.attn_resolutions = (4,)
     config.model.head_dim = 32
     config.model.num_heads = ml_collections.FieldReference(None, field_type=int)

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from pdist.errors import ConfigError, check_positive
+from pdist.errors import ConfigError, check_one_of, check_positive
 
 Array = jax.Array
 
@@ -55,6 +55,29 @@ def noise_level_embedding(logsnr: Array, dim: int, max_period: float = 10_000.0)
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
     args = 1000.0 * c[:, None] * freqs[None, :]
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+LOGSNR_INPUTS = ("pdist", "inv_cos", "sigmoid", "linear")  # config.model.logsnr_input
+
+
+def release_embedding(logsnr: Array, dim: int, kind: str, scale_range: tuple[float, float] = (-10.0, 10.0)) -> Array:
+    """[B] logSNR -> [B, dim] features as the official Progressive Distillation release embeds the noise level
+    (its ``logsnr_input_type``): ``inv_cos`` (``atan(exp(-logsnr/2)) * 2/pi`` of the logSNR clipped to
+    [-20, 20]), ``sigmoid`` or ``linear`` (over ``scale_range``), times 1000, in sinusoids whose frequencies
+    step over ``dim/2 - 1`` (not ``dim/2``), sines first."""
+    logsnr = logsnr.astype(jnp.float32)
+    if kind == "inv_cos":
+        u = jnp.arctan(jnp.exp(-0.5 * jnp.clip(logsnr, -20.0, 20.0))) / (0.5 * math.pi)
+    elif kind == "sigmoid":
+        u = jax.nn.sigmoid(logsnr)
+    elif kind == "linear":
+        u = (logsnr - scale_range[0]) / (scale_range[1] - scale_range[0])
+    else:
+        raise ValueError(f"Unknown logsnr_input {kind!r}; choose one of {LOGSNR_INPUTS}.")
+    half = dim // 2
+    freqs = jnp.exp(-math.log(10_000.0) / (half - 1) * jnp.arange(half, dtype=jnp.float32))
+    args = 1000.0 * u[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
 def guidance_embedding(w: Array, dim: int) -> Array:
@@ -145,6 +168,8 @@ class UNet(nn.Module):
     ch: int = 128
     ch_mult: Sequence[int] = (1, 2, 2, 2)
     num_res_blocks: int = 2
+    emb_ch: int | None = None  # the embedding's width; None: 4 ch
+    logsnr_input: str = "pdist"  # how the noise level is embedded: LOGSNR_INPUTS
     attn_resolutions: Sequence[int] = (16,)
     head_dim: int | None = 64
     num_heads: int | None = None
@@ -170,8 +195,11 @@ class UNet(nn.Module):
         train: bool = False,
         attention_from: Array | None = None,
     ) -> Array:
-        emb_dim = 4 * self.ch
-        emb = noise_level_embedding(logsnr, self.ch)
+        emb_dim = 4 * self.ch if self.emb_ch is None else self.emb_ch
+        if self.logsnr_input == "pdist":
+            emb = noise_level_embedding(logsnr, self.ch)
+        else:
+            emb = release_embedding(logsnr, self.ch, self.logsnr_input)
         emb = nn.Dense(emb_dim, dtype=self.dtype)(emb)
         emb = nn.Dense(emb_dim, dtype=self.dtype)(nn.silu(emb))
         if self.num_classes > 0:
@@ -246,6 +274,8 @@ def from_config(config: ml_collections.ConfigDict, out_channels: int) -> UNet:
         ch=model.ch,
         ch_mult=tuple(model.ch_mult),
         num_res_blocks=model.num_res_blocks,
+        emb_ch=model.emb_ch,
+        logsnr_input=model.logsnr_input,
         attn_resolutions=tuple(model.attn_resolutions),
         head_dim=model.head_dim,
         num_heads=model.num_heads,
@@ -269,6 +299,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not model.ch_mult:
         raise ConfigError("config.model.ch_mult is empty; give one channel multiplier per resolution, e.g. (1, 2).")
     check_positive(model.num_res_blocks, "model.num_res_blocks")
+    if model.emb_ch is not None:
+        check_positive(model.emb_ch, "model.emb_ch")
+    check_one_of(model.logsnr_input, LOGSNR_INPUTS, "model.logsnr_input")
     size = config.data.image_size
     if size % 2 ** (len(model.ch_mult) - 1):
         raise ConfigError(f"config.data.image_size={size} must be divisible by 2**(len(config.model.ch_mult) - 1).")

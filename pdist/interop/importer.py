@@ -1,0 +1,129 @@
+"""A foreign checkpoint (:data:`pdist.interop.FORMATS`) turned into an ordinary pdist workdir.
+
+``import_checkpoint(source, workdir, source_config=..., source_flags=..., overrides=...)`` detects the
+format, builds the pdist config that describes the network and diffusion exactly, maps the weights onto
+pdist's network, checks every tensor's shape against what that config builds (naming the first that
+differs), and writes one Orbax checkpoint at the source's step whose metadata records the source (format,
+path, SHA-256 of the file, step). Every refusal is one sentence before anything is written. The optimizer
+state starts fresh (the source's is not mapped): continued training restarts Adam's moments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import jax
+import numpy as np
+
+from pdist import build
+from pdist import config as config_lib
+from pdist.errors import InputError
+from pdist.interop import FORMATS
+from pdist.runtime import files, layout
+from pdist.runtime.checkpoint import Checkpointer
+from pdist.spec import ModelSpec
+
+
+def detect(data: bytes) -> str:
+    """The name of the format of a file whose bytes are ``data``; InputError when none knows it."""
+    for name, fmt in FORMATS.items():
+        if fmt.detect(data[:4096]):
+            return name
+    raise InputError(
+        f"The file is of no format pdist imports (known: {', '.join(sorted(FORMATS))}); give a checkpoint "
+        "file those projects wrote."
+    )
+
+
+def check_shapes(mapped, expected) -> None:
+    """``mapped`` (the source's tensors in pdist's names) against ``expected`` (the shapes pdist builds)."""
+    flat_m = dict(_flat(mapped))
+    for path, shape in _flat(expected):
+        if path not in flat_m:
+            raise InputError(f"The checkpoint has no tensor for {path}; the config does not describe these weights.")
+        got = tuple(np.shape(flat_m.pop(path)))
+        if got != tuple(shape.shape):
+            raise InputError(
+                f"The checkpoint's tensor for {path} has shape {got} but the config's network needs "
+                f"{tuple(shape.shape)}; the config or flags do not describe these weights."
+            )
+    if flat_m:
+        raise InputError(
+            f"The checkpoint's tensor {next(iter(flat_m))} has no place in the config's network; the config or "
+            "flags do not describe these weights."
+        )
+
+
+def _flat(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _flat(v, f"{prefix}/{k}" if prefix else k)
+    else:
+        yield prefix, tree
+
+
+def _set(config, dotted: str, text: str) -> None:
+    """``--config.KEY=VALUE`` as pdist's command line reads it (a Python literal, else the string)."""
+    import ast
+
+    from pdist.errors import ConfigError
+
+    config_lib.check_key(config, dotted)
+    *parents, leaf = dotted.split(".")
+    node = config
+    for name in parents:
+        node = node[name]
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    try:
+        node[leaf] = value
+    except TypeError as e:
+        raise ConfigError(f"--config.{dotted}={text!r} has the wrong type for that key ({e}).") from None
+
+
+def prepare(source: str, source_config=None, source_flags=None, overrides=()):
+    """(config, spec, params, EMA params, step, metadata) of ``source``, checked; nothing written."""
+    if not files.exists(source):
+        raise InputError(f"There is no file at {source}; give the path of a downloaded checkpoint.")
+    data = files.read_bytes(source)
+    name = detect(data)
+    config, params, ema, step, extra = FORMATS[name].load(data, source_config, source_flags)
+    for key, value in overrides:
+        _set(config, key, value)
+    from pdist import jobs
+
+    config.mode = "train"
+    jobs.validate(config)
+    spec = ModelSpec.of(config)
+    expected = spec.param_shapes()
+    check_shapes(ema, expected)
+    check_shapes(params, expected)
+    metadata = {
+        **extra,
+        "source": {"format": name, "path": source, "sha256": hashlib.sha256(data).hexdigest(), "step": step},
+    }
+    return config, spec, params, ema, step, metadata
+
+
+def import_checkpoint(source: str, workdir: str, source_config=None, source_flags=None, overrides=()) -> str:
+    """Writes ``workdir`` (which must hold no checkpoint) from ``source``; returns its checkpoints folder."""
+    config, spec, params, ema, step, metadata = prepare(source, source_config, source_flags, overrides)
+    layout.check_writable(workdir)
+    directory = layout.checkpoints(files.absolute(workdir))
+    if files.exists(directory) and Checkpointer(directory, asynchronous=False).latest_step() is not None:
+        raise InputError(f"{workdir} already holds checkpoints; import into a new workdir.")
+    init_fn, _ = build.state_init(config, spec)
+    state = jax.jit(init_fn)()
+    to32 = lambda tree: jax.tree.map(lambda a: np.asarray(a, np.float32), tree)  # noqa: E731
+    state = state.replace(params=to32(params), ema_params=to32(ema), step=np.int32(step))
+    import json
+
+    ckpt = Checkpointer(directory, asynchronous=False, writer=True)
+    try:
+        ckpt.save(step, state, {"config": json.loads(config.to_json()), "step": step, **metadata})
+        ckpt.wait()
+    finally:
+        ckpt.close()
+    return directory

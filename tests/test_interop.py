@@ -1,0 +1,84 @@
+"""Foreign checkpoints imported as pdist workdirs, against fixtures the peers' own code wrote (provenance.json)."""
+
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pdist
+from pdist import diffusion, samplers
+from pdist.interop import importer
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "pd_release")
+CKPT = os.path.join(FIXTURE, "checkpoint_1234")
+CONFIG = os.path.join(FIXTURE, "tiny_base.py")
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("pd") / "w")
+    importer.import_checkpoint(CKPT, workdir, source_config=CONFIG)
+    return pdist.load(workdir), np.load(os.path.join(FIXTURE, "outputs.npz"))
+
+
+def _raw(model, ref, **network):
+    spec = model.spec
+    net = spec.network.clone(**network) if network else spec.network
+    return np.asarray(net.apply({"params": model.ema_params}, jnp.asarray(ref["z"]), jnp.asarray(ref["logsnr"]),
+                                jnp.asarray(ref["label"]), None, train=False))  # fmt: skip
+
+
+def _rel(a, b):
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def test_the_official_pd_network_equals_the_release_and_each_convention_matters(imported):
+    model, ref = imported
+    assert model.step == 1234 and model.metadata["source"]["format"] == "pd-release"
+    assert model.metadata["source"]["sha256"] == __import__("hashlib").sha256(open(CKPT, "rb").read()).hexdigest()
+    assert _rel(_raw(model, ref), ref["raw"]) < 1e-5
+    # the release's embedding alone (pdist's own sinusoids instead) breaks parity
+    assert _rel(_raw(model, ref, logsnr_input="pdist"), ref["raw"]) > 1e-4
+    assert _rel(_raw(model, ref, logsnr_input="sigmoid"), ref["raw"]) > 1e-4
+
+
+@pytest.mark.parametrize("mean_type", ["x", "eps", "v"])
+def test_predictions_and_ddim_equal_the_releases_for_each_mean_type(imported, mean_type):
+    model, ref = imported
+    raw = _raw(model, ref)
+    pred = diffusion.predict(jnp.asarray(raw), jnp.asarray(ref["z"]), jnp.asarray(ref["logsnr"]),
+                             parameterization=mean_type, learned_variance=False)  # fmt: skip
+    assert _rel(np.asarray(pred.x), ref[f"x_{mean_type}"]) < 1e-5
+    # v: the release gets eps-hat from x-hat by dividing by sigma (2.5e-3 at logSNR 12), which scales float32's
+    # rounding by 400; pdist's alpha v + sigma z does not
+    assert _rel(np.asarray(pred.eps), ref[f"eps_{mean_type}"]) < (1e-4 if mean_type == "v" else 1e-5)
+    if mean_type == "x":  # the imported config's own sampler: DDIM on t = i / N with clipping, 4 steps
+        denoise = model.denoiser(label=jnp.asarray(ref["label"]))
+        x = samplers.sample(denoise, model.schedule, jnp.asarray(ref["z"]), method="ddim", num_steps=4,
+                            grid=model.config.sample.grid, clip_x=model.config.sample.clip_x)  # fmt: skip
+        assert model.config.sample.num_steps == 4
+        # The release's last step returns x-hat itself; pdist's DDIM steps to t = 0 (logSNR 20: alpha x-hat +
+        # sigma eps-hat, sigma = 4.5e-5), so the two differ by sigma eps-hat there and nowhere else.
+        assert _rel(np.asarray(x), ref["ddim4_x"]) < 5e-4
+
+
+def test_refusals_are_one_sentence_with_status_2_and_write_nothing(tmp_path):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00not a checkpoint" * 100)
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text(open(CONFIG).read().replace("ch=32,", "ch=64,"))
+    cases = [
+        ([str(junk), "w1", f"--source_config={CONFIG}"], "of no format pdist imports"),
+        ([CKPT, "w2"], "needs --source_config"),
+        ([CKPT, "w3", f"--source_config={wrong}"], "has shape"),
+        ([CKPT, "w4", f"--source_config={CONFIG}", "--config.model.nope=1"], "nope"),
+    ]
+    for args, said in cases:
+        out = subprocess.run([sys.executable, "-m", "pdist.interop", "import", *args], cwd=tmp_path,
+                             capture_output=True, text=True)  # fmt: skip
+        assert out.returncode == 2, out.stderr
+        assert said in out.stderr and out.stderr.count("\n") == 1, out.stderr
+        assert not (tmp_path / args[1]).exists()
