@@ -82,3 +82,26 @@ def test_refusals_are_one_sentence_with_status_2_and_write_nothing(tmp_path):
         assert out.returncode == 2, out.stderr
         assert said in out.stderr and out.stderr.count("\n") == 1, out.stderr
         assert not (tmp_path / args[1]).exists()
+
+
+def test_students_of_an_imported_teacher_take_its_network_and_a_conflicting_override_is_one_sentence(tmp_path):
+    from pdist import config as config_lib
+    from pdist.errors import ConfigError
+    from pdist.jobs import distill
+    from pdist.pretrained import stored
+
+    workdir = str(tmp_path / "teacher")
+    importer.import_checkpoint(CKPT, workdir, source_config=CONFIG)
+    config = config_lib.from_file(os.path.join(os.path.dirname(__file__), "..", "configs", "digits_distill.py"))
+    config.distill.teacher = workdir
+    with pytest.raises(distill.TeacherMismatchError):  # the digits network is not the teacher's
+        distill.check_teacher(config, stored(workdir)[0], workdir)
+    assert distill.adopt_imported_teacher(config)
+    assert (config.model.logsnr_input, config.model.emb_ch, config.data.image_size) == ("inv_cos", 64, 32)
+    distill.check_teacher(config, stored(workdir)[0], workdir)  # now the teacher's network: no error
+    config.model.ch = 8
+    with pytest.raises(ConfigError, match=r"--config.model.ch=8 disagrees with the imported teacher"):
+        distill.adopt_imported_teacher(config, given=frozenset({"model.ch"}))
+    legacy = os.path.join(os.path.dirname(__file__), "fixtures", "legacy_teacher")
+    config.distill.teacher = legacy
+    assert not distill.adopt_imported_teacher(config)  # a pdist teacher: the config's own network, checked

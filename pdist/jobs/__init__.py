@@ -53,6 +53,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, given: frozenset[str] =
     if config.mode == "show":  # what the config holds, even a config that other modes would refuse
         return job("show").run(config, workdir)
     validate(config)
+    if config.mode == "distill" and job("distill").adopt_imported_teacher(config, given):
+        validate(config)  # the teacher's network and diffusion, from another project (pdist.interop)
     layout.check_writable(workdir)
     if config.mode in READS_A_CHECKPOINT:  # it is there and readable, or one sentence before anything is said
         model_config, metadata = stored(config[config.mode].checkpoint or workdir)

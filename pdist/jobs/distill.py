@@ -55,6 +55,36 @@ class TeacherMismatchError(InputError, ValueError):
     pass
 
 
+# What an imported teacher (pdist.interop) decides for its students, whatever the distill config file says: the
+# network (config.model but its dropout) and the diffusion it was trained with, and the image shape.
+ADOPTED = ("data.image_size", "data.channels", "data.num_classes", "diffusion.schedule",
+           "diffusion.num_timesteps", "diffusion.parameterization", "diffusion.learned_variance")  # fmt: skip
+
+
+def adopt_imported_teacher(config: ml_collections.ConfigDict, given=frozenset()) -> bool:
+    """For a teacher imported from another project (its metadata has ``source``), the students take its
+    network and diffusion (Progressive Distillation's student copies its teacher's structure): ``config`` is
+    changed in place, except where the command line (``given``) set a key, which must then agree with the
+    teacher (one sentence otherwise). True if the teacher was an imported one."""
+    teacher_config, metadata = stored(config.distill.teacher)
+    if "source" not in metadata:
+        return False
+    keys = list(ADOPTED) + [f"model.{k}" for k in teacher_config.model if k != "dropout"]
+    for key in keys:
+        theirs = config_lib.get(teacher_config, key)
+        if key in given and config_lib.get(config, key) != theirs:
+            raise ConfigError(
+                f"--config.{key}={config_lib.get(config, key)!r} disagrees with the imported teacher at "
+                f"{config.distill.teacher}, whose {key} is {theirs!r}; its students take the teacher's network."
+            )
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = theirs
+    return True
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """``config.distill`` and the method's settings, on top of what training checks."""
     sections.validate_training(config)
