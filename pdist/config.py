@@ -255,6 +255,14 @@ def get(config: ml_collections.ConfigDict, dotted: str):
     return config
 
 
+def set_value(config: ml_collections.ConfigDict, dotted: str, value) -> None:
+    """Sets ``config.<dotted>`` to ``value`` (the ConfigDict's type checks apply)."""
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        config = config[part]
+    config[leaf] = value
+
+
 def _fail(message: str):
     raise ConfigError(message)
 

@@ -11,6 +11,7 @@ state starts fresh (the source's is not mapped): continued training restarts Ada
 from __future__ import annotations
 
 import hashlib
+import json
 
 import jax
 import numpy as np
@@ -69,16 +70,12 @@ def _set(config, dotted: str, text: str) -> None:
     from pdist.errors import ConfigError
 
     config_lib.check_key(config, dotted)
-    *parents, leaf = dotted.split(".")
-    node = config
-    for name in parents:
-        node = node[name]
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         value = text
     try:
-        node[leaf] = value
+        config_lib.set_value(config, dotted, value)
     except TypeError as e:
         raise ConfigError(f"--config.{dotted}={text!r} has the wrong type for that key ({e}).") from None
 
@@ -118,8 +115,6 @@ def import_checkpoint(source: str, workdir: str, source_config=None, source_flag
     state = jax.jit(init_fn)()
     to32 = lambda tree: jax.tree.map(lambda a: np.asarray(a, np.float32), tree)  # noqa: E731
     state = state.replace(params=to32(params), ema_params=to32(ema), step=np.int32(step))
-    import json
-
     ckpt = Checkpointer(directory, asynchronous=False, writer=True)
     try:
         ckpt.save(step, state, {"config": json.loads(config.to_json()), "step": step, **metadata})

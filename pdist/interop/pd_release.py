@@ -21,8 +21,6 @@ of the released models' configs, by the config file's name.
 
 from __future__ import annotations
 
-import math
-
 import ml_collections
 import msgpack
 import numpy as np
@@ -32,77 +30,65 @@ from pdist.errors import InputError
 
 NAME = "pd-release"
 
-# The released models' configs (diffusion_distillation/config/<name>.py): the fields pdist reads.
+# The released models' configs (diffusion_distillation/config/<name>.py): the fields pdist reads. Both use
+# the cosine logSNR schedule on [-20, 20], continuous-time training, 1024 clipped DDIM steps, fixed large
+# variances and the truncated-SNR weight, Adam with 1000 warm-up steps, EMA 0.9999 and clipping at 1.
+_COSINE = dict(name="cosine", logsnr_min=-20.0, logsnr_max=20.0)
+
+
+def _preset(dataset: dict, args: dict, mean_type: str, **train) -> dict:
+    return dict(
+        dataset=dataset,
+        sampler="ddim",
+        model=dict(
+            args=dict(logsnr_input_type="inv_cos", resblock_resample=True, **args),
+            mean_type=mean_type,
+            logvar_type="fixed_large",
+            mean_loss_weight_type="snr_trunc",
+            train_num_steps=0,
+            eval_sampling_num_steps=1024,
+            eval_clip_denoised=True,
+            train_logsnr_schedule=_COSINE,
+            eval_logsnr_schedule=_COSINE,
+        ),
+        train=dict(optimizer="adam", learning_rate_warmup_steps=1000, ema_decay=0.9999, grad_clip=1.0, **train),
+    )
+
+
 PRESETS = {
-    "cifar_base": dict(
-        dataset=dict(name="CIFAR10", args=dict(class_conditional=False, randflip=True)),
-        sampler="ddim",
-        model=dict(
-            args=dict(
-                ch=256,
-                emb_ch=1024,
-                ch_mult=[1, 1, 1],
-                num_res_blocks=3,
-                attn_resolutions=[8, 16],
-                num_heads=1,
-                head_dim=None,
-                dropout=0.2,
-                logsnr_input_type="inv_cos",
-                resblock_resample=True,
-            ),  # fmt: skip
-            mean_type="x",
-            logvar_type="fixed_large",
-            mean_loss_weight_type="snr_trunc",
-            train_num_steps=0,
-            eval_sampling_num_steps=1024,
-            eval_clip_denoised=True,
-            train_logsnr_schedule=dict(name="cosine", logsnr_min=-20.0, logsnr_max=20.0),
-            eval_logsnr_schedule=dict(name="cosine", logsnr_min=-20.0, logsnr_max=20.0),
+    "cifar_base": _preset(
+        dict(name="CIFAR10", args=dict(class_conditional=False, randflip=True)),
+        dict(
+            ch=256,
+            emb_ch=1024,
+            ch_mult=[1, 1, 1],
+            num_res_blocks=3,
+            attn_resolutions=[8, 16],
+            num_heads=1,
+            head_dim=None,
+            dropout=0.2,
         ),  # fmt: skip
-        train=dict(
-            batch_size=128,
-            optimizer="adam",
-            learning_rate=2e-4,
-            learning_rate_warmup_steps=1000,
-            weight_decay=0.001,
-            ema_decay=0.9999,
-            grad_clip=1.0,
-        ),  # fmt: skip
+        "x",
+        batch_size=128,
+        learning_rate=2e-4,
+        weight_decay=0.001,
     ),
-    "imagenet64_base": dict(
-        dataset=dict(name="ImageNet", args=dict(image_size=64, class_conditional=True, randflip=True)),
-        sampler="ddim",
-        model=dict(
-            args=dict(
-                ch=192,
-                emb_ch=768,
-                ch_mult=[1, 2, 3, 4],
-                num_res_blocks=3,
-                attn_resolutions=[8, 16, 32],
-                num_heads=None,
-                head_dim=64,
-                dropout=0.1,
-                logsnr_input_type="inv_cos",
-                resblock_resample=True,
-            ),  # fmt: skip
-            mean_type="both",
-            logvar_type="fixed_large",
-            mean_loss_weight_type="snr_trunc",
-            train_num_steps=0,
-            eval_sampling_num_steps=1024,
-            eval_clip_denoised=True,
-            train_logsnr_schedule=dict(name="cosine", logsnr_min=-20.0, logsnr_max=20.0),
-            eval_logsnr_schedule=dict(name="cosine", logsnr_min=-20.0, logsnr_max=20.0),
+    "imagenet64_base": _preset(
+        dict(name="ImageNet", args=dict(image_size=64, class_conditional=True, randflip=True)),
+        dict(
+            ch=192,
+            emb_ch=768,
+            ch_mult=[1, 2, 3, 4],
+            num_res_blocks=3,
+            attn_resolutions=[8, 16, 32],
+            num_heads=None,
+            head_dim=64,
+            dropout=0.1,
         ),  # fmt: skip
-        train=dict(
-            batch_size=2048,
-            optimizer="adam",
-            learning_rate=3e-4,
-            learning_rate_warmup_steps=1000,
-            weight_decay=0.0,
-            ema_decay=0.9999,
-            grad_clip=1.0,
-        ),  # fmt: skip
+        "both",
+        batch_size=2048,
+        learning_rate=3e-4,
+        weight_decay=0.0,
     ),
 }
 PRESETS["cifar_distill"] = PRESETS["cifar_base"]  # the students share their teacher's network and diffusion
@@ -328,15 +314,3 @@ def _mapped(tree: dict, config) -> dict:
             f"The checkpoint has no tensor {e.args[0]!r}, which the config's network needs; the config does not "
             "describe these weights (check --source_config)."
         ) from None
-
-
-def parameter_count(tree) -> int:
-    return sum(math.prod(np.shape(v)) for v in _leaves(tree))
-
-
-def _leaves(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _leaves(v)
-    else:
-        yield tree

@@ -77,11 +77,7 @@ def adopt_imported_teacher(config: ml_collections.ConfigDict, given=frozenset())
                 f"--config.{key}={config_lib.get(config, key)!r} disagrees with the imported teacher at "
                 f"{config.distill.teacher}, whose {key} is {theirs!r}; its students take the teacher's network."
             )
-        *parents, leaf = key.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = theirs
+        config_lib.set_value(config, key, theirs)
     return True
 
 
