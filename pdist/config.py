@@ -40,8 +40,14 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.num_res_blocks = 2
     config.model.emb_ch = ml_collections.FieldReference(None, field_type=int)  # the embedding's width; None: 4 ch
     # how the noise level enters: "pdist" (sinusoids of 1000 atan(exp(-logsnr/2)) 2/pi), or the official
-    # Progressive Distillation release's embedding of its logsnr_input_type: "inv_cos", "sigmoid", "linear"
+    # Progressive Distillation release's embedding of its logsnr_input_type: "inv_cos", "sigmoid", "linear", or
+    # OpenAI's discrete time step: "timestep" (level i is step i - 1), "rescaled_timestep" (times 1000 / T)
     config.model.logsnr_input = "pdist"
+    # OpenAI's and diffusers' conventions (pdist.interop): the embedding added in the residual blocks instead of
+    # scale-shift (use_scale_shift_norm=False), GroupNorm's epsilon, the strided downsampling's padding
+    config.model.scale_shift = True
+    config.model.norm_eps = 1e-6
+    config.model.downsample_padding = "same"  # or "symmetric"
     config.model.attn_resolutions = (4,)
     config.model.head_dim = 32
     config.model.num_heads = ml_collections.FieldReference(None, field_type=int)

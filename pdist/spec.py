@@ -35,6 +35,7 @@ from pdist import guidance as guidance_lib
 from pdist.diffusion import Prediction
 from pdist.errors import ConfigError
 from pdist.models import ARCHITECTURES
+from pdist.models.unet import TIMESTEP_INPUTS
 from pdist.schedules import Schedule, get_schedule
 
 Array = jax.Array
@@ -57,6 +58,9 @@ class ModelSpec:
     num_classes: int = 0  # 0: unconditional
     null_class: bool = False  # trained with labels dropped (classifier-free guidance can be applied)
     guidance_range: tuple[float, float] | None = None  # a guided student: w is its input, distilled for this range
+    # What the network is given as its noise input: "logsnr", or a discrete schedule's time step ("timestep": level
+    # i is step i - 1, OpenAI's; "rescaled_timestep": that times 1000 / T)
+    network_input: str = "logsnr"
     # What a DPM-OT expressway's latents belong to (pdist.expressway): the dataset, the image shape and the
     # noise schedule; any model trained on these shares them.
     expressway_key: str = ""
@@ -82,6 +86,7 @@ class ModelSpec:
             null_class=bool(m.class_conditional and config.train.label_dropout > 0),
             guidance_range=(float(config.distill.guidance_min), float(config.distill.guidance_max)) if guided else None,
             expressway_key=key,
+            network_input=m.logsnr_input if m.logsnr_input in TIMESTEP_INPUTS else "logsnr",
         )
 
     @property
@@ -111,8 +116,21 @@ class ModelSpec:
         rngs = None if key is None else {"dropout": key}
         label = label if self.num_classes else None
         w = guidance if self.guidance_input else None
-        logsnr = self.schedule.logsnr(t)
-        return self.network.apply({"params": params}, z, logsnr, label, w, train=key is not None, rngs=rngs, **control)
+        return self.network.apply(
+            {"params": params}, z, self.noise_input(t), label, w, train=key is not None, rngs=rngs, **control
+        )
+
+    def noise_input(self, t: Array) -> Array:
+        """What the network is given for times ``t``: their logSNR, or the discrete time step (``network_input``)."""
+        if self.network_input == "logsnr":
+            return self.schedule.logsnr(t)
+        T = self.schedule.num_timesteps
+        level = jnp.asarray(t, jnp.float32) * T  # level i = T t is OpenAI's step i - 1
+        # onto the level where it is one in float32's rounding of t (999.99994 for level 1000 of 1000 moves the
+        # embedding's fastest sinusoid by 6e-5); times between levels stay fractional
+        nearest = jnp.round(level)
+        step = jnp.where(jnp.abs(level - nearest) < 1e-5 * T, nearest, level) - 1.0
+        return step * (1000.0 / T) if self.network_input == "rescaled_timestep" else step
 
     def __call__(
         self, params, label: Array | None, guidance: Array | None, z: Array, t: Array, attention_from=None

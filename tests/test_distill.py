@@ -74,7 +74,7 @@ def test_students_reproduce_their_teachers_two_steps_on_a_2d_mixture():
 
     init = net.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)))["params"]
     teacher_loss = losses.make_diffusion_loss(apply_fn, schedule, parameterization="v", weighting="snr_plus_one")
-    teacher = fit(teacher_loss, init, 1500, 2e-3, 1024, 0)
+    teacher = fit(teacher_loss, init, 800, 2e-3, 1024, 0)
     noise = jax.random.normal(jax.random.key(9), (2000, 2))
     start = ddim(teacher, noise, 8)
     # The teacher learned the data: its 8-step samples sit near the exact 8-step probability-flow map.
@@ -83,7 +83,7 @@ def test_students_reproduce_their_teachers_two_steps_on_a_2d_mixture():
     current, errors = teacher, {}
     for n in (4, 2, 1):
         loss = progressive.make_loss(apply_fn, schedule, parameterization="v", weighting="snr_plus_one")
-        student = fit(loss, current, 400, 1e-3, 256, 100 + n, current, n)
+        student = fit(loss, current, 200, 1e-3, 256, 100 + n, current, n)
         errors[n] = (
             rmse(ddim(student, noise, n), ddim(current, noise, 2 * n)),
             rmse(ddim(current, noise, n), ddim(current, noise, 2 * n)),

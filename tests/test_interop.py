@@ -1,5 +1,6 @@
 """Foreign checkpoints imported as pdist workdirs, against fixtures the peers' own code wrote (provenance.json)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 import pdist
-from pdist import diffusion, samplers
+from pdist import diffusion, samplers, schedules
+from pdist.errors import InputError
 from pdist.interop import importer
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "pd_release")
@@ -63,6 +65,88 @@ def test_predictions_and_ddim_equal_the_releases_for_each_mean_type(imported, me
         # The release's last step returns x-hat itself; pdist's DDIM steps to t = 0 (logSNR 20: alpha x-hat +
         # sigma eps-hat, sigma = 4.5e-5), so the two differ by sigma eps-hat there and nowhere else.
         assert _rel(np.asarray(x), ref["ddim4_x"]) < 5e-4
+
+
+# --- OpenAI's improved-diffusion and guided-diffusion ------------------------------------------------------
+
+OPENAI = os.path.join(os.path.dirname(__file__), "fixtures", "openai")
+
+
+def _openai_flags(name: str) -> str:
+    made = json.loads(open(os.path.join(OPENAI, "provenance.json")).read())["models"][name]
+    return f"{made['flags']} --timestep_respacing {made['timestep_respacing']}"
+
+
+@pytest.fixture(scope="module", params=["improved", "guided"])
+def openai_model(request, tmp_path_factory):
+    name = request.param
+    workdir = str(tmp_path_factory.mktemp(name) / "w")
+    importer.import_checkpoint(os.path.join(OPENAI, f"{name}.pt"), workdir, source_flags=_openai_flags(name))
+    return name, pdist.load(workdir), np.load(os.path.join(OPENAI, f"{name}.npz"))
+
+
+def test_openai_networks_and_reverse_steps_equal_their_codes(openai_model):
+    """improved-diffusion (additive conditioning, legacy qkv order, rescaled time steps, strided-conv
+    downsampling, class-conditional, cosine) and guided-diffusion (scale-shift, BigGAN up/down blocks, the new qkv
+    order, heads of 16 channels, linear): the network, then ``p_mean_variance`` of the full and the respaced
+    diffusion (mean, learned log-variance, x-hat), then the code's DDIM sample from the same noise."""
+    name, model, ref = openai_model
+    spec, T = model.spec, model.spec.schedule.num_timesteps
+    source = model.metadata["source"]
+    assert source["format"] == "openai" and model.metadata["openai"]["code"] == f"{name}-diffusion"
+    label = jnp.asarray(ref["y"]) if "y" in ref.files else None
+    z = jnp.asarray(ref["x"])
+    level = jnp.asarray(ref["steps"] + 1, jnp.float32)  # OpenAI's step i - 1 is pdist's level i
+    raw = spec.apply(model.ema_params, z, level / T, label, None)
+    assert _rel(np.asarray(raw), ref["raw"]) < 1e-5
+
+    def reverse_step(t_level, s_level, tag, rows):
+        pred = spec(model.ema_params, label, None, z, t_level / T)
+        tr = diffusion.transition(spec.schedule.logsnr(s_level / T), spec.schedule.logsnr(t_level / T))
+        mean = diffusion.posterior_mean(tr, pred.x, z)
+        log_var = diffusion.log_variance("learned", tr, pred.var_frac)
+        assert _rel(np.asarray(pred.x), ref[f"{tag}_pred_xstart"]) < 1e-5
+        assert _rel(np.asarray(mean), ref[f"{tag}_mean"]) < 1e-5
+        # OpenAI clips the posterior variance of the last step (beta-tilde_1 = 0) to beta-tilde_2; pdist's last
+        # step returns x-hat without noise, so its variance there is never used: compared at the other steps
+        assert _rel(np.asarray(log_var)[rows], ref[f"{tag}_log_variance"][rows]) < 1e-5
+
+    reverse_step(level, level - 1, "full", slice(1, None))
+    spaced = ref["spaced_timesteps"]
+    k = (len(spaced) - 1) // 2
+    t_level, s_level = jnp.full((4,), spaced[k] + 1.0), jnp.full((4,), spaced[k - 1] + 1.0)
+    reverse_step(t_level, s_level, "spaced", slice(None))
+
+    s = model.config.sample  # the flags' timestep_respacing: ddim5 (DDIM's stride) or 8 (evenly respaced)
+    assert (s.method, s.num_steps, s.grid) == (
+        ("ddim", 5, "ddim_stride") if name == "improved" else ("ddpm", 8, "respaced")
+    )
+    grid = schedules.time_grid(spec.schedule, s.num_steps, s.grid)
+    np.testing.assert_array_equal(np.round(grid[:-1] * T).astype(int) - 1, spaced[::-1])  # the code's timesteps
+    x = samplers.sample(model.denoiser(label=label), spec.schedule, jnp.asarray(ref["ddim_noise"]), method="ddim",
+                        num_steps=s.num_steps, grid=s.grid, clip_x=True)  # fmt: skip
+    # Both in float32; OpenAI's coefficients come from float64 tables, pdist's from the float32 logSNR. On the
+    # evenly respaced grid (guided's) the first step's x-hat = (z - sigma eps-hat) / alpha divides by
+    # alpha_T = 6.4e-3, which scales the rounding by 150: 2.3e-4 of the largest value; improved's DDIM stride
+    # grid starts at level 81 of 100 (alpha 0.29): 6.5e-6.
+    assert _rel(np.asarray(x), ref["ddim"]) < 5e-4
+
+
+def test_an_openai_class_model_has_no_null_class_and_wrong_flags_name_the_tensor(openai_model, tmp_path):
+    name, model, _ = openai_model
+    if name == "improved":  # class-conditional without label dropout: classifier-free guidance is refused
+        with pytest.raises(ValueError, match="never saw the null class"):
+            model.sample(2, num_steps=2, guidance=2.0, labels=np.array([1, 2]))
+    flags = _openai_flags(name).replace("--num_res_blocks 1", "--num_res_blocks 2")
+    with pytest.raises(InputError, match="has no tensor 'input_blocks[.]"):
+        importer.prepare(os.path.join(OPENAI, f"{name}.pt"), source_flags=flags)
+    flags = _openai_flags(name).replace("--num_channels 32", "--num_channels 64")
+    with pytest.raises(InputError, match="has shape"):
+        importer.prepare(os.path.join(OPENAI, f"{name}.pt"), source_flags=flags)
+    with pytest.raises(InputError, match="needs --image_size"):
+        importer.prepare(os.path.join(OPENAI, f"{name}.pt"), source_flags="--num_channels 32")
+    with pytest.raises(InputError, match="not a flag of"):
+        importer.prepare(os.path.join(OPENAI, f"{name}.pt"), source_flags=_openai_flags(name) + " --num_chanels 3")
 
 
 def test_refusals_are_one_sentence_with_status_2_and_write_nothing(tmp_path):

@@ -8,8 +8,8 @@
 
 from __future__ import annotations
 
-from pdist.interop import pd_release
+from pdist.interop import openai, pd_release
 
 # name -> module with detect(first bytes) -> bool and load(bytes, source_config, source_flags)
 #   -> (pdist config, params, EMA params, step, metadata)
-FORMATS = {pd_release.NAME: pd_release}
+FORMATS = {pd_release.NAME: pd_release, openai.NAME: openai}

@@ -29,9 +29,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         key, value = item[len("--config.") :].split("=", 1)
         overrides.append((key, value))
-    from pdist.runtime import console
-
-    console.quiet()
     from pdist.interop import importer
 
     try:

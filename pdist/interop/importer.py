@@ -89,10 +89,11 @@ def prepare(source: str, source_config=None, source_flags=None, overrides=()):
     config, params, ema, step, extra = FORMATS[name].load(data, source_config, source_flags)
     for key, value in overrides:
         _set(config, key, value)
-    from pdist import jobs
+    from pdist.jobs import sections  # train's checks, without importing the training job (TensorFlow)
 
     config.mode = "train"
-    jobs.validate(config)
+    sections.validate(config)
+    sections.validate_training(config)
     spec = ModelSpec.of(config)
     expected = spec.param_shapes()
     check_shapes(ema, expected)

@@ -65,13 +65,22 @@ def read_state_dict(path: str) -> dict[str, Any]:
 
     Raises :class:`TorchFileError` (one sentence naming the file) for anything a state dict does not hold.
     """
+    with open(path, "rb") as f:
+        return _read(f, path)
+
+
+def read_state_dict_bytes(data: bytes, name: str = "This file") -> dict[str, Any]:
+    """:func:`read_state_dict` of a file's bytes (``name`` is what the error says)."""
+    return _read(io.BytesIO(data), name)
+
+
+def _read(f, path: str) -> dict[str, Any]:
     try:
-        with open(path, "rb") as f:
-            if zipfile.is_zipfile(f):
-                f.seek(0)
-                return _read_zip(f)
+        if zipfile.is_zipfile(f):
             f.seek(0)
-            return _read_legacy(f)
+            return _read_zip(f)
+        f.seek(0)
+        return _read_legacy(f)
     except TorchFileError as e:
         raise TorchFileError(f"{path} is not a state dict pdist can read safely: {e}") from None
     except (

@@ -51,13 +51,18 @@ Array = jax.Array
 def noise_level_embedding(logsnr: Array, dim: int, max_period: float = 10_000.0) -> Array:
     """[B] logSNR -> [B, dim] sinusoidal features of ``1000 * atan(exp(-logsnr/2)) * 2/pi``."""
     c = jnp.arctan(jnp.exp(-0.5 * logsnr.astype(jnp.float32))) / (0.5 * math.pi)
-    half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-    args = 1000.0 * c[:, None] * freqs[None, :]
-    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    return timestep_embedding(1000.0 * c, dim, max_period)
 
 
-LOGSNR_INPUTS = ("pdist", "inv_cos", "sigmoid", "linear")  # config.model.logsnr_input
+# config.model.logsnr_input: how the network embeds its noise input. "timestep" and "rescaled_timestep" are
+# OpenAI's (improved-/guided-diffusion): the network is given the discrete schedule's index (level i is index
+# i - 1; rescaled: times 1000 / T) instead of the logSNR (:meth:`pdist.spec.ModelSpec.apply`), embedded by
+# :func:`timestep_embedding`.
+LOGSNR_INPUTS = ("pdist", "inv_cos", "sigmoid", "linear", "timestep", "rescaled_timestep")
+TIMESTEP_INPUTS = ("timestep", "rescaled_timestep")
+# config.model.downsample_padding of the strided 3x3 convolution: "same" (Flax's: none before, one after on an
+# even size) or "symmetric" (one on each side, as PyTorch's padding=1 in OpenAI's and diffusers' networks)
+DOWNSAMPLE_PADDINGS = ("same", "symmetric")
 
 
 def release_embedding(logsnr: Array, dim: int, kind: str, scale_range: tuple[float, float] = (-10.0, 10.0)) -> Array:
@@ -80,6 +85,14 @@ def release_embedding(logsnr: Array, dim: int, kind: str, scale_range: tuple[flo
     return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
+def timestep_embedding(timestep: Array, dim: int, max_period: float = 10_000.0) -> Array:
+    """[B] (fractional) time steps -> [B, dim] sinusoidal features, cosines first (OpenAI's and pdist's)."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = timestep.astype(jnp.float32)[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
 def guidance_embedding(w: Array, dim: int) -> Array:
     """[B] guidance weights -> [B, dim] sinusoidal features of ``250 w`` (the noise level's, on w's scale)."""
     half = dim // 2
@@ -92,8 +105,8 @@ def _groups(channels: int, max_groups: int = 32) -> int:
     return math.gcd(channels, max_groups)
 
 
-def _norm(channels: int, dtype) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=_groups(channels), dtype=dtype)
+def _norm(channels: int, dtype, eps: float = 1e-6) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=_groups(channels), epsilon=eps, dtype=dtype)
 
 
 def _downsample(h: Array) -> Array:
@@ -110,16 +123,23 @@ class ResBlock(nn.Module):
     dropout: float
     resample: str | None = None  # None, "down" or "up"
     dtype: Any = jnp.float32
+    scale_shift: bool = True  # False: the embedding is added before the second norm (OpenAI's use_scale_shift_norm)
+    norm_eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x: Array, emb: Array, train: bool) -> Array:
-        h = nn.silu(_norm(x.shape[-1], self.dtype)(x))
+        h = nn.silu(_norm(x.shape[-1], self.dtype, self.norm_eps)(x))
         if self.resample is not None:
             op = _downsample if self.resample == "down" else _upsample
             h, x = op(h), op(x)
         h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype)(h)
-        scale, shift = jnp.split(nn.Dense(2 * self.out_ch, dtype=self.dtype)(nn.silu(emb))[:, None, None, :], 2, -1)
-        h = _norm(self.out_ch, self.dtype)(h) * (1 + scale) + shift
+        width = 2 * self.out_ch if self.scale_shift else self.out_ch
+        e = nn.Dense(width, dtype=self.dtype)(nn.silu(emb))[:, None, None, :]
+        if self.scale_shift:
+            scale, shift = jnp.split(e, 2, -1)
+            h = _norm(self.out_ch, self.dtype, self.norm_eps)(h) * (1 + scale) + shift
+        else:
+            h = _norm(self.out_ch, self.dtype, self.norm_eps)(h + e)
         h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
         h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
         if x.shape[-1] != self.out_ch:
@@ -146,11 +166,12 @@ def attention_from_rows(
 class AttnBlock(nn.Module):
     num_heads: int
     dtype: Any = jnp.float32
+    norm_eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x: Array, attention_from: Array | None = None) -> Array:
         b, height, width, c = x.shape
-        h = _norm(c, self.dtype)(x).reshape(b, height * width, c)
+        h = _norm(c, self.dtype, self.norm_eps)(x).reshape(b, height * width, c)
         control = {} if attention_from is None else {"attention_fn": partial(attention_from_rows, rows=attention_from)}
         h = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads,
@@ -170,6 +191,9 @@ class UNet(nn.Module):
     num_res_blocks: int = 2
     emb_ch: int | None = None  # the embedding's width; None: 4 ch
     logsnr_input: str = "pdist"  # how the noise level is embedded: LOGSNR_INPUTS
+    scale_shift: bool = True  # the residual blocks' conditioning: scale-shift of the norm, or added (False)
+    norm_eps: float = 1e-6  # GroupNorm's epsilon (Flax's; PyTorch's is 1e-5)
+    downsample_padding: str = "same"  # DOWNSAMPLE_PADDINGS
     attn_resolutions: Sequence[int] = (16,)
     head_dim: int | None = 64
     num_heads: int | None = None
@@ -198,6 +222,8 @@ class UNet(nn.Module):
         emb_dim = 4 * self.ch if self.emb_ch is None else self.emb_ch
         if self.logsnr_input == "pdist":
             emb = noise_level_embedding(logsnr, self.ch)
+        elif self.logsnr_input in TIMESTEP_INPUTS:  # logsnr holds the time step (ModelSpec.apply)
+            emb = timestep_embedding(logsnr, self.ch)
         else:
             emb = release_embedding(logsnr, self.ch, self.logsnr_input)
         emb = nn.Dense(emb_dim, dtype=self.dtype)(emb)
@@ -223,12 +249,13 @@ class UNet(nn.Module):
         def res(h, out_ch, resample=None):
             name = f"ResBlock_{counts['res']}"  # the same names with and without remat
             counts["res"] += 1
-            return res_block(out_ch, self.dropout, resample, self.dtype, name=name)(h, emb, train)
+            block = res_block(out_ch, self.dropout, resample, self.dtype, self.scale_shift, self.norm_eps, name=name)
+            return block(h, emb, train)
 
         def attn(h):
             name = f"AttnBlock_{counts['attn']}"
             counts["attn"] += 1
-            return attn_block(self._heads(h.shape[-1]), self.dtype, name=name)(h, attention_from)
+            return attn_block(self._heads(h.shape[-1]), self.dtype, self.norm_eps, name=name)(h, attention_from)
 
         h = nn.Conv(self.ch, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
         skips = [h]
@@ -242,7 +269,8 @@ class UNet(nn.Module):
                 if self.resblock_updown:
                     h = res(h, h.shape[-1], "down")
                 else:
-                    h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype)(h)
+                    pad = "SAME" if self.downsample_padding == "same" else ((1, 1), (1, 1))
+                    h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), padding=pad, dtype=self.dtype)(h)
                 skips.append(h)
 
         h = res(h, h.shape[-1])
@@ -261,7 +289,7 @@ class UNet(nn.Module):
                     h = nn.Conv(h.shape[-1], (3, 3), dtype=self.dtype)(_upsample(h))
         assert not skips
 
-        h = nn.silu(_norm(h.shape[-1], self.dtype)(h))
+        h = nn.silu(_norm(h.shape[-1], self.dtype, self.norm_eps)(h))
         h = nn.Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
         return h.astype(jnp.float32)
 
@@ -276,6 +304,9 @@ def from_config(config: ml_collections.ConfigDict, out_channels: int) -> UNet:
         num_res_blocks=model.num_res_blocks,
         emb_ch=model.emb_ch,
         logsnr_input=model.logsnr_input,
+        scale_shift=model.scale_shift,
+        norm_eps=float(model.norm_eps),
+        downsample_padding=model.downsample_padding,
         attn_resolutions=tuple(model.attn_resolutions),
         head_dim=model.head_dim,
         num_heads=model.num_heads,
@@ -302,6 +333,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if model.emb_ch is not None:
         check_positive(model.emb_ch, "model.emb_ch")
     check_one_of(model.logsnr_input, LOGSNR_INPUTS, "model.logsnr_input")
+    if model.logsnr_input in TIMESTEP_INPUTS and not config.diffusion.num_timesteps:
+        raise ConfigError(
+            f"config.model.logsnr_input={model.logsnr_input!r} gives the network a discrete schedule's time step; "
+            "use it with a discrete schedule (config.diffusion.num_timesteps)."
+        )
+    check_one_of(model.downsample_padding, DOWNSAMPLE_PADDINGS, "model.downsample_padding")
+    if not (isinstance(model.norm_eps, (int, float)) and model.norm_eps > 0):
+        raise ConfigError(f"config.model.norm_eps={model.norm_eps!r} must be a positive number (GroupNorm's epsilon).")
     size = config.data.image_size
     if size % 2 ** (len(model.ch_mult) - 1):
         raise ConfigError(f"config.data.image_size={size} must be divisible by 2**(len(config.model.ch_mult) - 1).")

@@ -1,0 +1,136 @@
+"""Writes tests/fixtures/openai/: two tiny OpenAI networks with random weights, saved and run by OpenAI's own code.
+
+Run once, with PyTorch, in a virtualenv of its own (the tests never import PyTorch):
+
+    python3 -m venv /tmp/tv && /tmp/tv/bin/pip install torch==2.13.0 numpy blobfile tqdm
+    git -C <improved-diffusion checkout> archive --prefix=improved/ HEAD | tar x -C /tmp/oai
+    git -C <guided-diffusion checkout> archive --prefix=guided/ HEAD | tar x -C /tmp/oai
+    /tmp/tv/bin/python tests/scripts/make_openai_fixture.py tests/fixtures/openai /tmp/oai/improved /tmp/oai/guided
+
+For each code (``improved``: improved-diffusion, ``guided``: guided-diffusion) it builds the model and
+diffusion of the flags below with the code's ``script_util`` (its defaults for every flag not given), adds
+N(0, 0.05^2) noise to every parameter (so that the zero-initialized layers are not zero), saves the state dict
+with ``torch.save`` (``<name>.pt``) and writes ``<name>.npz``: the raw network output at a few (fractional)
+time steps, ``p_mean_variance`` of the full T-step diffusion (mean, log-variance, x-hat; unclipped) and of its
+respaced diffusion, and the code's DDIM sample (eta 0, clip_denoised) from given noise on its
+``timestep_respacing``. Images are NHWC in the .npz (pdist's layout).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import sys
+
+import numpy as np
+import torch as th
+
+FLAGS = {
+    # improved-diffusion at 32x32 (channel_mult 1,2,2,2): additive conditioning, legacy qkv order, class-
+    # conditional, learned sigmas, cosine schedule, rescaled time steps (its default)
+    "improved": dict(
+        image_size=32, num_channels=32, num_res_blocks=1, num_heads=2, attention_resolutions="16,8",
+        class_cond=True, learn_sigma=True, use_scale_shift_norm=False, diffusion_steps=100, noise_schedule="cosine",
+    ),
+    # guided-diffusion at 32x32 with channel_mult 1,2: scale-shift, BigGAN up/down blocks, heads of 16 channels
+    # in the new qkv order, learned sigmas, linear schedule, unscaled time steps (its default)
+    "guided": dict(
+        image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2", num_head_channels=16,
+        attention_resolutions="32,16", resblock_updown=True, use_new_attention_order=True, learn_sigma=True,
+        diffusion_steps=1000, noise_schedule="linear",
+    ),
+}  # fmt: skip
+RESPACING = {"improved": "ddim5", "guided": "8"}  # ddim's stride grid and the evenly respaced one
+
+
+def flag_string(flags: dict) -> str:
+    return " ".join(f"--{k} {v}" for k, v in flags.items())
+
+
+def run(name: str, checkout: str, out_dir: str) -> dict:
+    sys.path.insert(0, checkout)
+    package = "improved_diffusion" if name == "improved" else "guided_diffusion"
+    su = importlib.import_module(f"{package}.script_util")
+    respace = importlib.import_module(f"{package}.respace")
+    args = {**su.model_and_diffusion_defaults(), **FLAGS[name]}
+    th.manual_seed(0)
+    model, diffusion = su.create_model_and_diffusion(**args)
+    with th.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * th.randn_like(p))
+    model.eval()
+    th.save(model.state_dict(), os.path.join(out_dir, f"{name}.pt"))
+
+    size, T = args["image_size"], args["diffusion_steps"]
+    g = th.Generator().manual_seed(1)
+    x = th.randn(4, 3, size, size, generator=g)
+    y = th.tensor([3, 999, 0, 41]) if args["class_cond"] else None
+    kw = {} if y is None else {"y": y}
+    steps = th.tensor([0, 17, T // 2, T - 1])
+    record = {"x": x, "steps": steps}
+    if y is not None:
+        record["y"] = y
+    with th.no_grad():
+        # the network as the diffusion calls it (SpacedDiffusion's wrapper maps and rescales the time steps)
+        record["raw"] = diffusion._wrap_model(model)(x, steps, **kw)
+        # the full diffusion's reverse step at those steps (unclipped)
+        pmv = diffusion.p_mean_variance(model, x, steps, clip_denoised=False, model_kwargs=kw)
+        for k in ("mean", "log_variance", "pred_xstart"):
+            record[f"full_{k}"] = pmv[k].expand_as(x) if pmv[k].shape != x.shape else pmv[k]
+        # the respaced diffusion (what timestep_respacing samples with): its timesteps and its DDIM sample
+        spacing = RESPACING[name]
+        spaced = su.create_gaussian_diffusion(
+            steps=T, learn_sigma=args["learn_sigma"], noise_schedule=args["noise_schedule"],
+            use_kl=args["use_kl"], predict_xstart=args["predict_xstart"], rescale_timesteps=args["rescale_timesteps"],
+            rescale_learned_sigmas=args["rescale_learned_sigmas"], timestep_respacing=spacing,
+            **({"sigma_small": args["sigma_small"]} if "sigma_small" in args else {}),
+        )  # fmt: skip
+        record["spaced_timesteps"] = th.tensor(sorted(respace.space_timesteps(T, spacing)))
+        last = th.tensor([len(record["spaced_timesteps"]) - 1] * 4)
+        pmv = spaced.p_mean_variance(model, x, last // 2, clip_denoised=False, model_kwargs=kw)
+        for k in ("mean", "log_variance", "pred_xstart"):
+            record[f"spaced_{k}"] = pmv[k].expand_as(x) if pmv[k].shape != x.shape else pmv[k]
+        noise = th.randn(4, 3, size, size, generator=g)
+        record["ddim_noise"] = noise
+        record["ddim"] = spaced.ddim_sample_loop(
+            model, (4, 3, size, size), noise=noise, clip_denoised=True, model_kwargs=kw, eta=0.0
+        )
+    arrays = {}
+    for k, v in record.items():
+        a = v.numpy()
+        arrays[k] = np.transpose(a, (0, 2, 3, 1)) if a.ndim == 4 else a
+    np.savez_compressed(os.path.join(out_dir, f"{name}.npz"), **arrays)
+    sys.path.remove(checkout)
+    return {
+        "flags": flag_string(FLAGS[name]),
+        "timestep_respacing": spacing,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+    }
+
+
+def main(out_dir: str, improved: str, guided: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    made = {"improved": run("improved", improved, out_dir), "guided": run("guided", guided, out_dir)}
+    provenance = {
+        "generator": "tests/scripts/make_openai_fixture.py (this repository)",
+        "command": "python tests/scripts/make_openai_fixture.py tests/fixtures/openai IMPROVED GUIDED",
+        "code": {
+            "improved": "openai/improved-diffusion 1bc7bbbdc414d83d4abf2ad8cc1446dc36c4e4d5 (git archive of that commit)",
+            "guided": "openai/guided-diffusion 22e0df8183507e13a7813f8d38d51b072ca1e67c (git archive of that commit)",
+        },
+        "torch": th.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "seeds": "torch.manual_seed(0) before each model; inputs from torch.Generator seed 1",
+        "weights": "each code's initialization plus N(0, 0.05^2) on every parameter",
+        "models": made,
+    }
+    with open(os.path.join(out_dir, "provenance.json"), "w") as f:
+        json.dump(provenance, f, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
