@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -94,6 +95,9 @@ def test_openai_networks_and_reverse_steps_equal_their_codes(openai_model):
     spec, T = model.spec, model.spec.schedule.num_timesteps
     source = model.metadata["source"]
     assert source["format"] == "openai" and model.metadata["openai"]["code"] == f"{name}-diffusion"
+    made = json.loads(open(os.path.join(OPENAI, "provenance.json")).read())["models"][name]
+    null_row = 4 * model.config.model.ch if model.config.model.class_conditional else 0  # pdist's null class
+    assert sum(a.size for a in jax.tree.leaves(model.ema_params)) == made["parameters"] + null_row
     label = jnp.asarray(ref["y"]) if "y" in ref.files else None
     z = jnp.asarray(ref["x"])
     level = jnp.asarray(ref["steps"] + 1, jnp.float32)  # OpenAI's step i - 1 is pdist's level i
@@ -149,6 +153,34 @@ def test_an_openai_class_model_has_no_null_class_and_wrong_flags_name_the_tensor
         importer.prepare(os.path.join(OPENAI, f"{name}.pt"), source_flags=_openai_flags(name) + " --num_chanels 3")
 
 
+def test_each_released_openai_model_is_its_readmes_network_with_its_parameter_count():
+    """pdist's presets against the READMEs of both codes: the same flags, and the network pdist builds from them
+    has as many parameters as the one the code builds (provenance.json, counted by the code itself) but for
+    the null class's row."""
+    import jax
+
+    from pdist.interop import openai
+    from pdist.spec import ModelSpec
+
+    released = json.loads(open(os.path.join(OPENAI, "provenance.json")).read())["released"]
+    run_flags = set(openai.RUN_FLAGS)
+    checked = []
+    for name, (flags, _) in openai.PRESETS.items():
+        readme = released.get(name) or released["lsun_bedroom"]  # cat and horse: "should work as well"
+        code, mine = openai.parse_flags(flags)
+        theirs = openai.parse_flags(readme["flags"])[1]
+        assert {k: v for k, v in mine.items() if k not in run_flags} == theirs, name
+        config = openai.to_pdist_config(code, mine)
+        count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(ModelSpec.of(config).param_shapes()))
+        null_row = config.model.ch * 4 if config.model.class_conditional else 0
+        assert count - null_row == readme["parameters"], (name, count, readme["parameters"])
+        checked.append(name)
+    assert len(checked) == 15
+    # the README models pdist's UNet cannot be: the 512x512 one (first multiplier 0.5) and the upsamplers
+    with pytest.raises(InputError, match="first or fractional multiplier"):
+        openai.to_pdist_config(*openai.parse_flags(released["512x512_diffusion"]["flags"]))
+
+
 def test_refusals_are_one_sentence_with_status_2_and_write_nothing(tmp_path):
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00not a checkpoint" * 100)
@@ -159,6 +191,7 @@ def test_refusals_are_one_sentence_with_status_2_and_write_nothing(tmp_path):
         ([CKPT, "w2"], "needs --source_config"),
         ([CKPT, "w3", f"--source_config={wrong}"], "has shape"),
         ([CKPT, "w4", f"--source_config={CONFIG}", "--config.model.nope=1"], "nope"),
+        ([os.path.join(OPENAI, "guided.pt"), "w5", "--source_flags=--num_channels 32"], "needs --image_size"),
     ]
     for args, said in cases:
         out = subprocess.run([sys.executable, "-m", "pdist.interop", "import", *args], cwd=tmp_path,

@@ -5,7 +5,8 @@ scripts (``--source_flags``, their READMEs' ``MODEL_FLAGS`` and ``DIFFUSION_FLAG
 defaults. Which code's: guided-diffusion's when a flag only it has appears (``num_head_channels``,
 ``resblock_updown``, ``use_new_attention_order``, ``use_fp16``, ``channel_mult``), improved-diffusion's
 otherwise (the two differ in ``rescale_timesteps``: True in improved-diffusion). ``--image_size`` is
-required: the weights do not say it, and the attention levels follow from it.
+required: the weights do not say it, and the attention levels follow from it. The name of a released model
+(:data:`PRESETS`, its file's name) stands for its README's flags and sets its dataset.
 
 The network is pdist's UNet with OpenAI's conventions as options:
 
@@ -103,6 +104,56 @@ RUN_FLAGS = dict(
 )
 
 
+# The released models (the file's name without .pt): their READMEs' MODEL_FLAGS, DIFFUSION_FLAGS and
+# TRAIN_FLAGS, and the dataset each was trained on (pdist's TFDS name). ``--source_flags=NAME`` uses them.
+_ID_CIFAR = "--image_size 32 --num_channels 128 --num_res_blocks 3 --learn_sigma True --dropout 0.3"
+_ID_IN64 = "--image_size 64 --num_channels 128 --num_res_blocks 3 --learn_sigma True"
+_ID_LSUN = (
+    "--image_size 256 --num_channels 128 --num_res_blocks 2 --num_heads 1 --learn_sigma True "
+    "--use_scale_shift_norm False --attention_resolutions 16 --diffusion_steps 1000 --noise_schedule linear "
+    "--rescale_learned_sigmas False --rescale_timesteps False"
+)
+_GD = (
+    "--attention_resolutions 32,16,8 --diffusion_steps 1000 --learn_sigma True --resblock_updown True "
+    "--use_fp16 True --use_scale_shift_norm True"
+)
+_GD_256 = f"{_GD} --image_size 256 --noise_schedule linear --num_channels 256 --num_head_channels 64 --num_res_blocks 2"
+PRESETS = {
+    # improved-diffusion (march-2021)
+    "cifar10_uncond_50M_500K": (
+        f"{_ID_CIFAR} --diffusion_steps 4000 --noise_schedule cosine --lr 1e-4 --batch_size 128", "cifar10"),
+    "cifar10_uncond_vlb_50M_500K": (
+        f"{_ID_CIFAR} --diffusion_steps 4000 --noise_schedule cosine --use_kl True --lr 1e-4 --batch_size 128",
+        "cifar10"),
+    "imagenet64_uncond_100M_1500K": (
+        f"{_ID_IN64} --diffusion_steps 4000 --noise_schedule cosine --lr 1e-4 --batch_size 128",
+        "imagenet_resized/64x64"),
+    "imagenet64_uncond_vlb_100M_1500K": (
+        f"{_ID_IN64} --diffusion_steps 4000 --noise_schedule cosine --use_kl True --lr 1e-4 --batch_size 128",
+        "imagenet_resized/64x64"),
+    "imagenet64_cond_270M_250K": (
+        "--image_size 64 --num_channels 192 --num_res_blocks 3 --learn_sigma True --class_cond True "
+        "--diffusion_steps 4000 --noise_schedule cosine --rescale_learned_sigmas False --rescale_timesteps False "
+        "--lr 3e-4 --batch_size 2048", "imagenet_resized/64x64"),
+    "lsun_uncond_100M_1200K_bs128": (f"{_ID_LSUN} --lr 1e-4 --batch_size 128", "lsun/bedroom"),
+    "lsun_uncond_100M_2400K_bs64": (f"{_ID_LSUN} --lr 2e-5 --batch_size 128", "lsun/bedroom"),
+    # guided-diffusion (jul-2021); the 512x512 model (a first multiplier of 0.5) and the upsamplers are not
+    # pdist networks
+    "64x64_diffusion": (
+        f"{_GD} --class_cond True --dropout 0.1 --image_size 64 --noise_schedule cosine --num_channels 192 "
+        "--num_head_channels 64 --num_res_blocks 3 --use_new_attention_order True", "imagenet_resized/64x64"),
+    "128x128_diffusion": (
+        f"{_GD} --class_cond True --image_size 128 --noise_schedule linear --num_channels 256 --num_heads 4 "
+        "--num_res_blocks 2", "imagenet2012"),
+    "256x256_diffusion": (f"{_GD_256} --class_cond True", "imagenet2012"),
+    "256x256_diffusion_uncond": (f"{_GD_256} --class_cond False", "imagenet2012"),
+    "lsun_bedroom": (f"{_GD_256} --class_cond False --dropout 0.1", "lsun/bedroom"),
+    "lsun_cat": (f"{_GD_256} --class_cond False --dropout 0.1", "lsun/cat"),
+    "lsun_horse": (f"{_GD_256} --class_cond False --dropout 0.1", "lsun/horse"),
+    "lsun_horse_nodropout": (f"{_GD_256} --class_cond False", "lsun/horse"),
+}  # fmt: skip
+
+
 def detect(head: bytes) -> bool:
     """A PyTorch file: a zip archive (PyTorch >= 1.6) or the legacy pickle's magic number."""
     return head[:4] == b"PK\x03\x04" or head[:2] == b"\x80\x02"
@@ -124,6 +175,8 @@ def parse_flags(text: str | None) -> tuple[str, dict]:
             "An OpenAI checkpoint needs --source_flags: the MODEL_FLAGS and DIFFUSION_FLAGS of its README, "
             'e.g. --source_flags="--image_size 64 --num_channels 128 --num_res_blocks 3 --learn_sigma True".'
         )
+    if text.strip() in PRESETS:
+        text = PRESETS[text.strip()][0]
     try:
         words = shlex.split(text)
     except ValueError as e:
@@ -133,7 +186,10 @@ def parse_flags(text: str | None) -> tuple[str, dict]:
     while i < len(words):
         word = words[i]
         if not word.startswith("--"):
-            raise InputError(f"--source_flags holds {word!r} where a --flag was expected; give '--name value' pairs.")
+            raise InputError(
+                f"--source_flags holds {word!r} where a --flag was expected; give '--name value' pairs or a released "
+                f"model's name ({', '.join(PRESETS)})."
+            )
         name, eq, value = word[2:].partition("=")
         if not eq:
             if i + 1 >= len(words):
@@ -370,6 +426,8 @@ def load(data: bytes, source_config: str | None, source_flags: str | None) -> tu
     sd = read(data)
     code, flags = parse_flags(source_flags)
     config = to_pdist_config(code, flags)
+    if source_flags.strip() in PRESETS:
+        config.data.name = PRESETS[source_flags.strip()][1]
     try:
         params = to_pdist_params(sd, config, bool(flags.get("use_new_attention_order", False)))
     except KeyError as e:

@@ -58,7 +58,8 @@ class TeacherMismatchError(InputError, ValueError):
 # What an imported teacher (pdist.interop) decides for its students, whatever the distill config file says: the
 # network (config.model but its dropout) and the diffusion it was trained with, and the image shape.
 ADOPTED = ("data.image_size", "data.channels", "data.num_classes", "diffusion.schedule",
-           "diffusion.num_timesteps", "diffusion.parameterization", "diffusion.learned_variance")  # fmt: skip
+           "diffusion.num_timesteps", "diffusion.parameterization", "diffusion.learned_variance",
+           "diffusion.loss")  # fmt: skip
 
 
 def adopt_imported_teacher(config: ml_collections.ConfigDict, given=frozenset()) -> bool:

@@ -13,7 +13,8 @@ N(0, 0.05^2) noise to every parameter (so that the zero-initialized layers are n
 with ``torch.save`` (``<name>.pt``) and writes ``<name>.npz``: the raw network output at a few (fractional)
 time steps, ``p_mean_variance`` of the full T-step diffusion (mean, log-variance, x-hat; unclipped) and of its
 respaced diffusion, and the code's DDIM sample (eta 0, clip_denoised) from given noise on its
-``timestep_respacing``. Images are NHWC in the .npz (pdist's layout).
+``timestep_respacing``. Images are NHWC in the .npz (pdist's layout). provenance.json also lists every model
+each README releases, with its flags and the parameter count of the network the code builds from them.
 """
 
 from __future__ import annotations
@@ -110,9 +111,59 @@ def run(name: str, checkout: str, out_dir: str) -> dict:
     }
 
 
+def readme_models(checkout: str) -> dict[str, str]:
+    """The released models of a checkout's README.md: {checkpoint name: its MODEL_FLAGS and DIFFUSION_FLAGS}.
+    improved-diffusion names each checkpoint in a link above its flags; guided-diffusion's command after its
+    MODEL_FLAGS gives ``--model_path models/NAME.pt``."""
+    import re
+
+    lines = open(os.path.join(checkout, "README.md")).read().splitlines()
+    found, name, flags = {}, None, []
+    for line in lines:
+        link = re.search(r"march-2021/([\w.]+)\.pt", line)
+        if link:
+            name, flags = link.group(1), []
+        m = re.match(r'(MODEL|DIFFUSION)_FLAGS="(.*)"', line.strip())
+        if m:
+            flags = (flags if m.group(1) == "DIFFUSION" else []) + [m.group(2)]
+            if name and m.group(1) == "DIFFUSION":
+                found[name] = " ".join(flags)
+        path = re.search(r"--model_path models/([\w.]+)\.pt", line)
+        if path and flags:
+            found[path.group(1)] = " ".join(flags)
+    return found
+
+
+def released(checkout: str, package: str) -> dict:
+    """{name: {"flags", "parameters"}}: each README model built by the code's create_model (random weights)."""
+    import argparse
+
+    sys.path.insert(0, checkout)
+    su = importlib.import_module(f"{package}.script_util")
+    out = {}
+    for name, flags in readme_models(checkout).items():
+        parser = argparse.ArgumentParser()
+        su.add_dict_to_argparser(parser, su.model_and_diffusion_defaults())
+        args, _ = parser.parse_known_args(flags.split())
+        try:
+            model, _ = su.create_model_and_diffusion(**su.args_to_dict(args, su.model_and_diffusion_defaults()))
+        except Exception as e:  # noqa: BLE001  (a README model its own create_model does not build: recorded)
+            out[name] = {"flags": flags, "error": f"{type(e).__name__}: {e}"}
+            continue
+        out[name] = {"flags": flags, "parameters": int(sum(p.numel() for p in model.parameters()))}
+        del model
+    sys.path.remove(checkout)
+    for module in [m for m in sys.modules if m.startswith(package)]:
+        del sys.modules[module]
+    return out
+
+
 def main(out_dir: str, improved: str, guided: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     made = {"improved": run("improved", improved, out_dir), "guided": run("guided", guided, out_dir)}
+    for module in [m for m in sys.modules if m.startswith(("improved_diffusion", "guided_diffusion"))]:
+        del sys.modules[module]
+    readme = {**released(improved, "improved_diffusion"), **released(guided, "guided_diffusion")}
     provenance = {
         "generator": "tests/scripts/make_openai_fixture.py (this repository)",
         "command": "python tests/scripts/make_openai_fixture.py tests/fixtures/openai IMPROVED GUIDED",
@@ -126,6 +177,7 @@ def main(out_dir: str, improved: str, guided: str) -> None:
         "seeds": "torch.manual_seed(0) before each model; inputs from torch.Generator seed 1",
         "weights": "each code's initialization plus N(0, 0.05^2) on every parameter",
         "models": made,
+        "released": readme,  # each README's models: their flags, and their parameter count built by the code
     }
     with open(os.path.join(out_dir, "provenance.json"), "w") as f:
         json.dump(provenance, f, indent=1)
