@@ -18,8 +18,8 @@ import time
 import jax
 import numpy as np
 
-from pdist.evaluation import convert
 from pdist.evaluation.inception import SIZE, FIDInceptionV3, InceptionEvaluator
+from pdist.interop import pytorch_fid as convert
 
 
 def rate(fn, x, repeats: int = 3) -> float:

@@ -150,7 +150,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.evaluator = "auto"  # digits for the digits dataset, else the FID Inception-v3
     config.eval.inception_weights = ml_collections.FieldReference(
         None, field_type=str
-    )  # npz from pdist.evaluation.convert
+    )  # npz from pdist.interop.pytorch_fid
     config.eval.reference_split = "train"
     config.eval.pr_samples = 10_000  # precision/recall on this many reference and generated features
     config.eval.is_splits = 10  # Inception Score: mean over this many equal parts of the samples

@@ -215,7 +215,7 @@ def _inception(config, commands: list[str]) -> list[str]:
 
     if resolve(config.eval.evaluator, config.data.name) != "inception" or config.eval.inception_weights:
         return commands
-    convert = "python -m pdist.evaluation.convert pt_inception-2015-12-05-6726825d.pth inception.npz"
+    convert = "python -m pdist.interop.pytorch_fid pt_inception-2015-12-05-6726825d.pth inception.npz"
     out = [f"{c} --config.eval.inception_weights=inception.npz" if "--config.mode=eval" in c else c for c in commands]
     i = next(i for i, c in enumerate(out) if "--config.mode=eval" in c)
     return [*out[:i], convert, *out[i:]]

@@ -8,8 +8,8 @@ import pytest
 import torch_files
 from flax import traverse_util
 
-from pdist.evaluation import convert
 from pdist.evaluation.inception import BasicConv, FIDInceptionV3, InceptionE, preprocess
+from pdist.interop import pytorch_fid as convert
 
 
 def _conv_order(module, x) -> tuple[list[tuple[str, ...]], dict]:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch_files as tf
 
-from pdist.evaluation import convert
+from pdist.interop import pytorch_fid as convert
 from pdist.interop import torch_file
 from pdist.interop.torch_file import TorchFileError
 

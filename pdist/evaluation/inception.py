@@ -7,7 +7,7 @@ places, all kept here: average pools inside the Mixed blocks exclude padding
 from the count (``count_include_pad=False``), the last block (``Mixed_7c``)
 pools with a max instead of an average, and the classifier has 1008 outputs.
 Module names follow torchvision's (``Mixed_5b/branch1x1/conv``) so that the
-converter (:mod:`pdist.evaluation.convert`) maps the distributed weights by name.
+converter (:mod:`pdist.interop.pytorch_fid`) maps the distributed weights by name.
 
 Inputs are images in [-1, 1]; :class:`InceptionEvaluator` quantizes them to
 8 bits as saved images are, repeats grey images to three channels and resizes
@@ -170,7 +170,7 @@ def preprocess(images: jax.Array) -> jax.Array:
 
 
 def load_variables(path: str) -> dict:
-    """Flax variables ``{"params", "batch_stats"}`` from an .npz written by :mod:`pdist.evaluation.convert`."""
+    """Flax variables ``{"params", "batch_stats"}`` from an .npz written by :mod:`pdist.interop.pytorch_fid`."""
     from flax import traverse_util
 
     flat = {tuple(k.split("/")): v for k, v in files.load_npz(path).items()}

@@ -47,7 +47,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if not settings.inception_weights:
             raise ConfigError(
                 "config.eval.inception_weights is not set; convert the FID Inception weights once with "
-                "`python -m pdist.evaluation.convert pt_inception-2015-12-05-6726825d.pth inception.npz` "
+                "`python -m pdist.interop.pytorch_fid pt_inception-2015-12-05-6726825d.pth inception.npz` "
                 "and pass --config.eval.inception_weights=inception.npz."
             )
         if not files.isfile(settings.inception_weights):

@@ -1,6 +1,6 @@
 """Converts the distributed FID Inception weights to the .npz that pdist's Flax network loads.
 
-python -m pdist.evaluation.convert pt_inception-2015-12-05-6726825d.pth inception.npz
+python -m pdist.interop.pytorch_fid pt_inception-2015-12-05-6726825d.pth inception.npz
 
 The input is pytorch-fid's weight file (a PyTorch state dict of the
 2015-12-05 TF Inception graph, torchvision names), read without PyTorch and
