@@ -9,8 +9,8 @@ Run once, with PyTorch, in a virtualenv of its own (the tests never import PyTor
 
 For each code (``improved``: improved-diffusion, ``guided``: guided-diffusion) it builds the model and
 diffusion of the flags below with the code's ``script_util`` (its defaults for every flag not given), adds
-N(0, 0.05^2) noise to every parameter (so that the zero-initialized layers are not zero), saves the state dict
-with ``torch.save`` (``<name>.pt``) and writes ``<name>.npz``: the raw network output at a few (fractional)
+N(0, 0.05^2) noise to every parameter (so that the zero-initialized layers are not zero), rounds it to float16,
+saves the state dict with ``torch.save`` in float16 (``<name>.pt``, half the bytes; the model runs in float32) and writes ``<name>.npz``: the raw network output at a few (fractional)
 time steps, ``p_mean_variance`` of the full T-step diffusion (mean, log-variance, x-hat; unclipped) and of its
 respaced diffusion, and the code's DDIM sample (eta 0, clip_denoised) from given noise on its
 ``timestep_respacing``. Images are NHWC in the .npz (pdist's layout). provenance.json also lists every model
@@ -35,10 +35,10 @@ FLAGS = {
         image_size=32, num_channels=32, num_res_blocks=1, num_heads=2, attention_resolutions="16,8",
         class_cond=True, learn_sigma=True, use_scale_shift_norm=False, diffusion_steps=100, noise_schedule="cosine",
     ),
-    # guided-diffusion at 32x32 with channel_mult 1,2: scale-shift, BigGAN up/down blocks, heads of 16 channels
+    # guided-diffusion at 32x32 with channel_mult 1,1: scale-shift, BigGAN up/down blocks, heads of 16 channels
     # in the new qkv order, learned sigmas, linear schedule, unscaled time steps (its default)
     "guided": dict(
-        image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2", num_head_channels=16,
+        image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,1", num_head_channels=16,
         attention_resolutions="32,16", resblock_updown=True, use_new_attention_order=True, learn_sigma=True,
         diffusion_steps=1000, noise_schedule="linear",
     ),
@@ -61,8 +61,9 @@ def run(name: str, checkout: str, out_dir: str) -> dict:
     with th.no_grad():
         for p in model.parameters():
             p.add_(0.05 * th.randn_like(p))
+            p.copy_(p.half().float())  # weights that float16 holds exactly: the file stores them in float16
     model.eval()
-    th.save(model.state_dict(), os.path.join(out_dir, f"{name}.pt"))
+    th.save({k: v.half() for k, v in model.state_dict().items()}, os.path.join(out_dir, f"{name}.pt"))
 
     size, T = args["image_size"], args["diffusion_steps"]
     g = th.Generator().manual_seed(1)
@@ -76,6 +77,9 @@ def run(name: str, checkout: str, out_dir: str) -> dict:
     with th.no_grad():
         # the network as the diffusion calls it (SpacedDiffusion's wrapper maps and rescales the time steps)
         record["raw"] = diffusion._wrap_model(model)(x, steps, **kw)
+        # an input of small variance, where GroupNorm's epsilon shows in the output
+        record["x_small"] = 0.1 * x
+        record["raw_small"] = diffusion._wrap_model(model)(record["x_small"], steps, **kw)
         # the full diffusion's reverse step at those steps (unclipped)
         pmv = diffusion.p_mean_variance(model, x, steps, clip_denoised=False, model_kwargs=kw)
         for k in ("mean", "log_variance", "pred_xstart"):
@@ -175,7 +179,7 @@ def main(out_dir: str, improved: str, guided: str) -> None:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "seeds": "torch.manual_seed(0) before each model; inputs from torch.Generator seed 1",
-        "weights": "each code's initialization plus N(0, 0.05^2) on every parameter",
+        "weights": "each code's initialization plus N(0, 0.05^2) on every parameter, rounded to float16 and stored so; run in float32",
         "models": made,
         "released": readme,  # each README's models: their flags, and their parameter count built by the code
     }
