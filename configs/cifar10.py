@@ -1,6 +1,9 @@
 """The Progressive Distillation CIFAR-10 teacher (Salimans & Ho 2022, Appendix E).
 
-x-parameterization with truncated-SNR weighting, continuous time on the logSNR cosine.
+x-parameterization with truncated-SNR weighting, continuous time on the logSNR cosine. The network, diffusion
+and optimizer are the official release's ``config/cifar_base.py`` (google-research ``diffusion_distillation``):
+one attention head, its ``inv_cos`` noise-level embedding and weight decay 0.001, so that a teacher trained here
+and the released one (``python -m pdist.interop import ... --source_config=cifar_base``) are the same network.
 """
 
 from pdist.config import base_config
@@ -18,7 +21,8 @@ def get_config():
     config.model.ch_mult = (1, 1, 1)
     config.model.num_res_blocks = 3
     config.model.attn_resolutions = (16, 8)
-    config.model.head_dim = 64
+    config.model.num_heads = 1
+    config.model.logsnr_input = "inv_cos"
     config.model.dropout = 0.2
     config.model.resblock_updown = True
 
@@ -29,6 +33,7 @@ def get_config():
     config.optim.learning_rate = 2e-4
     config.optim.warmup_steps = 1000
     config.optim.grad_clip = 1.0
+    config.optim.weight_decay = 0.001
 
     config.train.batch_size = 128
     config.train.num_steps = 800_000

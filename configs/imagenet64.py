@@ -1,4 +1,7 @@
-"""Class-conditional ImageNet 64x64 in the Progressive Distillation setup: both-parameterization, SNR+1 weight.
+"""Class-conditional ImageNet 64x64 in the Progressive Distillation setup: both-parameterization, truncated-SNR
+weight. The network, diffusion and optimizer are the official release's ``config/imagenet64_base.py`` (its
+``inv_cos`` noise-level embedding, learning rate 3e-4), so that a teacher trained here and the released one are
+the same network.
 
 Needs TFDS ``imagenet_resized/64x64`` prepared under config.data.data_dir.
 """
@@ -20,15 +23,16 @@ def get_config():
     config.model.num_res_blocks = 3
     config.model.attn_resolutions = (32, 16, 8)
     config.model.head_dim = 64
+    config.model.logsnr_input = "inv_cos"
     config.model.dropout = 0.1
     config.model.resblock_updown = True
     config.model.class_conditional = True
 
     config.diffusion.schedule = "cosine_logsnr"
     config.diffusion.parameterization = "both"
-    config.diffusion.weighting = "snr_plus_one"
+    config.diffusion.weighting = "truncated_snr"
 
-    config.optim.learning_rate = 2e-4
+    config.optim.learning_rate = 3e-4
     config.optim.warmup_steps = 1000
     config.optim.grad_clip = 1.0
 

@@ -203,6 +203,29 @@ def test_each_released_openai_model_is_its_readmes_network_with_its_parameter_co
         openai.to_pdist_config(*openai.parse_flags(released["512x512_diffusion"]["flags"]))
 
 
+@pytest.mark.parametrize("ours, theirs", [("cifar10", "cifar_base"), ("imagenet64", "imagenet64_base")])
+def test_pdists_paper_configs_are_the_releases_networks_and_diffusions(ours, theirs):
+    """configs/cifar10.py and configs/imagenet64.py describe the release's network, diffusion and optimizer."""
+    from pdist.config import from_file
+    from pdist.interop import pd_release
+
+    mine = from_file(os.path.join(os.path.dirname(__file__), "..", "configs", f"{ours}.py"))
+    release = pd_release.to_pdist_config(pd_release.release_config(theirs))
+    for section, keys in (("model", None), ("diffusion", None), ("data", ("image_size", "channels", "num_classes")),
+                          ("optim", ("learning_rate", "warmup_steps", "weight_decay", "grad_clip"))):  # fmt: skip
+        a, b = mine[section].to_dict(), release[section].to_dict()
+        for key in keys or sorted(set(a) | set(b)):
+            if key == "head_dim" and a.get("num_heads"):  # a fixed number of heads: the width is not read
+                continue
+            u, v = a.get(key), b.get(key)
+            if key == "attn_resolutions":  # a set of resolutions
+                u, v = sorted(u), sorted(v)
+            if key == "emb_ch":  # None: 4 ch
+                u, v = (x or 4 * mine.model.ch for x in (u, v))
+            assert u == v, (ours, section, key, u, v)
+    assert (mine.train.batch_size, mine.train.ema_decay) == (release.train.batch_size, release.train.ema_decay)
+
+
 def test_refusals_are_one_sentence_with_status_2_and_write_nothing(tmp_path):
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00not a checkpoint" * 100)
