@@ -226,6 +226,25 @@ def test_pdists_paper_configs_are_the_releases_networks_and_diffusions(ours, the
     assert (mine.train.batch_size, mine.train.ema_decay) == (release.train.batch_size, release.train.ema_decay)
 
 
+def test_an_imported_teacher_distills_a_round_from_the_command_line(tmp_path, tfds_dir):
+    """The README's command on the official PD fixture: the students take its 32x32x3 class-conditional network
+    (the digits, resized to 32x32x3, stand in for CIFAR-10); one round, 2 -> 1 steps, its student loads."""
+    from helpers import run_in_process
+
+    teacher, students = str(tmp_path / "teacher"), str(tmp_path / "students")
+    importer.import_checkpoint(CKPT, teacher, source_config=CONFIG)
+    args = [f"--workdir={students}", f"--config.distill.teacher={teacher}", f"--config.data.data_dir={tfds_dir}",
+            "--config.distill.start_steps=2", "--config.distill.updates_per_round=2",
+            "--config.distill.updates_last_rounds=2", "--config.train.batch_size=4", "--config.train.log_every=1",
+            "--config.distill.fidelity_samples=4", "--config.distill.grid_samples=2"]  # fmt: skip
+    status, message, _ = run_in_process(*args, config="configs/digits_distill.py")
+    assert status == 0, message
+    student = pdist.load(students)
+    assert (student.step, student.metadata["sampling_steps"]) == (2, 1)
+    assert student.config.model.to_dict() == {**pdist.load(teacher).config.model.to_dict(), "dropout": 0.0}
+    assert student.sample(2, labels=np.array([1, 2])).shape == (2, 32, 32, 3)
+
+
 def test_refusals_are_one_sentence_with_status_2_and_write_nothing(tmp_path):
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00not a checkpoint" * 100)
