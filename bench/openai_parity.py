@@ -75,7 +75,7 @@ def model_rows(name: str, made: dict, tmp: str) -> dict:
     for key, other in flips.items():
         rows[f"flipped: {key}"] = rel(other.apply(params, small, level / T, label, None), ref["raw_small"])
     rows["flipped: level i as step i"] = rel(spec.apply(params, small, (level - 1) / T, label, None), ref["raw_small"])
-    new_order = model.metadata["openai"]["flags"].get("use_new_attention_order", False)
+    new_order = model.metadata["source"]["flags"].get("use_new_attention_order", False)
     swapped = openai.to_pdist_params(openai.read(open(path, "rb").read()), model.config, not new_order)
     rows["flipped: qkv order"] = rel(spec.apply(swapped, z, level / T, label, None), ref["raw"])
     return rows

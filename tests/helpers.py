@@ -22,7 +22,9 @@ JAX_CACHE = os.environ.get("PDIST_TEST_JAX_CACHE") or os.path.expanduser("~/.cac
 # fusion code generation (fusion emitters off) compiles the train step a fifth faster again (measured: 3.4 s
 # against 4.2 s for the small UNet's step, which also runs faster). Results differ from a default build's in the
 # last bits, so tests compare programs compiled under these same flags only.
-XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+XLA_FLAGS = os.environ.get(
+    "PDIST_TEST_XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+)
 
 
 def config_file(name: str, variant: str | None = None):

@@ -95,7 +95,7 @@ def test_openai_networks_and_reverse_steps_equal_their_codes(openai_model):
     name, model, ref = openai_model
     spec, T = model.spec, model.spec.schedule.num_timesteps
     source = model.metadata["source"]
-    assert source["format"] == "openai" and model.metadata["openai"]["code"] == f"{name}-diffusion"
+    assert source["format"] == "openai" and model.metadata["source"]["code"] == f"{name}-diffusion"
     made = json.loads(open(os.path.join(OPENAI, "provenance.json")).read())["models"][name]
     null_row = 4 * model.config.model.ch if model.config.model.class_conditional else 0  # pdist's null class
     assert sum(a.size for a in jax.tree.leaves(model.ema_params)) == made["parameters"] + null_row
@@ -124,7 +124,7 @@ def test_openai_networks_and_reverse_steps_equal_their_codes(openai_model):
     # level i given as the model's step i (not i - 1)
     flip = np.asarray(spec.apply(model.ema_params, small, (level - 1) / T, label, None))
     assert _rel(flip, ref["raw_small"]) > 1e-4
-    new_order = model.metadata["openai"]["flags"].get("use_new_attention_order", False)
+    new_order = model.metadata["source"]["flags"].get("use_new_attention_order", False)
     sd = openai.read(open(os.path.join(OPENAI, f"{name}.pt"), "rb").read())
     other_order = openai.to_pdist_params(sd, model.config, not new_order)
     assert _rel(np.asarray(spec.apply(other_order, z, level / T, label, None)), ref["raw"]) > 1e-4
@@ -243,6 +243,24 @@ def test_an_imported_teacher_distills_a_round_from_the_command_line(tmp_path, tf
     assert (student.step, student.metadata["sampling_steps"]) == (2, 1)
     assert student.config.model.to_dict() == {**pdist.load(teacher).config.model.to_dict(), "dropout": 0.0}
     assert student.sample(2, labels=np.array([1, 2])).shape == (2, 32, 32, 3)
+    # The imported workdir's own config (configs/workdir.py) continues its training; its evaluation (CIFAR-10's: the
+    # FID Inception) asks for the Inception weights in one sentence, before anything compiles.
+    config, more = (
+        f"configs/workdir.py:{teacher}",
+        [f"--config.data.data_dir={tfds_dir}", "--config.train.batch_size=2"],
+    )
+    status, message, _ = run_in_process(f"--workdir={teacher}", "--config.mode=eval", *more, config=config)
+    assert status == 2 and "config.eval.inception_weights is not set" in message, message
+    steps = [
+        "--config.data.name=digits",
+        "--config.train.num_steps=1235",
+        "--config.train.sample_every=0",
+        "--config.sample.num_samples=2",
+    ]
+    status, message, _ = run_in_process(f"--workdir={teacher}", *more, *steps, "--config.sample.num_steps=2",
+                                        config=config)  # fmt: skip
+    assert status == 0, message
+    assert pdist.load(teacher).step == 1235 and pdist.load(teacher).metadata["source"]["step"] == 1234
 
 
 def test_refusals_are_one_sentence_with_status_2_and_write_nothing(tmp_path):

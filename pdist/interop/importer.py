@@ -98,10 +98,13 @@ def prepare(source: str, source_config=None, source_flags=None, overrides=()):
     expected = spec.param_shapes()
     check_shapes(ema, expected)
     check_shapes(params, expected)
+    described = extra.pop("source", {})  # what the format adds about the source (OpenAI's code and flags)
     metadata = {
         **extra,
-        "source": {"format": name, "path": source, "sha256": hashlib.sha256(data).hexdigest(), "step": step},
-    }
+        "source": {
+            **described, "format": name, "path": source, "sha256": hashlib.sha256(data).hexdigest(), "step": step,
+        },
+    }  # fmt: skip
     return config, spec, params, ema, step, metadata
 
 

@@ -441,7 +441,7 @@ def load(data: bytes, source_config: str | None, source_flags: str | None) -> tu
             f"The checkpoint's tensor {unused[0]!r} has no place in the flags' network ({len(unused)} unused); the "
             "flags do not describe these weights (check --source_flags)."
         )
-    return config, params, params, 0, {"openai": {"code": code, "flags": flags}}
+    return config, params, params, 0, {"source": {"code": code, "flags": flags}}
 
 
 class _Tracked(dict):

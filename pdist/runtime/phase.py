@@ -124,7 +124,9 @@ def run(phase: Phase, mesh) -> Result:
         writer = events.writer(phase.directory, just_logging=jax.process_index() > 0)
         if start == 0:
             writer.write_hparams(_flat(phase.config.to_dict()))
-        base = {"config": json.loads(phase.config.to_json()), **phase.metadata}
+        # where the model came from (an imported checkpoint's "source") stays with every checkpoint trained from it
+        carried = {k: resumed[k] for k in CARRIED if k in resumed}
+        base = {"config": json.loads(phase.config.to_json()), **carried, **phase.metadata}
         shown = console.Progress(phase.name, phase.num_steps, done=start)
         try:
             with metric_writers.ensure_flushes(writer):
@@ -137,6 +139,7 @@ def run(phase: Phase, mesh) -> Result:
     return Result(state, metadata)
 
 
+CARRIED = ("source",)  # metadata a resumed run keeps from the checkpoint it resumed
 _STEPS: dict = {}  # compiled steps by (Phase.program, mesh, loss code), newest last
 _MAX_STEPS = 16
 
