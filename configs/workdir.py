@@ -10,7 +10,7 @@
 from pdist.pretrained import stored
 
 
-def get_config(workdir: str):
+def get_config(workdir: str = ""):
     if not workdir:
         raise ValueError("configs/workdir.py needs the workdir after a colon: --config=configs/workdir.py:runs/NAME.")
     config, _ = stored(workdir)

@@ -43,12 +43,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.eval.num_samples={settings.num_samples} is too few; precision/recall need at least 4 samples "
             f"and the Inception Score one per split (config.eval.is_splits={settings.is_splits})."
         )
-    shape = (config.data.image_size, config.data.image_size, config.data.channels)
-    if resolve(settings.evaluator, config.data.name) == "digits" and shape != (8, 8, 1):
-        raise ConfigError(
-            f"The digits evaluator scores 8x8x1 images and this model makes {shape[0]}x{shape[1]}x{shape[2]}; "
-            "use --config.eval.evaluator=inception with --config.eval.inception_weights=FILE."
-        )
     if resolve(settings.evaluator, config.data.name) == "inception":
         if not settings.inception_weights:
             raise ConfigError(
@@ -72,6 +66,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if settings.nll_timesteps is not None:
             check_positive(settings.nll_timesteps, "eval.nll_timesteps")
         check_positive(settings.nll_draws, "eval.nll_draws")
+    shape = (config.data.image_size, config.data.image_size, config.data.channels)
+    if resolve(settings.evaluator, config.data.name) == "digits" and shape != (8, 8, 1):
+        raise ConfigError(
+            f"The digits evaluator scores 8x8x1 images and this model makes {shape[0]}x{shape[1]}x{shape[2]}; "
+            "use --config.eval.evaluator=inception with --config.eval.inception_weights=FILE."
+        )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
