@@ -132,16 +132,20 @@ class DiscreteSchedule(Schedule):
     def betas(self) -> np.ndarray:
         return self.betas_np()
 
+    def level(self, t) -> Array:
+        """The (fractional) level ``T t`` of times ``t`` in [0, 1], snapped onto a level within float error of
+        it. XLA may evaluate ``T t`` once per fusion, with and without fused multiply-adds (``(t - 1/T) * T`` as
+        42.99999 in one place and 43.00001 in another); unsnapped, a table lookup could land a whole level off,
+        and a network given the level (OpenAI's time step) would see 999.99994 for 1000."""
+        T = self.num_timesteps
+        pos = jnp.clip(jnp.asarray(t, jnp.float32), 0.0, 1.0) * T
+        nearest = jnp.round(pos)
+        return jnp.where(jnp.abs(pos - nearest) < 1e-5 * T, nearest, pos)
+
     def logsnr(self, t) -> Array:
         T = self.num_timesteps
         table = jnp.asarray(self.log_alphabar_np, jnp.float32)
-        pos = jnp.clip(jnp.asarray(t, jnp.float32), 0.0, 1.0) * T
-        # Snap positions within float error of a level onto it. XLA may evaluate ``pos`` once per
-        # fusion, with and without fused multiply-adds (``(t - 1/T) * T`` as 42.99999 in one place
-        # and 43.00001 in another); unsnapped, ``table[i]`` and ``table[i + 1]`` could then come
-        # from different floors and land a whole level off.
-        nearest = jnp.round(pos)
-        pos = jnp.where(jnp.abs(pos - nearest) < 1e-5 * T, nearest, pos)
+        pos = self.level(t)
         i = jnp.clip(jnp.floor(pos), 0, T - 1).astype(jnp.int32)
         frac = pos - i
         log_ab = table[i] + frac * (table[i + 1] - table[i])

@@ -125,11 +125,7 @@ class ModelSpec:
         if self.network_input == "logsnr":
             return self.schedule.logsnr(t)
         T = self.schedule.num_timesteps
-        level = jnp.asarray(t, jnp.float32) * T  # level i = T t is OpenAI's step i - 1
-        # onto the level where it is one in float32's rounding of t (999.99994 for level 1000 of 1000 moves the
-        # embedding's fastest sinusoid by 6e-5); times between levels stay fractional
-        nearest = jnp.round(level)
-        step = jnp.where(jnp.abs(level - nearest) < 1e-5 * T, nearest, level) - 1.0
+        step = self.schedule.level(t) - 1.0  # level i = T t is OpenAI's step i - 1
         return step * (1000.0 / T) if self.network_input == "rescaled_timestep" else step
 
     def __call__(

@@ -242,7 +242,7 @@ def to_pdist_config(code: str, flags: dict) -> ml_collections.ConfigDict:
     if flags["class_cond"]:
         c.name, c.num_classes = f"imagenet_resized/{size}x{size}", NUM_CLASSES
     else:
-        c.name = "cifar10" if size == 32 else f"lsun/bedroom/{size}"  # a guess: --config.data.name= sets it
+        c.name = "cifar10" if size == 32 else "lsun/bedroom"  # a guess (presets set theirs): --config.data.name=
     m = config.model
     m.ch, m.ch_mult = int(flags["num_channels"]), channel_mult(code, flags)
     m.num_res_blocks, m.dropout = int(flags["num_res_blocks"]), float(flags["dropout"])
