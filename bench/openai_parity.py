@@ -6,7 +6,8 @@ Reads tests/fixtures/openai/ (written by each code; see its provenance.json), im
 flags into a temporary workdir and reports the largest relative error (to the largest value) of each quantity:
 the network's raw output (and at 0.1 x, where GroupNorm's epsilon shows), x-hat, the reverse step's mean and
 learned log-variance of the full and of the respaced diffusion, and the code's DDIM sample from the same noise;
-then the same raw output with each convention flipped alone.
+then the same raw output with each convention flipped alone; and the absolute error, in bits/dim, of each term of
+the NLL bound the eval mode computes for the model (its tanh CDF) against the code's ``_vb_terms_bpd``.
 """
 
 import dataclasses
@@ -19,6 +20,7 @@ import numpy as np
 
 import pdist
 from pdist import diffusion, samplers
+from pdist.evaluation import nll
 from pdist.interop import importer, openai
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -78,6 +80,16 @@ def model_rows(name: str, made: dict, tmp: str) -> dict:
     new_order = model.metadata["source"]["flags"].get("use_new_attention_order", False)
     swapped = openai.to_pdist_params(openai.read(open(path, "rb").read()), model.config, not new_order)
     rows["flipped: qkv order"] = rel(spec.apply(swapped, z, level / T, label, None), ref["raw"])
+    # the NLL bound's terms (the eval mode's protocol for this model) against _vb_terms_bpd, from the same noise
+    x0 = jnp.asarray(ref["vb_x"])
+    denoise_fn = spec.bind(params, None if label is None else label[:2])
+    cdf = model.config.eval.nll_cdf
+    for clip in (True, False):
+        tag = "clipped" if clip else "unclipped"
+        for i, eps, theirs in zip(ref["vb_steps"], ref["vb_noise"], ref[f"vb_terms_{tag}"], strict=True):
+            ours = nll.level_term(denoise_fn, model.schedule, x0, jnp.asarray(eps), int(i) + 1, T, "learned", clip, cdf)
+            what = "decoder NLL" if i == 0 else f"KL at step {int(i)}"
+            rows[f"NLL bound, {what}, x-hat {tag} (bits/dim, absolute)"] = float(np.max(np.abs(ours - theirs)))
     return rows
 
 

@@ -168,6 +168,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.nll_timesteps = ml_collections.FieldReference(None, field_type=int)
     config.eval.nll_draws = 16
     config.eval.nll_variance = "small"  # small or large (pdist.diffusion.VARIANCES); learned ones use their own
+    # the decoder's normal CDF (pdist.vlb.CDFS): exact, or improved-diffusion's tanh approximation (the protocol of
+    # its papers' NLLs; what an imported OpenAI model is evaluated with)
+    config.eval.nll_cdf = "exact"
     config.eval.nll_batch_size = 100
 
     # Editing (mode "edit", pdist.editing): the first num_images images of the data's `split` edited from their

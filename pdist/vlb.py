@@ -36,17 +36,40 @@ def _log_prob_between(lo: Array, hi: Array) -> Array:
     return log_b + jnp.log(-jnp.expm1(jnp.minimum(log_a - log_b, -1e-30)))
 
 
-def discretized_gaussian_log_likelihood(x: Array, *, mean: Array, log_scale: Array, num_bins: int = 256) -> Array:
+# How the decoder's bin probabilities are computed: "exact" (the normal CDF, accurate in both tails) or "tanh",
+# the approximation Phi(u) ~ (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3))) / 2 with probabilities floored at 1e-12
+# that improved- and guided-diffusion use, and so the NLLs their papers report. pdist evaluates that formula as
+# sigmoid(2 sqrt(2/pi) (u + 0.044715 u^3)), the same function without 1 + tanh's cancellation in the tails, and
+# takes a bin's mass in the upper half from 1 - Phi: far from x-hat its value is the formula's, where float32's
+# 1 + tanh would round it to a few steps of 2^-24 or to the floor.
+CDFS = ("exact", "tanh")
+
+
+def _tanh_log_prob_between(lo: Array, hi: Array) -> Array:
+    """log(Phi~(hi) - Phi~(lo)) of the tanh approximation Phi~, floored at log 1e-12 as its code does."""
+    flip = lo > 0  # in the upper half: Phi~(hi) - Phi~(lo) = Phi~(-lo) - Phi~(-hi) (Phi~ is odd about 1/2)
+    a, b = jnp.where(flip, -hi, lo), jnp.where(flip, -lo, hi)
+
+    def cdf(u):
+        return jax.nn.sigmoid(2.0 * math.sqrt(2.0 / math.pi) * (u + 0.044715 * u**3))
+
+    return jnp.log(jnp.maximum(cdf(b) - cdf(a), 1e-12))
+
+
+def discretized_gaussian_log_likelihood(
+    x: Array, *, mean: Array, log_scale: Array, num_bins: int = 256, cdf: str = "exact"
+) -> Array:
     """log P(bin of x) under N(mean, e^{2 log_scale}) discretized to ``num_bins`` bins, elementwise nats.
 
     ``x`` holds bin centres ``-1 + 2k / (num_bins - 1)``; the first and last bins
-    extend to -inf and +inf, so the bin probabilities sum to one exactly.
+    extend to -inf and +inf, so the bin probabilities sum to one exactly (with ``cdf="exact"``; see
+    :data:`CDFS`).
     """
     half = 1.0 / (num_bins - 1)
     inv = jnp.exp(-log_scale)
     lo = jnp.where(x < -1.0 + half, -jnp.inf, (x - half - mean) * inv)
     hi = jnp.where(x > 1.0 - half, jnp.inf, (x + half - mean) * inv)
-    return _log_prob_between(lo, hi)
+    return _tanh_log_prob_between(lo, hi) if cdf == "tanh" else _log_prob_between(lo, hi)
 
 
 def bits_per_dim(nats: Array) -> Array:
@@ -91,16 +114,18 @@ def model_log_variance(
     return diffusion.bcast(diffusion.log_variance(kind, tr, var_frac), like) * jnp.ones_like(like)
 
 
-def vlb_term_bpd(x: Array, z_t: Array, pred: Prediction, tr: Transition, log_var: Array, is_decoder: Array) -> Array:
+def vlb_term_bpd(
+    x: Array, z_t: Array, pred: Prediction, tr: Transition, log_var: Array, is_decoder: Array, cdf: str = "exact"
+) -> Array:
     """One term of the bound for the step t -> s, per example, in bits/dim.
 
     KL(q(z_s | z_t, x) || N(mu(x-hat), Sigma)) for s > 0, and
-    ``-log p(x | z_t)`` with the discretized decoder at s = 0 (mean x-hat).
+    ``-log p(x | z_t)`` with the discretized decoder at s = 0 (mean x-hat; ``cdf``: :data:`CDFS`).
     """
     mean_model = diffusion.posterior_mean(tr, pred.x, z_t)
     mean_true = diffusion.posterior_mean(tr, x, z_t)
     logvar_true = diffusion.bcast(tr.log_beta_tilde, x)
     # At the decoder step logvar_true is -inf; keep it finite so the unused branch has no NaN.
     kl = normal_kl(mean_true, jnp.maximum(logvar_true, -60.0), mean_model, log_var)
-    nll = -discretized_gaussian_log_likelihood(x, mean=mean_model, log_scale=0.5 * log_var)
+    nll = -discretized_gaussian_log_likelihood(x, mean=mean_model, log_scale=0.5 * log_var, cdf=cdf)
     return jnp.where(is_decoder, bits_per_dim(nll), bits_per_dim(kl))

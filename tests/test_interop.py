@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import pdist
-from pdist import diffusion, samplers, schedules
+from pdist import diffusion, samplers, schedules, vlb
 from pdist.errors import InputError
+from pdist.evaluation import nll
 from pdist.interop import importer, openai
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "pd_release")
@@ -159,6 +160,57 @@ def test_openai_networks_and_reverse_steps_equal_their_codes(openai_model):
     # alpha_T = 6.4e-3, which scales the rounding by 150: 2.3e-4 of the largest value; improved's DDIM stride
     # grid starts at level 81 of 100 (alpha 0.29): 6.5e-6.
     assert _rel(np.asarray(x), ref["ddim"]) < 5e-4
+
+
+def _rounding_of_the_codes_cdf(pixels: np.ndarray) -> np.ndarray:
+    """Per image, in bits/dim, how far the code's float32 decoder can be from any other float32 evaluation of
+    the same formula: a bin probability p is a difference of CDF values near 0 or 1, each rounded to float32's
+    step there (2^-24 below 1), so log p is known to about 4 * 2^-24 / p (all of it for the bins the code
+    floors at 1e-12, between that floor and p + 4 steps); ``pixels`` are its log-likelihoods [B, ...] in nats."""
+    p, step = np.exp(pixels.astype(np.float64)), 4 * 2.0**-24
+    slack = np.maximum(np.log1p(step / p), np.log(p) - np.log(np.maximum(1e-12, p - step)))
+    return slack.reshape(len(p), -1).mean(axis=1) / np.log(2.0)
+
+
+def test_the_nll_bound_of_an_imported_model_is_its_codes_term_by_term(openai_model):
+    """The eval mode's NLL protocol for an imported learned-variance model (``split_nll``: the model's own T
+    levels, its learned variance, x-hat clipped by default, the code's tanh CDF) against the code's
+    ``_vb_terms_bpd`` from the same noise at steps 0 (the decoder), 1, 17, T/2 and T - 1, clipped and not, and
+    its ``_prior_bpd``."""
+    name, model, ref = openai_model
+    T = int(model.config.diffusion.num_timesteps)
+    assert T == model.spec.schedule.num_timesteps and model.spec.learned_variance and model.config.eval.clip_x
+    cdf = model.config.eval.nll_cdf
+    assert cdf == "tanh"  # the code's approximation of the normal CDF in its decoder
+    x = jnp.asarray(ref["vb_x"])
+    denoise_fn = model.spec.bind(model.ema_params, jnp.asarray(ref["y"][:2]) if "y" in ref.files else None)
+    for clip in (True, False):
+        tag = "clipped" if clip else "unclipped"
+        theirs = ref[f"vb_terms_{tag}"]
+        ours = [
+            np.asarray(
+                nll.level_term(denoise_fn, model.schedule, x, jnp.asarray(eps), int(i) + 1, T, "learned", clip, cdf)
+            )
+            for i, eps in zip(ref["vb_steps"], ref["vb_noise"], strict=True)
+        ]
+        # Row by row, so that the small late KLs are not lost beside the decoder's NLL: to 1e-4 relative, or
+        # 1e-7 bits/dim where a KL that small is float32's cancellation in it (both codes compute in float32).
+        # The decoder's bins far from x-hat have probabilities of a few float32 steps of 1 - tanh: there the
+        # code's own rounding is the tolerance (a pixel the code gives log p = -17.3 is floored at 1e-12 by
+        # XLA's tanh, which reaches -1 a step earlier than PyTorch's).
+        slack = _rounding_of_the_codes_cdf(ref[f"vb_decoder_pixels_{tag}"])
+        assert np.all(slack < 5e-3 * theirs[0]), slack  # the rounding is a small part of the decoder term
+        for row, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+            tol = 1e-4 * np.abs(b) + 1e-7 + (slack if row == 0 else 0.0)
+            assert np.all(np.abs(a - b) <= tol), (name, clip, row, a, b, tol)
+        if name == "guided":
+            # The exact CDF is another protocol: its decoder term differs by more than the code's rounding (on
+            # improved's clipped random network so many bins sit in the tails that the rounding hides it).
+            eps = jnp.asarray(ref["vb_noise"][0])
+            exact = np.asarray(nll.level_term(denoise_fn, model.schedule, x, eps, 1, T, "learned", clip, "exact"))
+            assert np.all(np.abs(exact - theirs[0]) > 1e-4 * theirs[0] + slack), (exact, theirs[0], slack)
+    prior = vlb.prior_bpd(x, model.schedule.logsnr(jnp.ones((2,), jnp.float32)))
+    assert np.all(np.abs(np.asarray(prior) - ref["vb_prior"]) <= 1e-4 * ref["vb_prior"] + 1e-7)
 
 
 def test_an_openai_class_model_has_no_null_class_and_wrong_flags_name_the_tensor(openai_model, tmp_path):

@@ -65,6 +65,7 @@ def vlb_terms(
     num_timesteps: int,
     model_variance: str = "small",
     clip_x: bool = False,
+    cdf: str = "exact",
 ) -> dict:
     """The T-step bound for a batch ``x`` [B, ...] in bits/dim.
 
@@ -74,29 +75,46 @@ def vlb_terms(
     for a continuous one (row 0 the fixed-level decoder, row i the KL into
     grid time ``t_{i-1}``). ``denoise_fn(z, t)`` returns x-hat or a
     :class:`~pdist.diffusion.Prediction`; the noise of term i is drawn from
-    ``fold_in(key, i)``. Traceable: jit it with the parameters as an argument.
+    ``fold_in(key, i)``; ``cdf`` is the decoder's (:data:`pdist.vlb.CDFS`). Traceable: jit it with the
+    parameters as an argument.
     """
     T, batch = int(num_timesteps), x.shape[0]
     prior = vlb.prior_bpd(x, schedule.logsnr(jnp.ones((batch,), jnp.float32)))
     if schedule.num_timesteps is None:
-        terms = _continuous_terms(denoise_fn, schedule, x, key, T, model_variance, clip_x)
+        terms = _continuous_terms(denoise_fn, schedule, x, key, T, model_variance, clip_x, cdf)
         return {"prior": prior, "terms": terms, "total": prior + terms.sum(axis=0)}
 
     def level(_, i):
-        t = jnp.full((batch,), i, jnp.float32) / T
-        logsnr = schedule.logsnr(t)
         eps = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-        z = diffusion.diffuse(x, eps, logsnr)
-        pred = _predict(denoise_fn, z, t, logsnr, clip_x)
-        tr, log_beta_tilde, is_decoder = vlb.step_transition(schedule, t, T)
-        log_var = vlb.model_log_variance(model_variance, tr, log_beta_tilde, is_decoder, pred.var_frac, x)
-        return None, vlb.vlb_term_bpd(x, z, pred, tr, log_var, is_decoder)
+        return None, level_term(denoise_fn, schedule, x, eps, i, T, model_variance, clip_x, cdf)
 
     _, terms = jax.lax.scan(level, None, jnp.arange(1, T + 1))
     return {"prior": prior, "terms": terms, "total": prior + terms.sum(axis=0)}
 
 
-def decoder_bpd(schedule: Schedule, x: Array, key: Array) -> Array:
+def level_term(
+    denoise_fn: Callable,
+    schedule: Schedule,
+    x: Array,
+    eps: Array,
+    i,
+    T: int,
+    model_variance: str,
+    clip_x: bool,
+    cdf: str = "exact",
+) -> Array:
+    """Term ``L_i`` [B] of a discrete model's T-step bound in bits/dim (the decoder ``L_1`` at i = 1), at
+    ``z_{t_i}`` diffused from ``x`` with noise ``eps``: one row of :func:`vlb_terms`."""
+    t = jnp.full((x.shape[0],), i, jnp.float32) / T
+    logsnr = schedule.logsnr(t)
+    z = diffusion.diffuse(x, eps, logsnr)
+    pred = _predict(denoise_fn, z, t, logsnr, clip_x)
+    tr, log_beta_tilde, is_decoder = vlb.step_transition(schedule, t, T)
+    log_var = vlb.model_log_variance(model_variance, tr, log_beta_tilde, is_decoder, pred.var_frac, x)
+    return vlb.vlb_term_bpd(x, z, pred, tr, log_var, is_decoder, cdf)
+
+
+def decoder_bpd(schedule: Schedule, x: Array, key: Array, cdf: str = "exact") -> Array:
     """``-log p(x | z_{t_min})`` per example in bits/dim: the fixed-level decoder of a continuous-time model."""
     t0 = jnp.full((x.shape[0],), schedule.t_min, jnp.float32)
     logsnr = schedule.logsnr(t0)
@@ -104,7 +122,7 @@ def decoder_bpd(schedule: Schedule, x: Array, key: Array) -> Array:
     z = diffusion.diffuse(x, jax.random.normal(key, x.shape, x.dtype), logsnr)
     mean = z / diffusion.bcast(alpha, z)
     log_scale = diffusion.bcast(-0.5 * logsnr, z)  # log(sigma / alpha)
-    return vlb.bits_per_dim(-vlb.discretized_gaussian_log_likelihood(x, mean=mean, log_scale=log_scale))
+    return vlb.bits_per_dim(-vlb.discretized_gaussian_log_likelihood(x, mean=mean, log_scale=log_scale, cdf=cdf))
 
 
 def _logsnr_range(schedule: Schedule) -> tuple[Array, Array]:
@@ -112,7 +130,7 @@ def _logsnr_range(schedule: Schedule) -> tuple[Array, Array]:
     return schedule.logsnr(jnp.float32(1.0)), schedule.logsnr(jnp.float32(schedule.t_min))
 
 
-def _continuous_terms(denoise_fn, schedule, x, key, T, model_variance, clip_x) -> Array:
+def _continuous_terms(denoise_fn, schedule, x, key, T, model_variance, clip_x, cdf) -> Array:
     batch = x.shape[0]
     lam_1, lam_0 = _logsnr_range(schedule)
     # The levels are their logSNRs; the network gets the time of each (the bisection's float32 time can
@@ -132,11 +150,18 @@ def _continuous_terms(denoise_fn, schedule, x, key, T, model_variance, clip_x) -
         return None, vlb.vlb_term_bpd(x, z, pred, tr, log_var, no_decoder)
 
     _, kls = jax.lax.scan(level, None, jnp.arange(1, T + 1))
-    return jnp.concatenate([decoder_bpd(schedule, x, jax.random.fold_in(key, 0))[None], kls])
+    return jnp.concatenate([decoder_bpd(schedule, x, jax.random.fold_in(key, 0), cdf)[None], kls])
 
 
 def continuous_bound(
-    denoise_fn: Callable, schedule: Schedule, x: Array, key: Array, *, num_draws: int, clip_x: bool = False
+    denoise_fn: Callable,
+    schedule: Schedule,
+    x: Array,
+    key: Array,
+    *,
+    num_draws: int,
+    clip_x: bool = False,
+    cdf: str = "exact",
 ) -> dict:
     """The continuous-time bound (T -> infinity) for a batch ``x`` [B, ...] in bits/dim, by Monte Carlo.
 
@@ -162,6 +187,6 @@ def continuous_bound(
 
     _, per_draw = jax.lax.scan(draw, None, jnp.arange(K))
     prior = vlb.prior_bpd(x, schedule.logsnr(jnp.ones((batch,), jnp.float32)))
-    decoder = decoder_bpd(schedule, x, k_dec)
+    decoder = decoder_bpd(schedule, x, k_dec, cdf)
     diffusion_loss = per_draw.mean(axis=0)
     return {"prior": prior, "decoder": decoder, "diffusion": diffusion_loss, "total": prior + decoder + diffusion_loss}

@@ -44,10 +44,25 @@ def split_nll(model, settings: ml_collections.ConfigDict) -> dict:
         key = rng.sample_key(seed_start[0], seed_start[1])
         denoise_fn = model.spec.bind(params, label)
         if T is None:
-            out = continuous_bound(denoise_fn, schedule, xb, key, num_draws=settings.nll_draws, clip_x=settings.clip_x)
+            out = continuous_bound(
+                denoise_fn,
+                schedule,
+                xb,
+                key,
+                num_draws=settings.nll_draws,
+                clip_x=settings.clip_x,
+                cdf=settings.nll_cdf,
+            )
             return {**out, "terms": jnp.stack([out["decoder"], out["diffusion"]])}
         return vlb_terms(
-            denoise_fn, schedule, xb, key, num_timesteps=int(T), model_variance=kind, clip_x=settings.clip_x
+            denoise_fn,
+            schedule,
+            xb,
+            key,
+            num_timesteps=int(T),
+            model_variance=kind,
+            clip_x=settings.clip_x,
+            cdf=settings.nll_cdf,
         )
 
     totals, priors, terms = [], [], 0.0
@@ -74,6 +89,7 @@ def split_nll(model, settings: ml_collections.ConfigDict) -> dict:
         "num_timesteps": T,
         "model_variance": "small" if T is None else kind,
         "clip_x": bool(settings.clip_x),
+        "cdf": settings.nll_cdf,
         "prior": float(np.concatenate(priors).mean()),
     }
     if T is None:

@@ -293,6 +293,8 @@ def to_pdist_config(code: str, flags: dict) -> ml_collections.ConfigDict:
     else:
         s.num_steps = int(flags["diffusion_steps"])
     s.clip_x = bool(flags.get("clip_denoised", True))
+    # the NLL by the code's own protocol (calc_bpd_loop): every level, x-hat clipped, the tanh-approximated CDF
+    config.eval.clip_x, config.eval.nll_cdf = True, "tanh"
     return config
 
 

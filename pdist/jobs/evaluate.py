@@ -20,7 +20,7 @@ import os
 import jax
 import ml_collections
 
-from pdist import diffusion
+from pdist import diffusion, vlb
 from pdist.errors import ConfigError, check_one_of, check_positive
 from pdist.evaluation import evaluators, quality, report
 from pdist.evaluation.evaluators import EVALUATORS, resolve
@@ -57,6 +57,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if settings.nll:
         fixed = [v for v in diffusion.VARIANCES if v != "learned"]  # learned-variance models use their own
         check_one_of(settings.nll_variance, fixed, "eval.nll_variance")
+        check_one_of(settings.nll_cdf, vlb.CDFS, "eval.nll_cdf")
         T = config.diffusion.num_timesteps
         if T is not None and settings.nll_timesteps not in (None, T):
             raise ConfigError(

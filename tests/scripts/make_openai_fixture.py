@@ -12,8 +12,9 @@ diffusion of the flags below with the code's ``script_util`` (its defaults for e
 N(0, 0.05^2) noise to every parameter (so that the zero-initialized layers are not zero), rounds it to float16,
 saves the state dict with ``torch.save`` in float16 (``<name>.pt``, half the bytes; the model runs in float32) and writes ``<name>.npz``: the raw network output at a few (fractional)
 time steps, ``p_mean_variance`` of the full T-step diffusion (mean, log-variance, x-hat; unclipped) and of its
-respaced diffusion, and the code's DDIM sample (eta 0, clip_denoised) from given noise on its
-``timestep_respacing``. Images are NHWC in the .npz (pdist's layout). provenance.json also lists every model
+respaced diffusion, the code's DDIM sample (eta 0, clip_denoised) from given noise on its
+``timestep_respacing``, and the terms of its NLL bound (``_vb_terms_bpd`` at a few steps from given noise,
+clipped and not, the decoder's log-likelihood of each pixel, and ``_prior_bpd``). Images are NHWC in the .npz (pdist's layout). provenance.json also lists every model
 each README releases, with its flags and the parameter count of the network the code builds from them.
 """
 
@@ -55,6 +56,7 @@ def run(name: str, checkout: str, out_dir: str) -> dict:
     package = "improved_diffusion" if name == "improved" else "guided_diffusion"
     su = importlib.import_module(f"{package}.script_util")
     respace = importlib.import_module(f"{package}.respace")
+    losses = importlib.import_module(f"{package}.losses")
     args = {**su.model_and_diffusion_defaults(), **FLAGS[name]}
     th.manual_seed(0)
     model, diffusion = su.create_model_and_diffusion(**args)
@@ -102,10 +104,32 @@ def run(name: str, checkout: str, out_dir: str) -> dict:
         record["ddim"] = spaced.ddim_sample_loop(
             model, (4, 3, size, size), noise=noise, clip_denoised=True, model_kwargs=kw, eta=0.0
         )
+        # the bound's terms (calc_bpd_loop's, at a few of its steps, from given noise): an image on the 256-level
+        # grid, diffused to each step; _vb_terms_bpd's decoder NLL at step 0, its KL elsewhere, in bits/dim,
+        # with x-hat clipped (calc_bpd_loop's default) and not; and the prior term
+        x0 = th.round((x[:2].clamp(-1, 1) + 1) * 127.5) / 127.5 - 1  # two images, two classes
+        vb_kw = {} if y is None else {"y": y[:2]}
+        vb_steps = th.tensor([0, 1, 17, T // 2, T - 1])
+        vb_noise = th.randn(len(vb_steps), 2, 3, size, size, generator=g)
+        record["vb_x"], record["vb_steps"], record["vb_noise"] = x0, vb_steps, vb_noise
+        for clip in (True, False):
+            terms = []
+            for s, n in zip(vb_steps, vb_noise, strict=True):
+                t = th.full((2,), int(s))
+                z = diffusion.q_sample(x0, t, noise=n)
+                out = diffusion._vb_terms_bpd(model, x0, z, t, clip_denoised=clip, model_kwargs=vb_kw)
+                terms.append(out["output"])
+                if s == 0:  # the decoder's log-likelihood of each pixel, as _vb_terms_bpd computes it
+                    p_mean = diffusion.p_mean_variance(model, z, t, clip_denoised=clip, model_kwargs=vb_kw)
+                    means, log_scales = p_mean["mean"], 0.5 * p_mean["log_variance"].expand_as(z)
+                    pixels = losses.discretized_gaussian_log_likelihood(x0, means=means, log_scales=log_scales)
+                    record[f"vb_decoder_pixels_{'clipped' if clip else 'unclipped'}"] = pixels
+            record[f"vb_terms_{'clipped' if clip else 'unclipped'}"] = th.stack(terms)
+        record["vb_prior"] = diffusion._prior_bpd(x0)
     arrays = {}
     for k, v in record.items():
         a = v.numpy()
-        arrays[k] = np.transpose(a, (0, 2, 3, 1)) if a.ndim == 4 else a
+        arrays[k] = np.moveaxis(a, -3, -1) if a.ndim >= 4 else a
     np.savez_compressed(os.path.join(out_dir, f"{name}.npz"), **arrays)
     sys.path.remove(checkout)
     return {
