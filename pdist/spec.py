@@ -96,10 +96,7 @@ class ModelSpec:
 
     def init_params(self, key: Array):
         """The network's initial parameters (a plain nested dict)."""
-        x = jnp.zeros((1, *self.image_shape), jnp.float32)
-        label = jnp.zeros((1,), jnp.int32) if self.num_classes else None
-        w = jnp.zeros((1,)) if self.guidance_input else None
-        return self.network.init({"params": key}, x, jnp.zeros((1,)), label, w)["params"]
+        return _init(self.network, self.image_shape, bool(self.num_classes), self.guidance_input, key)
 
     def param_shapes(self):
         """The shapes and dtypes of :meth:`init_params`' parameters, traced once for each distinct model in a
@@ -202,6 +199,23 @@ class ModelSpec:
         return np.arange(num_samples) % self.num_classes if self.num_classes else None
 
 
-@functools.lru_cache(maxsize=64)
+# Network fields that change no parameter's shape: models that differ only in them share one traced init
+# (a teacher trained with dropout and its students without, for example).
+_SHAPELESS = {"dropout": 0.0, "remat": False}
+
+
 def _param_shapes(spec: ModelSpec):
-    return jax.eval_shape(spec.init_params, jax.random.key(0))
+    network = spec.network.clone(**{k: v for k, v in _SHAPELESS.items() if hasattr(spec.network, k)})
+    return _init_shapes(network, spec.image_shape, bool(spec.num_classes), spec.guidance_input)
+
+
+@functools.lru_cache(maxsize=64)
+def _init_shapes(network, image_shape: tuple, conditional: bool, guided: bool):
+    return jax.eval_shape(functools.partial(_init, network, image_shape, conditional, guided), jax.random.key(0))
+
+
+def _init(network, image_shape: tuple, conditional: bool, guided: bool, key: Array):
+    x = jnp.zeros((1, *image_shape), jnp.float32)
+    label = jnp.zeros((1,), jnp.int32) if conditional else None
+    w = jnp.zeros((1,)) if guided else None
+    return network.init({"params": key}, x, jnp.zeros((1,)), label, w)["params"]

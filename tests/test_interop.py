@@ -88,6 +88,7 @@ def openai_model(request, tmp_path_factory):
     return name, pdist.load(workdir), np.load(os.path.join(OPENAI, f"{name}.npz"))
 
 
+@pytest.mark.heavy  # each, with its import: 10 s alone, a minute beside the other workers on a cold cache
 def test_openai_networks_and_reverse_steps_equal_their_codes(openai_model):
     """improved-diffusion (additive conditioning, legacy qkv order, rescaled time steps, strided-conv
     downsampling, class-conditional, cosine) and guided-diffusion (scale-shift, BigGAN up/down blocks, the new qkv
@@ -183,16 +184,17 @@ def test_the_nll_bound_of_an_imported_model_is_its_codes_term_by_term(openai_mod
     cdf = model.config.eval.nll_cdf
     assert cdf == "tanh"  # the code's approximation of the normal CDF in its decoder
     x = jnp.asarray(ref["vb_x"])
-    denoise_fn = model.spec.bind(model.ema_params, jnp.asarray(ref["y"][:2]) if "y" in ref.files else None)
+    rows, batch = len(ref["vb_steps"]), len(x)
+    # every step's two images in one batch: level i + 1 for the code's step i, each with its noise
+    xs, eps = jnp.tile(x, (rows, 1, 1, 1)), jnp.asarray(ref["vb_noise"].reshape(rows * batch, *x.shape[1:]))
+    levels = jnp.repeat(jnp.asarray(ref["vb_steps"] + 1, jnp.float32), batch)
+    label = jnp.tile(jnp.asarray(ref["y"][:batch]), rows) if "y" in ref.files else None
+    denoise_fn = model.spec.bind(model.ema_params, label)
     for clip in (True, False):
         tag = "clipped" if clip else "unclipped"
         theirs = ref[f"vb_terms_{tag}"]
-        ours = [
-            np.asarray(
-                nll.level_term(denoise_fn, model.schedule, x, jnp.asarray(eps), int(i) + 1, T, "learned", clip, cdf)
-            )
-            for i, eps in zip(ref["vb_steps"], ref["vb_noise"], strict=True)
-        ]
+        ours = np.asarray(nll.level_term(denoise_fn, model.schedule, xs, eps, levels, T, "learned", clip, cdf))
+        ours = ours.reshape(rows, batch)
         # Row by row, so that the small late KLs are not lost beside the decoder's NLL: to 1e-4 relative, or
         # 1e-7 bits/dim where a KL that small is float32's cancellation in it (both codes compute in float32).
         # The decoder's bins far from x-hat have probabilities of a few float32 steps of 1 - tanh: there the
@@ -206,10 +208,10 @@ def test_the_nll_bound_of_an_imported_model_is_its_codes_term_by_term(openai_mod
         if name == "guided":
             # The exact CDF is another protocol: its decoder term differs by more than the code's rounding (on
             # improved's clipped random network so many bins sit in the tails that the rounding hides it).
-            eps = jnp.asarray(ref["vb_noise"][0])
-            exact = np.asarray(nll.level_term(denoise_fn, model.schedule, x, eps, 1, T, "learned", clip, "exact"))
+            exact = nll.level_term(denoise_fn, model.schedule, xs, eps, levels, T, "learned", clip, "exact")
+            exact = np.asarray(exact).reshape(rows, batch)[0]
             assert np.all(np.abs(exact - theirs[0]) > 1e-4 * theirs[0] + slack), (exact, theirs[0], slack)
-    prior = vlb.prior_bpd(x, model.schedule.logsnr(jnp.ones((2,), jnp.float32)))
+    prior = vlb.prior_bpd(x, model.schedule.logsnr(jnp.ones((batch,), jnp.float32)))
     assert np.all(np.abs(np.asarray(prior) - ref["vb_prior"]) <= 1e-4 * ref["vb_prior"] + 1e-7)
 
 
@@ -278,6 +280,7 @@ def test_pdists_paper_configs_are_the_releases_networks_and_diffusions(ours, the
     assert (mine.train.batch_size, mine.train.ema_decay) == (release.train.batch_size, release.train.ema_decay)
 
 
+@pytest.mark.heavy(3)
 def test_an_imported_teacher_distills_a_round_from_the_command_line(tmp_path, tfds_dir):
     """The README's command on the official PD fixture: the students take its 32x32x3 class-conditional network
     (the digits, resized to 32x32x3, stand in for CIFAR-10); one round, 2 -> 1 steps, its student loads."""

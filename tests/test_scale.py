@@ -25,7 +25,7 @@ from pdist.runtime import step as step_lib
 from pdist.spec import ModelSpec
 
 
-@pytest.mark.heavy(3)  # this process and two more, each compiling training, distillation, evaluation
+@pytest.mark.heavy(6)  # this process and two more, each compiling training, distillation, evaluation: first
 def test_two_processes_train_distill_and_evaluate_like_one(tmp_path, tfds_dir, evaluator_cache):
     out = tmp_path / "run"  # the processes read the digits evaluator from evaluator_cache
     out.mkdir()

@@ -104,7 +104,8 @@ def level_term(
     cdf: str = "exact",
 ) -> Array:
     """Term ``L_i`` [B] of a discrete model's T-step bound in bits/dim (the decoder ``L_1`` at i = 1), at
-    ``z_{t_i}`` diffused from ``x`` with noise ``eps``: one row of :func:`vlb_terms`."""
+    ``z_{t_i}`` diffused from ``x`` with noise ``eps``: one row of :func:`vlb_terms`. ``i``: a level, or one
+    per example [B]."""
     t = jnp.full((x.shape[0],), i, jnp.float32) / T
     logsnr = schedule.logsnr(t)
     z = diffusion.diffuse(x, eps, logsnr)
