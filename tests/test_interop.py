@@ -216,10 +216,19 @@ def test_the_nll_bound_of_an_imported_model_is_its_codes_term_by_term(openai_mod
 
 
 def test_an_openai_class_model_has_no_null_class_and_wrong_flags_name_the_tensor(openai_model, tmp_path):
-    name, model, _ = openai_model
+    name, model, ref = openai_model
     if name == "improved":  # class-conditional without label dropout: classifier-free guidance is refused
         with pytest.raises(ValueError, match="never saw the null class"):
             model.sample(2, num_steps=2, guidance=2.0, labels=np.array([1, 2]))
+        # It edits unguided (InfEdit's DDCM with both branches at w = 0): a class into itself is the image
+        # exactly, into another class it moves; the default target weight w = 1 is refused in one sentence.
+        x0, e = ref["vb_x"], model.config.edit
+        assert (e.guidance, e.source_guidance) == (0.0, 0.0)  # the edit mode's weights: unguided
+        edited = model.edit(x0, [3, 999], [3, 0], num_steps=2, guidance=e.guidance, source_guidance=e.source_guidance)
+        assert float(np.abs(edited[0] - x0[0]).max()) < 1e-5
+        assert float(np.abs(edited[1] - x0[1]).max()) > 1e-2
+        with pytest.raises(ValueError, match="never saw the null class"):
+            model.edit(x0, [3, 999], [3, 0], num_steps=2)
     flags = _openai_flags(name).replace("--num_res_blocks 1", "--num_res_blocks 2")
     with pytest.raises(InputError, match="has no tensor 'input_blocks[.]"):
         importer.prepare(os.path.join(OPENAI, f"{name}.pt"), source_flags=flags)

@@ -260,6 +260,7 @@ def to_pdist_config(code: str, flags: dict) -> ml_collections.ConfigDict:
     m.scale_shift = bool(flags["use_scale_shift_norm"])
     m.norm_eps, m.downsample_padding = 1e-5, "symmetric"
     config.train.label_dropout = 0.0  # trained without a null class
+    config.edit.guidance = 0.0  # so it edits unguided: classifier-free guidance needs the null class
     d = config.diffusion
     if flags["noise_schedule"] not in ("linear", "cosine"):
         raise InputError(f"--noise_schedule {flags['noise_schedule']!r} is not linear or cosine.")
