@@ -29,6 +29,7 @@ setup(
         "absl-py",
         "msgpack>=1.0",  # the official Progressive Distillation checkpoints (pdist.interop.pd_release)
         "ml_dtypes>=0.5",  # bfloat16 storages of PyTorch files (pdist.interop.torch_file); jax requires it too
+        "safetensors>=0.4",  # diffusers' weight files, read with its numpy API (pdist.interop.diffusers)
     ],
     extras_require={
         "test": [

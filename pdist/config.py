@@ -48,6 +48,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.scale_shift = True
     config.model.norm_eps = 1e-6
     config.model.downsample_padding = "same"  # or "symmetric"
+    # the time step's sinusoids (diffusers' Timesteps): sines first (its flip_sin_to_cos=False), and frequencies
+    # exp(-log(10000) k / (ch / 2 - freq_shift)) (its freq_shift; Ho et al.'s DDPM models: sines first, shift 1)
+    config.model.sin_first = False
+    config.model.freq_shift = 0.0
+    config.model.mid_attention_norm = True  # False: no GroupNorm before the middle attention (diffusers' scale-shift)
     config.model.attn_resolutions = (4,)
     config.model.head_dim = 32
     config.model.num_heads = ml_collections.FieldReference(None, field_type=int)

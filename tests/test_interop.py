@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -368,3 +370,90 @@ def test_students_of_an_imported_teacher_take_its_network_and_a_conflicting_over
     legacy = os.path.join(os.path.dirname(__file__), "fixtures", "legacy_teacher")
     config.distill.teacher = legacy
     assert not distill.adopt_imported_teacher(config)  # a pdist teacher: the config's own network, checked
+
+
+DIFFUSERS = os.path.join(os.path.dirname(__file__), "fixtures", "diffusers")
+
+
+@pytest.fixture(scope="module", params=["ho", "scale_shift"])
+def diffusers_model(request, tmp_path_factory):
+    name = request.param
+    workdir = str(tmp_path_factory.mktemp(f"diffusers_{name}") / "w")
+    importer.import_checkpoint(os.path.join(DIFFUSERS, name), workdir)
+    return name, pdist.load(workdir), np.load(os.path.join(DIFFUSERS, f"{name}.npz"))
+
+
+def test_diffusers_unets_equal_diffusers_and_each_convention_matters(diffusers_model):
+    """A pipeline folder in Ho's layout (additive conditioning, sines first with frequency shift 1, padding
+    (0, 1, 0, 1), epsilon 1e-6, one head; linear betas, eps) and in the scale-shift one (cosines first, padding
+    1, epsilon 1e-5, heads of 16 channels, no norm before the middle attention; squaredcos_cap_v2, v): the
+    network's output at diffusers' time steps t = level - 1, then each convention flipped alone."""
+    name, model, ref = diffusers_model
+    spec, T, m = model.spec, model.spec.schedule.num_timesteps, model.config.model
+    source = model.metadata["source"]
+    assert source["format"] == "diffusers" and source["scheduler"]["_class_name"] == "DDPMScheduler"
+    made = json.loads(open(os.path.join(DIFFUSERS, "provenance.json")).read())["models"][name]
+    assert sum(a.size for a in jax.tree.leaves(model.ema_params)) == made["parameters"]
+    d = model.config.diffusion
+    assert (d.schedule, d.parameterization, T) == (("linear", "eps") if name == "ho" else ("cosine", "v")) + (1000,)
+    assert model.config.sample.clip_x and m.scale_shift == (name == "scale_shift")
+    z, level = jnp.asarray(ref["x"]), jnp.asarray(ref["timesteps"] + 1, jnp.float32)
+    assert _rel(np.asarray(spec.apply(model.ema_params, z, level / T, None, None)), ref["out"]) < 1e-5
+    flipped = {
+        "sin_first": not m.sin_first,
+        "freq_shift": 1.0 - m.freq_shift,
+        "norm_eps": 1e-5 if m.norm_eps == 1e-6 else 1e-6,
+        "downsample_padding": "symmetric" if m.downsample_padding == "same" else "same",
+    }
+    small = jnp.asarray(ref["x_small"])  # 0.1 x: the first norms see a variance where epsilon shows
+    assert _rel(np.asarray(spec.apply(model.ema_params, small, level / T, None, None)), ref["out_small"]) < 1e-5
+    for key, value in flipped.items():
+        other = dataclasses.replace(spec, network=spec.network.clone(**{key: value}))
+        flip = np.asarray(other.apply(model.ema_params, small, level / T, None, None))
+        assert _rel(flip, ref["out_small"]) > 1e-4, key
+    # level i given as diffusers' time step i (not i - 1)
+    assert _rel(np.asarray(spec.apply(model.ema_params, z, (level - 1) / T, None, None)), ref["out"]) > 1e-4
+
+
+def _diffusers_copy(tmp_path, edit_unet=None, edit_scheduler=None, name="ho"):
+    folder = tmp_path / f"edited_{name}"
+    shutil.copytree(os.path.join(DIFFUSERS, name), folder, dirs_exist_ok=True)
+    for path, edit in (
+        (folder / "unet" / "config.json", edit_unet),
+        (folder / "scheduler" / "scheduler_config.json", edit_scheduler),
+    ):
+        if edit:
+            cfg = json.loads(path.read_text())
+            edit(cfg)
+            path.write_text(json.dumps(cfg))
+    return str(folder)
+
+
+def test_a_diffusers_folder_pdist_cannot_represent_is_one_sentence_naming_the_field(tmp_path):
+    cases = [
+        (dict(edit_unet=lambda c: c.update(class_embed_type="timestep")), "class_embed_type='timestep'"),
+        (dict(edit_unet=lambda c: c.update(up_block_types=["UpBlock2D", "AttnUpBlock2D"])), "same levels in both"),
+        (dict(edit_unet=lambda c: c.update(down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"])), "CrossAttn"),
+        (dict(edit_unet=lambda c: c.update(block_out_channels=[32, 48])), "block_out_channels=[32, 48]"),
+        (dict(edit_scheduler=lambda c: c.update(beta_schedule="scaled_linear")), "beta_schedule='scaled_linear'"),
+        (dict(edit_scheduler=lambda c: c.update(beta_start=0.00085)), "beta_start=0.00085"),
+        (dict(edit_scheduler=lambda c: c.update(variance_type="fixed_large")), "variance_type='fixed_large'"),
+        (dict(edit_unet=lambda c: c.update(layers_per_block=2)), "have no tensor 'down_blocks.0.resnets.1."),
+    ]
+    for i, (edits, said) in enumerate(cases):
+        folder = _diffusers_copy(tmp_path / str(i), **edits)
+        with pytest.raises(InputError, match=re.escape(said)):
+            importer.prepare(folder)
+    folder = _diffusers_copy(tmp_path / "no_weights")
+    os.remove(os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(InputError, match="pdist reads diffusers' safetensors weights"):
+        importer.prepare(folder)
+    with pytest.raises(InputError, match="of no format pdist imports"):
+        importer.prepare(str(tmp_path))
+    bare = _diffusers_copy(tmp_path / "bare")
+    with pytest.raises(InputError, match="no scheduler config"):
+        importer.prepare(os.path.join(bare, "unet"))
+    config, *_ = importer.prepare(
+        os.path.join(bare, "unet"), source_config=os.path.join(bare, "scheduler", "scheduler_config.json")
+    )
+    assert config.diffusion.schedule == "linear"

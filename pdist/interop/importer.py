@@ -28,7 +28,7 @@ from pdist.spec import ModelSpec
 def detect(data: bytes) -> str:
     """The name of the format of a file whose bytes are ``data``; InputError when none knows it."""
     for name, fmt in FORMATS.items():
-        if fmt.detect(data[:4096]):
+        if hasattr(fmt, "detect") and fmt.detect(data[:4096]):
             return name
     raise InputError(
         f"The file is of no format pdist imports (known: {', '.join(sorted(FORMATS))}); give a checkpoint "
@@ -84,9 +84,21 @@ def prepare(source: str, source_config=None, source_flags=None, overrides=()):
     """(config, spec, params, EMA params, step, metadata) of ``source``, checked; nothing written."""
     if not files.exists(source):
         raise InputError(f"There is no file at {source}; give the path of a downloaded checkpoint.")
-    data = files.read_bytes(source)
-    name = detect(data)
-    config, params, ema, step, extra = FORMATS[name].load(data, source_config, source_flags)
+    if files.isdir(source):
+        folders = [n for n, f in FORMATS.items() if hasattr(f, "detect_folder") and f.detect_folder(source)]
+        if not folders:
+            raise InputError(
+                f"{source} is a folder of no format pdist imports (a diffusers pipeline or UNet folder holds "
+                "config.json files); give a checkpoint file or such a folder."
+            )
+        name = folders[0]
+        config, params, ema, step, extra = FORMATS[name].load_folder(source, source_config, source_flags)
+        digest = extra.pop("sha256")
+    else:
+        data = files.read_bytes(source)
+        name = detect(data)
+        config, params, ema, step, extra = FORMATS[name].load(data, source_config, source_flags)
+        digest = hashlib.sha256(data).hexdigest()
     for key, value in overrides:
         _set(config, key, value)
     from pdist.jobs import sections  # train's checks, without importing the training job (TensorFlow)
@@ -102,7 +114,7 @@ def prepare(source: str, source_config=None, source_flags=None, overrides=()):
     metadata = {
         **extra,
         "source": {
-            **described, "format": name, "path": source, "sha256": hashlib.sha256(data).hexdigest(), "step": step,
+            **described, "format": name, "path": source, "sha256": digest, "step": step,
         },
     }  # fmt: skip
     return config, spec, params, ema, step, metadata

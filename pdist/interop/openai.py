@@ -39,6 +39,7 @@ import numpy as np
 from pdist.config import base_config
 from pdist.errors import InputError
 from pdist.interop import torch_file
+from pdist.interop.layers import Tracked, conv, dense, group_norm
 
 NAME = "openai"
 
@@ -299,32 +300,16 @@ def to_pdist_config(code: str, flags: dict) -> ml_collections.ConfigDict:
     return config
 
 
-def _conv(w: np.ndarray, b: np.ndarray) -> dict:
-    """A PyTorch conv's (out, in, kh, kw) or 1-D (out, in, 1) weight as a Flax kernel (kh, kw, in, out)."""
-    w = np.asarray(w, np.float32)
-    if w.ndim == 3:
-        w = w[..., None]
-    return {"kernel": np.transpose(w, (2, 3, 1, 0)), "bias": np.asarray(b, np.float32)}
-
-
-def _dense(w, b) -> dict:
-    return {"kernel": np.asarray(w, np.float32).T, "bias": np.asarray(b, np.float32)}
-
-
-def _gn(sd: dict, name: str) -> dict:
-    return {"scale": np.asarray(sd[f"{name}.weight"], np.float32), "bias": np.asarray(sd[f"{name}.bias"], np.float32)}
-
-
 def _res(sd: dict, p: str) -> dict:
     out = {
-        "GroupNorm_0": _gn(sd, f"{p}.in_layers.0"),
-        "Conv_0": _conv(sd[f"{p}.in_layers.2.weight"], sd[f"{p}.in_layers.2.bias"]),
-        "Dense_0": _dense(sd[f"{p}.emb_layers.1.weight"], sd[f"{p}.emb_layers.1.bias"]),
-        "GroupNorm_1": _gn(sd, f"{p}.out_layers.0"),
-        "Conv_1": _conv(sd[f"{p}.out_layers.3.weight"], sd[f"{p}.out_layers.3.bias"]),
+        "GroupNorm_0": group_norm(sd, f"{p}.in_layers.0"),
+        "Conv_0": conv(sd[f"{p}.in_layers.2.weight"], sd[f"{p}.in_layers.2.bias"]),
+        "Dense_0": dense(sd[f"{p}.emb_layers.1.weight"], sd[f"{p}.emb_layers.1.bias"]),
+        "GroupNorm_1": group_norm(sd, f"{p}.out_layers.0"),
+        "Conv_1": conv(sd[f"{p}.out_layers.3.weight"], sd[f"{p}.out_layers.3.bias"]),
     }
     if f"{p}.skip_connection.weight" in sd:
-        out["Conv_2"] = _conv(sd[f"{p}.skip_connection.weight"], sd[f"{p}.skip_connection.bias"])
+        out["Conv_2"] = conv(sd[f"{p}.skip_connection.weight"], sd[f"{p}.skip_connection.bias"])
     return out
 
 
@@ -342,7 +327,7 @@ def _attn(sd: dict, p: str, heads: int, new_order: bool) -> dict:
     mha = {n: {"kernel": np.transpose(w[j], (2, 0, 1)), "bias": b[j]} for j, n in enumerate(names)}
     proj = np.asarray(sd[f"{p}.proj_out.weight"], np.float32)[..., 0]  # (C_out, C_in), C_in = (head, i)
     mha["out"] = {"kernel": proj.T.reshape(heads, d, c), "bias": np.asarray(sd[f"{p}.proj_out.bias"], np.float32)}
-    return {"GroupNorm_0": _gn(sd, f"{p}.norm"), "MultiHeadDotProductAttention_0": mha}
+    return {"GroupNorm_0": group_norm(sd, f"{p}.norm"), "MultiHeadDotProductAttention_0": mha}
 
 
 def _heads(config, channels: int) -> int:
@@ -356,8 +341,8 @@ def to_pdist_params(sd: dict, config: ml_collections.ConfigDict, new_order: bool
     ``ResBlock_i`` / ``AttnBlock_j`` / ``Conv_k``. A missing tensor raises KeyError with its name."""
     m = config.model
     out = {
-        "Dense_0": _dense(sd["time_embed.0.weight"], sd["time_embed.0.bias"]),
-        "Dense_1": _dense(sd["time_embed.2.weight"], sd["time_embed.2.bias"]),
+        "Dense_0": dense(sd["time_embed.0.weight"], sd["time_embed.0.bias"]),
+        "Dense_1": dense(sd["time_embed.2.weight"], sd["time_embed.2.bias"]),
     }
     if m.class_conditional:
         table = np.asarray(sd["label_emb.weight"], np.float32)
@@ -368,7 +353,7 @@ def to_pdist_params(sd: dict, config: ml_collections.ConfigDict, new_order: bool
         out[f"{kind}_{counts[kind]}"] = value
         counts[kind] += 1
 
-    put("Conv", _conv(sd["input_blocks.0.0.weight"], sd["input_blocks.0.0.bias"]))
+    put("Conv", conv(sd["input_blocks.0.0.weight"], sd["input_blocks.0.0.bias"]))
     size, levels, k = int(config.data.image_size), len(m.ch_mult), 1
     for level, mult in enumerate(m.ch_mult):
         for _ in range(m.num_res_blocks):
@@ -380,7 +365,7 @@ def to_pdist_params(sd: dict, config: ml_collections.ConfigDict, new_order: bool
             if m.resblock_updown:
                 put("ResBlock", _res(sd, f"input_blocks.{k}.0"))
             else:
-                put("Conv", _conv(sd[f"input_blocks.{k}.0.op.weight"], sd[f"input_blocks.{k}.0.op.bias"]))
+                put("Conv", conv(sd[f"input_blocks.{k}.0.op.weight"], sd[f"input_blocks.{k}.0.op.bias"]))
             size, k = size // 2, k + 1
     put("ResBlock", _res(sd, "middle_block.0"))
     put("AttnBlock", _attn(sd, "middle_block.1", _heads(config, m.ch * m.ch_mult[-1]), new_order))
@@ -397,11 +382,11 @@ def to_pdist_params(sd: dict, config: ml_collections.ConfigDict, new_order: bool
                 if m.resblock_updown:
                     put("ResBlock", _res(sd, f"output_blocks.{k}.{j}"))
                 else:
-                    put("Conv", _conv(sd[f"output_blocks.{k}.{j}.conv.weight"], sd[f"output_blocks.{k}.{j}.conv.bias"]))
+                    put("Conv", conv(sd[f"output_blocks.{k}.{j}.conv.weight"], sd[f"output_blocks.{k}.{j}.conv.bias"]))
                 size *= 2
             k += 1
-    out["GroupNorm_0"] = _gn(sd, "out.0")
-    put("Conv", _conv(sd["out.2.weight"], sd["out.2.bias"]))
+    out["GroupNorm_0"] = group_norm(sd, "out.0")
+    put("Conv", conv(sd["out.2.weight"], sd["out.2.bias"]))
     return out
 
 
@@ -416,7 +401,7 @@ def read(data: bytes) -> dict:
             "This PyTorch file holds no 'time_embed.0.weight'; it is not a state dict of improved- or "
             "guided-diffusion's UNetModel."
         )
-    return _Tracked({k: v for k, v in state.items() if isinstance(v, np.ndarray)})
+    return Tracked({k: v for k, v in state.items() if isinstance(v, np.ndarray)})
 
 
 def load(data: bytes, source_config: str | None, source_flags: str | None) -> tuple:
@@ -445,15 +430,3 @@ def load(data: bytes, source_config: str | None, source_flags: str | None) -> tu
             "flags do not describe these weights (check --source_flags)."
         )
     return config, params, params, 0, {"source": {"code": code, "flags": flags}}
-
-
-class _Tracked(dict):
-    """A state dict that records which names were read."""
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        self.read: set[str] = set()
-
-    def __getitem__(self, name):
-        self.read.add(name)
-        return super().__getitem__(name)

@@ -48,10 +48,11 @@ from pdist.errors import ConfigError, check_one_of, check_positive
 Array = jax.Array
 
 
-def noise_level_embedding(logsnr: Array, dim: int, max_period: float = 10_000.0) -> Array:
-    """[B] logSNR -> [B, dim] sinusoidal features of ``1000 * atan(exp(-logsnr/2)) * 2/pi``."""
+def noise_level_embedding(logsnr: Array, dim: int, max_period: float = 10_000.0, **order) -> Array:
+    """[B] logSNR -> [B, dim] sinusoidal features of ``1000 * atan(exp(-logsnr/2)) * 2/pi``
+    (:func:`timestep_embedding`'s, with its ``sin_first`` and ``freq_shift``)."""
     c = jnp.arctan(jnp.exp(-0.5 * logsnr.astype(jnp.float32))) / (0.5 * math.pi)
-    return timestep_embedding(1000.0 * c, dim, max_period)
+    return timestep_embedding(1000.0 * c, dim, max_period, **order)
 
 
 # config.model.logsnr_input: how the network embeds its noise input. "timestep" and "rescaled_timestep" are
@@ -69,7 +70,8 @@ def release_embedding(logsnr: Array, dim: int, kind: str, scale_range: tuple[flo
     """[B] logSNR -> [B, dim] features as the official Progressive Distillation release embeds the noise level
     (its ``logsnr_input_type``): ``inv_cos`` (``atan(exp(-logsnr/2)) * 2/pi`` of the logSNR clipped to
     [-20, 20]), ``sigmoid`` or ``linear`` (over ``scale_range``), times 1000, in sinusoids whose frequencies
-    step over ``dim/2 - 1`` (not ``dim/2``), sines first."""
+    step over ``dim/2 - 1`` (not ``dim/2``), sines first: :func:`timestep_embedding`'s ``sin_first`` and
+    ``freq_shift=1``, with the release's own order of float32 operations (its figures to 1e-5 depend on it)."""
     logsnr = logsnr.astype(jnp.float32)
     if kind == "inv_cos":
         u = jnp.arctan(jnp.exp(-0.5 * jnp.clip(logsnr, -20.0, 20.0))) / (0.5 * math.pi)
@@ -85,12 +87,17 @@ def release_embedding(logsnr: Array, dim: int, kind: str, scale_range: tuple[flo
     return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
-def timestep_embedding(timestep: Array, dim: int, max_period: float = 10_000.0) -> Array:
-    """[B] (fractional) time steps -> [B, dim] sinusoidal features, cosines first (OpenAI's and pdist's)."""
+def timestep_embedding(
+    timestep: Array, dim: int, max_period: float = 10_000.0, sin_first: bool = False, freq_shift: float = 0.0
+) -> Array:
+    """[B] (fractional) time steps -> [B, dim] sinusoidal features at frequencies
+    ``max_period ** (-k / (dim/2 - freq_shift))``, cosines first (OpenAI's and pdist's) or sines first
+    (``sin_first``; with ``freq_shift=1``, Ho et al.'s DDPM and diffusers' models of it)."""
     half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift))
     args = timestep.astype(jnp.float32)[:, None] * freqs[None, :]
-    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    parts = [jnp.sin(args), jnp.cos(args)] if sin_first else [jnp.cos(args), jnp.sin(args)]
+    return jnp.concatenate(parts, axis=-1)
 
 
 def guidance_embedding(w: Array, dim: int) -> Array:
@@ -167,11 +174,13 @@ class AttnBlock(nn.Module):
     num_heads: int
     dtype: Any = jnp.float32
     norm_eps: float = 1e-6
+    norm: bool = True  # False: attention on the unnormalized input (diffusers' scale-shift middle block)
 
     @nn.compact
     def __call__(self, x: Array, attention_from: Array | None = None) -> Array:
         b, height, width, c = x.shape
-        h = _norm(c, self.dtype, self.norm_eps)(x).reshape(b, height * width, c)
+        h = _norm(c, self.dtype, self.norm_eps)(x) if self.norm else x
+        h = h.reshape(b, height * width, c)
         control = {} if attention_from is None else {"attention_fn": partial(attention_from_rows, rows=attention_from)}
         h = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads,
@@ -194,6 +203,9 @@ class UNet(nn.Module):
     scale_shift: bool = True  # the residual blocks' conditioning: scale-shift of the norm, or added (False)
     norm_eps: float = 1e-6  # GroupNorm's epsilon (Flax's; PyTorch's is 1e-5)
     downsample_padding: str = "same"  # DOWNSAMPLE_PADDINGS
+    sin_first: bool = False  # the time step's sinusoids: sines first (else cosines)
+    mid_attention_norm: bool = True  # False: the middle attention block has no GroupNorm (diffusers' scale-shift)
+    freq_shift: float = 0.0  # their frequencies step over ch / 2 - freq_shift
     attn_resolutions: Sequence[int] = (16,)
     head_dim: int | None = 64
     num_heads: int | None = None
@@ -220,10 +232,11 @@ class UNet(nn.Module):
         attention_from: Array | None = None,
     ) -> Array:
         emb_dim = 4 * self.ch if self.emb_ch is None else self.emb_ch
+        order = {"sin_first": self.sin_first, "freq_shift": self.freq_shift}
         if self.logsnr_input == "pdist":
-            emb = noise_level_embedding(logsnr, self.ch)
+            emb = noise_level_embedding(logsnr, self.ch, **order)
         elif self.logsnr_input in TIMESTEP_INPUTS:  # logsnr holds the time step (ModelSpec.apply)
-            emb = timestep_embedding(logsnr, self.ch)
+            emb = timestep_embedding(logsnr, self.ch, **order)
         else:
             emb = release_embedding(logsnr, self.ch, self.logsnr_input)
         emb = nn.Dense(emb_dim, dtype=self.dtype)(emb)
@@ -252,10 +265,11 @@ class UNet(nn.Module):
             block = res_block(out_ch, self.dropout, resample, self.dtype, self.scale_shift, self.norm_eps, name=name)
             return block(h, emb, train)
 
-        def attn(h):
+        def attn(h, norm=True):
             name = f"AttnBlock_{counts['attn']}"
             counts["attn"] += 1
-            return attn_block(self._heads(h.shape[-1]), self.dtype, self.norm_eps, name=name)(h, attention_from)
+            block = attn_block(self._heads(h.shape[-1]), self.dtype, self.norm_eps, norm, name=name)
+            return block(h, attention_from)
 
         h = nn.Conv(self.ch, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
         skips = [h]
@@ -274,7 +288,7 @@ class UNet(nn.Module):
                 skips.append(h)
 
         h = res(h, h.shape[-1])
-        h = attn(h)
+        h = attn(h, self.mid_attention_norm)
         h = res(h, h.shape[-1])
 
         for level, mult in reversed(list(enumerate(self.ch_mult))):
@@ -307,6 +321,9 @@ def from_config(config: ml_collections.ConfigDict, out_channels: int) -> UNet:
         scale_shift=model.scale_shift,
         norm_eps=float(model.norm_eps),
         downsample_padding=model.downsample_padding,
+        sin_first=bool(model.sin_first),
+        mid_attention_norm=bool(model.mid_attention_norm),
+        freq_shift=float(model.freq_shift),
         attn_resolutions=tuple(model.attn_resolutions),
         head_dim=model.head_dim,
         num_heads=model.num_heads,
@@ -339,6 +356,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "use it with a discrete schedule (config.diffusion.num_timesteps)."
         )
     check_one_of(model.downsample_padding, DOWNSAMPLE_PADDINGS, "model.downsample_padding")
+    if not (isinstance(model.freq_shift, (int, float)) and 0 <= model.freq_shift < model.ch // 2):
+        raise ConfigError(
+            f"config.model.freq_shift={model.freq_shift!r} must be a number in [0, ch / 2) (diffusers' freq_shift)."
+        )
     if not (isinstance(model.norm_eps, (int, float)) and model.norm_eps > 0):
         raise ConfigError(f"config.model.norm_eps={model.norm_eps!r} must be a positive number (GroupNorm's epsilon).")
     size = config.data.image_size

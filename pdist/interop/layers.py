@@ -1,0 +1,36 @@
+"""PyTorch layers' tensors as Flax parameters, for the formats whose networks are PyTorch modules (OpenAI's
+state dicts, diffusers' safetensors), and a state dict that records which tensors a mapping read."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def conv(w: np.ndarray, b: np.ndarray) -> dict:
+    """A PyTorch conv's (out, in, kh, kw) or 1-D (out, in, 1) weight as a Flax kernel (kh, kw, in, out)."""
+    w = np.asarray(w, np.float32)
+    if w.ndim == 3:
+        w = w[..., None]
+    return {"kernel": np.transpose(w, (2, 3, 1, 0)), "bias": np.asarray(b, np.float32)}
+
+
+def dense(w, b) -> dict:
+    """A PyTorch Linear's (out, in) weight as a Flax Dense kernel (in, out)."""
+    return {"kernel": np.asarray(w, np.float32).T, "bias": np.asarray(b, np.float32)}
+
+
+def group_norm(sd: dict, name: str) -> dict:
+    """A PyTorch GroupNorm ``name``'s weight and bias as Flax's scale and bias."""
+    return {"scale": np.asarray(sd[f"{name}.weight"], np.float32), "bias": np.asarray(sd[f"{name}.bias"], np.float32)}
+
+
+class Tracked(dict):
+    """A state dict that records which names were read."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def __getitem__(self, name):
+        self.read.add(name)
+        return super().__getitem__(name)
