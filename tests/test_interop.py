@@ -457,3 +457,24 @@ def test_a_diffusers_folder_pdist_cannot_represent_is_one_sentence_naming_the_fi
         os.path.join(bare, "unet"), source_config=os.path.join(bare, "scheduler", "scheduler_config.json")
     )
     assert config.diffusion.schedule == "linear"
+
+
+@pytest.mark.heavy
+def test_an_imported_diffusers_teacher_distills_a_round_from_the_command_line(tmp_path, tfds_dir):
+    """README's command on the Ho-layout pipeline fixture (the digits, resized to 16x16x3, stand in for its data):
+    one round, 2 -> 1 steps, whose student has the teacher's network and samples."""
+    from helpers import run_in_process
+
+    teacher, students = str(tmp_path / "teacher"), str(tmp_path / "students")
+    importer.import_checkpoint(os.path.join(DIFFUSERS, "ho"), teacher)
+    args = [f"--workdir={students}", f"--config.distill.teacher={teacher}", f"--config.data.data_dir={tfds_dir}",
+            "--config.distill.start_steps=2", "--config.distill.updates_per_round=2",
+            "--config.distill.updates_last_rounds=2", "--config.train.batch_size=4", "--config.train.log_every=1",
+            "--config.distill.fidelity_samples=4", "--config.distill.grid_samples=2"]  # fmt: skip
+    status, message, _ = run_in_process(*args, config="configs/digits_distill.py")
+    assert status == 0, message
+    student = pdist.load(students)
+    assert (student.step, student.metadata["sampling_steps"]) == (2, 1)
+    assert student.config.model.to_dict() == pdist.load(teacher).config.model.to_dict()
+    assert student.config.diffusion.parameterization == "eps" and student.spec.schedule.num_timesteps == 1000
+    assert student.sample(2).shape == (2, 16, 16, 3)
