@@ -4,7 +4,8 @@
 
 Reads tests/fixtures/diffusers/ (written by diffusers; see its provenance.json), imports each pipeline folder
 into a temporary workdir and reports the largest relative error (to the largest value) of the UNet's output at
-diffusers' time steps (and at 0.1 x, where GroupNorm's epsilon shows), then with each convention flipped alone.
+diffusers' time steps (and at 0.1 x, where GroupNorm's epsilon shows), then with each convention flipped alone, and
+pdist's DDIM against diffusers' DDIMScheduler from the same noise, unclipped and with its clip_sample.
 """
 
 import dataclasses
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pdist
+from pdist import samplers
 from pdist.interop import importer
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -52,6 +54,15 @@ def model_rows(name: str, tmp: str) -> dict:
     rows["flipped: level i as time step i"] = rel(
         spec.apply(params, small, (level - 1) / T, None, None), ref["out_small"]
     )
+    noise = jnp.asarray(ref["ddim_noise"])
+
+    def ddim(clip, keep):
+        return samplers.sample(model.denoiser(), spec.schedule, noise, method="ddim", num_steps=10, grid="ddim_stride",
+                               clip_x=clip, clip_keeps_eps=keep)  # fmt: skip
+
+    rows["DDIM vs DDIMScheduler, 10 leading steps, unclipped"] = rel(ddim(False, False), ref["ddim_unclipped"])
+    rows["DDIM vs DDIMScheduler, 10 leading steps, clip_sample"] = rel(ddim(True, True), ref["ddim_clipped"])
+    rows["flipped: clipping recomputes eps-hat (pdist's own)"] = rel(ddim(True, False), ref["ddim_clipped"])
     return rows
 
 

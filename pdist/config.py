@@ -115,6 +115,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample.checkpoint = ml_collections.FieldReference(None, field_type=str)  # None: newest in workdir
     config.sample.use_ema = True
     config.sample.clip_x = True
+    # clipping keeps the network's eps-hat instead of recomputing it from the clipped x-hat (diffusers' schedulers'
+    # clip_sample: what an imported diffusers pipeline samples with)
+    config.sample.clip_keeps_eps = False
     config.sample.seed = 0
     config.sample.batch_size = 256
     # classifier-free guidance weight w: x = (1 + w) x(z, c) - w x(z, null); None: the conditional model alone

@@ -107,11 +107,13 @@ def predict(
     return clip_prediction(pred, z, logsnr) if clip_x else pred
 
 
-def clip_prediction(pred: Prediction, z: Array, logsnr: Array) -> Prediction:
-    """Clips x-hat to [-1, 1] and recomputes eps-hat = (z - alpha x) / sigma."""
+def clip_prediction(pred: Prediction, z: Array, logsnr: Array, keep_eps: bool = False) -> Prediction:
+    """Clips x-hat to [-1, 1] and recomputes eps-hat = (z - alpha x) / sigma (OpenAI's and pdist's clipping);
+    ``keep_eps``: eps-hat stays the unclipped prediction's (diffusers' schedulers' ``clip_sample``, whose DDIM
+    step then leaves the pair inconsistent: ``alpha_s clip(x-hat) + sigma_s eps-hat``)."""
     alpha, sigma = alpha_sigma_from_logsnr(logsnr)
     x = jnp.clip(pred.x, -1.0, 1.0)
-    eps = (z - bcast(alpha, z) * x) / bcast(sigma, z)
+    eps = pred.eps if keep_eps else (z - bcast(alpha, z) * x) / bcast(sigma, z)
     return Prediction(x, eps, pred.var_frac)
 
 

@@ -46,6 +46,7 @@ class Sampling:
     batch_size: int = 256
     seed: int = 0
     ot: Any = None
+    clip_keeps_eps: bool = False  # clipping keeps the network's eps-hat (diffusers' schedulers' clip_sample)
 
     @classmethod
     def from_config(cls, settings: ml_collections.ConfigDict) -> Sampling:
@@ -59,6 +60,7 @@ class Sampling:
             batch_size=settings.batch_size,
             seed=settings.seed,
             ot=settings.get("ot"),
+            clip_keeps_eps=bool(settings.get("clip_keeps_eps", False)),
         )
 
     def replace(self, **changes) -> Sampling:
@@ -128,6 +130,8 @@ class ImageSampler:
         if s.method == "ddpm" and self.spec.learned_variance:
             options = {"variance": "learned", **options}
         samplers.nfe(s.method, s.num_steps, self.schedule, **options)  # unknown method or option: one sentence
+        if s.clip_x and s.clip_keeps_eps:
+            options = {**options, "clip_keeps_eps": True}
         options = tuple(sorted(options.items()))
         try:  # a grid that does not fit this model: one sentence, before compiling
             grid = schedules.resolve_grid(s.grid, self.schedule)

@@ -415,6 +415,29 @@ def test_diffusers_unets_equal_diffusers_and_each_convention_matters(diffusers_m
     assert _rel(np.asarray(spec.apply(model.ema_params, z, (level - 1) / T, None, None)), ref["out"]) > 1e-4
 
 
+def test_ddim_on_an_imported_pipeline_equals_diffusers_ddim_scheduler(diffusers_model):
+    """DDIMScheduler (eta 0, its default "leading" spacing, which is pdist's ddim_stride grid; set_alpha_to_one:
+    the last step returns x-hat) from the same noise, 10 steps: without clipping, and with diffusers' clip_sample,
+    which clips x-hat but steps with the network's eps-hat (the imported config's sample.clip_keeps_eps); pdist's
+    own clipping (eps-hat recomputed from the clipped x-hat) is another sampler."""
+    name, model, ref = diffusers_model
+    schedule, s = model.spec.schedule, model.config.sample
+    grid = schedules.time_grid(schedule, 10, "ddim_stride")
+    np.testing.assert_array_equal(np.round(grid[:-1] * schedule.num_timesteps) - 1, ref["ddim_timesteps"])
+    noise = jnp.asarray(ref["ddim_noise"])
+
+    def ddim(clip_x, keep_eps):
+        return np.asarray(samplers.sample(model.denoiser(), schedule, noise, method="ddim", num_steps=10,
+                                          grid="ddim_stride", clip_x=clip_x, clip_keeps_eps=keep_eps))  # fmt: skip
+
+    assert _rel(ddim(False, False), ref["ddim_unclipped"]) < 1e-5
+    assert s.clip_x and s.clip_keeps_eps  # the scheduler config's clip_sample, as diffusers clips
+    # eps-hat on Ho's linear schedule: x-hat = (z - sigma eps-hat) / alpha divides the network's float error by
+    # alpha = 0.02 at t = 900, and the clipped trajectory carries it (1.1e-3; 2.3e-6 for the v model)
+    assert _rel(ddim(True, True), ref["ddim_clipped"]) < (2e-3 if name == "ho" else 1e-5)
+    assert _rel(ddim(True, False), ref["ddim_clipped"]) > 0.1
+
+
 def _diffusers_copy(tmp_path, edit_unet=None, edit_scheduler=None, name="ho"):
     folder = tmp_path / f"edited_{name}"
     shutil.copytree(os.path.join(DIFFUSERS, name), folder, dirs_exist_ok=True)

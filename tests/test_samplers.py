@@ -214,7 +214,7 @@ def test_traces_once_per_shape_and_program_size_is_independent_of_steps(monkeypa
             times = jnp.asarray(sc.time_grid(schedule, n), jnp.float32)
             options = tuple(samplers.SAMPLERS[method].options)
             text = samplers._run.lower(
-                samplers.as_pytree(oracles.Denoiser(GAUSS, schedule)), schedule, method, False, options, times,
+                samplers.as_pytree(oracles.Denoiser(GAUSS, schedule)), schedule, method, (False, False), options, times,
                 jnp.ones((8, 2)), key,
             ).as_text()  # fmt: skip
             return re.sub(r"\d+", "0", text)  # the scan length appears in shapes
@@ -251,14 +251,16 @@ def test_a_network_denoiser_carries_its_parameters_as_arguments_not_constants():
     assert float(jnp.abs(outputs[0] - outputs[1]).max()) > 1e-3  # the parameters did reach the program
     # The public denoiser, lowered: its weights are arguments; no constant is anywhere near a weight's size.
     times = jnp.asarray(sc.time_grid(schedule, 3), jnp.float32)
-    text = samplers._run.lower(first, schedule, "ddim", False, (("eta", 0.0),), times, noise, jax.random.key(0))
+    text = samplers._run.lower(
+        first, schedule, "ddim", (False, False), (("eta", 0.0),), times, noise, jax.random.key(0)
+    )
     text = text.as_text()
     largest_weight = max(p.size for p in jax.tree.leaves(params))
     assert largest_weight >= 1000 and _largest_constant(text) < largest_weight / 10
     # A closure over the same weights (what a denoiser must not be) does put them in the program.
     closure = lambda z, t: first(z, t)  # noqa: E731
     baked = samplers._run.lower(
-        samplers.as_pytree(closure), schedule, "ddim", False, (("eta", 0.0),), times, noise, jax.random.key(0)
+        samplers.as_pytree(closure), schedule, "ddim", (False, False), (("eta", 0.0),), times, noise, jax.random.key(0)
     ).as_text()
     assert _largest_constant(baked) >= largest_weight
 

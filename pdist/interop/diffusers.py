@@ -175,6 +175,7 @@ def to_pdist_config(unet: dict, scheduler: dict) -> ml_collections.ConfigDict:
     d.weighting = {"eps": "snr", "x": "constant", "v": "snr_plus_one"}[d.parameterization]  # the MSE of its output
     s = config.sample
     s.clip_x = bool(scheduler.get("clip_sample", True))
+    s.clip_keeps_eps = True  # diffusers' clip_sample clips x-hat and steps with the network's eps-hat
     if scheduler.get("_class_name") == "DDPMScheduler":
         s.method, s.num_steps, s.grid = "ddpm", T, "respaced"
     else:

@@ -103,6 +103,7 @@ def sample(
     key: Array | None = None,
     grid: str = "auto",
     clip_x: bool = False,
+    clip_keeps_eps: bool = False,
     t_start: float = 1.0,
     **options,
 ) -> Array:
@@ -111,6 +112,9 @@ def sample(
     ``t_start`` < 1: ``noise`` is z at ``schedules.start_time(schedule, t_start)`` (t_start itself, or the
     nearest level of a discrete schedule), such as ``alpha x + sigma eps`` of an image (SDEdit,
     :mod:`pdist.editing`), and the ``num_steps`` steps span ``[0, start]`` on the same kind of grid.
+
+    ``clip_keeps_eps``: clipping keeps the network's eps-hat (diffusers' ``clip_sample``) instead of
+    recomputing it from the clipped x-hat.
 
     Returns the final sample, the shape of ``noise``. ``key`` is required by the
     stochastic methods (``ddpm``, ``ddim`` with ``eta > 0``, ``consistency``).
@@ -123,7 +127,7 @@ def sample(
     if key is None:
         key = jax.random.key(0)  # unused by deterministic methods
     options = tuple(sorted(allowed.items()))
-    return _run(as_pytree(denoise_fn), schedule, method, clip_x, options, times, noise, key)
+    return _run(as_pytree(denoise_fn), schedule, method, (clip_x, clip_keeps_eps), options, times, noise, key)
 
 
 def as_pytree(denoise_fn: Callable) -> Callable:
@@ -136,8 +140,8 @@ def as_pytree(denoise_fn: Callable) -> Callable:
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
-def _run(denoise_fn, schedule, method, clip_x, options, times, noise, key):
-    ev = Predictor(denoise_fn, schedule, clip_x)
+def _run(denoise_fn, schedule, method, clip, options, times, noise, key):
+    ev = Predictor(denoise_fn, schedule, *clip)
     m = SAMPLERS[method]
     if not (ev.ends_at_data or m.ends_on_x):
         return m.run(ev, times, noise, key, **dict(options))
@@ -152,7 +156,7 @@ def _options(method: str, m: Sampler, options: dict) -> dict:
     if unknown:
         raise ValueError(
             f"Unknown option(s) {unknown} for sampler {method!r}; it accepts "
-            f"{sorted(allowed) or 'no options'} besides grid and clip_x."
+            f"{sorted(allowed) or 'no options'} besides grid, clip_x and clip_keeps_eps."
         )
     return {**allowed, **options}
 

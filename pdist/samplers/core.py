@@ -32,10 +32,11 @@ Array = jax.Array
 class Predictor:
     """Calls the denoiser at a scalar time and returns a complete Prediction."""
 
-    def __init__(self, denoise_fn, schedule: Schedule, clip_x: bool):
+    def __init__(self, denoise_fn, schedule: Schedule, clip_x: bool, keep_eps: bool = False):
         self.denoise_fn = denoise_fn
         self.schedule = schedule
         self.clip_x = clip_x
+        self.keep_eps = keep_eps  # clipping keeps the unclipped eps-hat (diffusion.clip_prediction)
         self.ends_at_data = schedule.ends_at_data
 
     def logsnr(self, t: Array) -> Array:
@@ -51,7 +52,7 @@ class Predictor:
         out = self.denoise_fn(z, jnp.full((z.shape[0],), t, dtype=jnp.float32), **inputs)
         pred = out if isinstance(out, Prediction) else diffusion.from_x(out, z, lam)
         if self.clip_x:
-            pred = diffusion.clip_prediction(pred, z, lam)
+            pred = diffusion.clip_prediction(pred, z, lam, self.keep_eps)
         return pred
 
     def ddim(self, pred: Prediction, s: Array) -> Array:

@@ -16,7 +16,8 @@ Each pipeline is a ``DDPMPipeline`` folder written by ``save_pretrained`` (``mod
 
 Every parameter gets N(0, 0.05^2) added (so that no layer is zero) and is rounded to float16, the dtype the
 file stores; the network runs in float32. ``<name>.npz`` holds inputs and diffusers' outputs, images NHWC:
-the UNet's output at a few time steps (``x``, ``timesteps``, ``out``; ``x_small`` = 0.1 x and ``out_small``).
+the UNet's output at a few time steps (``x``, ``timesteps``, ``out``; ``x_small`` = 0.1 x and ``out_small``),
+and ``DDIMScheduler``'s 10-step sample (eta 0, its default spacing) from ``ddim_noise``, unclipped and clipped.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import sys
 import diffusers
 import numpy as np
 import torch as th
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 COMMON = dict(
     sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64),
@@ -70,6 +71,19 @@ def run(name: str, out_dir: str) -> dict:
         out = unet(x, timesteps).sample
         out_small = unet(0.1 * x, timesteps).sample  # a small input, where GroupNorm's epsilon shows
     arrays = {"x": x, "timesteps": timesteps, "out": out, "x_small": 0.1 * x, "out_small": out_small}
+    # DDIMScheduler (eta 0) from the pipeline's scheduler config: 10 steps of its default "leading" spacing,
+    # from given noise, with clip_sample off and on
+    noise = th.randn(4, 3, 16, 16, generator=g)
+    arrays["ddim_noise"] = noise
+    for clip in (False, True):
+        ddim = DDIMScheduler.from_config(scheduler.config, clip_sample=clip)
+        ddim.set_timesteps(10)
+        z = noise.clone()
+        with th.no_grad():
+            for t in ddim.timesteps:
+                z = ddim.step(unet(z, t).sample, t, z, eta=0.0).prev_sample
+        arrays[f"ddim_{'clipped' if clip else 'unclipped'}"] = z
+        arrays["ddim_timesteps"] = ddim.timesteps
     arrays = {k: (np.moveaxis(v.numpy(), 1, -1) if v.ndim == 4 else v.numpy()) for k, v in arrays.items()}
     np.savez_compressed(os.path.join(out_dir, f"{name}.npz"), **arrays)
     return {
