@@ -239,6 +239,11 @@ def test_an_openai_class_model_has_no_null_class_and_wrong_flags_name_the_tensor
         importer.prepare(os.path.join(OPENAI, f"{name}.pt"), source_flags=flags)
     with pytest.raises(InputError, match="needs --image_size"):
         importer.prepare(os.path.join(OPENAI, f"{name}.pt"), source_flags="--num_channels 32")
+    # ddim30 of T steps: the code strides by the first c giving 30 steps, which is not pdist's T // 30
+    with pytest.raises(InputError, match="strides its"):
+        importer.prepare(
+            os.path.join(OPENAI, f"{name}.pt"), source_flags=_openai_flags(name) + " --timestep_respacing ddim30"
+        )
     with pytest.raises(InputError, match="not a flag of"):
         importer.prepare(os.path.join(OPENAI, f"{name}.pt"), source_flags=_openai_flags(name) + " --num_chanels 3")
 

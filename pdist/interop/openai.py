@@ -283,6 +283,13 @@ def to_pdist_config(code: str, flags: dict) -> ml_collections.ConfigDict:
     s.grid = "respaced"  # space_timesteps of one count
     if respacing.startswith("ddim"):  # space_timesteps' "ddimN": DDIM's constant stride
         s.method, s.grid, respacing = "ddim", "ddim_stride", respacing[len("ddim") :]
+        T, n = int(flags["diffusion_steps"]), int(respacing) if respacing.isdigit() else 0
+        # the code's stride is the first c with len(range(0, T, c)) == n; pdist's ddim_stride grid is T // n
+        if n and len(range(0, T, T // n)) != n:
+            raise InputError(
+                f"--timestep_respacing ddim{n} strides its {T} steps by the first c giving {n} steps, not "
+                f"{T} // {n} as pdist's ddim_stride grid does; give a count that divides --diffusion_steps."
+            )
     else:
         s.method = "ddim" if flags.get("use_ddim") else "ddpm"
     if respacing:
