@@ -168,6 +168,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.guidance = ""
     config.eval.ot = ml_collections.FieldReference(None, field_type=str)  # every sampler from this expressway
     config.eval.clip_x = True
+    config.eval.clip_keeps_eps = False  # as config.sample.clip_keeps_eps, for the eval mode's samplers
     config.eval.nll = False  # also the bound in bits/dim on nll_split
     config.eval.nll_split = "test"
     config.eval.nll_examples = 1000  # 0: the whole split

@@ -437,6 +437,7 @@ def test_ddim_on_an_imported_pipeline_equals_diffusers_ddim_scheduler(diffusers_
 
     assert _rel(ddim(False, False), ref["ddim_unclipped"]) < 1e-5
     assert s.clip_x and s.clip_keeps_eps  # the scheduler config's clip_sample, as diffusers clips
+    assert model.config.eval.clip_x and model.config.eval.clip_keeps_eps  # the eval mode's samplers too
     # eps-hat on Ho's linear schedule: x-hat = (z - sigma eps-hat) / alpha divides the network's float error by
     # alpha = 0.02 at t = 900, and the clipped trajectory carries it (1.1e-3; 2.3e-6 for the v model)
     assert _rel(ddim(True, True), ref["ddim_clipped"]) < (2e-3 if name == "ho" else 1e-5)

@@ -117,7 +117,8 @@ def evaluate_model(
                 per_seed.append(done[name])
                 continue
             preemption.raise_if_stopped(f"evaluation ({name})", sync=True)
-            sampling = Sampling(method, steps, grid, settings.clip_x, w, settings.batch_size, seed, expressway)
+            sampling = Sampling(method, steps, grid, settings.clip_x, w, settings.batch_size, seed, expressway,
+                                settings.get("clip_keeps_eps", False))  # fmt: skip
             x = model.sample(settings.num_samples, sampling, use_ema=settings.use_ema, progress=f"sampling {name}")
             kwargs = dict(pr_samples=settings.pr_samples, is_splits=settings.is_splits, labels=labels)
             per_seed.append(score(evaluator, ref, x, **kwargs))

@@ -176,6 +176,7 @@ def to_pdist_config(unet: dict, scheduler: dict) -> ml_collections.ConfigDict:
     s = config.sample
     s.clip_x = bool(scheduler.get("clip_sample", True))
     s.clip_keeps_eps = True  # diffusers' clip_sample clips x-hat and steps with the network's eps-hat
+    config.eval.clip_x, config.eval.clip_keeps_eps = s.clip_x, True  # and the eval mode samples so too
     if scheduler.get("_class_name") == "DDPMScheduler":
         s.method, s.num_steps, s.grid = "ddpm", T, "respaced"
     else:
