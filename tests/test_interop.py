@@ -296,6 +296,18 @@ def test_pdists_paper_configs_are_the_releases_networks_and_diffusions(ours, the
     assert (mine.train.batch_size, mine.train.ema_decay) == (release.train.batch_size, release.train.ema_decay)
 
 
+def _distill_one_round(teacher: str, students: str, tfds_dir: str):
+    """README's distill command from an imported ``teacher``, one round of 2 -> 1 steps at a tiny size, in this
+    process: (exit status, message, flags)."""
+    from helpers import run_in_process
+
+    args = [f"--workdir={students}", f"--config.distill.teacher={teacher}", f"--config.data.data_dir={tfds_dir}",
+            "--config.distill.start_steps=2", "--config.distill.updates_per_round=2",
+            "--config.distill.updates_last_rounds=2", "--config.train.batch_size=4", "--config.train.log_every=1",
+            "--config.distill.fidelity_samples=4", "--config.distill.grid_samples=2"]  # fmt: skip
+    return run_in_process(*args, config="configs/digits_distill.py")
+
+
 @pytest.mark.heavy(3)
 def test_an_imported_teacher_distills_a_round_from_the_command_line(tmp_path, tfds_dir):
     """The README's command on the official PD fixture: the students take its 32x32x3 class-conditional network
@@ -304,11 +316,7 @@ def test_an_imported_teacher_distills_a_round_from_the_command_line(tmp_path, tf
 
     teacher, students = str(tmp_path / "teacher"), str(tmp_path / "students")
     importer.import_checkpoint(CKPT, teacher, source_config=CONFIG)
-    args = [f"--workdir={students}", f"--config.distill.teacher={teacher}", f"--config.data.data_dir={tfds_dir}",
-            "--config.distill.start_steps=2", "--config.distill.updates_per_round=2",
-            "--config.distill.updates_last_rounds=2", "--config.train.batch_size=4", "--config.train.log_every=1",
-            "--config.distill.fidelity_samples=4", "--config.distill.grid_samples=2"]  # fmt: skip
-    status, message, _ = run_in_process(*args, config="configs/digits_distill.py")
+    status, message, _ = _distill_one_round(teacher, students, tfds_dir)
     assert status == 0, message
     student = pdist.load(students)
     assert (student.step, student.metadata["sampling_steps"]) == (2, 1)
@@ -492,15 +500,9 @@ def test_a_diffusers_folder_pdist_cannot_represent_is_one_sentence_naming_the_fi
 def test_an_imported_diffusers_teacher_distills_a_round_from_the_command_line(tmp_path, tfds_dir):
     """README's command on the Ho-layout pipeline fixture (the digits, resized to 16x16x3, stand in for its data):
     one round, 2 -> 1 steps, whose student has the teacher's network and samples."""
-    from helpers import run_in_process
-
     teacher, students = str(tmp_path / "teacher"), str(tmp_path / "students")
     importer.import_checkpoint(os.path.join(DIFFUSERS, "ho"), teacher)
-    args = [f"--workdir={students}", f"--config.distill.teacher={teacher}", f"--config.data.data_dir={tfds_dir}",
-            "--config.distill.start_steps=2", "--config.distill.updates_per_round=2",
-            "--config.distill.updates_last_rounds=2", "--config.train.batch_size=4", "--config.train.log_every=1",
-            "--config.distill.fidelity_samples=4", "--config.distill.grid_samples=2"]  # fmt: skip
-    status, message, _ = run_in_process(*args, config="configs/digits_distill.py")
+    status, message, _ = _distill_one_round(teacher, students, tfds_dir)
     assert status == 0, message
     student = pdist.load(students)
     assert (student.step, student.metadata["sampling_steps"]) == (2, 1)

@@ -38,7 +38,7 @@ import numpy as np
 
 from pdist.config import base_config
 from pdist.errors import InputError
-from pdist.interop.layers import Tracked, conv, dense, group_norm
+from pdist.interop.layers import Tracked, conv, dense, group_norm, res_block
 from pdist.runtime import files
 
 NAME = "diffusers"
@@ -193,16 +193,8 @@ def to_pdist_config(unet: dict, scheduler: dict) -> ml_collections.ConfigDict:
 
 
 def _res(sd: dict, p: str) -> dict:
-    out = {
-        "GroupNorm_0": group_norm(sd, f"{p}.norm1"),
-        "Conv_0": conv(sd[f"{p}.conv1.weight"], sd[f"{p}.conv1.bias"]),
-        "Dense_0": dense(sd[f"{p}.time_emb_proj.weight"], sd[f"{p}.time_emb_proj.bias"]),
-        "GroupNorm_1": group_norm(sd, f"{p}.norm2"),
-        "Conv_1": conv(sd[f"{p}.conv2.weight"], sd[f"{p}.conv2.bias"]),
-    }
-    if f"{p}.conv_shortcut.weight" in sd:
-        out["Conv_2"] = conv(sd[f"{p}.conv_shortcut.weight"], sd[f"{p}.conv_shortcut.bias"])
-    return out
+    names = ("norm1", "conv1", "time_emb_proj", "norm2", "conv2", "conv_shortcut")
+    return res_block(sd, *(f"{p}.{n}" for n in names))
 
 
 def _attn(sd: dict, p: str, heads: int, norm: bool = True) -> dict:

@@ -24,6 +24,21 @@ def group_norm(sd: dict, name: str) -> dict:
     return {"scale": np.asarray(sd[f"{name}.weight"], np.float32), "bias": np.asarray(sd[f"{name}.bias"], np.float32)}
 
 
+def res_block(sd: dict, norm1: str, conv1: str, emb: str, norm2: str, conv2: str, skip: str) -> dict:
+    """A PyTorch residual block (norm, conv, the embedding's projection, norm, conv, and a 1x1 shortcut when
+    ``skip`` is in ``sd``), its layers named as the format names them, as pdist's ``ResBlock``."""
+    out = {
+        "GroupNorm_0": group_norm(sd, norm1),
+        "Conv_0": conv(sd[f"{conv1}.weight"], sd[f"{conv1}.bias"]),
+        "Dense_0": dense(sd[f"{emb}.weight"], sd[f"{emb}.bias"]),
+        "GroupNorm_1": group_norm(sd, norm2),
+        "Conv_1": conv(sd[f"{conv2}.weight"], sd[f"{conv2}.bias"]),
+    }
+    if f"{skip}.weight" in sd:
+        out["Conv_2"] = conv(sd[f"{skip}.weight"], sd[f"{skip}.bias"])
+    return out
+
+
 class Tracked(dict):
     """A state dict that records which names were read."""
 

@@ -39,7 +39,7 @@ import numpy as np
 from pdist.config import base_config
 from pdist.errors import InputError
 from pdist.interop import torch_file
-from pdist.interop.layers import Tracked, conv, dense, group_norm
+from pdist.interop.layers import Tracked, conv, dense, group_norm, res_block
 
 NAME = "openai"
 
@@ -308,16 +308,8 @@ def to_pdist_config(code: str, flags: dict) -> ml_collections.ConfigDict:
 
 
 def _res(sd: dict, p: str) -> dict:
-    out = {
-        "GroupNorm_0": group_norm(sd, f"{p}.in_layers.0"),
-        "Conv_0": conv(sd[f"{p}.in_layers.2.weight"], sd[f"{p}.in_layers.2.bias"]),
-        "Dense_0": dense(sd[f"{p}.emb_layers.1.weight"], sd[f"{p}.emb_layers.1.bias"]),
-        "GroupNorm_1": group_norm(sd, f"{p}.out_layers.0"),
-        "Conv_1": conv(sd[f"{p}.out_layers.3.weight"], sd[f"{p}.out_layers.3.bias"]),
-    }
-    if f"{p}.skip_connection.weight" in sd:
-        out["Conv_2"] = conv(sd[f"{p}.skip_connection.weight"], sd[f"{p}.skip_connection.bias"])
-    return out
+    names = ("in_layers.0", "in_layers.2", "emb_layers.1", "out_layers.0", "out_layers.3", "skip_connection")
+    return res_block(sd, *(f"{p}.{n}" for n in names))
 
 
 def _attn(sd: dict, p: str, heads: int, new_order: bool) -> dict:
