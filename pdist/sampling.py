@@ -130,8 +130,6 @@ class ImageSampler:
         if s.method == "ddpm" and self.spec.learned_variance:
             options = {"variance": "learned", **options}
         samplers.nfe(s.method, s.num_steps, self.schedule, **options)  # unknown method or option: one sentence
-        if s.clip_x and s.clip_keeps_eps:
-            options = {**options, "clip_keeps_eps": True}
         options = tuple(sorted(options.items()))
         try:  # a grid that does not fit this model: one sentence, before compiling
             grid = schedules.resolve_grid(s.grid, self.schedule)
@@ -182,17 +180,16 @@ class ImageSampler:
             w = guidance
             if per_example:
                 w = mesh_lib.shard_rows(np.asarray(s.guidance[start : start + n], np.float32), self.mesh)
-            program = self._program(s.method, s.num_steps, grid, s.clip_x, n, options, guidance is not None, t_ot)
+            clip = (s.clip_x, s.clip_x and s.clip_keeps_eps)
+            program = self._program(s.method, s.num_steps, grid, clip, n, options, guidance is not None, t_ot)
             out.append(np.asarray(program(params, seed_start, label, w, way)))
             preemption.raise_if_stopped("sampling")
             shown.update(start + n)
         shown.close()
         return np.concatenate(out)
 
-    def _program(
-        self, method: str, num_steps: int, grid: str, clip_x: bool, n: int, options: tuple, guided: bool, t_ot
-    ):
-        k = (method, num_steps, grid, clip_x, n, options, guided, t_ot)
+    def _program(self, method: str, num_steps: int, grid: str, clip: tuple, n: int, options: tuple, guided: bool, t_ot):
+        k = (method, num_steps, grid, clip, n, options, guided, t_ot)  # clip: (clip_x, clip_keeps_eps)
         if k not in self._compiled:  # another sampler of this model on this mesh may have compiled it
             self._compiled[k] = _PROGRAMS.get((self.spec, self.mesh, k))
         if self._compiled[k] is None:
@@ -213,7 +210,8 @@ class ImageSampler:
                     num_steps=num_steps,
                     key=k_sample,
                     grid=grid,
-                    clip_x=clip_x,
+                    clip_x=clip[0],
+                    clip_keeps_eps=clip[1],
                     t_start=1.0 if t_ot is None else t_ot,
                     **dict(options),
                 )

@@ -38,7 +38,7 @@ import numpy as np
 
 from pdist.config import base_config
 from pdist.errors import InputError
-from pdist.interop.layers import Tracked, conv, dense, group_norm, res_block
+from pdist.interop.layers import Tracked, conv, dense, group_norm, map_tensors, res_block
 from pdist.runtime import files
 
 NAME = "diffusers"
@@ -291,18 +291,13 @@ def load_folder(path: str, source_config: str | None, source_flags: str | None) 
         raise InputError(
             f"{weights} is not a safetensors file ({type(e).__name__}); give the file diffusers wrote."
         ) from None
-    try:
-        params = to_pdist_params(sd, config)
-    except KeyError as e:
-        raise InputError(
-            f"The weights have no tensor {e.args[0]!r}, which the UNet's config.json needs; the config does not "
-            "describe these weights."
-        ) from None
-    unused = sorted(set(sd) - sd.read)
-    if unused:
-        raise InputError(
-            f"The weights' tensor {unused[0]!r} has no place in the UNet's config.json network ({len(unused)} "
-            "unused); the config does not describe these weights."
-        )
+    params = map_tensors(
+        sd,
+        lambda: to_pdist_params(sd, config),
+        "The weights have no tensor {name}, which the UNet's config.json needs; the config does not describe "
+        "these weights.",
+        "The weights' tensor {name} has no place in the UNet's config.json network ({count} unused); the config "
+        "does not describe these weights.",
+    )
     source = {"code": "diffusers", "unet": unet, "scheduler": scheduler}
     return config, params, params, 0, {"source": source, "sha256": hashlib.sha256(data).hexdigest()}

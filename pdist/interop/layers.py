@@ -39,6 +39,22 @@ def res_block(sd: dict, norm1: str, conv1: str, emb: str, norm2: str, conv2: str
     return out
 
 
+def map_tensors(sd: Tracked, mapping, missing: str, unused: str) -> dict:
+    """``mapping()``'s parameters from the tensors of ``sd``, all of them used: InputError ``missing`` (with
+    ``{name}``) for a tensor the mapping needs and ``sd`` lacks, ``unused`` (with ``{name}`` and ``{count}``) for
+    one left over."""
+    from pdist.errors import InputError
+
+    try:
+        params = mapping()
+    except KeyError as e:
+        raise InputError(missing.format(name=repr(e.args[0]))) from None
+    left = sorted(set(sd) - sd.read)
+    if left:
+        raise InputError(unused.format(name=repr(left[0]), count=len(left)))
+    return params
+
+
 class Tracked(dict):
     """A state dict that records which names were read."""
 

@@ -39,7 +39,7 @@ import numpy as np
 from pdist.config import base_config
 from pdist.errors import InputError
 from pdist.interop import torch_file
-from pdist.interop.layers import Tracked, conv, dense, group_norm, res_block
+from pdist.interop.layers import Tracked, conv, dense, group_norm, map_tensors, res_block
 
 NAME = "openai"
 
@@ -415,17 +415,12 @@ def load(data: bytes, source_config: str | None, source_flags: str | None) -> tu
     config = to_pdist_config(code, flags)
     if source_flags.strip() in PRESETS:
         config.data.name = PRESETS[source_flags.strip()][1]
-    try:
-        params = to_pdist_params(sd, config, bool(flags.get("use_new_attention_order", False)))
-    except KeyError as e:
-        raise InputError(
-            f"The checkpoint has no tensor {e.args[0]!r}, which the flags' network needs; the flags do not describe "
-            "these weights (check --source_flags)."
-        ) from None
-    unused = sorted(set(sd) - sd.read)
-    if unused:
-        raise InputError(
-            f"The checkpoint's tensor {unused[0]!r} has no place in the flags' network ({len(unused)} unused); the "
-            "flags do not describe these weights (check --source_flags)."
-        )
+    params = map_tensors(
+        sd,
+        lambda: to_pdist_params(sd, config, bool(flags.get("use_new_attention_order", False))),
+        "The checkpoint has no tensor {name}, which the flags' network needs; the flags do not describe these "
+        "weights (check --source_flags).",
+        "The checkpoint's tensor {name} has no place in the flags' network ({count} unused); the flags do not "
+        "describe these weights (check --source_flags).",
+    )
     return config, params, params, 0, {"source": {"code": code, "flags": flags}}
