@@ -224,14 +224,47 @@ def get_schedule(name: str, **kwargs) -> Schedule:
 # --------------------------------------------------------------------------
 # Time grids for N sampling steps.
 
-GRIDS = ("auto", "uniform", "logsnr", "respaced", "ddim_stride")
+
+class _GridKinds(tuple):
+    """The grid kinds (a tuple of their names) whose ``in`` also accepts a ``leading`` kind with diffusers'
+    ``steps_offset`` K written ``leading+K`` (``leading_dpm+K``)."""
+
+    def __contains__(self, kind) -> bool:
+        if not isinstance(kind, str):
+            return False
+        base, _, offset = kind.partition("+")
+        return tuple.__contains__(self, kind) or (base in _OFFSET_KINDS and offset.isdigit())
+
+
+# diffusers' spacings (Lin et al. 2024, Table 2, as its schedulers compute them): DDIMScheduler, DDPMScheduler
+# and PNDMScheduler space N levels; DPMSolverMultistepScheduler spaces N + 1 and leaves out the lowest
+_OFFSET_KINDS = ("leading", "leading_dpm")
+GRIDS = _GridKinds(
+    ("auto", "uniform", "logsnr", "respaced", "ddim_stride", "leading", "trailing", "linspace", "leading_dpm",
+     "linspace_dpm")
+)  # fmt: skip
+
+
+def _diffusers_levels(kind: str, top: int, num_steps: int) -> np.ndarray:
+    """The levels (diffusers' time step + 1), largest first, of a diffusers spacing of ``num_steps`` steps over
+    levels 1..``top`` (``leading+K``: steps_offset K)."""
+    base, _, offset = kind.partition("+")
+    offset = int(offset or 0)
+    if base == "trailing":  # round(arange(T, 0, -T / N)) - 1, as diffusers computes it
+        return np.round(np.arange(top, 0, -top / num_steps)).astype(np.int64)
+    n = num_steps + 1 if base.endswith("_dpm") else num_steps  # DPM-Solver spaces N + 1 and drops the lowest
+    if base.startswith("linspace"):
+        steps = np.round(np.linspace(0, top - 1, n)).astype(np.int64)
+    else:  # leading: a stride of top // n from 0, plus the offset
+        steps = np.arange(n, dtype=np.int64) * (top // n) + offset
+    return (steps[::-1][:num_steps] + 1).astype(np.int64)
 
 
 def resolve_grid(kind: str, schedule: Schedule) -> str:
     """The grid ``kind`` names on ``schedule``: ``auto`` is ``respaced`` on a discrete schedule (Improved DDPM's
     protocol: every step on a trained level, down to level 1) and ``uniform`` on a continuous one."""
     if kind not in GRIDS:
-        raise ValueError(f"Unknown time grid {kind!r}; choose one of {list(GRIDS)}.")
+        raise ValueError(f"Unknown time grid {kind!r}; choose one of {list(GRIDS)} (leading+K: steps_offset K).")
     if kind == "auto":
         return "uniform" if schedule.num_timesteps is None else "respaced"
     return kind
@@ -266,7 +299,14 @@ def time_grid(schedule: Schedule, num_steps: int, kind: str = "auto", t_start: f
       * ``respaced`` (discrete only): Improved DDPM's respacing, N levels evenly
         spaced over 1..L (L = start T, T at t_start = 1) and rounded, largest first, then clean data.
       * ``ddim_stride`` (discrete only): DDIM's constant stride c = L // N, levels
-        1, 1 + c, ..., 1 + (N - 1) c, largest first, then clean data.
+        1, 1 + c, ..., 1 + (N - 1) c, largest first, then clean data (diffusers' ``leading``).
+      * diffusers' spacings (discrete only), named as its schedulers name them, level i being diffusers' time
+        step i - 1: ``leading`` (DDIM's stride; ``leading+K`` adds its ``steps_offset`` K: levels K + 1,
+        K + 1 + c, ...), ``trailing`` (levels round(L - k L / N), k < N: the last at L / N) and ``linspace``
+        (levels round(k (L - 1) / (N - 1)) + 1, down to level 1: ``respaced`` up to float ties), as
+        ``DDIMScheduler``, ``DDPMScheduler`` and ``PNDMScheduler`` space them; ``leading_dpm`` and
+        ``linspace_dpm`` as ``DPMSolverMultistepScheduler`` does: the same over N + 1 levels, the lowest left
+        out (its last step goes to clean data from there).
 
     Returns float64 numpy [N + 1], decreasing, ending at 0.
     """
@@ -295,10 +335,15 @@ def time_grid(schedule: Schedule, num_steps: int, kind: str = "auto", t_start: f
         levels = np.round(np.arange(num_steps) * stride).astype(np.int64) + 1
         if num_steps == 1:
             levels = np.array([top])
+        levels = levels[::-1]
     else:
-        stride = top // num_steps
-        levels = 1 + stride * np.arange(num_steps)
-    return np.concatenate([levels[::-1] / T, [0.0]])
+        levels = _diffusers_levels("leading" if kind == "ddim_stride" else kind, top, num_steps)
+        if levels[0] > top or len(levels) != num_steps or np.any(np.diff(levels) >= 0):
+            raise ValueError(
+                f"The {kind!r} grid of {num_steps} steps does not fit the {top} levels below t={start:g} (T={T}): "
+                "use fewer steps or a smaller steps_offset."
+            )
+    return np.concatenate([levels / T, [0.0]])
 
 
 def times_at_logsnr(schedule: Schedule, logsnr, low: float | None = None, high: float = 1.0, iterations: int = 60):

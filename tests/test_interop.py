@@ -1,6 +1,7 @@
 """Foreign checkpoints imported as pdist workdirs, against fixtures the peers' own code wrote (provenance.json)."""
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -452,6 +453,97 @@ def test_ddim_on_an_imported_pipeline_equals_diffusers_ddim_scheduler(diffusers_
     assert _rel(ddim(True, False), ref["ddim_clipped"]) > 0.1
 
 
+def _diffusers_variances(name: str, ref, T: int) -> tuple[np.ndarray, np.ndarray]:
+    """DDPMScheduler's posterior variances at the fixture's steps in float64 from its betas (linear, or
+    squaredcos_cap_v2 capped at 0.999), and how far float32 rounding of 1 - alphas_cumprod, which diffusers
+    computes them from, can move them (relative)."""
+    if name == "ho":
+        betas = np.linspace(1e-4, 0.02, T, dtype=np.float64)
+    else:
+        f = lambda t: np.cos((t + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
+        betas = np.minimum(1 - f(np.arange(1, T + 1) / T) / f(np.arange(T) / T), 0.999)
+    abar = np.concatenate([[1.0], np.cumprod(1 - betas)])  # abar[level]
+    levels = ref["ddpm_timesteps"] + 1
+    prev = np.concatenate([levels[1:], [0]])
+    variance = (1 - abar[prev]) / (1 - abar[levels]) * (1 - abar[levels] / abar[prev])
+    rounding = 4 * 2.0**-24 / np.maximum(1 - abar[prev], 1e-30)
+    return variance, rounding
+
+
+def test_pdist_samplers_equal_diffusers_schedulers_on_an_imported_pipeline(diffusers_model):
+    """From the same noise, 10 steps unless said: pdist's grid kinds are diffusers' spacings (the time steps each
+    scheduler called the network at); DDIM equals DDIMScheduler (eta 0) with ``trailing`` and with ``leading``
+    plus ``steps_offset=1``; DPM-Solver++ 2M with ``lower_order_final="final"`` equals DPMSolverMultistepScheduler
+    (dpmsolver++, order 2, its final sigma zero) at 10 and 20 steps and on ``trailing``; PLMS with the improved-Euler
+    warm-up and eps-hat blends equals PNDMScheduler with skip_prk_steps on the eps model (it ends on level 1, its
+    set_alpha_to_one=False); ancestral DDPM's means and variances equal DDPMScheduler's. Each convention flipped
+    alone breaks parity."""
+    from pdist.samplers import pndm
+    from pdist.samplers.core import Predictor
+
+    name, model, ref = diffusers_model
+    schedule, T, den = model.spec.schedule, model.spec.schedule.num_timesteps, model.denoiser()
+    noise = jnp.asarray(ref["sampler_noise"])
+
+    def run(key, method, num_steps, grid, **options):
+        times = schedules.time_grid(schedule, num_steps, grid)
+        np.testing.assert_array_equal(np.round(times[:-1] * T).astype(int) - 1, ref[f"{key}_timesteps"])
+        return _rel(np.asarray(samplers.sample(den, schedule, noise, method=method, num_steps=num_steps, grid=grid,
+                                               **options)), ref[key])  # fmt: skip
+
+    assert run("ddim_trailing", "ddim", 10, "trailing") < 1e-5
+    assert run("ddim_leading_offset", "ddim", 10, "leading+1") < 1e-5
+    # DDIMScheduler's linspace steps from t to t - T // N, not to its next time step: no grid's sampler
+    assert run("ddim_linspace", "ddim", 10, "linspace") > 1e-2
+    final = dict(lower_order_final="final")
+    assert run("dpmpp_2m", "dpmpp_2m", 10, "linspace_dpm", **final) < 1e-5
+    assert run("dpmpp_2m_20", "dpmpp_2m", 20, "linspace_dpm", **final) < 1e-5
+    assert run("dpmpp_2m_trailing", "dpmpp_2m", 10, "trailing", **final) < 1e-5
+    # pdist's default also lowers the step before x-hat (on Ho's linear schedule its last steps sit at high SNR,
+    # where the order barely shows: 1.5e-5)
+    assert run("dpmpp_2m", "dpmpp_2m", 10, "linspace_dpm", lower_order_final="always") > (
+        1e-5 if name == "ho" else 1e-3
+    )
+    with pytest.raises(AssertionError):  # the N + 1 spacing is DPM-Solver's own
+        run("dpmpp_2m", "dpmpp_2m", 10, "linspace")
+
+    times = schedules.time_grid(schedule, 10, "leading")
+    np.testing.assert_array_equal(np.round(times[:-1] * T).astype(int) - 1, np.unique(ref["plms_timesteps"])[::-1])
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def plms_to_level_1(noise, blend):  # PNDMScheduler returns z on level 1: pdist's grid without its x-hat
+        ev = Predictor(den, schedule, False)
+        return pndm.plms(ev, jnp.asarray(times[:-1], jnp.float32), noise, None, warmup="improved_euler", blend=blend)
+
+    if name == "ho":
+        assert _rel(np.asarray(plms_to_level_1(noise, "eps")), ref["plms"]) < 1e-5
+        assert _rel(np.asarray(plms_to_level_1(noise, "auto")), ref["plms"]) > 1e-3
+    else:  # PNDMScheduler blends a v model's raw outputs and converts the blend with the current sample
+        assert _rel(np.asarray(plms_to_level_1(noise, "eps")), ref["plms"]) > 1e-2
+
+    z = jnp.asarray(ref["ddpm_z"])
+    levels = ref["ddpm_timesteps"] + 1
+    prev = np.concatenate([levels[1:], [0]])
+
+    @jax.jit
+    def mean_and_variance(z, t, s):
+        pred = den(z, t)
+        tr = diffusion.transition(schedule.logsnr(s), schedule.logsnr(t))
+        return diffusion.posterior_mean(tr, pred.x, z), jnp.exp(diffusion.log_variance("small", tr, None))
+
+    variance, rounding = _diffusers_variances(name, ref, T)
+    for i, (t, s) in enumerate(zip(levels, prev, strict=True)):
+        at = [jnp.full((len(z),), level / T, jnp.float32) for level in (t, s)]
+        mean, var = mean_and_variance(z, *at)
+        if s == 0:  # the last step returns x-hat, without noise
+            assert _rel(np.asarray(den(z, at[0]).x), ref["ddpm_means"][i]) < 1e-5
+            continue
+        assert _rel(np.asarray(mean), ref["ddpm_means"][i]) < 1e-5, i
+        v = float(np.asarray(var)[0])
+        assert abs(v / variance[i] - 1) < 1e-5, (i, v, variance[i])
+        assert abs(ref["ddpm_variances"][i] / variance[i] - 1) < 1e-6 + rounding[i], (i, ref["ddpm_variances"][i])
+
+
 def _diffusers_copy(tmp_path, edit_unet=None, edit_scheduler=None, name="ho"):
     folder = tmp_path / f"edited_{name}"
     shutil.copytree(os.path.join(DIFFUSERS, name), folder, dirs_exist_ok=True)
@@ -476,6 +568,12 @@ def test_a_diffusers_folder_pdist_cannot_represent_is_one_sentence_naming_the_fi
         (dict(edit_scheduler=lambda c: c.update(beta_start=0.00085)), "beta_start=0.00085"),
         (dict(edit_scheduler=lambda c: c.update(variance_type="fixed_large")), "variance_type='fixed_large'"),
         (dict(edit_unet=lambda c: c.update(layers_per_block=2)), "have no tensor 'down_blocks.0.resnets.1."),
+        (dict(edit_scheduler=lambda c: c.update(timestep_spacing="karras")), "timestep_spacing='karras'"),
+        (dict(edit_scheduler=lambda c: c.update(timestep_spacing="trailing", steps_offset=1)), "without offset"),
+        (
+            dict(edit_scheduler=lambda c: c.update(_class_name="DDIMScheduler", timestep_spacing="linspace")),
+            "rather than to its next time step",
+        ),
     ]
     for i, (edits, said) in enumerate(cases):
         folder = _diffusers_copy(tmp_path / str(i), **edits)
@@ -494,6 +592,14 @@ def test_a_diffusers_folder_pdist_cannot_represent_is_one_sentence_naming_the_fi
         os.path.join(bare, "unet"), source_config=os.path.join(bare, "scheduler", "scheduler_config.json")
     )
     assert config.diffusion.schedule == "linear"
+    # the scheduler's spacing is the sampling grid: DDPMPipeline's every level above the offset, DDIMPipeline's 50
+    for edit, expected in (
+        (lambda c: c.update(steps_offset=1), ("ddpm", 999, "leading+1")),
+        (lambda c: c.update(timestep_spacing="linspace"), ("ddpm", 1000, "linspace")),
+        (lambda c: c.update(_class_name="DDIMScheduler", timestep_spacing="trailing"), ("ddim", 50, "trailing")),
+    ):
+        config, *_ = importer.prepare(_diffusers_copy(tmp_path / expected[2], edit_scheduler=edit))
+        assert (config.sample.method, config.sample.num_steps, config.sample.grid) == expected
 
 
 @pytest.mark.heavy

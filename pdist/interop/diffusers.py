@@ -177,19 +177,31 @@ def to_pdist_config(unet: dict, scheduler: dict) -> ml_collections.ConfigDict:
     s.clip_x = bool(scheduler.get("clip_sample", True))
     s.clip_keeps_eps = True  # diffusers' clip_sample clips x-hat and steps with the network's eps-hat
     config.eval.clip_x, config.eval.clip_keeps_eps = s.clip_x, True  # and the eval mode samples so too
-    if scheduler.get("_class_name") == "DDPMScheduler":
-        s.method, s.num_steps, s.grid = "ddpm", T, "respaced"
+    s.grid = _grid(scheduler)
+    if scheduler.get("_class_name") == "DDPMScheduler":  # DDPMPipeline's every level (those above the offset)
+        s.method, s.num_steps = "ddpm", T - int(scheduler.get("steps_offset", 0))
     else:
         s.method, s.num_steps = "ddim", 50  # DDIMPipeline's default number of steps
-        spacing, offset = scheduler.get("timestep_spacing", "leading"), int(scheduler.get("steps_offset", 0))
-        if (spacing, offset) != ("leading", 0):
-            raise InputError(
-                f"The scheduler's config has timestep_spacing={spacing!r} and steps_offset={offset}; pdist imports "
-                "'leading' spacing without offset (its ddim_stride grid) so far."
-            )
-        s.grid = "ddim_stride"
     config.optim.warmup_steps, config.optim.grad_clip = 0, 0.0
     return config
+
+
+def _grid(scheduler: dict) -> str:
+    """The pdist time grid of the scheduler's ``timestep_spacing`` and ``steps_offset`` (pdist.schedules: level i
+    is diffusers' time step i - 1)."""
+    spacing, offset = scheduler.get("timestep_spacing", "leading"), int(scheduler.get("steps_offset", 0))
+    if spacing not in ("leading", "trailing", "linspace") or (offset and spacing != "leading"):
+        raise InputError(
+            f"The scheduler's config has timestep_spacing={spacing!r} and steps_offset={offset}; pdist imports "
+            "'leading' (with any steps_offset), 'trailing' and 'linspace' spacings, the last two without offset."
+        )
+    if spacing == "linspace" and scheduler.get("_class_name") == "DDIMScheduler":
+        raise InputError(
+            "The scheduler's config is a DDIMScheduler with timestep_spacing='linspace', whose step goes from t to "
+            "t - T // N rather than to its next time step, so it samples on no grid; set timestep_spacing to "
+            "'trailing' or 'leading' in scheduler_config.json (pdist's DDIM equals DDIMScheduler on both)."
+        )
+    return f"leading+{offset}" if offset else spacing
 
 
 def _res(sd: dict, p: str) -> dict:

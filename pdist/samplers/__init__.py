@@ -80,7 +80,7 @@ SAMPLERS: dict[str, Sampler] = {
     "heun": Sampler(ode.heun, (), _never, lambda n, at_data, _: 2 * n if at_data else max(2 * n - 1, 0)),
     "dpmpp_2m": Sampler(ode.dpmpp_2m, (("lower_order_final", "always"),), _never, lambda n, *_: n),
     "prk": Sampler(pndm.prk, (), _never, lambda n, *_: 4 * n),
-    "plms": Sampler(pndm.plms, (("warmup", "ramp"),), _never, _plms_nfe),
+    "plms": Sampler(pndm.plms, (("warmup", "ramp"), ("blend", "auto")), _never, _plms_nfe),
     "spndm": Sampler(pndm.spndm, (), _never, lambda n, *_: n + 1 if n else 0),
     "fpndm": Sampler(pndm.fpndm, (), _never, lambda n, *_: 4 * min(3, n) + max(n - 3, 0)),
 }

@@ -69,7 +69,7 @@ def heun(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
     return euler(ev, times[-2:], z, None)
 
 
-LOWER_ORDER_FINAL = ("always", "below_15")
+LOWER_ORDER_FINAL = ("always", "below_15", "final")
 
 
 def dpmpp_2m(ev: Predictor, times: Array, z: Array, key: Array, *, lower_order_final: str = "always") -> Array:
@@ -81,13 +81,23 @@ def dpmpp_2m(ev: Predictor, times: Array, z: Array, key: Array, *, lower_order_f
     step of a uniform grid on the clipped cosine jumps to logsnr = 20, where
     extrapolating x-hat in lambda would be wrong by a large factor) or
     ``below_15`` steps only, as Lu et al.'s and diffusers' ``lower_order_final``.
+    On a schedule that reaches clean data (a discrete one) the step onto t = 0 is
+    the caller's x-hat, first order by nature, and ``always`` and ``below_15``
+    lower the step before it too (the respaced grid's last gap is wide in
+    lambda: extrapolating over it costs order, tests/test_samplers.py);
+    ``final`` lowers the step onto t = 0 only, as diffusers'
+    ``DPMSolverMultistepScheduler`` does with its default final sigma zero
+    (on a schedule that does not reach clean data, the same as ``always``).
     """
     del key
     if lower_order_final not in LOWER_ORDER_FINAL:
         raise ValueError(f"Unknown lower_order_final {lower_order_final!r}; choose one of {list(LOWER_ORDER_FINAL)}.")
     ts, ss = step_pairs(times)
     first = jnp.arange(ts.shape[0]) == 0
-    lower_last = lower_order_final == "always" or ts.shape[0] < 15
+    if lower_order_final == "final":
+        lower_last = not ev.ends_at_data  # there the step onto t = 0 is x-hat, outside this scan
+    else:
+        lower_last = lower_order_final == "always" or ts.shape[0] < 15
     last = (jnp.arange(ts.shape[0]) == ts.shape[0] - 1) & lower_last
 
     def step(carry, inputs):

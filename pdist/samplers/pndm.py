@@ -43,13 +43,14 @@ _AB = np.array(
 )
 
 
-def _transfer(ev: Predictor, z: Array, blend: Prediction, t: Array, s: Array) -> Array:
-    """DDIM's transfer t -> s driven by blended predictions, in the better-conditioned form."""
+def _transfer(ev: Predictor, z: Array, blend: Prediction, t: Array, s: Array, eps_only: bool = False) -> Array:
+    """DDIM's transfer t -> s driven by blended predictions, in the better-conditioned form (``eps_only``: the
+    eps-hat form at every SNR, the paper's and diffusers' ``PNDMScheduler``'s)."""
     alpha_t, sigma_t = ev.alpha_sigma(t)
     alpha_s, sigma_s = ev.alpha_sigma(s)
     from_eps = (alpha_s / alpha_t) * z + (sigma_s - alpha_s * sigma_t / alpha_t) * blend.eps
     from_x = (sigma_s / sigma_t) * z + (alpha_s - sigma_s * alpha_t / sigma_t) * blend.x
-    return jnp.where(ev.logsnr(t) >= 0.0, from_eps, from_x)
+    return from_eps if eps_only else jnp.where(ev.logsnr(t) >= 0.0, from_eps, from_x)
 
 
 def _combine(weights, preds) -> Prediction:
@@ -75,7 +76,14 @@ def _prk_scan(ev: Predictor, ts: Array, ss: Array, z: Array) -> tuple[Array, Pre
 
 
 def _multistep_scan(
-    ev: Predictor, ts: Array, ss: Array, z: Array, history: tuple[Prediction, ...], start: int, max_order: int
+    ev: Predictor,
+    ts: Array,
+    ss: Array,
+    z: Array,
+    history: tuple[Prediction, ...],
+    start: int,
+    max_order: int,
+    eps_only: bool = False,
 ) -> Array:
     """Pseudo linear multistep (PNDM Eq. 12): one evaluation per step.
 
@@ -91,7 +99,7 @@ def _multistep_scan(
         t, s, w = inputs
         p = Prediction(*ev(z, t)[:2])
         blend = _combine([w[0], w[1], w[2], w[3]], [p, *hist])
-        return (_transfer(ev, z, blend, t, s), (p, hist[0], hist[1])), None
+        return (_transfer(ev, z, blend, t, s, eps_only), (p, hist[0], hist[1])), None
 
     (z, _), _ = jax.lax.scan(step, (z, history), (ts, ss, weights))
     return z
@@ -111,23 +119,30 @@ def prk(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
 
 
 PLMS_WARMUPS = ("ramp", "improved_euler")
+PLMS_BLENDS = ("auto", "eps")
 
 
-def plms(ev: Predictor, times: Array, z: Array, key: Array, *, warmup: str = "ramp") -> Array:
+def plms(ev: Predictor, times: Array, z: Array, key: Array, *, warmup: str = "ramp", blend: str = "auto") -> Array:
     """Pseudo linear multistep to fourth order, one evaluation per step after the first.
 
     ``warmup``: ``ramp`` takes orders 1, 2, 3 on the first three steps (N
     evaluations); ``improved_euler`` takes a pseudo improved-Euler first step
     (2 evaluations) and then orders 2, 3, 4, as Latent Diffusion's and
     diffusers' PLMS do (N + 1 evaluations).
+
+    ``blend``: ``auto`` blends eps-hats where SNR >= 1 and x-hats below (the
+    module's note); ``eps`` blends eps-hats everywhere, as the paper and
+    diffusers' ``PNDMScheduler`` do.
     """
     del key
     if warmup not in PLMS_WARMUPS:
         raise ValueError(f"Unknown plms warmup {warmup!r}; choose one of {list(PLMS_WARMUPS)}.")
+    if blend not in PLMS_BLENDS:
+        raise ValueError(f"Unknown plms blend {blend!r}; choose one of {list(PLMS_BLENDS)}.")
     ts, ss = step_pairs(times)
     if warmup == "improved_euler":
-        return _improved_euler_then_multistep(ev, ts, ss, z, max_order=4)
-    return _multistep_scan(ev, ts, ss, z, _history(z), start=0, max_order=4)
+        return _improved_euler_then_multistep(ev, ts, ss, z, max_order=4, eps_only=blend == "eps")
+    return _multistep_scan(ev, ts, ss, z, _history(z), start=0, max_order=4, eps_only=blend == "eps")
 
 
 def spndm(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
@@ -136,15 +151,17 @@ def spndm(ev: Predictor, times: Array, z: Array, key: Array) -> Array:
     return _improved_euler_then_multistep(ev, *step_pairs(times), z, max_order=2)
 
 
-def _improved_euler_then_multistep(ev: Predictor, ts: Array, ss: Array, z: Array, max_order: int) -> Array:
+def _improved_euler_then_multistep(
+    ev: Predictor, ts: Array, ss: Array, z: Array, max_order: int, eps_only: bool = False
+) -> Array:
     if ts.shape[0] == 0:
         return z
     t, s = ts[0], ss[0]
     p1 = ev(z, t)
-    p2 = ev(_transfer(ev, z, p1, t, s), s)
-    z = _transfer(ev, z, _combine((0.5, 0.5), [p1, p2]), t, s)
+    p2 = ev(_transfer(ev, z, p1, t, s, eps_only), s)
+    z = _transfer(ev, z, _combine((0.5, 0.5), [p1, p2]), t, s, eps_only)
     history = _history(z, Prediction(p1.x, p1.eps))
-    return _multistep_scan(ev, ts[1:], ss[1:], z, history, start=1, max_order=max_order)
+    return _multistep_scan(ev, ts[1:], ss[1:], z, history, start=1, max_order=max_order, eps_only=eps_only)
 
 
 def fpndm(ev: Predictor, times: Array, z: Array, key: Array) -> Array:

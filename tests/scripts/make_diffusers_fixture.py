@@ -30,7 +30,14 @@ import sys
 import diffusers
 import numpy as np
 import torch as th
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import (
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    PNDMScheduler,
+    UNet2DModel,
+)
 
 COMMON = dict(
     sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64),
@@ -84,13 +91,63 @@ def run(name: str, out_dir: str) -> dict:
                 z = ddim.step(unet(z, t).sample, t, z, eta=0.0).prev_sample
         arrays[f"ddim_{'clipped' if clip else 'unclipped'}"] = z
         arrays["ddim_timesteps"] = ddim.timesteps
-    arrays = {k: (np.moveaxis(v.numpy(), 1, -1) if v.ndim == 4 else v.numpy()) for k, v in arrays.items()}
+    arrays.update(more_samplers(unet, scheduler, g))
+    arrays = {k: (np.moveaxis(v.numpy(), -3, -1) if v.ndim >= 4 else v.numpy()) for k, v in arrays.items()}
     np.savez_compressed(os.path.join(out_dir, f"{name}.npz"), **arrays)
     return {
         "unet": {**COMMON, **unet_args},
         "scheduler": scheduler_args,
         "parameters": int(sum(p.numel() for p in unet.parameters())),
     }
+
+
+def _sample(unet, scheduler, noise, num_steps: int, **step_kwargs) -> tuple[th.Tensor, th.Tensor]:
+    """``scheduler``'s sample of ``num_steps`` steps from ``noise`` and the time steps it evaluated the network at."""
+    scheduler.set_timesteps(num_steps)
+    z, seen = noise.clone(), []
+    with th.no_grad():
+        for t in scheduler.timesteps:
+            seen.append(int(t))
+            z = scheduler.step(unet(z, t).sample, t, z, **step_kwargs).prev_sample
+    return z, th.tensor(seen)
+
+
+def more_samplers(unet, scheduler, g) -> dict:
+    """The samplers of issue 37 from one more noise draw (drawn after the arrays above, which stay as they were):
+    ``DDIMScheduler`` (eta 0, no clipping) with ``trailing``, ``linspace`` and ``leading`` spacing with ``steps_offset=1``;
+    ``DPMSolverMultistepScheduler`` (``dpmsolver++``, order 2, its defaults: ``linspace`` spacing,
+    ``lower_order_final``, final sigma zero) at 10 and 20 steps, and with ``trailing`` spacing;
+    ``PNDMScheduler`` with ``skip_prk_steps`` (its PLMS) at 10 steps; and ``DDPMScheduler``'s posterior mean and
+    variance (``fixed_small``, no clipping) at each of its 10 leading-spaced steps from ``ddpm_z``. Each ``<name>`` has
+    ``<name>_timesteps``, the time steps it called the network at."""
+    noise = th.randn(4, 3, 16, 16, generator=g)
+    out = {"sampler_noise": noise}
+    runs = {
+        "ddim_trailing": (DDIMScheduler, dict(timestep_spacing="trailing", clip_sample=False), 10, dict(eta=0.0)),
+        "ddim_linspace": (DDIMScheduler, dict(timestep_spacing="linspace", clip_sample=False), 10, dict(eta=0.0)),
+        "ddim_leading_offset": (DDIMScheduler, dict(steps_offset=1, clip_sample=False), 10, dict(eta=0.0)),
+        "dpmpp_2m": (DPMSolverMultistepScheduler, {}, 10, {}),
+        "dpmpp_2m_20": (DPMSolverMultistepScheduler, {}, 20, {}),
+        "dpmpp_2m_trailing": (DPMSolverMultistepScheduler, dict(timestep_spacing="trailing"), 10, {}),
+        "plms": (PNDMScheduler, dict(skip_prk_steps=True), 10, {}),
+    }
+    for name, (kind, overrides, num_steps, step_kwargs) in runs.items():
+        sched = kind.from_config(scheduler.config, **overrides)
+        out[name], out[f"{name}_timesteps"] = _sample(unet, sched, noise, num_steps, **step_kwargs)
+    ddpm = DDPMScheduler.from_config(scheduler.config, clip_sample=False)
+    ddpm.set_timesteps(10)
+    z = th.randn(4, 3, 16, 16, generator=g)
+    means, variances = [], []
+    with th.no_grad():
+        for i, t in enumerate(ddpm.timesteps):
+            eps = unet(z, t).sample
+            stepped = ddpm.step(eps, t, z, generator=th.Generator().manual_seed(100 + i)).prev_sample
+            variance = ddpm._get_variance(int(t)) if i < len(ddpm.timesteps) - 1 else th.tensor(0.0)
+            drawn = th.randn(z.shape, generator=th.Generator().manual_seed(100 + i))
+            means.append(stepped - variance**0.5 * drawn)
+            variances.append(variance)
+    out.update(ddpm_z=z, ddpm_timesteps=ddpm.timesteps, ddpm_means=th.stack(means), ddpm_variances=th.stack(variances))
+    return out
 
 
 def main(out_dir: str) -> None:
