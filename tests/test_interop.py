@@ -11,6 +11,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -542,6 +543,112 @@ def test_pdist_samplers_equal_diffusers_schedulers_on_an_imported_pipeline(diffu
         v = float(np.asarray(var)[0])
         assert abs(v / variance[i] - 1) < 1e-5, (i, v, variance[i])
         assert abs(ref["ddpm_variances"][i] / variance[i] - 1) < 1e-6 + rounding[i], (i, ref["ddpm_variances"][i])
+
+
+def test_an_exported_pipeline_reimports_to_the_same_model_and_sampler(diffusers_model, tmp_path):
+    """``python -m pdist.interop export``: the imported pipeline's network goes back to diffusers' layout tensor
+    for tensor (the fixture's own weights, bit for bit in float32), and the folder imports again to the same
+    parameters, network options, schedule and time grid; an existing folder is one sentence."""
+    import safetensors.numpy
+
+    from pdist.interop import __main__ as cli
+
+    name, model, _ = diffusers_model
+    folder = str(tmp_path / "exported")
+    assert cli.main(["export", model.directory, folder]) == 0
+    theirs = safetensors.numpy.load_file(os.path.join(DIFFUSERS, name, "unet", "diffusion_pytorch_model.safetensors"))
+    ours = safetensors.numpy.load_file(os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors"))
+    assert sorted(ours) == sorted(theirs)
+    for key, value in theirs.items():
+        np.testing.assert_array_equal(ours[key], value.astype(np.float32), err_msg=key)
+    scheduler = json.loads(open(os.path.join(folder, "scheduler", "scheduler_config.json")).read())
+    assert scheduler["_class_name"] == "DDIMScheduler" and scheduler["clip_sample"]
+    again = str(tmp_path / "again")
+    importer.import_checkpoint(folder, again)
+    back = pdist.load(again)
+    _same_tree(back.ema_params, model.ema_params)
+    keys = ("schedule", "num_timesteps", "parameterization", "learned_variance")
+    assert all(back.config.diffusion[k] == model.config.diffusion[k] for k in keys)
+    assert back.config.model.to_dict() == model.config.model.to_dict()
+    assert back.config.sample.grid == "leading"  # the 1000 steps' grid, DDIMScheduler's spacing
+    status = cli.main(["export", model.directory, folder])
+    assert status == 2 and sorted(os.listdir(folder)) == sorted(os.listdir(str(tmp_path / "exported")))
+
+
+def _same_tree(a, b) -> None:
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def _native_workdir(path: str) -> str:
+    """A pdist workdir of a continuous-time model (the digits config's cosine logSNR, pdist's noise embedding,
+    scale-shift with a normed middle attention), random weights: a 4-step student of it, as PD writes one."""
+    from helpers import config_file, perturb
+
+    from pdist import build
+    from pdist.runtime.checkpoint import Checkpointer
+    from pdist.spec import ModelSpec
+
+    config = config_file("digits")
+    config.model.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), head_dim=32)
+    config.sample.num_steps, config.sample.grid = 4, "uniform"
+    spec = ModelSpec.of(config)
+    init_fn, _ = build.state_init(config, spec)
+    state = jax.jit(init_fn)()
+    params = perturb(state.params, jax.random.key(3), 0.05)
+    state = state.replace(params=params, ema_params=params)
+    ckpt = Checkpointer(os.path.join(path, "checkpoints"), asynchronous=False, writer=True)
+    ckpt.save(0, state, {"config": json.loads(config.to_json()), "step": 0, "sampling_steps": 4})
+    ckpt.wait()
+    ckpt.close()
+    return path
+
+
+def test_an_exported_continuous_time_student_samples_by_its_readme_loop(tmp_path):
+    """A continuous-time student has no diffusers scheduler: the folder's pdist_sampling.json and sample_pdist.py
+    give the UNet's float time step, alpha and sigma at each of its 4 times. That loop, run here in JAX on the
+    exported tensors read back through diffusers' layout by a network that takes diffusers' time step, equals
+    the student's own sample from the same noise; and what the export refuses is one sentence, nothing
+    written."""
+    from pdist.interop import diffusers, exporter
+
+    student = pdist.load(_native_workdir(str(tmp_path / "student")))
+    wrote = exporter.export(student.directory, str(tmp_path / "folder"))
+    assert wrote["scheduler"] is None and not os.path.exists(tmp_path / "folder" / "scheduler")
+    unet, how = wrote["unet"], wrote["sampling"]
+    assert unet["attn_norm_num_groups"] == 32 and unet["resnet_time_scale_shift"] == "scale_shift"
+    assert len(how["timesteps"]) == 4 and how["times"] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    import safetensors.numpy
+
+    tensors = safetensors.numpy.load_file(str(tmp_path / "folder" / "unet" / "diffusion_pytorch_model.safetensors"))
+    params = diffusers.to_pdist_params(tensors, student.config)
+    _same_tree(params, jax.device_get(student.ema_params))
+    # diffusers' Timesteps(flip_sin_to_cos=True, freq_shift=0) on tau is pdist's network given tau as its step
+    network = student.spec.network.clone(logsnr_input="timestep", sin_first=not unet["flip_sin_to_cos"],
+                                         freq_shift=unet["freq_shift"])  # fmt: skip
+    noise = jax.random.normal(jax.random.key(5), (3, 8, 8, 1))
+    z = noise
+    for i, tau in enumerate(how["timesteps"]):
+        out = network.apply({"params": params}, z, jnp.full((3,), tau, jnp.float32))
+        a, s, a2, s2 = how["alpha"][i], how["sigma"][i], how["alpha"][i + 1], how["sigma"][i + 1]
+        x = {"eps": lambda: (z - s * out) / a, "x": lambda: out, "v": lambda: a * z - s * out}[
+            how["parameterization"]
+        ]()
+        eps = (z - a * x) / s
+        if how["clip_x"]:
+            x = jnp.clip(x, -1.0, 1.0)
+            eps = eps if how["clip_keeps_eps"] else (z - a * x) / s
+        z = a2 * x + s2 * eps
+    own = samplers.sample(student.denoiser(), student.schedule, noise, method="ddim", num_steps=4, grid="uniform",
+                          clip_x=how["clip_x"])  # fmt: skip
+    assert _rel(np.asarray(z), np.asarray(own)) < 1e-5
+    # what diffusers' UNet2DModel cannot hold (export checks it before it writes anything)
+    for key, value, said in (("class_conditional", True, "class-conditional"), ("ch", 16, "model.ch=16"),
+                             ("resblock_updown", True, "residual blocks"), ("num_heads", 3, "3 attention heads")):  # fmt: skip
+        config = ml_collections.ConfigDict(student.config.to_dict())
+        config.model[key] = value
+        with pytest.raises(InputError, match=re.escape(said)):
+            exporter.unet_config(config)
 
 
 def _diffusers_copy(tmp_path, edit_unet=None, edit_scheduler=None, name="ho"):

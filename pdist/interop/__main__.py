@@ -1,7 +1,9 @@
 """``python -m pdist.interop import SOURCE WORKDIR [--source_config=...] [--source_flags=...] [--config.KEY=VALUE]``
+``python -m pdist.interop export WORKDIR FOLDER``
 
-Turns a foreign checkpoint into a pdist workdir (:mod:`pdist.interop.importer`). Bad input is one sentence
-and exit status 2, with nothing written.
+Turns a foreign checkpoint into a pdist workdir (:mod:`pdist.interop.importer`), or a pdist workdir into a
+diffusers folder (:mod:`pdist.interop.exporter`). Bad input is one sentence and exit status 2, with nothing
+written.
 """
 
 from __future__ import annotations
@@ -20,7 +22,17 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("workdir")
     imp.add_argument("--source_config", default=None)
     imp.add_argument("--source_flags", default=None)
+    exp = sub.add_parser("export", help="a pdist workdir -> a diffusers folder (UNet2DModel, its sampler)")
+    exp.add_argument("workdir")
+    exp.add_argument("folder")
     args, rest = parser.parse_known_args(argv)
+    if args.command == "export":
+        if rest:
+            print(f"error: {rest[0]!r} is not an option of export, which takes WORKDIR FOLDER.", file=sys.stderr)
+            return 2
+        from pdist.interop import exporter
+
+        return exporter.main_export(args.workdir, args.folder)
     overrides = []
     for item in rest:
         if not (item.startswith("--config.") and "=" in item):

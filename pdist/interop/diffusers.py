@@ -38,7 +38,7 @@ import numpy as np
 
 from pdist.config import base_config
 from pdist.errors import InputError
-from pdist.interop.layers import Tracked, conv, dense, group_norm, map_tensors, res_block
+from pdist.interop.layers import Tracked, conv, dense, group_norm, map_tensors, res_block, unconv, unlinear, unnorm
 from pdist.runtime import files
 
 NAME = "diffusers"
@@ -55,7 +55,7 @@ FIXED = {
     "mid_block_type": (("UNetMidBlock2D",), "pdist's middle is two residual blocks around attention"),
     "add_attention": ((True,), "pdist's middle block always holds attention"),
     "mid_block_scale_factor": ((1, 1.0), "pdist's blocks do not rescale their output"),
-    "attn_norm_num_groups": ((None,), "pdist's attention normalizes over 32 groups"),
+    "attn_norm_num_groups": ((None, 32), "pdist's attention normalizes over 32 groups"),
     "norm_num_groups": ((32,), "pdist's GroupNorm has 32 groups"),
     "downsample_type": (("conv",), "pdist's downsampling is a strided convolution here"),
     "upsample_type": (("conv",), "pdist's upsampling is nearest-neighbour and a convolution here"),
@@ -132,10 +132,6 @@ def to_pdist_config(unet: dict, scheduler: dict) -> ml_collections.ConfigDict:
             f"The UNet's config.json has out_channels={c_out} for in_channels={c_in}; with the scheduler's "
             f"variance_type pdist's network predicts {2 * c_in if learned else c_in}."
         )
-    if unet.get("time_embedding_dim") not in (None, 4 * ch):
-        raise InputError(
-            f"The UNet's config.json has time_embedding_dim={unet['time_embedding_dim']}; pdist's is 4 x {ch}."
-        )
 
     config = base_config()
     config.data.image_size, config.data.channels = size, c_in
@@ -148,9 +144,11 @@ def to_pdist_config(unet: dict, scheduler: dict) -> ml_collections.ConfigDict:
     head = unet.get("attention_head_dim")
     m.num_heads, m.head_dim = (1, None) if head is None else (None, int(head))
     m.dropout = float(unet.get("dropout", 0.0))
+    m.emb_ch = None if unet.get("time_embedding_dim") in (None, 4 * ch) else int(unet["time_embedding_dim"])
     m.logsnr_input = "timestep"
     m.scale_shift = unet.get("resnet_time_scale_shift", "default") == "scale_shift"
-    m.mid_attention_norm = not m.scale_shift  # diffusers' middle attention has a GroupNorm only with "default"
+    # diffusers' middle attention has a GroupNorm with "default", or where attn_norm_num_groups says so
+    m.mid_attention_norm = not m.scale_shift or unet.get("attn_norm_num_groups") is not None
     m.norm_eps = float(unet.get("norm_eps", 1e-5))
     m.downsample_padding = "same" if int(unet.get("downsample_padding", 1)) == 0 else "symmetric"
     m.sin_first, m.freq_shift = not bool(unet.get("flip_sin_to_cos", True)), float(unet.get("freq_shift", 0))
@@ -204,9 +202,13 @@ def _grid(scheduler: dict) -> str:
     return f"leading+{offset}" if offset else spacing
 
 
+# pdist's ResBlock layers and diffusers' ResnetBlock2D names for them
+_RES_NAMES = {"GroupNorm_0": "norm1", "Conv_0": "conv1", "Dense_0": "time_emb_proj", "GroupNorm_1": "norm2",
+              "Conv_1": "conv2", "Conv_2": "conv_shortcut"}  # fmt: skip
+
+
 def _res(sd: dict, p: str) -> dict:
-    names = ("norm1", "conv1", "time_emb_proj", "norm2", "conv2", "conv_shortcut")
-    return res_block(sd, *(f"{p}.{n}" for n in names))
+    return res_block(sd, *(f"{p}.{n}" for n in _RES_NAMES.values()))
 
 
 def _attn(sd: dict, p: str, heads: int, norm: bool = True) -> dict:
@@ -224,50 +226,90 @@ def _attn(sd: dict, p: str, heads: int, norm: bool = True) -> dict:
     }
 
 
-def to_pdist_params(sd: dict, config: ml_collections.ConfigDict) -> dict:
-    """The UNet's tensors as pdist's UNet's parameters, walking both networks in the order they are built
-    (``down_blocks.{i}`` / ``mid_block`` / ``up_blocks.{i}`` become pdist's numbered ``ResBlock_k``,
-    ``AttnBlock_k`` and ``Conv_k``). A missing tensor raises KeyError with its name."""
+def _plan(config: ml_collections.ConfigDict) -> list[tuple]:
+    """Both networks' layers in the order they are built: ``(pdist name, kind, diffusers prefix, *extra)`` with
+    kind ``dense`` / ``conv`` / ``norm`` / ``res`` / ``attn`` (extra: heads, whether it has a norm);
+    ``down_blocks.{i}`` / ``mid_block`` / ``up_blocks.{i}`` are pdist's numbered ``ResBlock_k``, ``AttnBlock_k``
+    and ``Conv_k``. The one walk both directions read (:func:`to_pdist_params`, :func:`to_diffusers_tensors`)."""
     m = config.model
-    out = {
-        "Dense_0": dense(sd["time_embedding.linear_1.weight"], sd["time_embedding.linear_1.bias"]),
-        "Dense_1": dense(sd["time_embedding.linear_2.weight"], sd["time_embedding.linear_2.bias"]),
-    }
+    plan = [("Dense_0", "dense", "time_embedding.linear_1"), ("Dense_1", "dense", "time_embedding.linear_2")]
     counts = {"ResBlock": 0, "AttnBlock": 0, "Conv": 0}
 
-    def put(kind: str, value: dict) -> None:
-        out[f"{kind}_{counts[kind]}"] = value
+    def put(kind: str, *row) -> None:
+        plan.append((f"{kind}_{counts[kind]}", *row))
         counts[kind] += 1
 
     def heads(channels: int) -> int:
         return m.num_heads if m.num_heads is not None else channels // m.head_dim
 
-    put("Conv", conv(sd["conv_in.weight"], sd["conv_in.bias"]))
+    put("Conv", "conv", "conv_in")
     size, levels = int(config.data.image_size), len(m.ch_mult)
     for level, mult in enumerate(m.ch_mult):
         for j in range(m.num_res_blocks):
-            put("ResBlock", _res(sd, f"down_blocks.{level}.resnets.{j}"))
+            put("ResBlock", "res", f"down_blocks.{level}.resnets.{j}")
             if size in m.attn_resolutions:
-                put("AttnBlock", _attn(sd, f"down_blocks.{level}.attentions.{j}", heads(m.ch * mult)))
+                put("AttnBlock", "attn", f"down_blocks.{level}.attentions.{j}", heads(m.ch * mult), True)
         if level != levels - 1:
-            p = f"down_blocks.{level}.downsamplers.0.conv"
-            put("Conv", conv(sd[f"{p}.weight"], sd[f"{p}.bias"]))
+            put("Conv", "conv", f"down_blocks.{level}.downsamplers.0.conv")
             size //= 2
-    put("ResBlock", _res(sd, "mid_block.resnets.0"))
-    put("AttnBlock", _attn(sd, "mid_block.attentions.0", heads(m.ch * m.ch_mult[-1]), m.mid_attention_norm))
-    put("ResBlock", _res(sd, "mid_block.resnets.1"))
+    put("ResBlock", "res", "mid_block.resnets.0")
+    put("AttnBlock", "attn", "mid_block.attentions.0", heads(m.ch * m.ch_mult[-1]), bool(m.mid_attention_norm))
+    put("ResBlock", "res", "mid_block.resnets.1")
     for k, (level, mult) in enumerate(reversed(list(enumerate(m.ch_mult)))):
         for j in range(m.num_res_blocks + 1):
-            put("ResBlock", _res(sd, f"up_blocks.{k}.resnets.{j}"))
+            put("ResBlock", "res", f"up_blocks.{k}.resnets.{j}")
             if size in m.attn_resolutions:
-                put("AttnBlock", _attn(sd, f"up_blocks.{k}.attentions.{j}", heads(m.ch * mult)))
+                put("AttnBlock", "attn", f"up_blocks.{k}.attentions.{j}", heads(m.ch * mult), True)
         if level != 0:
-            p = f"up_blocks.{k}.upsamplers.0.conv"
-            put("Conv", conv(sd[f"{p}.weight"], sd[f"{p}.bias"]))
+            put("Conv", "conv", f"up_blocks.{k}.upsamplers.0.conv")
             size *= 2
-    out["GroupNorm_0"] = group_norm(sd, "conv_norm_out")
-    put("Conv", conv(sd["conv_out.weight"], sd["conv_out.bias"]))
+    plan.append(("GroupNorm_0", "norm", "conv_norm_out"))
+    put("Conv", "conv", "conv_out")
+    return plan
+
+
+_READ = {
+    "dense": lambda sd, p: dense(sd[f"{p}.weight"], sd[f"{p}.bias"]),
+    "conv": lambda sd, p: conv(sd[f"{p}.weight"], sd[f"{p}.bias"]),
+    "norm": group_norm,
+    "res": _res,
+    "attn": _attn,
+}
+
+
+def to_pdist_params(sd: dict, config: ml_collections.ConfigDict) -> dict:
+    """The UNet's tensors as pdist's UNet's parameters (:func:`_plan`). A missing tensor raises KeyError with its
+    name."""
+    return {name: _READ[kind](sd, prefix, *extra) for name, kind, prefix, *extra in _plan(config)}
+
+
+def to_diffusers_tensors(params: dict, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """pdist's UNet's parameters as the tensors of the ``UNet2DModel`` that :func:`to_unet_config` describes
+    (float32, PyTorch's layouts): :func:`to_pdist_params` inverted, layer by layer."""
+    out: dict[str, np.ndarray] = {}
+    for name, kind, prefix, *_ in _plan(config):
+        layer = params[name]
+        if kind == "attn":
+            mha = layer["MultiHeadDotProductAttention_0"]
+            for key, target in (("query", "to_q"), ("key", "to_k"), ("value", "to_v")):
+                kernel = np.asarray(mha[key]["kernel"], np.float32)
+                out.update(unlinear(kernel.reshape(kernel.shape[0], -1), mha[key]["bias"], f"{prefix}.{target}"))
+            kernel = np.asarray(mha["out"]["kernel"], np.float32)
+            out.update(unlinear(kernel.reshape(-1, kernel.shape[-1]), mha["out"]["bias"], f"{prefix}.to_out.0"))
+            if "GroupNorm_0" in layer:
+                out.update(unnorm(layer["GroupNorm_0"], f"{prefix}.group_norm"))
+        elif kind == "res":
+            for key, sub in layer.items():
+                write = unnorm if key.startswith("GroupNorm") else unlinear if key.startswith("Dense") else unconv
+                out.update(write(*_leaves(sub), f"{prefix}.{_RES_NAMES[key]}"))
+        else:
+            write = {"dense": unlinear, "conv": unconv, "norm": unnorm}[kind]
+            out.update(write(*_leaves(layer), prefix))
     return out
+
+
+def _leaves(layer: dict) -> tuple:
+    return (layer["kernel"], layer["bias"]) if "kernel" in layer else (layer,)
 
 
 def _json(path: str, what: str) -> dict:

@@ -39,6 +39,24 @@ def res_block(sd: dict, norm1: str, conv1: str, emb: str, norm2: str, conv2: str
     return out
 
 
+def unconv(kernel, bias, name: str) -> dict:
+    """A Flax conv kernel (kh, kw, in, out) and bias as PyTorch's ``name.weight`` (out, in, kh, kw) and ``.bias``."""
+    return {f"{name}.weight": np.ascontiguousarray(np.transpose(np.asarray(kernel, np.float32), (3, 2, 0, 1))),
+            f"{name}.bias": np.asarray(bias, np.float32)}  # fmt: skip
+
+
+def unlinear(kernel, bias, name: str) -> dict:
+    """A Flax Dense kernel (in, out) and bias as PyTorch's Linear ``name.weight`` (out, in) and ``.bias``."""
+    return {f"{name}.weight": np.ascontiguousarray(np.asarray(kernel, np.float32).T),
+            f"{name}.bias": np.asarray(bias, np.float32).reshape(-1)}  # fmt: skip
+
+
+def unnorm(norm: dict, name: str) -> dict:
+    """Flax's GroupNorm scale and bias as PyTorch's ``name.weight`` and ``.bias``."""
+    return {f"{name}.weight": np.asarray(norm["scale"], np.float32).reshape(-1),
+            f"{name}.bias": np.asarray(norm["bias"], np.float32).reshape(-1)}  # fmt: skip
+
+
 def map_tensors(sd: Tracked, mapping, missing: str, unused: str) -> dict:
     """``mapping()``'s parameters from the tensors of ``sd``, all of them used: InputError ``missing`` (with
     ``{name}``) for a tensor the mapping needs and ``sd`` lacks, ``unused`` (with ``{name}`` and ``{count}``) for
