@@ -5,9 +5,9 @@
 
 ``--torch_python``: a Python with torch and diffusers (tests/scripts/make_diffusers_fixture.py's virtualenv; pdist
 never imports PyTorch). Models: the two diffusers fixtures imported with 10 sampling steps (a discrete eps model
-with additive conditioning, a discrete v model with scale-shift), and a continuous-time 4-step student of pdist's own (the
-digits config's cosine logSNR and noise embedding at width 32, random weights). For each: the UNet's output at
-the model's own time steps, the folder's ``sample_pdist.py`` against ``pdist.load(workdir).sample``, and where
+with additive conditioning, a discrete v model with scale-shift), and a continuous-time 4-step student of pdist's
+own (the digits config's cosine logSNR and noise embedding at width 32, random weights). For each: the UNet's output
+at the model's own time steps, the folder's ``sample_pdist.py`` against ``pdist.load(workdir).sample``, and where
 the folder has a scheduler, diffusers' ``DDIMScheduler`` against pdist's DDIM with diffusers' clipping
 (``clip_keeps_eps=True``); largest difference relative to the largest value.
 """
