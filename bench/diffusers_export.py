@@ -29,28 +29,7 @@ import pdist  # noqa: E402
 from pdist import samplers  # noqa: E402
 from pdist.interop import exporter, importer  # noqa: E402
 
-TORCH_SIDE = r"""
-import json, sys, os
-import numpy as np, torch
-from diffusers import DDIMScheduler, UNet2DModel
-folder, inputs, out = sys.argv[1:]
-sys.path.insert(0, folder)
-import sample_pdist
-a = np.load(inputs)
-unet = UNet2DModel.from_pretrained(os.path.join(folder, "unet")).eval()
-res = {}
-with torch.no_grad():
-    res["out"] = unet(torch.from_numpy(a["z"]), torch.from_numpy(a["tau"])).sample.numpy()
-    res["loop"] = sample_pdist.sample(torch.from_numpy(a["noise"])).numpy()
-    if os.path.exists(os.path.join(folder, "scheduler")):
-        ddim = DDIMScheduler.from_pretrained(os.path.join(folder, "scheduler"))
-        ddim.set_timesteps(int(a["num_steps"]))
-        z = torch.from_numpy(a["noise"])
-        for t in ddim.timesteps:
-            z = ddim.step(unet(z, t).sample, t, z, eta=0.0).prev_sample
-        res["scheduler"] = z.numpy()
-np.savez(out, **res)
-"""
+SIDE = os.path.join(ROOT, "tests", "scripts", "diffusers_side.py")  # run with --torch_python
 
 
 def rel(a, b):
@@ -79,9 +58,9 @@ def check(workdir: str, tmp: str, torch_python: str) -> dict:
 
     own = ddim(how["clip_keeps_eps"])
     inputs = os.path.join(tmp, "inputs.npz")
-    np.savez(inputs, z=nchw(z), tau=np.asarray(how["timesteps"], np.float32), noise=nchw(noise), num_steps=n)
+    np.savez(inputs, z=nchw(z), tau=np.asarray(how["timesteps"], np.float32), noise=nchw(noise))
     out = os.path.join(tmp, "theirs.npz")
-    subprocess.run([torch_python, "-c", TORCH_SIDE, folder, inputs, out], check=True)
+    subprocess.run([torch_python, SIDE, folder, inputs, out], check=True)
     theirs = np.load(out)
     row = {
         "steps": n,

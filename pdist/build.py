@@ -109,4 +109,6 @@ def state_init(config: ml_collections.ConfigDict, spec: ModelSpec) -> tuple[Call
     def init_fn():
         return init_state(spec.init_params(key), opt.tx, sampler)
 
+    # the state's shapes without tracing the network's init again (runtime.step.abstract_state; every restore)
+    init_fn.shapes = lambda: jax.eval_shape(lambda p: init_state(p, opt.tx, sampler), spec.param_shapes())
     return init_fn, opt

@@ -651,6 +651,39 @@ def test_an_exported_continuous_time_student_samples_by_its_readme_loop(tmp_path
             exporter.unet_config(config)
 
 
+@pytest.mark.skipif(not os.environ.get("PDIST_TORCH_PYTHON"), reason="PDIST_TORCH_PYTHON names no Python with torch")
+def test_an_exported_folder_runs_in_diffusers_itself(diffusers_model, tmp_path):
+    """Optional (never in CI's default run): with PDIST_TORCH_PYTHON a Python that has torch and diffusers, the
+    exported folder loads with ``UNet2DModel.from_pretrained`` there (tests/scripts/diffusers_side.py, a
+    subprocess: this process never imports PyTorch), its output equals pdist's network's, its
+    ``sample_pdist.py`` equals pdist's DDIM and its ``DDIMScheduler`` pdist's DDIM with diffusers' clipping."""
+    from helpers import SCRIPTS
+
+    from pdist.interop import exporter
+
+    name, model, ref = diffusers_model
+    workdir = str(tmp_path / "ten_steps")
+    importer.import_checkpoint(os.path.join(DIFFUSERS, name), workdir, overrides=[("sample.num_steps", "10")])
+    folder = str(tmp_path / "folder")
+    how = exporter.export(workdir, folder)["sampling"]
+    z, tau, noise = ref["x"], ref["timesteps"].astype(np.float32), ref["sampler_noise"]
+    inputs, out = str(tmp_path / "in.npz"), str(tmp_path / "out.npz")
+    np.savez(inputs, z=np.moveaxis(z, -1, 1).copy(), tau=tau, noise=np.moveaxis(noise, -1, 1).copy())
+    subprocess.run([os.environ["PDIST_TORCH_PYTHON"], os.path.join(SCRIPTS, "diffusers_side.py"), folder, inputs, out],
+                   check=True)  # fmt: skip
+    theirs = {k: np.moveaxis(v, 1, -1) for k, v in np.load(out).items()}
+    level = jnp.asarray(ref["timesteps"] + 1, jnp.float32) / model.spec.schedule.num_timesteps
+    assert _rel(theirs["out"], np.asarray(model.spec.apply(model.ema_params, jnp.asarray(z), level, None, None))) < 1e-5
+
+    def ddim(keep):
+        return np.asarray(samplers.sample(model.denoiser(), model.schedule, jnp.asarray(noise), method="ddim",
+                                          num_steps=10, grid=how["grid"], clip_x=how["clip_x"], clip_keeps_eps=keep))  # fmt: skip
+
+    tol = 2e-3 if name == "ho" else 1e-5  # the eps model's x-hat divides float error by alpha = 0.02
+    assert _rel(theirs["loop"], ddim(how["clip_keeps_eps"])) < tol
+    assert _rel(theirs["scheduler"], ddim(True)) < tol
+
+
 def _diffusers_copy(tmp_path, edit_unet=None, edit_scheduler=None, name="ho"):
     folder = tmp_path / f"edited_{name}"
     shutil.copytree(os.path.join(DIFFUSERS, name), folder, dirs_exist_ok=True)

@@ -158,4 +158,5 @@ def create_state(init_fn: Callable, mesh: Mesh) -> TrainState:
 
 def abstract_state(init_fn: Callable, sharding) -> TrainState:
     """Shapes and dtypes of ``init_fn()``'s state with ``sharding`` on every leaf, without computing it."""
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(init_fn))
+    shapes = init_fn.shapes() if hasattr(init_fn, "shapes") else jax.eval_shape(init_fn)  # build.state_init's
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
