@@ -755,3 +755,8 @@ def test_an_imported_diffusers_teacher_distills_a_round_from_the_command_line(tm
     assert student.config.model.to_dict() == pdist.load(teacher).config.model.to_dict()
     assert student.config.diffusion.parameterization == "eps" and student.spec.schedule.num_timesteps == 1000
     assert student.sample(2).shape == (2, 16, 16, 3)
+    # README's export of the student: its 1-step uniform grid is DDIMScheduler's trailing spacing
+    from pdist.interop import exporter
+
+    wrote = exporter.export(students, str(tmp_path / "student_diffusers"))
+    assert wrote["scheduler"]["timestep_spacing"] == "trailing" and wrote["sampling"]["timesteps"] == [999.0]
