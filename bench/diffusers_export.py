@@ -6,7 +6,8 @@
 ``--torch_python``: a Python with torch and diffusers (tests/scripts/make_diffusers_fixture.py's virtualenv; pdist
 never imports PyTorch). Models: the two diffusers fixtures imported with 10 sampling steps (a discrete eps model
 with additive conditioning, a discrete v model with scale-shift), and a continuous-time 4-step student of pdist's
-own (the digits config's cosine logSNR and noise embedding at width 32, random weights). For each: the UNet's output
+own (the digits config's cosine logSNR and noise embedding at width 32, random weights), unconditional and
+class-conditional (labels 0, 1, 2, ... in turn). For each: the UNet's output
 at the model's own time steps, the folder's ``sample_pdist.py`` against ``pdist.load(workdir).sample``, and where
 the folder has a scheduler, diffusers' ``DDIMScheduler`` against pdist's DDIM with diffusers' clipping
 (``clip_keeps_eps=True``); largest difference relative to the largest value.
@@ -48,17 +49,22 @@ def check(workdir: str, tmp: str, torch_python: str) -> dict:
     key = jax.random.key(0)
     z = np.asarray(jax.random.normal(key, (len(how["timesteps"]), size, size, c)), np.float32)
     times = np.asarray(how["times"][:-1], np.float32)
-    ours_out = np.asarray(model.spec.apply(model.ema_params, z, times, None, None))
+    classes = how["num_classes"]
+    labels = np.arange(len(z)) % classes if classes else None
+    noise_labels = np.arange(4) % classes if classes else None  # sample_pdist.py's default labels
+    ours_out = np.asarray(model.spec.apply(model.ema_params, z, times, labels, None))
     noise = np.asarray(jax.random.normal(jax.random.key(1), (4, size, size, c)), np.float32)
     n, grid = how["num_steps"], how["grid"]
 
     def ddim(keep):
-        return np.asarray(samplers.sample(model.denoiser(), model.schedule, noise, method="ddim", num_steps=n,
-                                          grid=grid, clip_x=how["clip_x"], clip_keeps_eps=keep))  # fmt: skip
+        den = model.denoiser(label=noise_labels)
+        return np.asarray(samplers.sample(den, model.schedule, noise, method="ddim", num_steps=n, grid=grid,
+                                          clip_x=how["clip_x"], clip_keeps_eps=keep))  # fmt: skip
 
     own = ddim(how["clip_keeps_eps"])
     inputs = os.path.join(tmp, "inputs.npz")
-    np.savez(inputs, z=nchw(z), tau=np.asarray(how["timesteps"], np.float32), noise=nchw(noise))
+    extra = {"labels": labels, "noise_labels": noise_labels} if classes else {}
+    np.savez(inputs, z=nchw(z), tau=np.asarray(how["timesteps"], np.float32), noise=nchw(noise), **extra)
     out = os.path.join(tmp, "theirs.npz")
     subprocess.run([torch_python, SIDE, folder, inputs, out], check=True)
     theirs = np.load(out)
@@ -90,6 +96,8 @@ def main():
             table[f"diffusers fixture {name}, imported, 10 steps"] = check(workdir, tmp, args.torch_python)
         student = _native_workdir(os.path.join(tmp, "student"))
         table["pdist continuous-time 4-step student"] = check(student, tmp, args.torch_python)
+        student = _native_workdir(os.path.join(tmp, "class_student"), class_conditional=True)
+        table["pdist continuous-time 4-step class-conditional student"] = check(student, tmp, args.torch_python)
     versions = subprocess.run([args.torch_python, "-c", "import torch, diffusers; print(torch.__version__, "
                                "diffusers.__version__)"], capture_output=True, text=True).stdout.split()  # fmt: skip
     out = {"torch": versions[0], "diffusers": versions[1], "largest relative error": table}

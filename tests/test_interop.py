@@ -580,7 +580,7 @@ def _same_tree(a, b) -> None:
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
 
 
-def _native_workdir(path: str) -> str:
+def _native_workdir(path: str, class_conditional: bool = False) -> str:
     """A pdist workdir of a continuous-time model (the digits config's cosine logSNR, pdist's noise embedding,
     scale-shift with a normed middle attention), random weights: a 4-step student of it, as PD writes one."""
     from helpers import config_file, perturb
@@ -590,7 +590,8 @@ def _native_workdir(path: str) -> str:
     from pdist.spec import ModelSpec
 
     config = config_file("digits")
-    config.model.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), head_dim=32)
+    config.model.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), head_dim=32,
+                        class_conditional=class_conditional)  # fmt: skip
     config.sample.num_steps, config.sample.grid = 4, "uniform"
     spec = ModelSpec.of(config)
     init_fn, _ = build.state_init(config, spec)
@@ -643,8 +644,21 @@ def test_an_exported_continuous_time_student_samples_by_its_readme_loop(tmp_path
     own = samplers.sample(student.denoiser(), student.schedule, noise, method="ddim", num_steps=4, grid="uniform",
                           clip_x=how["clip_x"])  # fmt: skip
     assert _rel(np.asarray(z), np.asarray(own)) < 1e-5
+    # a class-conditional network: its label embedding with pdist's null row is num_class_embeds, tensor for tensor
+    from pdist.spec import ModelSpec
+
+    config = ml_collections.ConfigDict(student.config.to_dict())
+    config.model.class_conditional = True
+    shapes = ModelSpec.of(config).param_shapes()
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(np.float32), shapes)
+    tensors = diffusers.to_diffusers_tensors(params, config)
+    assert (
+        tensors["class_embedding.weight"].shape == (11, 128) and exporter.unet_config(config)["num_class_embeds"] == 11
+    )
+    _same_tree(diffusers.to_pdist_params(tensors, config), params)
     # what diffusers' UNet2DModel cannot hold (export checks it before it writes anything)
-    for key, value, said in (("class_conditional", True, "class-conditional"), ("ch", 16, "model.ch=16"),
+    for key, value, said in (("guidance_input", True, "guidance weight"), ("ch", 16, "model.ch=16"),
                              ("resblock_updown", True, "residual blocks"), ("num_heads", 3, "3 attention heads")):  # fmt: skip
         config = ml_collections.ConfigDict(student.config.to_dict())
         config.model[key] = value

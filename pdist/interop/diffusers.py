@@ -265,6 +265,8 @@ def _plan(config: ml_collections.ConfigDict) -> list[tuple]:
             size *= 2
     plan.append(("GroupNorm_0", "norm", "conv_norm_out"))
     put("Conv", "conv", "conv_out")
+    if m.class_conditional:  # pdist's label embedding, its null class the last row: num_class_embeds
+        plan.append(("Embed_0", "embed", "class_embedding"))
     return plan
 
 
@@ -274,6 +276,7 @@ _READ = {
     "norm": group_norm,
     "res": _res,
     "attn": _attn,
+    "embed": lambda sd, p: {"embedding": np.asarray(sd[f"{p}.weight"], np.float32)},
 }
 
 
@@ -302,6 +305,8 @@ def to_diffusers_tensors(params: dict, config: ml_collections.ConfigDict) -> dic
             for key, sub in layer.items():
                 write = unnorm if key.startswith("GroupNorm") else unlinear if key.startswith("Dense") else unconv
                 out.update(write(*_leaves(sub), f"{prefix}.{_RES_NAMES[key]}"))
+        elif kind == "embed":
+            out[f"{prefix}.weight"] = np.asarray(layer["embedding"], np.float32)
         else:
             write = {"dense": unlinear, "conv": unconv, "norm": unnorm}[kind]
             out.update(write(*_leaves(layer), prefix))

@@ -1,15 +1,16 @@
 """A pdist workdir -> a diffusers folder (``python -m pdist.interop export WORKDIR FOLDER``).
 
 The folder holds ``unet/`` (``config.json`` and ``diffusion_pytorch_model.safetensors``, float32), which
-``UNet2DModel.from_pretrained`` loads, and beside it what reproduces the model's own sampler (DDIM with its
-step count, time grid and clipping, as ``pdist.load(WORKDIR).sample`` runs it): ``pdist_sampling.json`` (the
-network's time step input, alpha and sigma at each of the grid's times), ``sample_pdist.py`` (a short PyTorch
-loop over them) and a README; and, where diffusers' ``DDIMScheduler`` runs the same grid (a discrete schedule
-whose grid is one of its spacings), ``scheduler/scheduler_config.json`` and ``model_index.json``.
+``UNet2DModel.from_pretrained`` loads, and beside it what reproduces the model's own sampler (DDIM with its step
+count, time grid and clipping, as ``pdist.load(WORKDIR).sample`` runs it): ``pdist_sampling.json`` (the network's
+time step input, alpha and sigma at each of the grid's times), ``sample_pdist.py`` (a short PyTorch loop over them)
+and a README; and, where diffusers' ``DDIMScheduler`` runs the same grid (a discrete schedule whose grid is one of
+its spacings), ``scheduler/scheduler_config.json`` and ``model_index.json``.
 
-A network diffusers' ``UNet2DModel`` cannot hold (class labels, a guidance-weight input, residual up- and
-downsampling, a middle attention without normalization beside additive conditioning, heads it cannot size) is
-refused in one sentence before anything is written.
+A class-conditional network keeps its label embedding as ``num_class_embeds`` (pdist's null class the last row). A
+network diffusers' ``UNet2DModel`` cannot hold (a guidance-weight input, residual up- and downsampling, a middle
+attention without normalization beside additive conditioning, heads it cannot size) is refused in one sentence
+before anything is written.
 """
 
 from __future__ import annotations
@@ -44,15 +45,19 @@ from diffusers import UNet2DModel
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def sample(noise: torch.Tensor) -> torch.Tensor:
-    """pdist's sample from ``noise`` (z at the grid's first time, NCHW)."""
+def sample(noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """pdist's sample from ``noise`` (z at the grid's first time, NCHW), of ``labels`` for a class-conditional
+    model (unguided)."""
     unet = UNet2DModel.from_pretrained(os.path.join(HERE, "unet")).eval()
     s = json.load(open(os.path.join(HERE, "pdist_sampling.json")))
     z, channels = noise, noise.shape[1]
+    if s["num_classes"] and labels is None:  # pdist's default: 0, 1, 2, ... in turn (the null class: num_classes)
+        labels = torch.arange(len(z)) % s["num_classes"]
     steps = zip(s["timesteps"], s["alpha"], s["sigma"], s["alpha"][1:], s["sigma"][1:])
     with torch.no_grad():
         for tau, alpha, sigma, alpha_next, sigma_next in steps:
-            out = unet(z, torch.full((len(z),), tau, dtype=torch.float32)).sample[:, :channels]
+            t = torch.full((len(z),), tau, dtype=torch.float32)
+            out = unet(z, t, class_labels=labels).sample[:, :channels]
             if s["parameterization"] == "eps":
                 x = (z - sigma * out) / alpha
             elif s["parameterization"] == "x":
@@ -79,9 +84,7 @@ if __name__ == "__main__":
 def unet_config(config) -> dict:
     """The ``UNet2DModel`` config of ``config``'s network; one sentence on a network it cannot hold."""
     m, d = config.model, config.data
-    if m.class_conditional:
-        raise InputError("The model is class-conditional; pdist exports unconditional networks to diffusers so far.")
-    if m.guidance_input:
+    if m.guidance_input:  # a guided student
         raise InputError("The model takes the guidance weight as an input, which diffusers' UNet2DModel has not.")
     if m.resblock_updown:
         raise InputError(
@@ -140,6 +143,8 @@ def unet_config(config) -> dict:
         "time_embedding_dim": int(m.emb_ch) if m.emb_ch else None,
         "dropout": float(m.dropout),
         "act_fn": "silu",
+        # the label embedding, added to the time embedding as pdist's is; its last row is pdist's null class
+        "num_class_embeds": int(d.num_classes) + 1 if m.class_conditional else None,
     }
 
 
@@ -229,6 +234,13 @@ def export(workdir: str, folder: str, step: int | None = None) -> dict:
         "clip_keeps_eps": bool(sampling.clip_keeps_eps),
         "image_shape": [int(config.data.channels), int(config.data.image_size), int(config.data.image_size)],
         "variance_note": " (then the learned variance's channels)" if config.diffusion.learned_variance else "",
+        "num_classes": int(config.data.num_classes) if config.model.class_conditional else 0,
+        "labels_note": (
+            f"The UNet takes `class_labels` 0 to {config.data.num_classes - 1}; label {config.data.num_classes} is "
+            "pdist's null class, so classifier-free guidance with weight w is (1 + w) out(label) - w out(null).\n\n"
+            if config.model.class_conditional
+            else ""
+        ),
         "source": {"workdir": workdir, "step": int(model.step)},
     }
     scheduler = _ddim_scheduler(config, spec.schedule, sampling.num_steps, grid)
@@ -285,7 +297,8 @@ Written by `python -m pdist.interop export` from `{how["source"]["workdir"]}` (s
 
 The model's own sampler is DDIM with {n} steps on pdist's `{grid}` grid, {clip}. {with_diffusers}
 
-`python sample_pdist.py NUM_IMAGES OUT.npy [SEED]` runs it in PyTorch: at step i the UNet takes the float time step
+{how["labels_note"]}`python sample_pdist.py NUM_IMAGES OUT.npy [SEED]` runs it in PyTorch
+(a class-conditional model's labels 0, 1, 2, ... in turn, unguided): at step i the UNet takes the float time step
 tau_i (a float tensor: a Python number would be cast to an integer) on z_i, gives x-hat
 (eps: (z - sigma eps-hat) / alpha; v: alpha z - sigma v-hat), and z_(i+1) = alpha_(i+1) x-hat + sigma_(i+1) eps-hat;
 the last row's (alpha, sigma) ends the loop (1, 0: the result is x-hat). `pdist_sampling.json` holds these numbers:

@@ -4,7 +4,8 @@ names one) and bench/diffusers_export.py.
 
 Usage: diffusers_side.py FOLDER INPUTS.npz OUT.npz
 
-INPUTS holds ``z`` and ``tau`` (the UNet's input, NCHW, and its float time steps) and ``noise`` (NCHW); OUT gets
+INPUTS holds ``z`` and ``tau`` (the UNet's input, NCHW, and its float time steps), ``noise`` (NCHW) and, for a
+class-conditional model, ``labels`` (of ``z``'s rows) and ``noise_labels`` (of ``noise``'s); OUT gets
 ``out`` (``UNet2DModel.from_pretrained``'s output), ``loop`` (the folder's ``sample_pdist.py`` from ``noise``) and,
 where the folder has a scheduler, ``scheduler`` (``DDIMScheduler`` with eta 0 at the model's step count).
 """
@@ -24,9 +25,10 @@ import sample_pdist  # noqa: E402  (the folder's own loop)
 a = np.load(inputs)
 unet = UNet2DModel.from_pretrained(os.path.join(folder, "unet")).eval()
 result = {}
+labels, noise_labels = (torch.from_numpy(a[k]) if k in a.files else None for k in ("labels", "noise_labels"))
 with torch.no_grad():
-    result["out"] = unet(torch.from_numpy(a["z"]), torch.from_numpy(a["tau"])).sample.numpy()
-    result["loop"] = sample_pdist.sample(torch.from_numpy(a["noise"])).numpy()
+    result["out"] = unet(torch.from_numpy(a["z"]), torch.from_numpy(a["tau"]), class_labels=labels).sample.numpy()
+    result["loop"] = sample_pdist.sample(torch.from_numpy(a["noise"]), noise_labels).numpy()
     if os.path.exists(os.path.join(folder, "scheduler")):
         ddim = DDIMScheduler.from_pretrained(os.path.join(folder, "scheduler"))
         ddim.set_timesteps(json.load(open(os.path.join(folder, "pdist_sampling.json")))["num_steps"])
