@@ -52,17 +52,19 @@ if mode == "make":
     sys.exit()
 inputs, out = sys.argv[3], sys.argv[4]
 a = np.load(inputs)
-unet = UNet2DModel.from_pretrained(os.path.join(folder, "unet")).eval()
+device = "cuda" if torch.cuda.is_available() else "cpu"
+unet = UNet2DModel.from_pretrained(os.path.join(folder, "unet")).eval().to(device)
 ddim = DDIMScheduler.from_pretrained(os.path.join(folder, "scheduler"))
 res, times = {}, {}
 for n in [int(s) for s in a["steps"]]:
     for run in ("first", "timed"):
         began = time.perf_counter()
         ddim.set_timesteps(n)
-        z = torch.from_numpy(a["noise"])
+        z = torch.from_numpy(a["noise"]).to(device)
         with torch.no_grad():
             for t in ddim.timesteps:
                 z = ddim.step(unet(z, t).sample, t, z, eta=0.0).prev_sample
+        z = z.cpu()  # waits for the device
         times[f"{n}_{run}"] = time.perf_counter() - began
     res[f"x_{n}"] = z.numpy()
 np.savez(out, **res)

@@ -644,6 +644,16 @@ def test_an_exported_continuous_time_student_samples_by_its_readme_loop(tmp_path
     own = samplers.sample(student.denoiser(), student.schedule, noise, method="ddim", num_steps=4, grid="uniform",
                           clip_x=how["clip_x"])  # fmt: skip
     assert _rel(np.asarray(z), np.asarray(own)) < 1e-5
+    # DDIMScheduler gives the UNet its integer time step: a scheduler only for a network that takes one (and whose
+    # output is the prediction alone)
+    discrete = ml_collections.ConfigDict(student.config.to_dict())
+    discrete.diffusion.update(schedule="linear", num_timesteps=1000)
+    linear = schedules.LinearBetas(1000)
+    assert exporter._ddim_scheduler(discrete, linear, 4, "uniform") is None  # pdist's noise-level input
+    discrete.model.logsnr_input = "timestep"
+    assert exporter._ddim_scheduler(discrete, linear, 4, "uniform")["timestep_spacing"] == "trailing"
+    discrete.diffusion.learned_variance = True
+    assert exporter._ddim_scheduler(discrete, linear, 4, "uniform") is None
     # a class-conditional network: its label embedding with pdist's null row is num_class_embeds, tensor for tensor
     from pdist.spec import ModelSpec
 

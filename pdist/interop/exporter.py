@@ -168,8 +168,12 @@ def network_timesteps(config, schedule, times: np.ndarray) -> np.ndarray:
 def _ddim_scheduler(config, schedule, num_steps: int, grid: str) -> dict | None:
     """diffusers' ``DDIMScheduler`` config for DDIM on ``grid``, or None where it has no such spacing."""
     T = schedule.num_timesteps
-    if T is None or config.diffusion.parameterization not in PARAMETERIZATIONS:
-        return None
+    if T is None or config.diffusion.parameterization not in PARAMETERIZATIONS or config.diffusion.learned_variance:
+        return None  # (DDIMScheduler steps with the whole output: a learned variance's channels too)
+    if not (
+        config.model.logsnr_input == "timestep" or (config.model.logsnr_input == "rescaled_timestep" and T == 1000)
+    ):
+        return None  # the scheduler gives the UNet its integer time step; this network takes another input
     if isinstance(schedule, schedules.LinearBetas):
         if (schedule.beta_start, schedule.beta_end) != (1e-4, 0.02):
             return None
