@@ -454,16 +454,11 @@ def test_ddim_on_an_imported_pipeline_equals_diffusers_ddim_scheduler(diffusers_
     assert _rel(ddim(True, False), ref["ddim_clipped"]) > 0.1
 
 
-def _diffusers_variances(name: str, ref, T: int) -> tuple[np.ndarray, np.ndarray]:
-    """DDPMScheduler's posterior variances at the fixture's steps in float64 from its betas (linear, or
-    squaredcos_cap_v2 capped at 0.999), and how far float32 rounding of 1 - alphas_cumprod, which diffusers
-    computes them from, can move them (relative)."""
-    if name == "ho":
-        betas = np.linspace(1e-4, 0.02, T, dtype=np.float64)
-    else:
-        f = lambda t: np.cos((t + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
-        betas = np.minimum(1 - f(np.arange(1, T + 1) / T) / f(np.arange(T) / T), 0.999)
-    abar = np.concatenate([[1.0], np.cumprod(1 - betas)])  # abar[level]
+def _diffusers_variances(schedule, ref) -> tuple[np.ndarray, np.ndarray]:
+    """DDPMScheduler's posterior variances at the fixture's steps in float64 from the schedule's betas (linear, or
+    squaredcos_cap_v2 capped at 0.999: the fixture's scheduler config), and how far float32 rounding of
+    1 - alphas_cumprod, which diffusers computes them from, can move them (relative)."""
+    abar = np.concatenate([[1.0], np.cumprod(1 - schedule.betas_np())])  # abar[level]
     levels = ref["ddpm_timesteps"] + 1
     prev = np.concatenate([levels[1:], [0]])
     variance = (1 - abar[prev]) / (1 - abar[levels]) * (1 - abar[levels] / abar[prev])
@@ -532,7 +527,7 @@ def test_pdist_samplers_equal_diffusers_schedulers_on_an_imported_pipeline(diffu
         tr = diffusion.transition(schedule.logsnr(s), schedule.logsnr(t))
         return diffusion.posterior_mean(tr, pred.x, z), jnp.exp(diffusion.log_variance("small", tr, None)), pred.x
 
-    variance, rounding = _diffusers_variances(name, ref, T)
+    variance, rounding = _diffusers_variances(schedule, ref)
     for i, (t, s) in enumerate(zip(levels, prev, strict=True)):
         at = [jnp.full((len(z),), level / T, jnp.float32) for level in (t, s)]
         mean, var, x = mean_and_variance(z, *at)

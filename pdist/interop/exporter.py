@@ -221,10 +221,10 @@ def export(workdir: str, folder: str, step: int | None = None) -> dict:
     sampling = model.sampling
     grid = model.grid(sampling.grid)
     times = schedules.time_grid(spec.schedule, sampling.num_steps, grid)
-    logsnr = np.asarray(jax.device_get(spec.schedule.logsnr(np.asarray(times, np.float32))), np.float64)
-    alpha, sigma = np.sqrt(1 / (1 + np.exp(-logsnr))), np.sqrt(1 / (1 + np.exp(logsnr)))
-    if spec.schedule.ends_at_data:  # the last step returns x-hat: onto alpha = 1, sigma = 0
-        alpha[-1], sigma[-1] = 1.0, 0.0
+    # the sampler's own alpha and sigma (a discrete schedule's t = 0 is (1, 0): the last step returns x-hat)
+    alpha, sigma = (
+        np.asarray(a, np.float64) for a in jax.device_get(spec.schedule.alpha_sigma(times.astype(np.float32)))
+    )
     how = {
         "method": "ddim",
         "num_steps": int(sampling.num_steps),
