@@ -8,7 +8,7 @@ import re
 import shutil
 import signal
 import subprocess
-import time
+import sys
 
 import jax
 import numpy as np
@@ -100,37 +100,26 @@ def test_sigterm_saves_the_current_step_and_the_same_command_resumes_bit_identic
     )
 
 
-@pytest.mark.heavy
 def test_kill_9_during_a_save_resumes_from_the_last_complete_checkpoint_bit_identically(
     uninterrupted, run_args, tmp_path, capsys
 ):
     workdir = str(tmp_path / "w")
     folder = os.path.join(workdir, "checkpoints")
     args = [f"--workdir={workdir}", *run_args, "--config.train.checkpoint_every=5"]
-    caught = None
-    for _ in range(10):  # until a kill lands while a save is being written
-        with open(tmp_path / "log", "w") as log:
-            proc = subprocess.Popen(main_command(*args), cwd=REPO, env=main_env(), stderr=log, stdout=log)
-            while proc.poll() is None:
-                if os.path.isdir(folder) and any("tmp" in n for n in os.listdir(folder)):
-                    proc.kill()
-                    break
-                time.sleep(0.0005)
-            proc.wait()
-        partial = [n for n in os.listdir(folder) if "tmp" in n] if os.path.isdir(folder) else []
-        if proc.returncode == -signal.SIGKILL and partial:
-            caught = partial, [n for n in os.listdir(folder) if n.isdigit()]
-            break
-    assert caught, "no kill landed during a save in 10 tries"
-    partial, complete = caught
+    # kill -9 inside the save of step 15: its files written to a temporary folder, the commit not yet run
+    script = os.path.join(REPO, "tests", "scripts", "kill_during_save.py")
+    killed = subprocess.run([sys.executable, script, "15", *main_command(*args)[3:]], cwd=REPO, env=main_env(),
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    partial = [n for n in os.listdir(folder) if "tmp" in n]
+    complete = sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+    assert len(partial) == 1 and partial[0].startswith("15.") and complete == [5, 10], os.listdir(folder)
+    assert _data_files(os.path.join(folder, partial[0]))  # the step's arrays were written, uncommitted
     capsys.readouterr()
     # The same run, with fewer saves to wait for, resumed in this process (the uninterrupted run's programs reused).
     status, message, _ = run_in_process(*args[:-1], "--config.train.checkpoint_every=100")
     assert status == 0, message
-    out = capsys.readouterr().out
-    if complete:
-        newest = max(map(int, complete))
-        assert f"teacher: resuming at step {newest} from" in out  # the newest complete checkpoint
+    assert "teacher: resuming at step 10 from" in capsys.readouterr().out  # the newest complete checkpoint
     assert not [n for n in os.listdir(folder) if "tmp" in n]  # the partial save was cleared away
     assert_same_state(workdir, uninterrupted)
 
