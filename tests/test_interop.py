@@ -79,6 +79,22 @@ def test_predictions_and_ddim_equal_the_releases_for_each_mean_type(imported, me
 OPENAI = os.path.join(os.path.dirname(__file__), "fixtures", "openai")
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _spec_out(spec, params, x, t, label):
+    """``spec.apply`` compiled, one program per network (run eagerly, a network's hundreds of operations compile
+    one by one)."""
+    return spec.apply(params, x, t, label, None)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _predict(spec, params, label, z, t):
+    """``spec(...)``'s prediction, compiled (see :func:`_spec_out`)."""
+    return spec(params, label, None, z, t)
+
+
+_level_term = jax.jit(nll.level_term, static_argnums=(1, 5, 6, 7, 8))  # compiled (see _spec_out)
+
+
 def _openai_flags(name: str) -> str:
     made = json.loads(open(os.path.join(OPENAI, "provenance.json")).read())["models"][name]
     return f"{made['flags']} --timestep_respacing {made['timestep_respacing']}"
@@ -108,7 +124,7 @@ def test_openai_networks_and_reverse_steps_equal_their_codes(openai_model):
     label = jnp.asarray(ref["y"]) if "y" in ref.files else None
     z = jnp.asarray(ref["x"])
     level = jnp.asarray(ref["steps"] + 1, jnp.float32)  # OpenAI's step i - 1 is pdist's level i
-    raw = spec.apply(model.ema_params, z, level / T, label, None)
+    raw = _spec_out(spec, model.ema_params, z, level / T, label)
     assert _rel(np.asarray(raw), ref["raw"]) < 1e-5
     # each convention alone breaks parity: GroupNorm's epsilon, the time input's scale, the qkv order, and
     # (improved's strided-conv downsampling) the padding
@@ -120,23 +136,23 @@ def test_openai_networks_and_reverse_steps_equal_their_codes(openai_model):
     # 0.1 x: the first norms see a variance where epsilon shows (at 0.01 x Flax's one-pass variance, E[x^2] -
     # E[x]^2, departs from PyTorch's by 8e-5 of the output: noticed, left alone)
     small = jnp.asarray(ref["x_small"])
-    assert _rel(np.asarray(spec.apply(model.ema_params, small, level / T, label, None)), ref["raw_small"]) < 1e-5
+    assert _rel(np.asarray(_spec_out(spec, model.ema_params, small, level / T, label)), ref["raw_small"]) < 1e-5
     others = {k: dataclasses.replace(spec, network=spec.network.clone(**{k: v})) for k, v in flipped.items()}
     if T != 1000:  # the time steps' rescaling by 1000 / T
         others["time scale"] = dataclasses.replace(spec, network_input=time_input)
     for key, other in others.items():
-        flip = np.asarray(other.apply(model.ema_params, small, level / T, label, None))
+        flip = np.asarray(_spec_out(other, model.ema_params, small, level / T, label))
         assert _rel(flip, ref["raw_small"]) > 1e-4, key
     # level i given as the model's step i (not i - 1)
-    flip = np.asarray(spec.apply(model.ema_params, small, (level - 1) / T, label, None))
+    flip = np.asarray(_spec_out(spec, model.ema_params, small, (level - 1) / T, label))
     assert _rel(flip, ref["raw_small"]) > 1e-4
     new_order = model.metadata["source"]["flags"].get("use_new_attention_order", False)
     sd = openai.read(open(os.path.join(OPENAI, f"{name}.pt"), "rb").read())
     other_order = openai.to_pdist_params(sd, model.config, not new_order)
-    assert _rel(np.asarray(spec.apply(other_order, z, level / T, label, None)), ref["raw"]) > 1e-4
+    assert _rel(np.asarray(_spec_out(spec, other_order, z, level / T, label)), ref["raw"]) > 1e-4
 
     def reverse_step(t_level, s_level, tag, rows):
-        pred = spec(model.ema_params, label, None, z, t_level / T)
+        pred = _predict(spec, model.ema_params, label, z, t_level / T)
         tr = diffusion.transition(spec.schedule.logsnr(s_level / T), spec.schedule.logsnr(t_level / T))
         mean = diffusion.posterior_mean(tr, pred.x, z)
         log_var = diffusion.log_variance("learned", tr, pred.var_frac)
@@ -197,7 +213,7 @@ def test_the_nll_bound_of_an_imported_model_is_its_codes_term_by_term(openai_mod
     for clip in (True, False):
         tag = "clipped" if clip else "unclipped"
         theirs = ref[f"vb_terms_{tag}"]
-        ours = np.asarray(nll.level_term(denoise_fn, model.schedule, xs, eps, levels, T, "learned", clip, cdf))
+        ours = np.asarray(_level_term(denoise_fn, model.schedule, xs, eps, levels, T, "learned", clip, cdf))
         ours = ours.reshape(rows, batch)
         # Row by row, so that the small late KLs are not lost beside the decoder's NLL: to 1e-4 relative, or
         # 1e-7 bits/dim where a KL that small is float32's cancellation in it (both codes compute in float32).
@@ -212,7 +228,7 @@ def test_the_nll_bound_of_an_imported_model_is_its_codes_term_by_term(openai_mod
         if name == "guided":
             # The exact CDF is another protocol: its decoder term differs by more than the code's rounding (on
             # improved's clipped random network so many bins sit in the tails that the rounding hides it).
-            exact = nll.level_term(denoise_fn, model.schedule, xs, eps, levels, T, "learned", clip, "exact")
+            exact = _level_term(denoise_fn, model.schedule, xs, eps, levels, T, "learned", clip, "exact")
             exact = np.asarray(exact).reshape(rows, batch)[0]
             assert np.all(np.abs(exact - theirs[0]) > 1e-4 * theirs[0] + slack), (exact, theirs[0], slack)
     prior = vlb.prior_bpd(x, model.schedule.logsnr(jnp.ones((batch,), jnp.float32)))
