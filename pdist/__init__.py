@@ -6,7 +6,10 @@ The pure math core: ``pdist.schedules``, ``pdist.diffusion``, ``pdist.losses``,
 ``pdist.load(path)`` (imported on first use, so the math core stays light).
 """
 
+from pdist import cpu_defaults
+
 __version__ = "0.1.0"
+cpu_defaults.apply()  # XLA's CPU settings, before JAX starts its backend (pdist/cpu_defaults.py)
 
 
 def __getattr__(name):

@@ -12,6 +12,7 @@ import jax
 import jax.flatten_util
 import numpy as np
 
+from pdist import cpu_defaults
 from pdist.spec import ModelSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,8 +23,11 @@ JAX_CACHE = os.environ.get("PDIST_TEST_JAX_CACHE") or os.path.expanduser("~/.cac
 # fusion code generation (fusion emitters off) compiles the train step a fifth faster again (measured: 3.4 s
 # against 4.2 s for the small UNet's step, which also runs faster). Results differ from a default build's in the
 # last bits, so tests compare programs compiled under these same flags only.
+# pdist's own CPU defaults (pdist/cpu_defaults.py) are part of the string, so that this process and every
+# subprocess (which imports pdist with these flags set) compile the same programs.
 XLA_FLAGS = os.environ.get(
-    "PDIST_TEST_XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+    "PDIST_TEST_XLA_FLAGS",
+    f"--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false {cpu_defaults.flags()}".strip(),
 )
 
 

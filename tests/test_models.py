@@ -1,12 +1,17 @@
 """The architectures: output shapes for every config family, variance/two-head channels, class conditioning,
 every row of the architecture table."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import apply_fn, config_file, init_params, perturb, small_model
 
+from pdist import cpu_defaults
 from pdist.models import ARCHITECTURES
 from pdist.spec import ModelSpec
 
@@ -89,3 +94,34 @@ def test_every_architecture_builds_from_its_row_and_checks_its_settings(name):
     config.model.name = "no_such_network"
     with pytest.raises(ConfigError, match="config.model.name='no_such_network' is not valid"):
         validate(config)
+
+
+_CONV_PATH = """
+import jax, jax.numpy as jnp
+import pdist  # before JAX starts its backend, as any program that uses pdist
+conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                         dimension_numbers=("NHWC", "HWIO", "NHWC")))
+print("ynn" in conv.lower(jnp.ones((2, 16, 16, 32)), jnp.ones((3, 3, 32, 32))).compile().as_text())
+"""
+
+
+@pytest.mark.skipif(not cpu_defaults.flags(), reason="pdist sets no CPU flag for this jaxlib")
+def test_importing_pdist_sends_convolutions_through_xlas_own_kernels_unless_xla_flags_chooses():
+    """pdist/cpu_defaults.py: a process that imports pdist compiles its convolutions without YNNPACK (faster on a
+    CPU: docs/benchmarks.md); a ``ynn_fusion_type`` the user put in ``XLA_FLAGS`` is left as it is."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+
+    def uses_ynn(flags: str | None) -> bool:
+        run_env = env if flags is None else {**env, "XLA_FLAGS": flags}
+        out = subprocess.run([sys.executable, "-c", _CONV_PATH], env=run_env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip().splitlines()[-1] == "True"
+
+    assert not uses_ynn(None)
+    assert uses_ynn("--xla_cpu_experimental_ynn_fusion_type=+individual_convolution")
+    # the flag joins what XLA_FLAGS already holds, once
+    environ = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    cpu_defaults.apply(environ)
+    cpu_defaults.apply(environ)
+    assert environ["XLA_FLAGS"] == f"--xla_backend_optimization_level=0 {cpu_defaults.FLAG}"

@@ -1,0 +1,38 @@
+"""XLA's CPU settings pdist runs with unless ``XLA_FLAGS`` says otherwise, set when pdist is imported (before JAX
+starts its backend; a backend that is already running keeps its settings).
+
+``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``: each convolution through XLA's own (Eigen)
+kernel instead of a YNNPACK call of its own. On this project's 2-core CPU, for a 6.9M-parameter UNet at batch 32
+(bench/vs_pytorch_cpu.py, docs/benchmarks.md), the forward pass went from 45 to 58 images/s and the train step
+from 15 to 20; the digits network is unchanged within noise. Outputs agree to float rounding (2e-6 relative), not
+bit for bit: ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`` gives back XLA's own
+default (any ``ynn_fusion_type`` in ``XLA_FLAGS`` leaves the choice to it). XLA stops on a flag it does not know,
+so the flag is set only for the jaxlib versions in :data:`TESTED`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+
+TESTED = ("0.10.",)  # jaxlib versions that have the flag and were measured with it
+FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+
+
+def flags() -> str:
+    """The flags pdist adds for the installed jaxlib ("" for an untested one)."""
+    try:
+        from importlib.metadata import version
+
+        installed = version("jaxlib")
+    except Exception:  # no jaxlib metadata (an unusual install): add nothing
+        return ""
+    return FLAG if installed.startswith(TESTED) else ""
+
+
+def apply(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Adds :func:`flags` to ``environ["XLA_FLAGS"]`` unless it already chooses the YNNPACK fusions."""
+    current = environ.get("XLA_FLAGS", "")
+    if "ynn_fusion_type" in current or not flags():
+        return
+    environ["XLA_FLAGS"] = f"{current} {flags()}".strip()
