@@ -5,7 +5,8 @@ starts its backend; a backend that is already running keeps its settings).
 kernel instead of a YNNPACK call of its own. On this project's 2-core CPU, against PyTorch on the same 6.9M-parameter
 UNet (bench/vs_pytorch_cpu.py: docs/vs_pytorch_cpu_before.json, docs/vs_pytorch_cpu.json), pdist's share of
 PyTorch's speed rose from 0.43-0.66 to 0.56-1.00 for the forward pass and from 0.45-0.63 to 0.65-0.83 for the
-train step; the digits network is unchanged within noise. Outputs agree to float rounding (2e-6 relative), not
+train step; the digits network is unchanged within noise. Outputs change by float rounding (the parity tests
+against the peers' fixtures pass), not
 bit for bit: ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`` gives back XLA's own
 default (any ``ynn_fusion_type`` in ``XLA_FLAGS`` leaves the choice to it). XLA stops on a flag it does not know,
 so the flag is set only for the jaxlib versions in :data:`TESTED`.
