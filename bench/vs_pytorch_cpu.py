@@ -36,6 +36,7 @@ import tempfile
 import time
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
@@ -46,7 +47,7 @@ from pdist.config import from_file  # noqa: E402
 from pdist.interop import exporter  # noqa: E402
 from pdist.runtime import mesh as mesh_lib  # noqa: E402
 from pdist.runtime import step as step_lib  # noqa: E402
-from pdist.runtime.checkpoint import Checkpointer  # noqa: E402
+from pdist.runtime.checkpoint import save_once  # noqa: E402
 from pdist.spec import ModelSpec  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -149,16 +150,11 @@ def write_workdir(config, path: str):
     """A workdir holding ``config``'s network with random weights (every layer, the zero-initialized ones too)."""
     init_fn, _ = build.state_init(config, ModelSpec.of(config))
     state = jax.jit(init_fn)()
-    leaves, tree = jax.tree.flatten(state.params)
-    keys = jax.random.split(jax.random.key(3), len(leaves))
-    params = jax.tree.unflatten(
-        tree, [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
-    )
+    flat, unravel = jax.flatten_util.ravel_pytree(state.params)  # one draw for every leaf: one generator compiled
+    params = unravel(flat + 0.05 * jax.random.normal(jax.random.key(3), flat.shape))
     state = state.replace(params=params, ema_params=params)
-    ckpt = Checkpointer(os.path.join(path, "checkpoints"), asynchronous=False, writer=True)
-    ckpt.save(0, state, {"config": json.loads(config.to_json()), "step": 0, "sampling_steps": 8})
-    ckpt.wait()
-    ckpt.close()
+    save_once(os.path.join(path, "checkpoints"), 0, state, {"config": json.loads(config.to_json()), "step": 0,
+                                                             "sampling_steps": 8})  # fmt: skip
     return params
 
 

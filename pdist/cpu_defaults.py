@@ -34,7 +34,6 @@ def flags() -> str:
 
 def apply(environ: MutableMapping[str, str] = os.environ) -> None:
     """Adds :func:`flags` to ``environ["XLA_FLAGS"]`` unless it already chooses the YNNPACK fusions."""
-    current = environ.get("XLA_FLAGS", "")
-    if "ynn_fusion_type" in current or not flags():
-        return
-    environ["XLA_FLAGS"] = f"{current} {flags()}".strip()
+    current, ours = environ.get("XLA_FLAGS", ""), flags()
+    if ours and "ynn_fusion_type" not in current:
+        environ["XLA_FLAGS"] = f"{current} {ours}".strip()

@@ -597,7 +597,7 @@ def _native_workdir(path: str, class_conditional: bool = False) -> str:
     from helpers import config_file, perturb
 
     from pdist import build
-    from pdist.runtime.checkpoint import Checkpointer
+    from pdist.runtime.checkpoint import save_once
     from pdist.spec import ModelSpec
 
     config = config_file("digits")
@@ -609,10 +609,8 @@ def _native_workdir(path: str, class_conditional: bool = False) -> str:
     state = jax.jit(init_fn)()
     params = perturb(state.params, jax.random.key(3), 0.05)
     state = state.replace(params=params, ema_params=params)
-    ckpt = Checkpointer(os.path.join(path, "checkpoints"), asynchronous=False, writer=True)
-    ckpt.save(0, state, {"config": json.loads(config.to_json()), "step": 0, "sampling_steps": 4})
-    ckpt.wait()
-    ckpt.close()
+    save_once(os.path.join(path, "checkpoints"), 0, state, {"config": json.loads(config.to_json()), "step": 0,
+                                                             "sampling_steps": 4})  # fmt: skip
     return path
 
 

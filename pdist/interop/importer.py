@@ -20,9 +20,8 @@ from pdist import build
 from pdist import config as config_lib
 from pdist.errors import InputError
 from pdist.interop import FORMATS
-from pdist.runtime import files, layout
+from pdist.runtime import checkpoint, files, layout
 from pdist.runtime import step as step_lib
-from pdist.runtime.checkpoint import Checkpointer
 from pdist.spec import ModelSpec
 
 
@@ -126,17 +125,12 @@ def import_checkpoint(source: str, workdir: str, source_config=None, source_flag
     config, spec, params, ema, step, metadata = prepare(source, source_config, source_flags, overrides)
     layout.check_writable(workdir)
     directory = layout.checkpoints(files.absolute(workdir))
-    if files.exists(directory) and Checkpointer(directory, asynchronous=False).latest_step() is not None:
+    if files.exists(directory) and checkpoint.Checkpointer(directory, asynchronous=False).latest_step() is not None:
         raise InputError(f"{workdir} already holds checkpoints; import into a new workdir.")
     _, optimizer = build.state_init(config, spec)
     to32 = lambda tree: jax.tree.map(lambda a: np.asarray(a, np.float32), tree)  # noqa: E731
     # the optimizer's and the timestep sampler's initial state around the imported parameters (no random init)
     fresh = jax.jit(lambda p: step_lib.init_state(p, optimizer.tx, build.importance_sampler(config)))(to32(params))
     state = fresh.replace(ema_params=to32(ema), step=np.int32(step))
-    ckpt = Checkpointer(directory, asynchronous=False, writer=True)
-    try:
-        ckpt.save(step, state, {"config": json.loads(config.to_json()), "step": step, **metadata})
-        ckpt.wait()
-    finally:
-        ckpt.close()
+    checkpoint.save_once(directory, step, state, {"config": json.loads(config.to_json()), "step": step, **metadata})
     return directory

@@ -240,3 +240,13 @@ class Checkpointer:
                 f"train first or pass a folder holding one (steps here: {self.all_steps() or 'none'})."
             )
         return step
+
+
+def save_once(directory: str, step: int, state, metadata: dict) -> None:
+    """One checkpoint written and finished before returning (an import, a workdir made outside training)."""
+    ckpt = Checkpointer(directory, asynchronous=False, writer=True)
+    try:
+        ckpt.save(step, state, metadata)
+        ckpt.wait()
+    finally:
+        ckpt.close()
