@@ -106,9 +106,11 @@ def state_init(config: ml_collections.ConfigDict, spec: ModelSpec) -> tuple[Call
     key = rng.init_key(config.seed)
     sampler = importance_sampler(config)
 
+    target = spec.consistency is not None  # a consistency student's state keeps its target network
+
     def init_fn():
-        return init_state(spec.init_params(key), opt.tx, sampler)
+        return init_state(spec.init_params(key), opt.tx, sampler, target)
 
     # the state's shapes without tracing the network's init again (runtime.step.abstract_state; every restore)
-    init_fn.shapes = lambda: jax.eval_shape(lambda p: init_state(p, opt.tx, sampler), spec.param_shapes())
+    init_fn.shapes = lambda: jax.eval_shape(lambda p: init_state(p, opt.tx, sampler, target), spec.param_shapes())
     return init_fn, opt

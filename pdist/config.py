@@ -76,6 +76,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.diffusion.learned_variance = False
     config.diffusion.importance_sampling = False  # loss-aware t for vlb (Improved DDPM Sec. 3.3)
     config.diffusion.vlb_weight = 0.001
+    # A consistency student's (pdist.distillation.consistency, set in its stored config): x-hat is the consistency
+    # function, the identity at the variance-exploding noise level sigma/alpha = consistency_sigma_min (0: an
+    # ordinary model), with the paper's c_skip at data scale sigma_data
+    config.diffusion.consistency_sigma_min = 0.0
+    config.diffusion.sigma_data = 0.5
 
     config.optim = ml_collections.ConfigDict()
     config.optim.optimizer = "adam"
@@ -145,6 +150,22 @@ def base_config() -> ml_collections.ConfigDict:
     config.distill.guidance_max = 4.0
     config.distill.guidance_at_min = 0.0  # the share of training weights drawn exactly at guidance_min
     config.distill.stage1_updates = 50_000
+    # method "consistency" (consistency distillation, Song et al. 2023, Alg. 2; the CIFAR-10 run's settings): one
+    # round of `updates`; N Karras-spaced noise levels (rho) between sigma_min and sigma_max in sigma/alpha, and
+    # t = 1 above them; one teacher step (ddim or heun) between neighbours; the target network an EMA (rate
+    # target_ema, the paper's mu) of the student; distance l2 (squared) or pseudo_huber (c = huber_c, 0: the
+    # improved-techniques 0.00054 sqrt(d)). Its students sample with the multistep consistency sampler.
+    config.distill.consistency = ml_collections.ConfigDict()
+    config.distill.consistency.updates = 800_000
+    config.distill.consistency.num_scales = 18
+    config.distill.consistency.sigma_min = 0.002
+    config.distill.consistency.sigma_max = 80.0
+    config.distill.consistency.rho = 7.0
+    config.distill.consistency.solver = "heun"
+    config.distill.consistency.distance = "l2"
+    config.distill.consistency.huber_c = 0.0
+    config.distill.consistency.target_ema = 0.95
+    config.distill.consistency.student_steps = 1  # the reports' student samples (consistency sampler)
 
     # Evaluation (mode "eval") of one checkpoint: every (sampler, steps) pair in
     # ``samplers`` over ``num_seeds`` seeds, scored against the reference split.

@@ -107,6 +107,32 @@ def predict(
     return clip_prediction(pred, z, logsnr) if clip_x else pred
 
 
+def consistency_output(
+    pred: Prediction, z: Array, t: Array, logsnr: Array, *, t_min: float, logsnr_min: Array, sigma_data: float
+) -> Prediction:
+    """The consistency function of Song et al. (2023, Sec. 3) built on a network's prediction ``pred``.
+
+    In the variance-exploding coordinates of the probability-flow ODE, ``x_s = z / alpha`` at
+    ``s = sigma / alpha = exp(-logsnr / 2)``, the function is
+    ``f(z, t) = c_skip(t) z / alpha + (1 - c_skip(t)) x-hat(z, t)`` with the paper's
+    ``c_skip = sigma_data^2 / ((s - s_min)^2 + sigma_data^2)``, ``s_min = exp(-logsnr_min / 2)``, the
+    schedule's at ``t_min``. The paper's ``c_out F``
+    is ``(1 - c_skip) x-hat`` here: the network's x-hat, whatever its parameterization (v, x, eps, both), is
+    already in data units. At ``t <= t_min`` (the clean end of the consistency discretization) ``c_skip`` is 1
+    and ``f = z / alpha`` bit for bit: the identity on the ODE's state (``f(x_eps, eps) = x_eps``). eps-hat is
+    recomputed from f, so that every sampler reads one consistent pair.
+    """
+    alpha, sigma = alpha_sigma_from_logsnr(logsnr)
+    s = jnp.exp(-0.5 * logsnr)
+    s_min = jnp.exp(-0.5 * jnp.asarray(logsnr_min, jnp.float32))
+    c_skip = sigma_data**2 / ((s - s_min) ** 2 + sigma_data**2)
+    at_end = jnp.asarray(t) <= t_min
+    c_skip = jnp.where(at_end, 1.0, c_skip)
+    x_ve = z / bcast(alpha, z)
+    x = bcast(c_skip, z) * x_ve + bcast(jnp.where(at_end, 0.0, 1.0 - c_skip), z) * pred.x
+    return Prediction(x, (z - bcast(alpha, z) * x) / bcast(sigma, z), pred.var_frac)
+
+
 def clip_prediction(pred: Prediction, z: Array, logsnr: Array, keep_eps: bool = False) -> Prediction:
     """Clips x-hat to [-1, 1] and recomputes eps-hat = (z - alpha x) / sigma (OpenAI's and pdist's clipping);
     ``keep_eps``: eps-hat stays the unclipped prediction's (diffusers' schedulers' ``clip_sample``, whose DDIM

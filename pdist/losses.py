@@ -50,11 +50,15 @@ class Loss:
     """``loss(params, batch, key, *args) -> (loss, LossAux)`` and its ``draw(batch, key, *args) -> batch``.
 
     ``args`` are what the train step passes through (a distillation loss's frozen teacher parameters and the
-    student's number of steps).
+    student's number of steps). With ``target_decay`` (consistency distillation's target network), the train
+    step keeps an exponential moving average of the parameters at that rate in its state
+    (``theta- <- decay theta- + (1 - decay) theta`` after every update, from the initial parameters) and
+    passes it as the last of ``args``.
     """
 
     fn: Callable[..., tuple[Array, LossAux]]
     draw: Callable[..., dict]
+    target_decay: float | None = None
 
     def __call__(self, params, batch: dict, key: Array, *args) -> tuple[Array, LossAux]:
         return self.fn(params, batch, key, *args)

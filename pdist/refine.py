@@ -34,7 +34,8 @@ import numpy as np
 
 from pdist.errors import ConfigError
 
-NORM_TAGS = {"adam": "grad_l1", "adamw": "grad_l1", "sgd": "grad_norm"}  # the norm each optimizer's weights use
+# the norm each optimizer's weights use
+NORM_TAGS = {"adam": "grad_l1", "adamw": "grad_l1", "radam": "grad_l1", "sgd": "grad_norm"}
 MIN_POINTS = 10  # logged values a run needs before it can be refined from
 FILTER_FRACTION = 0.1  # the median filter's width, as a fraction of the run
 

@@ -364,6 +364,27 @@ def times_at_logsnr(schedule: Schedule, logsnr, low: float | None = None, high: 
     return 0.5 * (lo + hi)
 
 
+def times_at_sigma(schedule: Schedule, sigmas) -> np.ndarray:
+    """The times where the variance-exploding noise level ``sigma_t / alpha_t = exp(-logsnr / 2)`` of
+    ``schedule`` takes the values ``sigmas`` (Karras et al. 2022's sigma; float64 array of float32 times),
+    clipped to the schedule's range; on a discrete schedule, the nearest level, at least 1 (its t = 0 is
+    clean data). Deterministic: the same sigma gives the same time in every call."""
+    sigmas = np.asarray(sigmas, np.float64)
+    with jax.ensure_compile_time_eval():
+        times = np.asarray(times_at_logsnr(schedule, -2.0 * np.log(sigmas), 0.0, 1.0), np.float64)
+    if isinstance(schedule, DiscreteSchedule):
+        T = schedule.num_timesteps
+        return np.clip(np.round(times * T), 1, T) / T
+    return times
+
+
+@functools.lru_cache(maxsize=64)
+def boundary_time(schedule: Schedule, sigma_min: float) -> float:
+    """The clean end of a consistency model's time range: :func:`times_at_sigma` at ``sigma_min`` (a float32
+    value)."""
+    return float(np.float32(times_at_sigma(schedule, [sigma_min])[0]))
+
+
 @functools.lru_cache(maxsize=64)
 def _invert_logsnr(schedule: Schedule, num_steps: int, start: float = 1.0) -> np.ndarray:
     """Times whose logsnr is uniform between logsnr(start) and logsnr(0) (:func:`times_at_logsnr`; cached per

@@ -36,7 +36,7 @@ from pdist.diffusion import Prediction
 from pdist.errors import ConfigError
 from pdist.models import ARCHITECTURES
 from pdist.models.unet import TIMESTEP_INPUTS
-from pdist.schedules import Schedule, get_schedule
+from pdist.schedules import Schedule, boundary_time, get_schedule
 
 Array = jax.Array
 
@@ -64,6 +64,9 @@ class ModelSpec:
     # What a DPM-OT expressway's latents belong to (pdist.expressway): the dataset, the image shape and the
     # noise schedule; any model trained on these shares them.
     expressway_key: str = ""
+    # A consistency student (pdist.distillation.consistency): (t_min, sigma_data), and x-hat is the consistency
+    # function built on the network's (diffusion.consistency_output), the identity at t_min
+    consistency: tuple[float, float] | None = None
 
     @classmethod
     def of(cls, config: ml_collections.ConfigDict) -> ModelSpec:
@@ -76,9 +79,13 @@ class ModelSpec:
         key = f"{config.data.name}:{size}x{size}x{channels}:{d.schedule}" + (
             f":{d.num_timesteps}" if d.num_timesteps else ""
         )
+        schedule = get_schedule(d.schedule, **kwargs)
+        consistency = None
+        if d.consistency_sigma_min > 0:
+            consistency = (boundary_time(schedule, float(d.consistency_sigma_min)), float(d.sigma_data))
         return cls(
             network=ARCHITECTURES[m.name].build(config, out_channels),
-            schedule=get_schedule(d.schedule, **kwargs),
+            schedule=schedule,
             parameterization=d.parameterization,
             learned_variance=bool(d.learned_variance),
             image_shape=(size, size, channels),
@@ -87,6 +94,7 @@ class ModelSpec:
             guidance_range=(float(config.distill.guidance_min), float(config.distill.guidance_max)) if guided else None,
             expressway_key=key,
             network_input=m.logsnr_input if m.logsnr_input in TIMESTEP_INPUTS else "logsnr",
+            consistency=consistency,
         )
 
     @property
@@ -141,11 +149,22 @@ class ModelSpec:
         return guidance_lib.guided(predict, z, t, label, guidance, self.num_classes)
 
     def _predict(self, params, label, z, t, w=None, attention_from=None) -> Prediction:
-        logsnr = self.schedule.logsnr(t)
         control = {} if attention_from is None else {"attention_from": attention_from}
-        out = self.apply(params, z, t, label, None, w, **control)
-        return diffusion.predict(
-            out, z, logsnr, parameterization=self.parameterization, learned_variance=self.learned_variance
+        return self.predict(self.apply(params, z, t, label, None, w, **control), z, t)
+
+    def predict(self, output: Array, z: Array, t: Array) -> Prediction:
+        """The :class:`Prediction` of the network's raw ``output`` at ``(z, t)``: by the parameterization, and for
+        a consistency student its consistency function (:func:`pdist.diffusion.consistency_output`)."""
+        logsnr = self.schedule.logsnr(t)
+        pred = diffusion.predict(
+            output, z, logsnr, parameterization=self.parameterization, learned_variance=self.learned_variance
+        )
+        if self.consistency is None:
+            return pred
+        t_min, sigma_data = self.consistency
+        logsnr_min = self.schedule.logsnr(jnp.float32(t_min))
+        return diffusion.consistency_output(
+            pred, z, t, logsnr, t_min=t_min, logsnr_min=logsnr_min, sigma_data=sigma_data
         )
 
     def bind(self, params, label: Array | None = None, guidance=None) -> Partial:

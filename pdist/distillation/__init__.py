@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from pdist.distillation import guided, progressive
+from pdist.distillation import consistency, guided, progressive
 from pdist.distillation.rounds import Round
 from pdist.losses import Loss
 from pdist.spec import ModelSpec
@@ -47,6 +47,8 @@ class Distiller:
     # noise's samples: the student's and the teacher's at round.student_steps, the teacher's at round.teacher_steps
     report: Callable[..., dict]
     summary: Callable[[list[dict]], str]  # summary.md of the rows
+    # how its students sample (a pdist.samplers method): their stored config's, and the reports' fixed noise's
+    sampler: str = "ddim"
 
 
 DISTILLERS: dict[str, Distiller] = {
@@ -67,6 +69,16 @@ DISTILLERS: dict[str, Distiller] = {
         fixed_guidance=guided.fixed_guidance,
         report=progressive.report,
         summary=progressive.summary,
+    ),
+    "consistency": Distiller(
+        validate=consistency.validate,
+        rounds=consistency.rounds,
+        student=consistency.student,
+        loss=consistency.loss,
+        fixed_guidance=consistency.fixed_guidance,
+        report=consistency.report,
+        summary=consistency.summary,
+        sampler="consistency",
     ),
 }
 

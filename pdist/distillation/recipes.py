@@ -57,3 +57,34 @@ def paper_distillation(
         updates_per_round=per_round,
         updates_last_rounds=last_rounds,
     )
+
+
+def for_consistency(
+    config: ml_collections.ConfigDict,
+    *,
+    updates: int,
+    batch_size: int,
+    learning_rate: float = 4e-4,
+    ema_decay: float,
+    solver: str = "heun",
+) -> ml_collections.ConfigDict:
+    """A teacher's config turned into consistency distillation's (Song et al. 2023, App. C; their JAX
+    CIFAR-10 run, openai/consistency_models_cifar10 ``configs/cifar10_ve_cd.py``): one round of ``updates``,
+    RAdam at ``learning_rate`` (4e-4) after a linear warm-up over the same share of the run as theirs (10M
+    images of 800k x 512: 2.4%), constant after it, no gradient clipping, dropout 0, the student starting as
+    the teacher, N = 18, mu = 0.95 (config.distill.consistency's defaults), and ``ema_decay`` for the students'
+    sampling EMA (theirs: 0.9999)."""
+    config.mode = "distill"
+    config.distill.method = "consistency"
+    config.distill.consistency.updates = updates
+    config.distill.consistency.solver = solver
+    config.model.dropout = 0.0
+    config.optim.optimizer = "radam"
+    config.optim.learning_rate = learning_rate
+    config.optim.warmup_steps = max(1, round(0.0244 * updates))
+    config.optim.schedule = "constant"
+    config.optim.grad_clip = 0.0
+    config.train.batch_size = batch_size
+    config.train.ema_decay = ema_decay
+    config.train.checkpoint_every = min(config.train.checkpoint_every, updates)
+    return config

@@ -140,12 +140,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     rows, sampler = [], teacher_sampler  # the current teacher's
     for rnd in rounds:
         round_dir = layout.round_dir(workdir, rnd.index, rnd.student_steps)
-        student = run_round(students, spec, round_dir, rnd, start, mesh)
+        student = run_round(students, spec, round_dir, rnd, start, mesh, method.sampler)
         report = os.path.join(round_dir, layout.ROUND_REPORT)
         if files.exists(report):
             row = files.read_json(report)
         else:
-            x_student = fixed(student_sampler, student.state.ema_params, rnd.student_steps)
+            x_student = fixed(student_sampler, student.state.ema_params, rnd.student_steps, method=method.sampler)
             x_target = files.load_npz(target)["samples"]  # the teacher's samples at rnd.teacher_steps
             same_steps = rnd.student_steps == rnd.teacher_steps  # guided stage 1: the target is the teacher's own
             row = method.report(
@@ -174,29 +174,31 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     return rows
 
 
-def student_config(config: ml_collections.ConfigDict, rnd: Round) -> ml_collections.ConfigDict:
+def student_config(config: ml_collections.ConfigDict, rnd: Round, sampler: str = "ddim") -> ml_collections.ConfigDict:
     """The config stored with a round's student (``config``: the method's student network's): it samples with
-    its own number of DDIM steps by default."""
+    the method's ``sampler`` in its own number of steps by default."""
     student = ml_collections.ConfigDict(config.to_dict())
     student.mode = "train"
-    student.sample.method = "ddim"
+    student.sample.method = sampler
     student.sample.num_steps = rnd.student_steps
     student.sample.grid = "uniform"  # the grid it was trained on (PD: t = i / N)
     student.diffusion.importance_sampling = False  # the student's state has no timestep sampler
     return student
 
 
-def run_round(config, spec: ModelSpec, round_dir: str, rnd: Round, teacher, mesh) -> phase.Result:
+def run_round(config, spec: ModelSpec, round_dir: str, rnd: Round, teacher, mesh, sampler="ddim") -> phase.Result:
     """Trains (or restores) round ``rnd``'s student (``config``: the students' config, ``spec`` their
-    network), starting from a copy of ``teacher``, the parameters its loss takes as the frozen teacher."""
+    network; ``sampler``: how it samples), starting from a copy of ``teacher``, the parameters its loss takes
+    as the frozen teacher (and its target network's, for a loss that has one)."""
     optimizer = build.optimizer(config.optim, rnd.updates)
+    loss = build.distillation_loss(spec, config, rnd)
     return phase.run(
         phase.Phase(
             name=f"Round {rnd.index}: {rnd.teacher_steps} -> {rnd.student_steps} steps",
             directory=round_dir,
-            config=student_config(config, rnd),
-            loss=build.distillation_loss(spec, config, rnd),
-            init_fn=functools.partial(init_state, teacher, optimizer.tx),
+            config=student_config(config, rnd, sampler),
+            loss=loss,
+            init_fn=functools.partial(init_state, teacher, optimizer.tx, target=loss.target_decay is not None),
             optimizer=optimizer,
             num_steps=rnd.updates,
             batches=lambda start: data.process_batches(config, start, rnd.index),
@@ -227,10 +229,13 @@ def check_teacher(config: ml_collections.ConfigDict, teacher_config: ml_collecti
         )
 
 
-def _fixed_noise_samples(sampler: ImageSampler, params, num_steps: int, *, config, guidance) -> np.ndarray:
-    # DDIM on the student grid, for the teacher too: the fixed noise's samples compare round by round
+def _fixed_noise_samples(
+    sampler: ImageSampler, params, num_steps: int, *, config, guidance, method: str = "ddim"
+) -> np.ndarray:
+    # DDIM on the student grid, for the teacher too (a consistency student: its own sampler): the fixed noise's
+    # samples compare round by round
     sampling = Sampling.from_config(config.sample).replace(
-        method="ddim", num_steps=num_steps, grid="uniform", guidance=guidance, ot=None
+        method=method, num_steps=num_steps, grid="uniform", guidance=guidance, ot=None
     )
     return sampler(params, config.distill.fidelity_samples, sampling)
 

@@ -36,6 +36,7 @@ class TrainState:
     ema_params: Any
     opt_state: Any
     importance: Any = None  # ImportanceState when t is importance-sampled
+    target: Any = None  # the target network of a loss with a target_decay (consistency distillation)
 
 
 class StepMetrics(NamedTuple):
@@ -45,13 +46,18 @@ class StepMetrics(NamedTuple):
     skipped: Array  # float32 scalar: 1.0 when a non-finite update was skipped (0.0 unless skipping is on)
 
 
-def init_state(params, tx: optax.GradientTransformation, importance: LossAwareSampler | None = None) -> TrainState:
+def init_state(
+    params, tx: optax.GradientTransformation, importance: LossAwareSampler | None = None, target: bool = False
+) -> TrainState:
+    """The state before the first update; ``target``: with a target network (a copy of ``params``) for a loss
+    with a ``target_decay``."""
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         ema_params=jax.tree.map(jnp.copy, params),
         opt_state=tx.init(params),
         importance=None if importance is None else importance.init(),
+        target=jax.tree.map(jnp.copy, params) if target else None,
     )
 
 
@@ -93,6 +99,7 @@ def make_train_step(
     one micro-batch's activations are alive at a time.
     """
     grad_fn = jax.value_and_grad(loss_fn.fn, has_aux=True)
+    target_decay = loss_fn.target_decay
 
     def gradients(params, batch: dict, key: Array, loss_args: tuple):
         if accum_steps == 1:
@@ -121,10 +128,17 @@ def make_train_step(
         if importance is not None:
             levels, t_weight = importance.sample(state.importance, k_t, batch["image"].shape[0])
             batch = {**batch, "t": levels / importance.num_timesteps, "t_weight": t_weight}
+        target = state.target
+        if target_decay is not None:
+            if target is None:
+                raise ValueError("This loss trains against a target network: create the state with target=True.")
+            loss_args = (*loss_args, target)
         grads, aux = gradients(state.params, batch, k_loss, loss_args)
         updates, opt_state = optimizer.with_args(rates).update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = ema_update(state.ema_params, params, ema_decay, state.step + 1)
+        if target_decay is not None:
+            target = jax.tree.map(lambda a, p: target_decay * a + (1.0 - target_decay) * p, target, params)
         imp = state.importance
         if importance is not None:
             if aux.vlb_terms is None:
@@ -134,7 +148,7 @@ def make_train_step(
         metrics["grad_norm"] = optax.tree.norm(grads)  # l2, before clipping
         metrics["grad_l1"] = optax.tree.norm(grads, ord=1)  # what a refined schedule for Adam weighs (pdist.refine)
         metrics["learning_rate"] = optimizer.rate(rates, state.step)
-        new_state = state.replace(params=params, ema_params=ema, opt_state=opt_state, importance=imp)
+        new_state = state.replace(params=params, ema_params=ema, opt_state=opt_state, importance=imp, target=target)
         skipped = jnp.zeros((), jnp.float32)
         if skip_nonfinite:
             ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
