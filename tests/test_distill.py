@@ -333,7 +333,7 @@ def test_labels_reach_teacher_and_student_of_a_class_conditional_model():
 
 
 # Each method's digits config (a new method adds its row).
-METHOD_CONFIGS = {"progressive": "digits_distill", "guided": "digits_cond_guided"}
+METHOD_CONFIGS = {"progressive": "digits_distill", "guided": "digits_cond_guided", "consistency": "digits_consistency"}
 
 
 @pytest.mark.parametrize("name", sorted(DISTILLERS))
@@ -353,14 +353,16 @@ def test_every_distillation_method_checks_schedules_and_trains(name):
     teacher = nonzero_params(config)
     student = ModelSpec.of(method.student(config))  # the student's network
     teacher = build.student_params(student, teacher, jax.random.key(4))
-    loss = jax.jit(build.distillation_loss(student, config, rounds[-1]))
+    loss_fn = build.distillation_loss(student, config, rounds[-1])
+    loss = jax.jit(loss_fn)
     batch = {"image": jax.random.uniform(jax.random.key(2), (16, 8, 8, 1), minval=-1, maxval=1)}
     if config.model.class_conditional:
         batch["label"] = jnp.arange(16) % 10
     key = jax.random.key(3)
-    n = rounds[-1].student_steps
-    value, grads = jax.jit(jax.value_and_grad(lambda p: loss(p, batch, key, teacher, n)[0]))(teacher)
-    lower = float(loss(jax.tree.map(lambda p, g: p - 1e-3 * g, teacher, grads), batch, key, teacher, n)[0])
+    # a loss with a target network (consistency) takes it last: the student's start, the teacher
+    args = (teacher, rounds[-1].student_steps) + (() if loss_fn.target_decay is None else (teacher,))
+    value, grads = jax.jit(jax.value_and_grad(lambda p: loss(p, batch, key, *args)[0]))(teacher)
+    lower = float(loss(jax.tree.map(lambda p, g: p - 1e-3 * g, teacher, grads), batch, key, *args)[0])
     assert 0 < lower < float(value)
     # Its report is a row of its summary.
     x = np.zeros((4, 8, 8, 1))
