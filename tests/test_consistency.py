@@ -272,3 +272,14 @@ def test_consistency_distillation_from_the_command_line_resumes_bit_identically_
     for steps in (1, 2):
         x = np.asarray(student.sample(4, num_steps=steps, seed=0))
         assert x.shape == (4, 8, 8, 1) and np.all(np.isfinite(x))
+    # A consistency student is no diffusion teacher: training it on, or distilling it progressively, is refused in
+    # one sentence (its network's raw output is not what its x-hat is)
+    status, message, _ = run_in_process(
+        f"--workdir={round_dir}", f"--config.data.data_dir={tfds_dir}", config=f"configs/workdir.py:{round_dir}"
+    )
+    assert status == 2 and "consistency_sigma_min" in message and "\n" not in message, message
+    pd = [a.replace("/cd", "/pd") for a in args if not a.startswith("--config.distill.consistency")]
+    status, message, _ = run_in_process(
+        *pd, f"--config.distill.teacher={round_dir}", config="configs/digits_distill.py"
+    )
+    assert status == 2 and "consistency_sigma_min" in message and "\n" not in message, message

@@ -46,6 +46,7 @@ SHARED_KEYS = (
     "diffusion.num_timesteps",
     "diffusion.parameterization",
     "diffusion.learned_variance",
+    "diffusion.consistency_sigma_min",
     "model.name",
     "model.class_conditional",
 )

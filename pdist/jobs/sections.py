@@ -58,12 +58,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def validate_training(config: ml_collections.ConfigDict) -> None:
-    """What a job that trains this config's network adds (train, distill): no guidance input on a teacher, a
+    """What a job that trains this config's network adds (train, distill): no guidance input or consistency output
+    on a teacher, a
     readable refined-schedule source, and a sampling grid that fits the network's schedule."""
     if config.model.guidance_input:
         _fail(
             "config.model.guidance_input=True is set by guided distillation in its students' configs; leave it "
             "False and distill with --config.distill.method=guided."
+        )
+    if config.diffusion.consistency_sigma_min > 0:
+        _fail(
+            f"config.diffusion.consistency_sigma_min={config.diffusion.consistency_sigma_min} is set by consistency "
+            "distillation in its students' configs, whose networks no diffusion loss trains; leave it 0 and distill "
+            "with --config.distill.method=consistency."
         )
     settings = config.optim
     if settings.schedule == "refined":
