@@ -36,7 +36,14 @@ class TrainState:
     ema_params: Any
     opt_state: Any
     importance: Any = None  # ImportanceState when t is importance-sampled
-    target: Any = None  # the target network of a loss with a target_decay (consistency distillation)
+
+
+@flax.struct.dataclass
+class TargetState(TrainState):
+    """The state of a loss with a ``target_decay`` (consistency distillation): one more tree, the target
+    network. A subclass, so that every other state keeps the layout its checkpoints were written with."""
+
+    target: Any = None
 
 
 class StepMetrics(NamedTuple):
@@ -49,16 +56,18 @@ class StepMetrics(NamedTuple):
 def init_state(
     params, tx: optax.GradientTransformation, importance: LossAwareSampler | None = None, target: bool = False
 ) -> TrainState:
-    """The state before the first update; ``target``: with a target network (a copy of ``params``) for a loss
-    with a ``target_decay``."""
-    return TrainState(
+    """The state before the first update; ``target``: a :class:`TargetState`, whose target network starts as a
+    copy of ``params``, for a loss with a ``target_decay``."""
+    fields = dict(
         step=jnp.zeros((), jnp.int32),
         params=params,
         ema_params=jax.tree.map(jnp.copy, params),
         opt_state=tx.init(params),
         importance=None if importance is None else importance.init(),
-        target=jax.tree.map(jnp.copy, params) if target else None,
     )
+    if target:
+        return TargetState(**fields, target=jax.tree.map(jnp.copy, params))
+    return TrainState(**fields)
 
 
 def ema_update(ema, params, decay: float, count: Array):
@@ -128,7 +137,7 @@ def make_train_step(
         if importance is not None:
             levels, t_weight = importance.sample(state.importance, k_t, batch["image"].shape[0])
             batch = {**batch, "t": levels / importance.num_timesteps, "t_weight": t_weight}
-        target = state.target
+        target = getattr(state, "target", None)
         if target_decay is not None:
             if target is None:
                 raise ValueError("This loss trains against a target network: create the state with target=True.")
@@ -148,7 +157,9 @@ def make_train_step(
         metrics["grad_norm"] = optax.tree.norm(grads)  # l2, before clipping
         metrics["grad_l1"] = optax.tree.norm(grads, ord=1)  # what a refined schedule for Adam weighs (pdist.refine)
         metrics["learning_rate"] = optimizer.rate(rates, state.step)
-        new_state = state.replace(params=params, ema_params=ema, opt_state=opt_state, importance=imp, target=target)
+        new_state = state.replace(params=params, ema_params=ema, opt_state=opt_state, importance=imp)
+        if target_decay is not None:
+            new_state = new_state.replace(target=target)
         skipped = jnp.zeros((), jnp.float32)
         if skip_nonfinite:
             ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
