@@ -9,7 +9,8 @@ evaluate_model`` (what ``--config.mode=eval`` runs: Frechet distance in the digi
 precision and recall): the teacher's own DDIM at ``--teacher-steps``; each PD run's students (the round whose
 student takes N steps, DDIM, N in ``--steps``); each consistency run's one student with the multistep
 consistency sampler at every N. Also each run's cost: updates, teacher network calls (per example) and wall
-seconds, from its summary.json. Writes OUT.json, OUT.md and OUT.png (FD against steps).
+seconds, from its summary.json; and each consistency run's kept checkpoints at 1 step (is it still
+improving?). Writes OUT.json, OUT.md and OUT.png (FD against steps).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pdist
 from pdist import config as config_lib
 from pdist.evaluation import evaluators, quality, stats
 from pdist.runtime import layout
+from pdist.runtime.checkpoint import Checkpointer
 
 METRICS = ("fd", "precision", "recall")
 
@@ -91,6 +93,18 @@ def main():
             per_run += quality.evaluate_model(student, evaluator, ref, [("consistency", n)], settings)
         cells.append({"model": "cd", "sampler": "consistency", "steps": n, **_pooled(per_run)})
 
+    # Is the consistency student still improving? Each run's kept checkpoints, 1 step (FD's mean over seeds).
+    trend = {}
+    for path in runs["cd"]:
+        (rnd,) = _summary(path)
+        directory = layout.round_dir(path, rnd["round"], rnd["steps"])
+        steps_kept = Checkpointer(layout.checkpoints(directory), asynchronous=False).all_steps()
+        trend[path] = {}
+        for step in sorted(steps_kept):
+            student = pdist.load(directory, step)
+            (row,) = quality.evaluate_model(student, evaluator, ref, [("consistency", 1)], settings)
+            trend[path][step] = row["fd"]["mean"]
+
     result = {
         "evaluator": evaluator.name,
         "num_samples": args.num_samples,
@@ -98,6 +112,7 @@ def main():
         "runs": runs,
         "costs": costs,
         "cells": cells,
+        "cd_trend": trend,
     }
     with open(f"{args.out}.json", "w") as f:
         json.dump(result, f, indent=1)
@@ -119,6 +134,9 @@ def main():
     for method, entries in costs.items():
         for path, c in zip(runs[method], entries, strict=True):
             lines.append(f"| {method}: {path} | {c['updates']:,} | {c['teacher_calls']:,} | {c['seconds'] / 60:.1f} |")
+    lines += ["", "The consistency student at 1 step over its kept checkpoints (FD, mean of the sampling seeds):", ""]
+    for path, by_step in trend.items():
+        lines.append(f"- {path}: " + ", ".join(f"{fd:.2f} at update {step:,}" for step, fd in by_step.items()))
     table = "\n".join(lines) + "\n"
     with open(f"{args.out}.md", "w") as f:
         f.write(table)
