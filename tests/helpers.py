@@ -21,13 +21,17 @@ SCRIPTS = os.path.join(REPO, "tests", "scripts")
 JAX_CACHE = os.environ.get("PDIST_TEST_JAX_CACHE") or os.path.expanduser("~/.cache/pdist/jax")
 # Compiling dominates the suite's time on a CPU, and LLVM's -O0 for XLA's CPU code halves it; XLA's older CPU
 # fusion code generation (fusion emitters off) compiles the train step a fifth faster again (measured: 3.4 s
-# against 4.2 s for the small UNet's step, which also runs faster). Results differ from a default build's in the
+# against 4.2 s for the small UNet's step, which also runs faster). One LLVM module per program instead of
+# splitting it for parallel code generation (split count 1) takes a fifth less CPU time again (the small UNet's
+# train step: 1.33 to 1.95 CPU-s against 1.88 to 2.30, four alternating pairs); the suite's workers already keep
+# every core busy. Results differ from a default build's in the
 # last bits, so tests compare programs compiled under these same flags only.
 # pdist's own CPU defaults (pdist/cpu_defaults.py) are part of the string, so that this process and every
 # subprocess (which imports pdist with these flags set) compile the same programs.
 XLA_FLAGS = os.environ.get(
     "PDIST_TEST_XLA_FLAGS",
-    f"--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false {cpu_defaults.flags()}".strip(),
+    "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
+    f"--xla_cpu_parallel_codegen_split_count=1 {cpu_defaults.flags()}".strip(),
 )
 
 
