@@ -21,6 +21,7 @@ from pdist.config import from_file
 def get_config():
     config = from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_distill.py"), "digits_cond")
     config.distill.method = "guided"
+    config.train.label_dropout = 0.1  # the teacher's (configs/digits_cond.py): stage 1 distills its null class
     config.distill.start_steps = 64
     config.distill.guidance_min, config.distill.guidance_max = 0.0, 4.0
     config.distill.stage1_updates = 4000

@@ -4,7 +4,8 @@ python -m pdist.main --config=configs/digits.py --workdir=runs/digits           
 python -m pdist.main --config=configs/digits_distill.py --workdir=runs/digits_distill
 
 ``configs/digits_distill.py:digits_cond`` is the same settings for the class-conditional teacher
-(configs/digits_cond.py), which configs/digits_cond_guided.py builds on.
+(configs/digits_cond.py): its students distill the conditional model (w = 0), so without the teacher's label
+dropout; configs/digits_cond_guided.py builds on it and distills the null class too.
 """
 
 import os
@@ -19,6 +20,7 @@ def get_config(teacher: str = "digits"):
         config, start_steps=256, batch_size=128, learning_rate=3e-4, updates_per_round=400, updates_last_rounds=800
     )
     config.distill.teacher = f"runs/{teacher}"
+    config.train.label_dropout = 0.0  # progressive students sample unguided: no null class to distill
     config.distill.fidelity_samples = 500
     config.distill.grid_samples = 36
     config.train.log_every = 50

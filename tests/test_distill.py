@@ -385,3 +385,19 @@ def test_a_rounds_line_says_what_it_measured_in_words():
         distill._brief(row)
         == "4 -> 2 steps, 800 updates, final loss 0.01129; RMSE to the teacher's 4-step samples 0.1005"
     )
+
+
+@pytest.mark.parametrize(
+    "name, variant",
+    [("digits_distill", None), ("digits_distill", "digits_cond"), ("digits_consistency", None),
+     ("digits_consistency", "digits_cond"), ("digits_cond_guided", None)],
+)  # fmt: skip
+def test_the_digits_distillation_configs_validate_for_both_teachers(name, variant):
+    """Each file and ``file:digits_cond`` variant the docs give passes the checks a run makes first: a progressive
+    student of the conditional teacher drops its label dropout (it distills w = 0), a guided one keeps it."""
+    config = config_file(name, variant)
+    validate(config)
+    if config.distill.method == "guided":
+        assert config.train.label_dropout > 0
+    elif config.distill.method == "progressive":
+        assert config.train.label_dropout == 0
