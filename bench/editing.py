@@ -12,6 +12,15 @@ target weights, which tests/test_editing.py checks), and DDCM's self-attention c
 
     python bench/editing.py --teacher runs/digits_cond --student runs/digits_cond_guided/round_05_4steps \\
         --data-dir ~/tensorflow_datasets --out docs/editing
+
+With ``--pd`` and ``--cd`` (a Progressive Distillation run and a consistency distillation run of the same
+conditional teacher) it compares the two few-step students as DDCM editors at equal evaluations instead: DDCM
+with N = 1, 2, 4 steps (2N evaluations) at w = 0 (neither student is guided: a consistency student has no null
+class), by PD's N-step student and by the one consistency student, beside the teacher's DDCM at the same N and
+at 12 steps:
+
+    python bench/editing.py --teacher runs/digits_cond --pd runs/digits_cond_distill \\
+        --cd runs/digits_cond_consistency --out docs/editing_cd_vs_pd
 """
 
 from __future__ import annotations
@@ -29,6 +38,30 @@ import pdist
 from pdist.data import pipeline
 from pdist.evaluation import frechet
 from pdist.evaluation.digits import DigitsEvaluator
+from pdist.runtime import layout
+
+COMPARE_STEPS = (1, 2, 4)
+
+
+def compare_settings(model: str) -> list[dict]:
+    """``--pd``/``--cd`` mode: unguided DDCM rows at 2N evaluations (the teacher's also at 12 steps)."""
+    steps = COMPARE_STEPS + ((12,) if model == "teacher" else ())
+    return [{"method": "ddcm", "num_steps": n, "noise_fraction": 1.0, "guidance": 0.0, "nfe": 2 * n} for n in steps]
+
+
+def compare_models(teacher: str, pd_run: str, cd_run: str) -> list[tuple[str, str, list[dict]]]:
+    """(name, workdir, rows): the teacher; PD's N-step student for each N; the consistency student."""
+    with open(os.path.join(pd_run, "summary.json")) as f:
+        pd_rounds = {r["steps"]: r for r in json.load(f)}
+    with open(os.path.join(cd_run, "summary.json")) as f:
+        (cd_round,) = json.load(f)
+    models = [("teacher", teacher, compare_settings("teacher"))]
+    for n in COMPARE_STEPS:
+        row = [r for r in compare_settings("pd") if r["num_steps"] == n]
+        models.append((f"PD {n}-step student", layout.round_dir(pd_run, pd_rounds[n]["round"], n), row))
+    cd_dir = layout.round_dir(cd_run, cd_round["round"], cd_round["steps"])
+    models.append(("consistency student", cd_dir, compare_settings("cd")))
+    return models
 
 
 def settings(student: bool) -> list[dict]:
@@ -98,6 +131,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", required=True)
     parser.add_argument("--student", default="")
+    parser.add_argument("--pd", default="", help="a PD run of the teacher (with --cd: the students' comparison)")
+    parser.add_argument("--cd", default="", help="a consistency distillation run of the teacher")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default="docs/editing")
@@ -115,12 +150,18 @@ def main():
     floor = frechet.frechet_distance(*frechet.gaussian_stats(evaluator.features(source)), *ref)
 
     results = []
-    models = [("teacher", args.teacher)] + ([("student", args.student)] if args.student else [])
-    for name, path in models:
+    if bool(args.pd) != bool(args.cd):
+        parser.error("--pd and --cd go together (the comparison of the two students)")
+    if args.pd:
+        models = compare_models(args.teacher, args.pd, args.cd)
+    else:
+        models = [("teacher", args.teacher, settings(False))]
+        models += [("student", args.student, settings(True))] if args.student else []
+    for name, path, rows in models:
         model = pdist.load(path)
-        for row in settings(name == "student"):
+        for row in rows:
             per_seed = [run_row(model, row, x, a, b, evaluator, src_features, ref, s) for s in range(args.seeds)]
-            out = {"model": name, **row, "per_seed": per_seed}
+            out = {"model": name, "path": path, **row, "per_seed": per_seed}
             for metric in ("accuracy", "psnr", "feature_distance", "fd"):
                 values = np.array([r[metric] for r in per_seed])
                 out[metric] = float(values.mean())
@@ -179,6 +220,8 @@ def plot(results: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if all(r["guidance"] == 0 for r in results):  # the students' comparison
+        return plot_compare(results, path)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     for ax, model in zip(axes, ("teacher", "student"), strict=True):
         rows = [r for r in results if r["model"] == model]
@@ -196,6 +239,32 @@ def plot(results: list[dict], path: str) -> None:
         ax.set_title(f"{model}: target accuracy against closeness")
         ax.legend()
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_compare(results: list[dict], path: str) -> None:
+    """Accuracy on B and FD against evaluations: the teacher, PD's students and the consistency student."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    groups = {
+        "teacher": [r for r in results if r["model"] == "teacher"],
+        "PD students": [r for r in results if r["model"].startswith("PD")],
+        "consistency student": [r for r in results if r["model"] == "consistency student"],
+    }
+    for ax, (metric, title) in zip(
+        axes, (("accuracy", "accuracy on B"), ("fd", "FD to the train split"), ("feature_distance", "feature "
+        "distance to the source")), strict=True):  # fmt: skip
+        for (label, rows), marker in zip(groups.items(), ("^", "o", "s"), strict=True):
+            rows = sorted(rows, key=lambda r: r["nfe"])
+            ax.errorbar([r["nfe"] for r in rows], [r[metric] for r in rows], yerr=[r[f"{metric}_std"] for r in rows],
+                        marker=marker, capsize=3, label=label)  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("network evaluations (2N)")
+        ax.set_title(f"DDCM, w = 0: {title}")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
