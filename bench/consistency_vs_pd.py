@@ -11,6 +11,13 @@ student takes N steps, DDIM, N in ``--steps``); each consistency run's one stude
 consistency sampler at every N. Also each run's cost: updates, teacher network calls (per example) and wall
 seconds, from its summary.json; and each consistency run's kept checkpoints at 1 step (is it still
 improving?). Writes OUT.json, OUT.md and OUT.png (FD against steps).
+
+``--guidance W``: the class-conditional teacher's guided model at w = W: the teacher's DDIM and the PD runs'
+students (guided distillation's, which take w) sampled at W, against consistency runs that distilled the
+teacher's guided ODE at W (``--config.distill.consistency.guidance=W``), which sample it unguided:
+
+    python bench/consistency_vs_pd.py --teacher=runs/digits_cond --pd=runs/digits_cond_guided \
+        --cd=runs/cd_cond_w2 --guidance=2 --config=configs/digits_cond.py --out=docs/consistency_vs_pd_cond_w2
 """
 
 from __future__ import annotations
@@ -39,7 +46,9 @@ def _cost(path: str, method: str) -> dict:
     """Updates, teacher calls per example and seconds of a run (all its rounds)."""
     rows = _summary(path)
     stored = pdist.load(layout.round_dir(path, rows[-1]["round"], rows[-1]["steps"])).config
-    calls = 2 if method == "pd" else {"ddim": 1, "heun": 2}[stored.distill.consistency.solver]
+    c = stored.distill.consistency
+    doubled = 2 if c.get("guidance", 0.0) > 0 else 1  # a guided teacher's step: one call on twice the batch
+    calls = 2 if method == "pd" else {"ddim": 1, "heun": 2}[c.solver] * doubled
     updates = sum(r["updates"] for r in rows)
     return {"updates": updates, "teacher_calls": calls * updates, "seconds": sum(r["seconds"] or 0 for r in rows)}
 
@@ -64,7 +73,9 @@ def main():
     parser.add_argument("--teacher-steps", default="8,16,256")
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--num-seeds", type=int, default=3)
+    parser.add_argument("--guidance", type=float, default=None, help="w of the teacher and the PD students")
     args = parser.parse_args()
+    weights = (args.guidance,)
 
     teacher = pdist.load(args.teacher)
     settings = config_lib.from_file(args.config).eval
@@ -74,7 +85,7 @@ def main():
     steps = [int(n) for n in args.steps.split(",")]
     cells = []
     for row in quality.evaluate_model(
-        teacher, evaluator, ref, [("ddim", int(n)) for n in args.teacher_steps.split(",")], settings
+        teacher, evaluator, ref, [("ddim", int(n)) for n in args.teacher_steps.split(",")], settings, weights=weights
     ):
         cells.append({"model": "teacher", "sampler": "ddim", "steps": row["steps"], **_pooled([row])})
     runs = {"pd": args.pd.split(","), "cd": args.cd.split(",")}
@@ -84,12 +95,15 @@ def main():
         for path in runs["pd"]:
             (rnd,) = [r for r in _summary(path) if r["steps"] == n]
             student = pdist.load(layout.round_dir(path, rnd["round"], n))
-            per_run += quality.evaluate_model(student, evaluator, ref, [("ddim", n)], settings)
+            per_run += quality.evaluate_model(student, evaluator, ref, [("ddim", n)], settings, weights=weights)
         cells.append({"model": "pd", "sampler": "ddim", "steps": n, **_pooled(per_run)})
         per_run = []
         for path in runs["cd"]:
             (rnd,) = _summary(path)
             student = pdist.load(layout.round_dir(path, rnd["round"], rnd["steps"]))
+            distilled_at = student.config.distill.consistency.get("guidance", 0.0)
+            if distilled_at != (args.guidance or 0.0):
+                parser.error(f"{path} distilled the teacher at w = {distilled_at:g}; give --guidance={distilled_at:g}")
             per_run += quality.evaluate_model(student, evaluator, ref, [("consistency", n)], settings)
         cells.append({"model": "cd", "sampler": "consistency", "steps": n, **_pooled(per_run)})
 
@@ -110,6 +124,7 @@ def main():
         "num_samples": args.num_samples,
         "sampling_seeds": list(range(1, 1 + args.num_seeds)),
         "runs": runs,
+        "guidance": args.guidance,
         "costs": costs,
         "cells": cells,
         "cd_trend": trend,
@@ -119,7 +134,8 @@ def main():
     names = {"teacher": "teacher (DDIM)", "pd": "PD student (DDIM)", "cd": "consistency student"}
     lines = [
         f"{len(runs['pd'])} PD and {len(runs['cd'])} consistency training run(s); {args.num_samples} samples x "
-        f"{args.num_seeds} sampling seeds per run; mean ± std [95% bootstrap interval of the mean]",
+        f"{args.num_seeds} sampling seeds per run; mean ± std [95% bootstrap interval of the mean]"
+        + ("" if args.guidance is None else f"; guidance w = {args.guidance:g}"),
         "",
         "| model | steps | FD | precision | recall |",
         "|---|---:|---:|---:|---:|",

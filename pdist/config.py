@@ -166,6 +166,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.distill.consistency.huber_c = 0.0
     config.distill.consistency.target_ema = 0.95
     config.distill.consistency.student_steps = 1  # the reports' student samples (consistency sampler)
+    # the classifier-free guidance weight w of the teacher's ODE the student distills (0: the conditional model);
+    # w > 0 needs a teacher with a null class, and its student samples that guided ODE without guidance
+    config.distill.consistency.guidance = 0.0
 
     # Evaluation (mode "eval") of one checkpoint: every (sampler, steps) pair in
     # ``samplers`` over ``num_seeds`` seeds, scored against the reference split.

@@ -283,3 +283,46 @@ def test_consistency_distillation_from_the_command_line_resumes_bit_identically_
         *pd, f"--config.distill.teacher={round_dir}", config="configs/digits_distill.py"
     )
     assert status == 2 and "consistency_sigma_min" in message and "\n" not in message, message
+
+
+def test_a_guided_teachers_step_follows_its_classifier_free_guided_ode():
+    """With ``guidance`` w the loss is d(f(z_t), f-(DDIM step of (1 + w) x-hat(c) - w x-hat(null))), the teacher's
+    two predictions computed here one by one; at w = 0 it is another number. A teacher without a null class
+    is refused."""
+    config = small_model(config_file("digits_cond"))
+    config.model.dropout = 0.0
+    teacher = ModelSpec.of(config)
+    student = dataclasses.replace(teacher, consistency=(float(boundary_time(teacher.schedule, SIGMA_MIN)), 0.5))
+    times = consistency.time_grid(teacher.schedule, config.distill.consistency)
+    init = jax.jit(teacher.init_params)(jax.random.key(0))  # its output layer is zero: perturb it all
+    params = jax.tree.map(lambda p: p + 0.05 * jnp.cos(jnp.arange(p.size).reshape(p.shape)), init)
+    moved = jax.tree.map(lambda p: p + 0.01 * jnp.sin(jnp.arange(p.size).reshape(p.shape)), params)
+    target = jax.tree.map(lambda p: p - 0.01, params)
+    x = jax.random.uniform(jax.random.key(1), (6, *teacher.image_shape), minval=-1, maxval=1)
+    batch = {"image": x, "label": jnp.arange(6) % 10, "n": jnp.array([0, 3, 7, 10, 14, 16]),
+             "noise": jax.random.normal(jax.random.key(2), x.shape)}  # fmt: skip
+    w = 2.0
+
+    def loss_at(guidance):
+        loss = consistency.make_loss(student, teacher, times, solver="ddim", distance="l2", target_ema=0.9,
+                                     guidance=guidance)  # fmt: skip
+        return float(jax.jit(loss.fn)(moved, batch, jax.random.key(3), params, 1, target)[0])
+
+    t, s = jnp.asarray(times)[batch["n"] + 1], jnp.asarray(times)[batch["n"]]
+    z = diffusion.diffuse(x, batch["noise"], teacher.schedule.logsnr(t))
+    null = jnp.full((6,), 10)
+    cond = teacher.predict(teacher.apply(params, z, t, batch["label"], None), z, t)
+    uncond = teacher.predict(teacher.apply(params, z, t, null, None), z, t)
+    blend = diffusion.Prediction((1 + w) * cond.x - w * uncond.x, (1 + w) * cond.eps - w * uncond.eps, None)
+    a_s, s_s = teacher.schedule.alpha_sigma(s)
+    z_s = diffusion.ddim_step(blend, a_s, s_s)
+    want = student.predict(student.apply(target, z_s, s, batch["label"], None), z_s, s).x
+    got = student.predict(student.apply(moved, z, t, batch["label"], None), z, t).x
+    expected = float(jnp.mean((got - want) ** 2))
+    assert loss_at(w) == pytest.approx(expected, rel=1e-5)
+    assert abs(loss_at(0.0) - expected) > 1e-3 * expected
+
+    bad = config_file("digits_consistency")  # the unconditional teacher
+    bad.distill.consistency.guidance = 2.0
+    with pytest.raises(ConfigError, match="null class"):
+        DISTILLERS["consistency"].validate(bad)

@@ -49,6 +49,9 @@ class Distiller:
     summary: Callable[[list[dict]], str]  # summary.md of the rows
     # how its students sample (a pdist.samplers method): their stored config's, and the reports' fixed noise's
     sampler: str = "ddim"
+    # (config, n) -> the guidance weights of the first teacher's fixed-noise samples where they are not the
+    # students' (a student that distills one guided ODE samples it unguided); None: fixed_guidance's
+    teacher_guidance: Callable[[ml_collections.ConfigDict, int], object] | None = None
 
 
 DISTILLERS: dict[str, Distiller] = {
@@ -79,6 +82,7 @@ DISTILLERS: dict[str, Distiller] = {
         report=consistency.report,
         summary=consistency.summary,
         sampler="consistency",
+        teacher_guidance=consistency.teacher_guidance,
     ),
 }
 

@@ -25,6 +25,10 @@ ODE to the ODE's clean end, so that it samples in one step (or a few, with the m
   alpha x + sigma eps``, ``lambda = 1``; ``d`` the squared L2 distance (averaged over dimensions, as pdist's
   other losses) or the pseudo-Huber distance ``sqrt(|a - b|^2 + c^2) - c`` of Song & Dhariwal (2023, "Improved
   Techniques for Training Consistency Models"), c = 0.00054 sqrt(d) by default.
+* **Guidance** (``guidance`` w > 0, not in the paper; as latent consistency models do for a fixed w): the
+  teacher's step follows its classifier-free guided ODE, ``(1 + w) x-hat(c) - w x-hat(null)`` (one call on the
+  doubled batch), so the student, which has no null class, samples that guided model unguided. The reports'
+  teacher samples are guided at w too.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import ml_collections
 import numpy as np
 
 from pdist import diffusion, losses
+from pdist import guidance as guidance_lib
 from pdist.distillation import progressive
 from pdist.distillation.rounds import Round
 from pdist.errors import ConfigError, check_one_of, check_positive
@@ -109,6 +114,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "Consistency distillation of a guided student (config.model.guidance_input) is not supported; "
             "distill the conditional teacher (w = 0)."
         )
+    if c.guidance < 0:
+        raise ConfigError(f"config.distill.consistency.guidance={c.guidance} must be >= 0 (0: the conditional model).")
+    if c.guidance > 0 and not (config.model.class_conditional and config.train.label_dropout > 0):
+        raise ConfigError(
+            f"config.distill.consistency.guidance={c.guidance} needs a teacher with a null class "
+            "(model.class_conditional=True and train.label_dropout > 0, as configs/digits_cond.py); set it to 0."
+        )
 
 
 def rounds(settings: ml_collections.ConfigDict) -> list[Round]:
@@ -129,8 +141,14 @@ def student(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def fixed_guidance(config: ml_collections.ConfigDict, num_samples: int) -> None:
-    """Unguided reports."""
+    """The student samples unguided (a guided ODE's student has its weight built in)."""
     return None
+
+
+def teacher_guidance(config: ml_collections.ConfigDict, num_samples: int) -> np.ndarray | None:
+    """The teacher's samples in the reports: at the distilled ODE's weight."""
+    w = float(config.distill.consistency.guidance)
+    return np.full((num_samples,), w, np.float32) if w > 0 else None
 
 
 def loss(student: ModelSpec, config: ml_collections.ConfigDict, rnd: Round) -> Loss:
@@ -146,6 +164,7 @@ def loss(student: ModelSpec, config: ml_collections.ConfigDict, rnd: Round) -> L
         distance=c.distance,
         huber_c=float(c.huber_c),
         target_ema=float(c.target_ema),
+        guidance=float(c.guidance),
     )
 
 
@@ -184,11 +203,13 @@ def make_loss(
     distance: str,
     huber_c: float = 0.0,
     target_ema: float,
+    guidance: float = 0.0,
 ) -> Loss:
     """``loss(params, batch, key, teacher_params, num_student_steps, target_params) -> (loss, aux)``: Alg. 2's
     loss on the grid ``times`` (the step count every distillation loss takes is not used; the train step adds
     the target network's parameters, :attr:`Loss.target_decay`). The batch may hold ``n`` (the interval, the
-    student at ``times[n + 1]``) and ``noise``; what it lacks is drawn."""
+    student at ``times[n + 1]``) and ``noise``; what it lacks is drawn. ``guidance`` > 0: the teacher's step
+    follows its guided ODE at that weight (its null class: label ``teacher.num_classes``)."""
     times = jnp.asarray(times, jnp.float32)
     num = int(times.shape[0])
     schedule = student.schedule
@@ -208,10 +229,16 @@ def make_loss(
         t, s = times[n + 1], times[n]
         z = diffusion.diffuse(x, batch["noise"], schedule.logsnr(t))
 
-        def call(spec, p, z_, t_, k=None):
-            return spec.predict(spec.apply(p, z_, t_, label, k), z_, t_)
+        def call(spec, p, z_, t_, k=None, label_=label):
+            return spec.predict(spec.apply(p, z_, t_, label_, k), z_, t_)
 
-        z_s = teacher_step(lambda z_, t_: call(teacher, teacher_params, z_, t_), z, t, s, schedule, solver)
+        def teacher_fn(z_, t_):
+            if not guidance:
+                return call(teacher, teacher_params, z_, t_)
+            conditional = lambda z2, t2, l2: call(teacher, teacher_params, z2, t2, label_=l2)  # noqa: E731
+            return guidance_lib.guided(conditional, z_, t_, label, guidance, teacher.num_classes)
+
+        z_s = teacher_step(teacher_fn, z, t, s, schedule, solver)
         target = jax.lax.stop_gradient(call(student, target_params, jax.lax.stop_gradient(z_s), s).x)
         pred = call(student, params, z, t, losses.model_key(key)).x
         loss = jnp.mean(d(pred, target))

@@ -127,12 +127,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     start = mesh_lib.put_replicated(build.student_params(spec, teacher, rng.init_key(config.seed)), mesh)
     weights = method.fixed_guidance(config, settings.fidelity_samples)
     fixed = functools.partial(_fixed_noise_samples, config=config, guidance=weights)
+    if method.teacher_guidance is not None:  # the first teacher samples at other weights than its students
+        teacher_weights = method.teacher_guidance(config, settings.fidelity_samples)
+        teacher_fixed = functools.partial(_fixed_noise_samples, config=config, guidance=teacher_weights)
+    else:
+        teacher_fixed = fixed
     teacher_sampler = ImageSampler(teacher_spec, mesh)
     student_sampler = teacher_sampler if spec == teacher_spec else ImageSampler(spec, mesh)
     rounds = method.rounds(settings)
     target = layout.teacher_samples(workdir, rounds[0].teacher_steps)
     if not files.exists(target):
-        _save_samples(target, fixed(teacher_sampler, teacher, rounds[0].teacher_steps))
+        _save_samples(target, teacher_fixed(teacher_sampler, teacher, rounds[0].teacher_steps))
     console.say(
         f"teacher {settings.teacher} (step {restored.metadata['step']}); students' steps: "
         f"{', '.join(str(r.student_steps) for r in rounds)}"
@@ -152,7 +157,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
             row = method.report(
                 rnd,
                 student=x_student,
-                teacher=x_target if same_steps else fixed(sampler, teacher, rnd.student_steps),
+                teacher=x_target if same_steps else teacher_fixed(sampler, teacher, rnd.student_steps),
                 target=x_target,
                 final_loss=student.metadata.get("loss"),
                 seconds=student.metadata.get("seconds"),
@@ -164,7 +169,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         rows.append(row)
         write_summary(workdir, rows, rounds, method.summary(rows), settings.grid_samples)
         teacher, target = student.state.ema_params, os.path.join(round_dir, f"{layout.SAMPLES}.npz")
-        start, sampler = teacher, student_sampler
+        start, sampler, teacher_fixed = teacher, student_sampler, fixed
     if jax.process_index() == 0 and rows:
         last = rounds[len(rows) - 1]
         console.produced("summary", os.path.join(workdir, f"{layout.SUMMARY}.md"))
