@@ -42,7 +42,6 @@ import ml_collections
 import numpy as np
 
 from pdist import diffusion, losses
-from pdist import guidance as guidance_lib
 from pdist.distillation import progressive
 from pdist.distillation.rounds import Round
 from pdist.errors import ConfigError, check_one_of, check_positive
@@ -229,16 +228,12 @@ def make_loss(
         t, s = times[n + 1], times[n]
         z = diffusion.diffuse(x, batch["noise"], schedule.logsnr(t))
 
-        def call(spec, p, z_, t_, k=None, label_=label):
-            return spec.predict(spec.apply(p, z_, t_, label_, k), z_, t_)
+        def call(spec, p, z_, t_, k=None):
+            return spec.predict(spec.apply(p, z_, t_, label, k), z_, t_)
 
-        def teacher_fn(z_, t_):
-            if not guidance:
-                return call(teacher, teacher_params, z_, t_)
-            conditional = lambda z2, t2, l2: call(teacher, teacher_params, z2, t2, label_=l2)  # noqa: E731
-            return guidance_lib.guided(conditional, z_, t_, label, guidance, teacher.num_classes)
-
-        z_s = teacher_step(teacher_fn, z, t, s, schedule, solver)
+        # the teacher's prediction, guided at w on the doubled batch when w > 0 (ModelSpec.__call__)
+        w = guidance if guidance else None
+        z_s = teacher_step(lambda z_, t_: teacher(teacher_params, label, w, z_, t_), z, t, s, schedule, solver)
         target = jax.lax.stop_gradient(call(student, target_params, jax.lax.stop_gradient(z_s), s).x)
         pred = call(student, params, z, t, losses.model_key(key)).x
         loss = jnp.mean(d(pred, target))
