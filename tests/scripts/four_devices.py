@@ -8,6 +8,7 @@
 - ``ot``: the DPM-OT assignment and solve with the targets split over 4 devices give the one-device answers.
 """
 
+import gc
 import json
 import os
 import sys
@@ -15,6 +16,8 @@ import sys
 import chex
 import jax
 import numpy as np
+
+gc.set_threshold(50_000, 50, 1_000)  # as tests/conftest.py: the cycle collector off the traced programs' objects
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from helpers import config_file, tiny_config  # noqa: E402

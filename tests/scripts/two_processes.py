@@ -6,12 +6,15 @@ saw under OUT for tests/test_scale.py to compare.
 """
 
 import argparse
+import gc
 import json
 import os
 import signal
 import sys
 
 import numpy as np
+
+gc.set_threshold(50_000, 50, 1_000)  # as tests/conftest.py: the cycle collector off the traced programs' objects
 
 parser = argparse.ArgumentParser()
 for name in ("out", "tfds", "--coordinator_address"):
