@@ -169,7 +169,9 @@ def next_commands(config, config_file: str, workdir: str) -> list[str]:
     q = shlex.quote
     main = f"python -m pdist.main --config={q(config_file)} --workdir={q(workdir)}"
     load = f"python -c \"import pdist; print(pdist.load('{workdir}').sample(16).shape)\""
-    guided = config.model.class_conditional and config.train.label_dropout > 0
+    from pdist.spec import has_null_class  # a job has run: JAX is loaded already
+
+    guided = has_null_class(config)
     low, high = config.distill.guidance_min, config.distill.guidance_max  # the weights a guided model is used at
     middle = f"{(low + high) / 2:g}"
     weights = f"{low:g},{middle},{high:g}"

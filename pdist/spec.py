@@ -41,6 +41,13 @@ from pdist.schedules import Schedule, boundary_time, get_schedule
 Array = jax.Array
 
 
+def has_null_class(config: ml_collections.ConfigDict) -> bool:
+    """The config's model learns a null class (trained with its labels sometimes dropped): what classifier-free
+    guidance, guided distillation and the consistency distillation of a guided ODE need. Read from the config
+    alone, so that validation can ask before anything is built."""
+    return bool(config.model.class_conditional and config.train.label_dropout > 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """A network and its diffusion. ``spec(params, label, guidance, z, t)`` is its :class:`Prediction`.
@@ -90,7 +97,7 @@ class ModelSpec:
             learned_variance=bool(d.learned_variance),
             image_shape=(size, size, channels),
             num_classes=int(config.data.num_classes) if m.class_conditional else 0,
-            null_class=bool(m.class_conditional and config.train.label_dropout > 0),
+            null_class=has_null_class(config),
             guidance_range=(float(config.distill.guidance_min), float(config.distill.guidance_max)) if guided else None,
             expressway_key=key,
             network_input=m.logsnr_input if m.logsnr_input in TIMESTEP_INPUTS else "logsnr",

@@ -47,7 +47,7 @@ from pdist.distillation.rounds import Round
 from pdist.errors import ConfigError, check_one_of, check_positive
 from pdist.losses import Loss, LossAux
 from pdist.schedules import Schedule, boundary_time, times_at_sigma
-from pdist.spec import ModelSpec
+from pdist.spec import ModelSpec, has_null_class
 
 Array = jax.Array
 
@@ -115,7 +115,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     if c.guidance < 0:
         raise ConfigError(f"config.distill.consistency.guidance={c.guidance} must be >= 0 (0: the conditional model).")
-    if c.guidance > 0 and not (config.model.class_conditional and config.train.label_dropout > 0):
+    if c.guidance > 0 and not has_null_class(config):
         raise ConfigError(
             f"config.distill.consistency.guidance={c.guidance} needs a teacher with a null class "
             "(model.class_conditional=True and train.label_dropout > 0, as configs/digits_cond.py); set it to 0."

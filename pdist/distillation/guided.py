@@ -35,14 +35,14 @@ from pdist.distillation.rounds import Round
 from pdist.errors import ConfigError, check_positive
 from pdist.losses import Loss, LossAux
 from pdist.schedules import Schedule
-from pdist.spec import ModelSpec
+from pdist.spec import ModelSpec, has_null_class
 
 Array = jax.Array
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """A teacher trained for guidance, a weight range ``0 <= min < max``, and progressive's round schedule."""
-    if not (config.model.class_conditional and config.train.label_dropout > 0):
+    if not has_null_class(config):
         raise ConfigError(
             "Guided distillation needs a teacher trained for classifier-free guidance (config.model."
             "class_conditional=True and config.train.label_dropout > 0, as in configs/digits_cond.py)."
