@@ -304,6 +304,14 @@ def main(argv):
         _stop(*outcome(e))
 
 
+def fewer_collections() -> None:
+    """Python's cycle collector with a young generation of 50,000 objects instead of 700, for a process that traces
+    and compiles programs (the command line, the tests' workers and scripts). At the default thresholds (700, 10,
+    10) a 20-step run of a small digits UNet spent 2.2 s of its 27 CPU-s in collections, 0.4 s with this; a test
+    worker over tests/test_guided_distill.py 7.0 s, 1.4 s with this (docs/benchmarks.md, stop 55)."""
+    gc.set_threshold(50_000, 50, 1_000)
+
+
 def usage() -> str:
     """``--help``: this module's description as plain text, and the flags."""
     text = re.sub(r"``([^`]+)``", r"\1", __doc__).replace(":mod:", "")
@@ -319,10 +327,7 @@ def usage() -> str:
 
 
 if __name__ == "__main__":
-    # The command line's process traces and compiles programs whose objects the cycle collector would scan again
-    # and again at its default thresholds (700, 10, 10): a 20-step run of a small digits UNet spent 2.2 s of its
-    # 27 CPU-s in collections, 0.4 s with a young generation of 50,000 objects (tests/conftest.py does the same).
-    gc.set_threshold(50_000, 50, 1_000)
+    fewer_collections()
     if any(a in ("--help", "-h", "--helpshort", "--helpfull", "-?") for a in sys.argv[1:]):
         print(usage())
         sys.exit(0)

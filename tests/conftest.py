@@ -2,7 +2,6 @@
 trained workdirs shared by the tests that only read them (helpers live in tests/helpers.py)."""
 
 import fcntl
-import gc
 import json
 import os
 import shutil
@@ -16,18 +15,17 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 from helpers import JAX_CACHE, REPO, SMALL_MODEL, main_env, run_main, small_config, xla_flags  # noqa: E402
 
+from pdist.main import fewer_collections  # noqa: E402
+
 os.environ["XLA_FLAGS"] = xla_flags(1)  # read when the backend starts; as a 1-device subprocess's (main_env)
 
 jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # every program, as main_env
 
-# Python's cycle collector in a worker that has traced hundreds of programs: at its default thresholds (700, 10, 10)
-# it collects the young generation every 700 new objects and now and then scans everything the worker holds. Over
-# tests/test_guided_distill.py in one process (cold compilation cache) that was 3,740 young and 16 full collections,
-# 7.0 s of pauses; with a young generation of 50,000 objects, 27 collections and 1.4 s. (Freezing what outlives each
-# test as well cut the pauses further, 30.8 s to 1.9 s over tests/test_interop.py and tests/test_distill.py, but over
-# the whole suite the workers' memory and system time grew, so it is not done.)
-gc.set_threshold(50_000, 50, 1_000)
+# The cycle collector at a young generation of 50,000 objects (pdist.main.fewer_collections). Freezing what outlives
+# each test as well cut a worker's pauses further (30.8 s to 1.9 s over tests/test_interop.py and tests/test_distill.py)
+# but over the whole suite the workers' memory and system time grew, so it is not done.
+fewer_collections()
 
 # The README's main command, shortened and with helpers.SMALL_MODEL (the default's two-level layout compiles in
 # tests/test_models.py and tests/scripts/four_devices.py): what test_cli reads.

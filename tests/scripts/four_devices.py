@@ -8,7 +8,6 @@
 - ``ot``: the DPM-OT assignment and solve with the targets split over 4 devices give the one-device answers.
 """
 
-import gc
 import json
 import os
 import sys
@@ -17,8 +16,6 @@ import chex
 import jax
 import numpy as np
 
-gc.set_threshold(50_000, 50, 1_000)  # as tests/conftest.py: the cycle collector off the traced programs' objects
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from helpers import config_file, tiny_config  # noqa: E402
 
@@ -26,10 +23,13 @@ from pdist import build, losses, optim, ot  # noqa: E402
 from pdist.config import base_config  # noqa: E402
 from pdist.distillation import Round  # noqa: E402
 from pdist.distillation.recipes import for_distillation  # noqa: E402
+from pdist.main import fewer_collections  # noqa: E402
 from pdist.runtime import mesh as mesh_lib  # noqa: E402
 from pdist.runtime import step as step_lib  # noqa: E402
 from pdist.sampling import ImageSampler, Sampling  # noqa: E402
 from pdist.spec import ModelSpec  # noqa: E402
+
+fewer_collections()
 
 
 def train() -> dict:

@@ -6,15 +6,12 @@ saw under OUT for tests/test_scale.py to compare.
 """
 
 import argparse
-import gc
 import json
 import os
 import signal
 import sys
 
 import numpy as np
-
-gc.set_threshold(50_000, 50, 1_000)  # as tests/conftest.py: the cycle collector off the traced programs' objects
 
 parser = argparse.ArgumentParser()
 for name in ("out", "tfds", "--coordinator_address"):
@@ -38,7 +35,10 @@ from helpers import tiny_config  # noqa: E402
 from pdist.data import pipeline  # noqa: E402
 from pdist.distillation import recipes  # noqa: E402
 from pdist.jobs import distill, evaluate, train  # noqa: E402
+from pdist.main import fewer_collections  # noqa: E402
 from pdist.pretrained import load  # noqa: E402
+
+fewer_collections()
 
 out, rank = args.out, jax.process_index()
 began, seconds = time.time(), {}
