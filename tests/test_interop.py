@@ -34,10 +34,14 @@ def imported(tmp_path_factory):
 
 
 def _raw(model, ref, **network):
-    spec = model.spec
-    net = spec.network.clone(**network) if network else spec.network
-    return np.asarray(net.apply({"params": model.ema_params}, jnp.asarray(ref["z"]), jnp.asarray(ref["logsnr"]),
-                                jnp.asarray(ref["label"]), None, train=False))  # fmt: skip
+    net = model.spec.network.clone(**network) if network else model.spec.network
+    return np.asarray(_network_out(net, model.ema_params, ref["z"], ref["logsnr"], ref["label"]))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _network_out(network, params, z, logsnr, label):
+    """``network``'s output, compiled (see :func:`_spec_out`)."""
+    return network.apply({"params": params}, z, logsnr, label, None, train=False)
 
 
 def _rel(a, b):
@@ -437,7 +441,7 @@ def test_diffusers_unets_equal_diffusers_and_each_convention_matters(diffusers_m
     assert (d.schedule, d.parameterization, T) == (("linear", "eps") if name == "ho" else ("cosine", "v")) + (1000,)
     assert model.config.sample.clip_x and m.scale_shift == (name == "scale_shift")
     z, level = jnp.asarray(ref["x"]), jnp.asarray(ref["timesteps"] + 1, jnp.float32)
-    assert _rel(np.asarray(spec.apply(model.ema_params, z, level / T, None, None)), ref["out"]) < 1e-5
+    assert _rel(np.asarray(_spec_out(spec, model.ema_params, z, level / T, None)), ref["out"]) < 1e-5
     flipped = {
         "sin_first": not m.sin_first,
         "freq_shift": 1.0 - m.freq_shift,
@@ -445,13 +449,13 @@ def test_diffusers_unets_equal_diffusers_and_each_convention_matters(diffusers_m
         "downsample_padding": "symmetric" if m.downsample_padding == "same" else "same",
     }
     small = jnp.asarray(ref["x_small"])  # 0.1 x: the first norms see a variance where epsilon shows
-    assert _rel(np.asarray(spec.apply(model.ema_params, small, level / T, None, None)), ref["out_small"]) < 1e-5
+    assert _rel(np.asarray(_spec_out(spec, model.ema_params, small, level / T, None)), ref["out_small"]) < 1e-5
     for key, value in flipped.items():
         other = dataclasses.replace(spec, network=spec.network.clone(**{key: value}))
-        flip = np.asarray(other.apply(model.ema_params, small, level / T, None, None))
+        flip = np.asarray(_spec_out(other, model.ema_params, small, level / T, None))
         assert _rel(flip, ref["out_small"]) > 1e-4, key
     # level i given as diffusers' time step i (not i - 1)
-    assert _rel(np.asarray(spec.apply(model.ema_params, z, (level - 1) / T, None, None)), ref["out"]) > 1e-4
+    assert _rel(np.asarray(_spec_out(spec, model.ema_params, z, (level - 1) / T, None)), ref["out"]) > 1e-4
 
 
 def test_ddim_on_an_imported_pipeline_equals_diffusers_ddim_scheduler(diffusers_model):

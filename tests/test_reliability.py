@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import (
@@ -186,6 +187,32 @@ def test_a_flipped_bit_fails_the_checksum(uninterrupted, tmp_path):
         # and what was read is what was saved. Silently changed parameters would fail here.
         assert_same_tree((model.params, model.ema_params), (clean.params, clean.ema_params))
     assert any("do not match the checksum saved with them" in c for c in caught), caught
+
+
+def test_the_checksum_is_the_same_in_memory_and_on_the_devices():
+    """The checksum's NumPy path (arrays in this process's memory) and its compiled path (arrays spread over
+    processes, or on an accelerator) give the same words, wrap-around included, for every dtype a state holds; a
+    state saved by one and checked by the other restores."""
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    arrays = [
+        rng.standard_normal((300, 7)).astype(np.float32),
+        rng.standard_normal((5, 3, 3, 16)).astype(ml_dtypes.bfloat16),
+        rng.integers(-(2**31), 2**31 - 1, size=(2**20 + 3,), dtype=np.int32),  # the weighted sum wraps
+        rng.integers(0, 256, size=(17,), dtype=np.uint8),
+        rng.random(9) < 0.5,
+        np.float32(-0.0),
+    ]
+    for a in arrays:
+        on_host = checkpoint._words(a)
+        assert isinstance(on_host, np.ndarray) and on_host.dtype == np.uint32, a.dtype
+        np.testing.assert_array_equal(on_host, np.asarray(checkpoint._words_on_devices(jnp.asarray(a))), str(a.dtype))
+    words = [checkpoint._words(a) for a in arrays]
+    assert len({tuple(w) for w in words}) == len(words)  # a different array, different words
+    flipped = arrays[0].copy()
+    flipped.view(np.uint32)[123, 4] ^= 1 << 7
+    assert not np.array_equal(checkpoint._words(flipped), words[0])
 
 
 def _error_cases(tfds_dir, empty_dir):

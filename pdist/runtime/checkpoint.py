@@ -85,17 +85,34 @@ def version_mismatch(saved: dict | None, installed: dict[str, str] | None = None
     return ", ".join(changed)
 
 
+def _words_of(w, xp):
+    """Two order-sensitive uint32 sums of the unsigned words ``w`` (``xp``: numpy or jax.numpy; both wrap modulo
+    2**32, so they agree bit for bit)."""
+    w = xp.ravel(w).astype(xp.uint32)
+    position = xp.arange(1, w.size + 1, dtype=xp.uint32)
+    return xp.stack([xp.sum(w, dtype=xp.uint32), xp.sum(w * position, dtype=xp.uint32)])
+
+
 @jax.jit
-def _words(x: jax.Array) -> jax.Array:
-    """Two order-sensitive uint32 sums of an array's bits (one small program per shape and dtype, which the
-    leaves of a state mostly share: one program over the whole state took seconds to compile)."""
-    x = jnp.ravel(x)
-    if x.dtype == jnp.bool_:
-        w = x.astype(jnp.uint32)
-    else:
-        w = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{x.dtype.itemsize * 8}")).astype(jnp.uint32)
-    position = jnp.arange(1, w.size + 1, dtype=jnp.uint32)
-    return jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * position, dtype=jnp.uint32)])
+def _words_on_devices(x: jax.Array) -> jax.Array:
+    """:func:`_words_of` an array's bits where it lives (one small program per shape and dtype, which the leaves of
+    a state mostly share: one program over the whole state took seconds to compile)."""
+    if x.dtype != jnp.bool_:
+        x = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{x.dtype.itemsize * 8}"))
+    return _words_of(x, jnp)
+
+
+def _words(x) -> jax.Array | np.ndarray:
+    """:func:`_words_of` an array's bits: with NumPy for an array in this process's memory (no program to compile:
+    a state's leaves cost a compile each, about 2 s for a UNet's first save), on the devices otherwise (an
+    array spread over processes, or on an accelerator)."""
+    on_host = isinstance(x, np.ndarray | np.generic) or (
+        x.is_fully_addressable and all(d.platform == "cpu" for d in x.devices())
+    )
+    if not on_host or jax.dtypes.issubdtype(x.dtype, jax.dtypes.extended):
+        return _words_on_devices(x)
+    x = np.asarray(x)
+    return _words_of(x if x.dtype == np.bool_ else x.view(f"uint{x.dtype.itemsize * 8}"), np)
 
 
 def _silence_abandoned_reads() -> None:
@@ -114,7 +131,8 @@ def _silence_abandoned_reads() -> None:
 
 
 def fingerprint(state) -> str:
-    """A checksum of every array in ``state`` (bits, shapes and order), computed on the devices."""
+    """A checksum of every array in ``state`` (bits, shapes and order), computed in this process's memory or on the
+    devices (:func:`_words`)."""
     shapes = repr([(x.shape, str(x.dtype)) for x in jax.tree.leaves(state)]).encode()
     words = jax.device_get([_words(x) for x in jax.tree.leaves(state)]) or [np.zeros((0,), np.uint32)]
     return hashlib.sha256(np.concatenate(words).tobytes() + shapes).hexdigest()[:32]
