@@ -66,13 +66,14 @@ def test_the_class_oracle_is_bayes_consistent_and_its_guided_denoiser_is_the_ana
         ]
     )  # fmt: skip
     p_class = np.exp(log_joint - np.logaddexp.reduce(log_joint, axis=0))  # [K, n]
-    x_class = np.stack([np.asarray(den(jnp.asarray(z), jnp.asarray(t), jnp.full((n,), c)).x) for c in range(K)])
-    x_null = np.asarray(den(jnp.asarray(z), jnp.asarray(t), jnp.full((n,), K)).x)
+    x_of = jax.jit(lambda label: den(jnp.asarray(z), jnp.asarray(t), label).x)  # one program (eagerly: one per op)
+    x_class = np.stack([np.asarray(x_of(jnp.full((n,), c))) for c in range(K)])
+    x_null = np.asarray(x_of(jnp.full((n,), K)))
     # The null class's posterior mean is the class posteriors' average under p(c | z).
     np.testing.assert_allclose(x_null, np.sum(p_class[..., None] * x_class, axis=0), atol=2e-5)
     assert np.max(np.abs(x_class - x_null)) > 0.1  # the classes differ: guidance has something to do
     label, w = np.arange(n) % K, np.linspace(0.0, 4.0, n)
-    blended = guidance.guided(den, jnp.asarray(z), jnp.asarray(t), jnp.asarray(label), jnp.asarray(w), K)
+    blended = jax.jit(guidance.guided, static_argnums=(0, 5))(den, z, t, label, w, K)
     expected = (1 + w[:, None]) * x_class[label, np.arange(n)] - w[:, None] * x_null
     np.testing.assert_allclose(blended.x, expected, atol=5e-5)
     np.testing.assert_allclose(alpha[:, None] * blended.x + sigma[:, None] * blended.eps, z, atol=5e-5)
@@ -154,9 +155,11 @@ def test_a_stage_one_student_matches_the_guided_teacher_at_weights_it_never_saw(
     alpha, sigma = schedule.alpha_sigma(t)
     z = alpha[:, None] * x + sigma[:, None] * jax.random.normal(jax.random.key(8), x.shape)
 
+    @jax.jit  # one program each (run eagerly, every operation compiles on its own)
     def teacher(w):
         return guidance.guided(oracle, z, t, label, jnp.full((n,), w), K).x
 
+    @jax.jit
     def student(w):
         out = apply_fn(params, z, t, label, None, jnp.full((n,), w))
         return diffusion.predict(out, z, schedule.logsnr(t), parameterization="v").x
@@ -230,8 +233,10 @@ def test_a_stage_two_round_trains_against_the_teacher_run_at_each_examples_weigh
             logsnr,
         )
 
+    predict = jax.jit(lambda p, z, tt, weights: spec.bind(p, label, weights)(z, tt).x)  # one program, not per op
+
     def x_hat(p, z, tt, weights):
-        return np.asarray(spec.bind(p, label, jnp.asarray(weights))(jnp.asarray(z, jnp.float32), tt).x, np.float64)
+        return np.asarray(predict(p, jnp.asarray(z, jnp.float32), jnp.asarray(tt), jnp.asarray(weights)), np.float64)
 
     def expected(teacher_w):
         t64 = np.asarray(t, np.float64)
