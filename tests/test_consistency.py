@@ -143,9 +143,9 @@ def test_boundary_condition_holds_bit_for_bit_with_a_real_network():
     a, b, expected = at_boundary(params, other, z)
     assert np.array_equal(np.asarray(a), np.asarray(b))
     np.testing.assert_array_max_ulp(np.asarray(a), np.asarray(expected), maxulp=1)
-    # and away from it the network counts
-    t = jnp.full((4,), 0.5, jnp.float32)
-    assert not np.allclose(spec(params, None, None, z, t).x, spec(other, None, None, z, t).x)
+    # and away from it the network counts (compiled: run eagerly, every operation compiles on its own)
+    x_of = jax.jit(lambda p: spec(p, None, None, z, jnp.full((4,), 0.5, jnp.float32)).x)
+    assert not np.allclose(x_of(params), x_of(other))
 
 
 def _train_step(target_ema: float, lr: float):
@@ -308,17 +308,21 @@ def test_a_guided_teachers_step_follows_its_classifier_free_guided_ode():
                                      guidance=guidance)  # fmt: skip
         return float(jax.jit(loss.fn)(moved, batch, jax.random.key(3), params, 1, target)[0])
 
-    t, s = jnp.asarray(times)[batch["n"] + 1], jnp.asarray(times)[batch["n"]]
-    z = diffusion.diffuse(x, batch["noise"], teacher.schedule.logsnr(t))
-    null = jnp.full((6,), 10)
-    cond = teacher.predict(teacher.apply(params, z, t, batch["label"], None), z, t)
-    uncond = teacher.predict(teacher.apply(params, z, t, null, None), z, t)
-    blend = diffusion.Prediction((1 + w) * cond.x - w * uncond.x, (1 + w) * cond.eps - w * uncond.eps, None)
-    a_s, s_s = teacher.schedule.alpha_sigma(s)
-    z_s = diffusion.ddim_step(blend, a_s, s_s)
-    want = student.predict(student.apply(target, z_s, s, batch["label"], None), z_s, s).x
-    got = student.predict(student.apply(moved, z, t, batch["label"], None), z, t).x
-    expected = float(jnp.mean((got - want) ** 2))
+    @jax.jit  # one program (run eagerly, every operation compiles on its own)
+    def reference():
+        t, s = jnp.asarray(times)[batch["n"] + 1], jnp.asarray(times)[batch["n"]]
+        z = diffusion.diffuse(x, batch["noise"], teacher.schedule.logsnr(t))
+        null = jnp.full((6,), 10)
+        cond = teacher.predict(teacher.apply(params, z, t, batch["label"], None), z, t)
+        uncond = teacher.predict(teacher.apply(params, z, t, null, None), z, t)
+        blend = diffusion.Prediction((1 + w) * cond.x - w * uncond.x, (1 + w) * cond.eps - w * uncond.eps, None)
+        a_s, s_s = teacher.schedule.alpha_sigma(s)
+        z_s = diffusion.ddim_step(blend, a_s, s_s)
+        want = student.predict(student.apply(target, z_s, s, batch["label"], None), z_s, s).x
+        got = student.predict(student.apply(moved, z, t, batch["label"], None), z, t).x
+        return jnp.mean((got - want) ** 2)
+
+    expected = float(reference())
     assert loss_at(w) == pytest.approx(expected, rel=1e-5)
     assert abs(loss_at(0.0) - expected) > 1e-3 * expected
 

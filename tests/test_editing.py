@@ -238,7 +238,8 @@ def test_a_network_edits_a_class_into_itself_exactly_with_and_without_attention_
     assert np.abs(plain - controlled).max() > 1e-4  # the control reaches the output
     z = jax.random.normal(jax.random.key(20), (6, 8, 8, 1))
     t = jnp.full((6,), 0.5)
-    np.testing.assert_allclose(fn(z, t).x, fn(z, t, attention_from=jnp.arange(6)).x, atol=1e-6)
+    both = jax.jit(lambda z, t: (fn(z, t).x, fn(z, t, attention_from=jnp.arange(6)).x))  # one program, not per op
+    np.testing.assert_allclose(*both(z, t), atol=1e-6)
 
 
 def test_at_the_default_weights_an_edit_into_its_own_class_moves_by_the_guidance_difference():
@@ -255,8 +256,8 @@ def test_at_the_default_weights_an_edit_into_its_own_class_moves_by_the_guidance
     x = np.asarray(editing.ddcm(pair_fn, schedule, x0, key, num_steps=1))
     xi = jax.random.normal(jax.random.split(key)[0], x0.shape)  # the start noise ddcm draws
     t = jnp.ones((3,))
-    x_c = ModelSpec.of(config).bind(params, labels)(xi, t).x
-    x_u = ModelSpec.of(config).bind(params, jnp.full((3,), config.data.num_classes))(xi, t).x  # the null class
+    x_of = jax.jit(lambda c: ModelSpec.of(config).bind(params, c)(xi, t).x)  # one program (eagerly: one per op)
+    x_c, x_u = x_of(labels), x_of(jnp.full((3,), config.data.num_classes))  # the class, the null class
     np.testing.assert_allclose(x, np.asarray(x0 + 1.0 * (x_c - x_u)), atol=1e-5)
     assert np.abs(x - np.asarray(x0)).max() > 1e-3  # not the source
 
