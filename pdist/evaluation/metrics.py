@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,22 +42,28 @@ def _blocks(n: int, block: int):
 
 def knn_radii(features: np.ndarray, k: int = 3, block: int = 2048) -> np.ndarray:
     """Squared distance from each row to its k-th nearest other row."""
-    f = jnp.asarray(features, jnp.float32)
-    radii = []
-    for i, j in _blocks(len(f), block):
-        d = _sq_dists(f[i:j], f)
-        radii.append(np.asarray(jnp.sort(d, axis=1)[:, k]))  # column 0 is the row itself
-    return np.concatenate(radii)
+    f = np.asarray(features, np.float32)
+    on_device = jnp.asarray(f)  # once; each block's rows go over on their own
+    return np.concatenate([np.asarray(_kth_sq_dist(f[i:j], on_device, k)) for i, j in _blocks(len(f), block)])
 
 
 def _coverage(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, block: int) -> float:
     """Fraction of ``points`` within some ball (centre, squared radius)."""
     c, r = jnp.asarray(centres, jnp.float32), jnp.asarray(radii, jnp.float32)
-    p = jnp.asarray(points, jnp.float32)
-    inside = 0
-    for i, j in _blocks(len(p), block):
-        inside += int(jnp.sum(jnp.any(_sq_dists(p[i:j], c) <= r[None, :], axis=1)))
-    return inside / len(p)
+    p = np.asarray(points, np.float32)
+    return sum(int(_count_inside(p[i:j], c, r)) for i, j in _blocks(len(p), block)) / len(p)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _kth_sq_dist(rows: jax.Array, features: jax.Array, k: int) -> jax.Array:
+    """Each row's k-th smallest squared distance to ``features`` (column 0: the row itself), one program."""
+    return jnp.sort(_sq_dists(rows, features), axis=1)[:, k]
+
+
+@jax.jit
+def _count_inside(points: jax.Array, centres: jax.Array, radii: jax.Array) -> jax.Array:
+    """How many ``points`` lie within some ball (centre, squared radius), one program."""
+    return jnp.sum(jnp.any(_sq_dists(points, centres) <= radii[None, :], axis=1))
 
 
 def precision_recall(
