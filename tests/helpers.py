@@ -91,6 +91,14 @@ def perturb(params, key, scale: float = 0.1):
     return unravel(flat + scale * jax.random.normal(key, flat.shape))
 
 
+def random_params(config, key, scale: float = 0.1):
+    """Parameters of ``config``'s network drawn as independent normals of standard deviation ``scale``: for tests
+    that need two different parameter sets, not the initializer's (its program takes seconds to compile for the
+    default layout; the shapes are traced, not compiled)."""
+    shapes = ModelSpec.of(config).param_shapes()
+    return perturb(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes), key, scale)
+
+
 def conditional_model(label_dropout: float = 0.1):
     """configs/digits_cond.py (class-conditional, trained for guidance) with :data:`SMALL_MODEL` and this label
     dropout."""

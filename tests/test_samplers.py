@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import init_params, perturb
+from helpers import perturb, random_params
 
 from pdist import oracles, samplers
 from pdist import schedules as sc
@@ -237,7 +237,7 @@ def test_a_network_denoiser_carries_its_parameters_as_arguments_not_constants():
 
     config = base_config()
     config.model.ch, config.model.num_res_blocks = 8, 1
-    params = init_params(config, jax.random.key(0))
+    params = random_params(config, jax.random.key(0))
     other = perturb(params, jax.random.key(2))
     first, second = ModelSpec.of(config).bind(params), ModelSpec.of(config).bind(other)
     assert first.func == second.func and hash(first.func) == hash(second.func)  # one cache entry
