@@ -203,11 +203,13 @@ def test_the_checksum_is_the_same_in_memory_and_on_the_devices():
         rng.integers(0, 256, size=(17,), dtype=np.uint8),
         rng.random(9) < 0.5,
         np.float32(-0.0),
+        rng.standard_normal(11),  # float64, and a Python number: as JAX places them (float32, int32)
+        7,
     ]
     for a in arrays:
         on_host = checkpoint._words(a)
-        assert isinstance(on_host, np.ndarray) and on_host.dtype == np.uint32, a.dtype
-        np.testing.assert_array_equal(on_host, np.asarray(checkpoint._words_on_devices(jnp.asarray(a))), str(a.dtype))
+        assert isinstance(on_host, np.ndarray) and on_host.dtype == np.uint32, a
+        np.testing.assert_array_equal(on_host, np.asarray(checkpoint._words_on_devices(jnp.asarray(a))), str(a))
     words = [checkpoint._words(a) for a in arrays]
     assert len({tuple(w) for w in words}) == len(words)  # a different array, different words
     flipped = arrays[0].copy()
