@@ -30,8 +30,8 @@ def inception_score(probs: np.ndarray, splits: int = 1) -> float:
     return float(np.mean(scores))
 
 
-@jax.jit
 def _sq_dists(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Squared distances between the rows of ``a`` and ``b`` (inside the compiled programs below)."""
     d = jnp.sum(a * a, 1)[:, None] + jnp.sum(b * b, 1)[None, :] - 2.0 * a @ b.T
     return jnp.maximum(d, 0.0)
 

@@ -128,7 +128,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     weights = method.fixed_guidance(config, settings.fidelity_samples)
     fixed = functools.partial(_fixed_noise_samples, config=config, guidance=weights)
     # the first teacher's samples: at its own weights where the method gives them, else at the students'
-    teacher_weights = (method.teacher_guidance or method.fixed_guidance)(config, settings.fidelity_samples)
+    teacher_weights = (
+        weights if method.teacher_guidance is None else method.teacher_guidance(config, settings.fidelity_samples)
+    )
     teacher_fixed = functools.partial(_fixed_noise_samples, config=config, guidance=teacher_weights)
     teacher_sampler = ImageSampler(teacher_spec, mesh)
     student_sampler = teacher_sampler if spec == teacher_spec else ImageSampler(spec, mesh)

@@ -106,11 +106,7 @@ def _words(x) -> jax.Array | np.ndarray:
     """:func:`_words_of` an array's bits: with NumPy for an array in this process's memory (no program to compile:
     a state's leaves cost a compile each, about 2 s for a UNet's first save), on the devices otherwise (an
     array spread over processes, or on an accelerator)."""
-    if isinstance(x, jax.Array) and not (
-        x.is_fully_addressable
-        and all(d.platform == "cpu" for d in x.devices())
-        and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.extended)
-    ):
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable and all(d.platform == "cpu" for d in x.devices())):
         return _words_on_devices(x)
     x = np.asarray(x)
     x = x.astype(jax.dtypes.canonicalize_dtype(x.dtype), copy=False)  # as JAX would place it (float64: float32)
