@@ -12,7 +12,6 @@ import ml_collections
 import numpy as np
 
 from pdist import editing, images
-from pdist.data import pipeline
 from pdist.errors import ConfigError, check_one_of, check_positive
 from pdist.pretrained import load
 from pdist.runtime import console, files, layout
@@ -63,6 +62,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, str]:
     settings, data = config.edit, config.data
     model = load(settings.checkpoint or workdir)
     targets = edit_targets(config)
+    from pdist.data import pipeline  # TensorFlow: when images are read, not at import (pdist.data)
+
     split = pipeline.load_split(data.name, settings.split, data.data_dir, data.image_size, data.channels)
     if "label" not in split:
         raise ConfigError(f"The {data.name} {settings.split!r} split has no labels; editing needs each image's class.")

@@ -27,7 +27,7 @@ from pdist.evaluation.evaluators import EVALUATORS, resolve
 from pdist.evaluation.report import metrics_of, sampler_name
 from pdist.evaluation.split_nll import split_nll
 from pdist.pretrained import load
-from pdist.runtime import console, events, files, layout
+from pdist.runtime import console, files, layout
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -122,6 +122,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         files.write_json(os.path.join(out_dir, "eval.json"), result)
         files.write_text(os.path.join(out_dir, "eval.md"), table)
         report.plot(rows, os.path.join(out_dir, "eval.png"), title)
+    from pdist.runtime import events  # clu's writers import TensorFlow (pdist.runtime.phase)
+
     writer = events.writer(out_dir, just_logging=jax.process_index() > 0)
     for r in rows:
         writer.write_scalars(r["nfe"], {f"eval/{sampler_name(r)}/{m}": r[m]["mean"] for m in metrics_of([r])})

@@ -10,10 +10,10 @@ then ``samples.npz`` and its PNG grid from the EMA parameters (guided by
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import jax
 import ml_collections
-from clu import metric_writers
 
 from pdist import data, images, teacher
 from pdist.jobs import sections
@@ -22,6 +22,9 @@ from pdist.runtime import mesh as mesh_lib
 from pdist.runtime.step import TrainState
 from pdist.sampling import ImageSampler, Sampling
 from pdist.spec import ModelSpec
+
+if TYPE_CHECKING:  # clu's writers import TensorFlow (pdist.runtime.phase)
+    from clu import metric_writers
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -18,6 +18,8 @@ output; errors stay on standard error (:mod:`pdist.main`).
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
 import sys
@@ -33,17 +35,18 @@ def count(n: int, one: str, many: str | None = None) -> str:
 
 
 def quiet() -> None:
-    """Silences library noise for this process. TensorFlow is imported here with the process's standard error
-    closed: its C++ notices at import (oneDNN, absl's InitializeLog) ignore TF_CPP_MIN_LOG_LEVEL, and
-    TF_ENABLE_ONEDNN_OPTS=0 would change its numerics. Once per process (later calls do nothing)."""
+    """Silences library noise for this process. TensorFlow, when something first imports it (TFDS, clu's
+    writers), is imported with the process's standard error closed (:class:`_QuietTensorFlow`): its C++ notices
+    at import (oneDNN, absl's InitializeLog) ignore TF_CPP_MIN_LOG_LEVEL, and TF_ENABLE_ONEDNN_OPTS=0 would
+    change its numerics. Not imported here: a command that stops at a bad input, or a job that reads no data and
+    writes no TensorBoard events, never pays for it (about 4 CPU-s). Once per process (later calls do nothing)."""
     if _state.get("quiet"):
         return
     _state["quiet"] = True
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if "tensorflow" not in sys.modules:
-        with _no_stderr():
-            import tensorflow  # noqa: F401
+        sys.meta_path.insert(0, _QuietTensorFlow())
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)
@@ -71,6 +74,26 @@ def _no_stderr():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(null)
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder):
+    """An import hook: the first import of ``tensorflow``, wherever it happens, runs with standard error closed
+    (:func:`_no_stderr`); then the hook removes itself."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                with _no_stderr():
+                    run(module)
+
+            spec.loader.exec_module = exec_module
+        return spec
 
 
 _PDIST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the pdist package, wherever installed

@@ -41,21 +41,23 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import ml_collections
 import numpy as np
-from clu import metric_writers
 
 from pdist.errors import NonFiniteError, Preempted
 from pdist.importance import LossAwareSampler
 from pdist.losses import Loss
 from pdist.optim import Optimizer
-from pdist.runtime import console, events, files, layout, preemption
+from pdist.runtime import console, files, layout, preemption
 from pdist.runtime import mesh as mesh_lib
 from pdist.runtime.checkpoint import Checkpointer
 from pdist.runtime.step import StepMetrics, TrainState, abstract_state, compile_step, create_state, make_train_step
+
+if TYPE_CHECKING:  # clu's writers import TensorFlow: imported where a phase runs, so a job's checks run without it
+    from clu import metric_writers
 
 SKIPPED = "skipped"  # key of the skipped-update flag in a checkpoint's unlogged metrics
 
@@ -92,6 +94,10 @@ class Result:
 
 def run(phase: Phase, mesh) -> Result:
     """Resumes ``phase`` from its newest checkpoint (or starts it) and runs it to ``num_steps``."""
+    from clu import metric_writers  # TensorFlow with it: here, not at import (see TYPE_CHECKING above)
+
+    from pdist.runtime import events
+
     train = phase.config.train
     ckpt = Checkpointer(layout.checkpoints(phase.directory), keep=train.keep_checkpoints, writer=True)
     try:
