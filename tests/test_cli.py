@@ -410,6 +410,30 @@ def test_show_lists_every_key_with_its_value_default_and_help_and_help_is_plain_
     assert out.returncode == 0 and "``" not in out.stdout and "--config.mode=show" in out.stdout, out
 
 
+_REFUSED_WITHOUT_TENSORFLOW = """
+import importlib.util, sys
+from pdist import main
+from pdist.runtime import console
+console.quiet()
+status, message, _ = main.invoke(["--config=configs/digits.py", "--workdir=w", "--config.diffusion.learned_variance=True"])
+print(status, "tensorflow" in sys.modules)
+importlib.util.find_spec("tensorflow")  # a look without importing (etils' gs:// check) keeps the hook
+import tensorflow
+print("tensorflow" in sys.modules)
+"""
+
+
+def test_a_refused_command_imports_no_tensorflow_and_its_later_import_stays_silent(tmp_path):
+    """A config the train job refuses is refused before TensorFlow is imported (the jobs import pdist.data and
+    clu's writers where they read data or write events); TensorFlow imported later, after quiet(), prints none
+    of its C++ notices."""
+    out = subprocess.run([sys.executable, "-c", _REFUSED_WITHOUT_TENSORFLOW], cwd=REPO, env=main_env(),
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["2", "False", "True"], out.stdout
+    assert out.stderr == "", out.stderr[-3000:]
+
+
 def _keys(config, prefix=""):
     out = []
     for k, v in config.items():

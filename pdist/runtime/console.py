@@ -81,14 +81,19 @@ class _QuietTensorFlow(importlib.abc.MetaPathFinder):
     (:func:`_no_stderr`); then the hook removes itself."""
 
     def find_spec(self, name, path, target=None):
-        if name != "tensorflow":
+        if name != "tensorflow" or name in sys.modules:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
+        sys.meta_path.remove(self)  # the other finders' spec (a look without importing keeps the hook: etils')
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
         if spec is not None and spec.loader is not None:
             run = spec.loader.exec_module
 
             def exec_module(module):
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
                 with _no_stderr():
                     run(module)
 
