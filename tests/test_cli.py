@@ -54,7 +54,7 @@ def test_the_console_opens_with_a_summary_and_ends_with_what_it_made_and_what_to
     (final,) = [line for line in lines if re.fullmatch(r"teacher  20/20 steps .*loss [0-9.]+  in \d+s", line)]
     done = next(i for i, line in enumerate(lines) if line.startswith("done in "))
     loss = pdist.load(cli_workdir).metadata["loss"]
-    assert re.fullmatch(rf"done in \d+s: final loss {loss:.4g}", lines[done]), lines[done]
+    assert re.fullmatch(rf"done in (\d+m\d\d|\d+)s: final loss {loss:.4g}", lines[done]), lines[done]
     assert lines[done + 1].split() == ["checkpoint", f"{cli_workdir}/checkpoints/20"], lines[done + 1]
     assert any(line.split()[:2] == ["samples", f"{cli_workdir}/samples.npz,"] for line in lines[done:])
     nexts = lines[lines.index("next:") + 1 :]
