@@ -132,7 +132,7 @@ def test_boundary_condition_holds_bit_for_bit_with_a_real_network():
     t_min, _ = spec.consistency
     assert t_min == boundary_time(spec.schedule, SIGMA_MIN) > 0
     params = jax.jit(spec.init_params)(jax.random.key(0))
-    other = jax.tree.map(lambda p: p + 0.1, params)
+    other = jax.jit(lambda t: jax.tree.map(lambda p: p + 0.1, t))(params)  # one program, not one per leaf shape
     z = jax.random.normal(jax.random.key(1), (4, *spec.image_shape))
 
     @jax.jit
@@ -295,9 +295,14 @@ def test_a_guided_teachers_step_follows_its_classifier_free_guided_ode():
     student = dataclasses.replace(teacher, consistency=(float(boundary_time(teacher.schedule, SIGMA_MIN)), 0.5))
     times = consistency.time_grid(teacher.schedule, config.distill.consistency)
     init = jax.jit(teacher.init_params)(jax.random.key(0))  # its output layer is zero: perturb it all
-    params = jax.tree.map(lambda p: p + 0.05 * jnp.cos(jnp.arange(p.size).reshape(p.shape)), init)
-    moved = jax.tree.map(lambda p: p + 0.01 * jnp.sin(jnp.arange(p.size).reshape(p.shape)), params)
-    target = jax.tree.map(lambda p: p - 0.01, params)
+
+    @jax.jit  # one program, not operations compiled one by one for each leaf's shape
+    def three(init):
+        params = jax.tree.map(lambda p: p + 0.05 * jnp.cos(jnp.arange(p.size).reshape(p.shape)), init)
+        moved = jax.tree.map(lambda p: p + 0.01 * jnp.sin(jnp.arange(p.size).reshape(p.shape)), params)
+        return params, moved, jax.tree.map(lambda p: p - 0.01, params)
+
+    params, moved, target = three(init)
     x = jax.random.uniform(jax.random.key(1), (6, *teacher.image_shape), minval=-1, maxval=1)
     batch = {"image": x, "label": jnp.arange(6) % 10, "n": jnp.array([0, 3, 7, 10, 14, 16]),
              "noise": jax.random.normal(jax.random.key(2), x.shape)}  # fmt: skip

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from helpers import config_file, tiny_config  # noqa: E402
+from helpers import config_file, init_params, perturb, tiny_config  # noqa: E402
 
 from pdist import build, losses, optim, ot  # noqa: E402
 from pdist.config import base_config  # noqa: E402
@@ -109,8 +109,7 @@ def accumulation() -> dict:
     }
 
     student = for_distillation(tiny_config(), start_steps=8, batch_size=16, learning_rate=1e-4)
-    params = ModelSpec.of(student).init_params(jax.random.key(0))
-    teacher = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)
+    teacher = perturb(init_params(student, jax.random.key(0)), jax.random.key(1), 0.05)  # compiled, not op by op
     loss = build.distillation_loss(
         ModelSpec.of(student), student, Round(index=1, student_steps=4, teacher_steps=8, updates=1)
     )
@@ -126,7 +125,7 @@ def accumulation() -> dict:
 def sampling() -> dict:
     config = base_config()
     config.model.ch, config.model.num_res_blocks = 8, 1
-    params = ModelSpec.of(config).init_params(jax.random.key(0))
+    params = init_params(config, jax.random.key(0))
     sampler = ImageSampler(ModelSpec.of(config))
     how = Sampling(method="ddim", num_steps=4, seed=5, batch_size=6)
     split = sampler(params, 10, how)  # batches of 6 and 4, padded to 8, 4
