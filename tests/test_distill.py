@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_same_tree, config_file, nonzero_params, small_model
+from helpers import OPTIMIZED, assert_same_tree, config_file, nonzero_params, small_model
 from PIL import Image
 
 import pdist
@@ -59,7 +59,7 @@ def test_students_reproduce_their_teachers_two_steps_on_a_2d_mixture():
             x = data.sample(jax.random.fold_in(jax.random.key(seed), i), batch)
             return step(state, {"image": x}, jax.random.key(seed + 1), optimizer.args, *loss_args)[0], None
 
-        run = jax.jit(lambda s: jax.lax.scan(body, s, jnp.arange(steps))[0])
+        run = jax.jit(lambda s: jax.lax.scan(body, s, jnp.arange(steps))[0], compiler_options=OPTIMIZED)
         return run(step_lib.init_state(params, optimizer.tx)).params
 
     def denoise(params, z, t):
