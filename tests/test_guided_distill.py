@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import scipy.stats
 from helpers import (
+    OPTIMIZED,
     SMALL_MODEL,
     assert_same_tree,
     conditional_model,
@@ -146,7 +147,7 @@ def test_a_stage_one_student_matches_the_guided_teacher_at_weights_it_never_saw(
         return step(state, batch, jax.random.key(1), optimizer.args, None)[0], None
 
     init = net.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32), jnp.ones(1))
-    fit = jax.jit(lambda s: jax.lax.scan(body, s, jnp.arange(steps))[0])
+    fit = jax.jit(lambda s: jax.lax.scan(body, s, jnp.arange(steps))[0], compiler_options=OPTIMIZED)  # runs long
     params = fit(step_lib.init_state(init["params"], optimizer.tx)).params
 
     n = 4000  # z from the forward process of fresh data, t spread over [0.05, 0.95]
