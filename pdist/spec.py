@@ -34,7 +34,7 @@ from pdist import diffusion
 from pdist import guidance as guidance_lib
 from pdist.diffusion import Prediction
 from pdist.errors import ConfigError
-from pdist.models import ARCHITECTURES
+from pdist.models import ARCHITECTURES, checked_apply
 from pdist.models.unet import TIMESTEP_INPUTS
 from pdist.schedules import Schedule, boundary_time, get_schedule
 
@@ -124,13 +124,15 @@ class ModelSpec:
     ) -> Array:
         """The network's raw output at times ``t``; ``key`` None runs without dropout; ``guidance`` [B]: the
         weight w a guided student takes as input (ignored by other networks, as ``label`` is by an
-        unconditional one); ``control``: the network's own keywords (``attention_from``)."""
+        unconditional one); ``control``: the network's own keywords (``attention_from``). ``params`` are checked
+        against :meth:`param_shapes` as a whole (:mod:`pdist.models.checked_apply`)."""
         rngs = None if key is None else {"dropout": key}
         label = label if self.num_classes else None
         w = guidance if self.guidance_input else None
-        return self.network.apply(
-            {"params": params}, z, self.noise_input(t), label, w, train=key is not None, rngs=rngs, **control
-        )
+        return checked_apply.apply(
+            self.network, params, self.param_shapes(), z, self.noise_input(t), label, w, train=key is not None,
+            rngs=rngs, **control,
+        )  # fmt: skip
 
     def noise_input(self, t: Array) -> Array:
         """What the network is given for times ``t``: their logSNR, or the discrete time step (``network_input``)."""

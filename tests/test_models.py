@@ -125,3 +125,47 @@ def test_importing_pdist_sends_convolutions_through_xlas_own_kernels_unless_xla_
     cpu_defaults.apply(environ)
     cpu_defaults.apply(environ)
     assert environ["XLA_FLAGS"] == f"--xla_backend_optimization_level=0 {cpu_defaults.FLAG}"
+
+
+def test_the_network_reads_checked_parameters_without_flax_rechecking_each_and_wrong_shapes_are_named():
+    """pdist/models/checked_apply.py: ModelSpec.apply checks the whole parameter tree once and gives the same output
+    as Flax's own apply; a wrong or missing parameter is named; Flax's per-parameter check still holds outside it."""
+    import flax
+
+    from pdist.models import checked_apply
+
+    config = small_model(config_file("digits"))
+    spec = ModelSpec.of(config)
+    params = perturb(init_params(config, jax.random.key(0)), jax.random.key(1))
+    z, t = jax.random.normal(jax.random.key(2), (2, 8, 8, 1)), jnp.array([0.2, 0.7])
+    ours = jax.jit(spec.apply)(params, z, t, None, None)
+    flaxs = jax.jit(lambda p: spec.network.apply({"params": p}, z, spec.noise_input(t), None, None))(params)
+    np.testing.assert_array_equal(ours, flaxs)
+    # Under pdist's apply no parameter's initializer is traced (Flax's check traces each one).
+    traced = []
+    real_param = checked_apply._flax_param
+
+    def spy(self, name, init_fn, *args, **kwargs):
+        traced.append(name)
+        return real_param(self, name, init_fn, *args, **kwargs)
+
+    checked_apply._flax_param = spy
+    try:
+        jax.make_jaxpr(lambda p: spec.apply(p, z, t, None, None))(params)
+        assert traced == [] if checked_apply._SHORTCUT else len(traced) > 10
+    finally:
+        checked_apply._flax_param = real_param
+    assert checked_apply._SHORTCUT == flax.__version__.startswith(checked_apply.TESTED)
+
+    wrong = jax.tree.map(lambda x: x, params)
+    wrong["Conv_0"]["kernel"] = jnp.zeros((3, 3, 1, 9))
+    with pytest.raises(ValueError, match=r"Parameter \['Conv_0'\]\['kernel'\] has shape \(3, 3, 1, 9\); the network "
+                                         r"expects \(3, 3, 1, 8\)"):  # fmt: skip
+        spec.apply(wrong, z, t, None, None)
+    del wrong["Conv_0"]
+    with pytest.raises(ValueError, match=r"lack \['Conv_0'\]\['bias'\]"):
+        spec.apply(wrong, z, t, None, None)
+    with pytest.raises(flax.errors.ScopeParamShapeError):  # Flax's own check, outside pdist's apply
+        bad = jax.tree.map(lambda x: x, params)
+        bad["Conv_0"]["kernel"] = jnp.zeros((3, 3, 1, 9))
+        spec.network.apply({"params": bad}, z, spec.noise_input(t), None, None)
