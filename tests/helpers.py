@@ -68,9 +68,10 @@ def small_config(tfds_dir=None, **train_overrides):
     config.data.data_dir = tfds_dir
     config.train.batch_size = 64
     config.train.sample_every = 0
-    config.train.num_grid_samples = 4
     config.sample.num_steps = 4
-    config.sample.num_samples = 8
+    # The grid as many images as the final samples: one sampling program draws both (ImageSampler's programs are
+    # per number of images).
+    config.train.num_grid_samples = config.sample.num_samples = 8
     for k, v in train_overrides.items():
         config.train[k] = v
     return config
@@ -146,6 +147,7 @@ def tiny_config(tfds_dir=None):
     config = small_config(tfds_dir, batch_size=16, num_steps=6, checkpoint_every=3, log_every=2)
     config.optim.warmup_steps = 2
     config.sample.num_steps, config.sample.num_samples = 2, 6
+    config.train.num_grid_samples = 6  # one sampling program for the grid and the samples (small_config)
     return config
 
 
