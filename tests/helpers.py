@@ -26,6 +26,12 @@ JAX_CACHE = os.environ.get("PDIST_TEST_JAX_CACHE") or os.path.expanduser("~/.cac
 # train step: 1.33 to 1.95 CPU-s against 1.88 to 2.30, four alternating pairs); the suite's workers already keep
 # every core busy. Results differ from a default build's in the
 # last bits, so tests compare programs compiled under these same flags only.
+# A process of one device runs its programs on one thread (``--xla_cpu_multi_thread_eigen=false``, :func:`xla_flags`):
+# the suite keeps more processes than cores busy (pytest-xdist's workers and their subprocesses), and Eigen's thread
+# pool spends CPU spinning for work another process could have done (tests/test_train.py with tests/test_distill.py
+# took 124 CPU-s against 141, and test_guided_distill, test_consistency and test_samplers 196 and 200 against 211 and
+# 212, alone, cold). Processes of several devices keep the pool: tests/test_scale.py took 210 CPU-s without it
+# against 196.
 # pdist's own CPU defaults (pdist/cpu_defaults.py) are part of the string, so that this process and every
 # subprocess (which imports pdist with these flags set) compile the same programs.
 XLA_FLAGS = os.environ.get(
@@ -154,7 +160,8 @@ def tiny_config(tfds_dir=None):
 def xla_flags(devices: int = 1) -> str:
     """The XLA flags of a process with ``devices`` CPU devices: the same string in this process and in a
     subprocess of as many devices, so that their programs share entries of the persistent compilation cache."""
-    return f"--xla_force_host_platform_device_count={devices} {XLA_FLAGS}"
+    one_thread = " --xla_cpu_multi_thread_eigen=false" if devices == 1 else ""
+    return f"--xla_force_host_platform_device_count={devices} {XLA_FLAGS}{one_thread}"
 
 
 def main_env(devices: int = 1) -> dict:
