@@ -357,6 +357,7 @@ def test_an_imported_teacher_distills_a_round_from_the_command_line(tmp_path, tf
         "--config.train.num_steps=1235",
         "--config.train.sample_every=0",
         "--config.sample.num_samples=2",
+        "--config.train.num_grid_samples=2",  # the grid and the samples: one program
     ]
     status, message, _ = run_in_process(f"--workdir={teacher}", *more, *steps, "--config.sample.num_steps=2",
                                         config=config)  # fmt: skip

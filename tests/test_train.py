@@ -169,6 +169,7 @@ def test_a_workdir_written_before_the_refactor_loads_resumes_and_teaches(legacy_
     config.model.num_res_blocks = 1  # the layout it was written with: width 8, one level with attention, one block
     config.model.attn_resolutions = (8,)
     config.sample.num_steps, config.sample.num_samples = 2, 4
+    config.train.num_grid_samples = 4  # one program draws the grid, the samples and the 4 above
     state = train.run(config, legacy_teacher)
     assert int(state.step) == 6
     versions = pdist.load(legacy_teacher).metadata["versions"]  # the new checkpoints record their stack
