@@ -20,6 +20,7 @@ from pdist import build
 from pdist import config as config_lib
 from pdist.errors import InputError
 from pdist.interop import FORMATS
+from pdist.models.checked_apply import shape_difference
 from pdist.runtime import checkpoint, files, layout
 from pdist.runtime import step as step_lib
 from pdist.spec import ModelSpec
@@ -38,29 +39,21 @@ def detect(data: bytes) -> str:
 
 def check_shapes(mapped, expected) -> None:
     """``mapped`` (the source's tensors in pdist's names) against ``expected`` (the shapes pdist builds)."""
-    flat_m = dict(_flat(mapped))
-    for path, shape in _flat(expected):
-        if path not in flat_m:
-            raise InputError(f"The checkpoint has no tensor for {path}; the config does not describe these weights.")
-        got = tuple(np.shape(flat_m.pop(path)))
-        if got != tuple(shape.shape):
-            raise InputError(
-                f"The checkpoint's tensor for {path} has shape {got} but the config's network needs "
-                f"{tuple(shape.shape)}; the config or flags do not describe these weights."
-            )
-    if flat_m:
+    differ = shape_difference(mapped, expected)
+    if differ is None:
+        return
+    path, got, want = differ
+    if got is None:
+        raise InputError(f"The checkpoint has no tensor for {path}; the config does not describe these weights.")
+    if want is None:
         raise InputError(
-            f"The checkpoint's tensor {next(iter(flat_m))} has no place in the config's network; the config or "
-            "flags do not describe these weights."
+            f"The checkpoint's tensor {path} has no place in the config's network; the config or flags do not "
+            "describe these weights."
         )
-
-
-def _flat(tree, prefix=""):
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _flat(v, f"{prefix}/{k}" if prefix else k)
-    else:
-        yield prefix, tree
+    raise InputError(
+        f"The checkpoint's tensor for {path} has shape {got} but the config's network needs {want}; the config or "
+        "flags do not describe these weights."
+    )
 
 
 def _set(config, dotted: str, text: str) -> None:

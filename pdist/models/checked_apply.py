@@ -20,6 +20,7 @@ import contextlib
 import contextvars
 
 import jax
+import numpy as np
 from flax.core import meta, scope
 
 TESTED = ("0.12.",)  # Flax versions whose Scope.param this module's shortcut was checked against
@@ -48,20 +49,38 @@ def _installed() -> bool:
 _SHORTCUT = _installed()
 
 
+def _leaves(tree) -> dict[str, tuple]:
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        keys = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+        out["/".join(map(str, keys))] = tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)
+    return out
+
+
+def shape_difference(tree, expected) -> tuple[str, tuple | None, tuple | None] | None:
+    """The first leaf where ``tree`` and ``expected`` (trees of arrays or shape-dtype structs) differ, as
+    ``(path, its shape in tree or None, its shape in expected or None)`` with the path's keys joined by "/"
+    (``expected``'s leaves in order, then the leaves only ``tree`` has); None where they agree."""
+    got, want = _leaves(tree), _leaves(expected)
+    for path, shape in want.items():
+        if got.get(path) != shape:
+            return path, got.get(path), shape
+    extra = next((path for path in got if path not in want), None)
+    return None if extra is None else (extra, got[extra], None)
+
+
 def check_shapes(params, expected, what: str = "the network") -> None:
     """Raises ValueError naming the first parameter whose path or shape differs between ``params`` and
-    ``expected`` (a tree of arrays or shape-dtype structs)."""
-    got = {jax.tree_util.keystr(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(params)}
-    want = {jax.tree_util.keystr(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(expected)}
-    if got == want:
+    ``expected`` (:func:`shape_difference`)."""
+    differ = shape_difference(params, expected)
+    if differ is None:
         return
-    for path in sorted(set(got) | set(want)):
-        if got.get(path) != want.get(path):
-            if path not in got:
-                raise ValueError(f"The parameters lack {path} (shape {want[path]}) that {what} has.")
-            if path not in want:
-                raise ValueError(f"The parameters hold {path} (shape {got[path]}), which {what} does not have.")
-            raise ValueError(f"Parameter {path} has shape {got[path]}; {what} expects {want[path]}.")
+    path, got, want = differ
+    if got is None:
+        raise ValueError(f"The parameters lack {path} (shape {want}) that {what} has.")
+    if want is None:
+        raise ValueError(f"The parameters hold {path} (shape {got}), which {what} does not have.")
+    raise ValueError(f"Parameter {path} has shape {got}; {what} expects {want}.")
 
 
 @contextlib.contextmanager
