@@ -17,6 +17,11 @@ from __future__ import annotations
 import os
 from collections.abc import MutableMapping
 
+# ``jax.jit(..., compiler_options=OPTIMIZED)``: LLVM's optimizations (XLA's default level) for one program whatever
+# ``XLA_FLAGS`` says, for a program that runs many times over (a training loop such as the digits evaluator's; the
+# test suite, which compiles everything else at -O0, passes it to its own long-running programs too).
+OPTIMIZED = {"xla_backend_optimization_level": 2}
+
 TESTED = ("0.10.",)  # jaxlib versions that have the flag and were measured with it
 FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 

@@ -41,10 +41,10 @@ XLA_FLAGS = os.environ.get(
 )
 
 # For a test's own program that runs long (many steps over large batches: a training loop, a 1,000-step sampler
-# over 20,000 points), ``jax.jit(..., compiler_options=OPTIMIZED)``: LLVM's default optimizations for that program
-# only. It compiles a little slower and runs several times faster (the 2-D mixture distillation: 9.4 to 11.9 s
-# against 12.8 to 15.6 s, cold, alone; docs/benchmarks.md).
-OPTIMIZED = {"xla_backend_optimization_level": 2}
+# over 20,000 points), ``jax.jit(..., compiler_options=OPTIMIZED)`` (pdist.cpu_defaults.OPTIMIZED): LLVM's default
+# optimizations for that program only. It compiles a little slower and runs several times faster (the 2-D mixture
+# distillation: 9.4 to 11.9 s against 12.8 to 15.6 s, cold, alone; docs/benchmarks.md).
+OPTIMIZED = cpu_defaults.OPTIMIZED
 
 
 def config_file(name: str, variant: str | None = None):
@@ -152,8 +152,8 @@ def tiny_config(tfds_dir=None):
     """:func:`small_config` with 16-image batches and 6 steps: for runs over several devices or processes."""
     config = small_config(tfds_dir, batch_size=16, num_steps=6, checkpoint_every=3, log_every=2)
     config.optim.warmup_steps = 2
-    config.sample.num_steps, config.sample.num_samples = 2, 6
-    config.train.num_grid_samples = 6  # one sampling program for the grid and the samples (small_config)
+    config.sample.num_steps = 2
+    config.train.num_grid_samples = config.sample.num_samples = 6  # one sampling program draws both (small_config)
     return config
 
 
